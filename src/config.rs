@@ -1,0 +1,410 @@
+//! Configuration: one TOML file, `${ENV}` interpolation for secrets, and a `validate` step that
+//! turns the raw file into checked types and reports every problem with its key path.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::source::conninfo::ConnInfo;
+use crate::sql::QualifiedName;
+
+pub const DEFAULT_SLOT: &str = "pgfanout";
+pub const DEFAULT_PUBLICATION: &str = "pgfanout";
+/// Like PostgreSQL's own `wal_receiver_status_interval`.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Creating the slot and publication when missing is what a first run needs.
+pub const DEFAULT_MANAGE: bool = true;
+
+/// A value that must never reach logs: `Debug` and `Display` print `****`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: SourceConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub conn: ConnInfo,
+    pub slot: String,
+    pub publication: String,
+    /// `None`: all tables.
+    pub tables: Option<Vec<QualifiedName>>,
+    pub manage: bool,
+    pub status_interval: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    source: RawSource,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: String,
+    slot: Option<String>,
+    publication: Option<String>,
+    tables: Option<Vec<String>>,
+    manage: Option<bool>,
+    status_interval: Option<String>,
+}
+
+/// A problem with one key of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {}", format_problems(.problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    let mut s = format!("{} problem(s) in the configuration", problems.len());
+    for p in problems {
+        s.push_str(&format!("\n  {}: {}", p.key, p.message));
+    }
+    s
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors, `env` resolves `${NAME}`.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            invalid(vec![Problem {
+                key: "(file)".into(),
+                message: e.to_string().trim_end().to_owned(),
+            }])
+        })?;
+        let mut problems = Vec::new();
+        interpolate(&mut value, &mut String::new(), env, &mut problems);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(vec![Problem {
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: e.into_inner().to_string(),
+            }])
+        })?;
+        raw.validate().map_err(invalid)
+    }
+}
+
+/// Replaces `${NAME}` in every string value; `$${` stays a literal `${`.
+fn interpolate(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match value {
+        toml::Value::String(s) => match expand(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(Problem {
+                key: path.clone(),
+                message,
+            }),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate(item, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                interpolate(v, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or("unterminated ${…}: close it with '}' (write $${ for a literal ${)")?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "invalid environment variable name {name:?} in ${{…}}"
+                ));
+            }
+            // The variable's value is a secret as often as not: never echo it.
+            let value = env(name).ok_or_else(|| {
+                format!("environment variable {name} is not set; export it or remove ${{{name}}}")
+            })?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        let s = self.source;
+        let conn = match s.url.parse::<ConnInfo>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problem("source.url", e.to_string());
+                None
+            }
+        };
+        let slot = s.slot.unwrap_or_else(|| DEFAULT_SLOT.to_owned());
+        if let Err(m) = validate_slot_name(&slot) {
+            problem("source.slot", m);
+        }
+        let publication = s
+            .publication
+            .unwrap_or_else(|| DEFAULT_PUBLICATION.to_owned());
+        if publication.is_empty() || publication.len() > 63 {
+            problem("source.publication", "must be 1 to 63 bytes long".into());
+        }
+        let tables = s.tables.map(|tables| {
+            if tables.is_empty() {
+                problem(
+                    "source.tables",
+                    "is empty; list tables, or omit the key to publish all tables".into(),
+                );
+            }
+            tables
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| match QualifiedName::parse(t) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        problem(&format!("source.tables[{i}]"), e.to_string());
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let status_interval = match s.status_interval.as_deref().map(humantime::parse_duration) {
+            None => DEFAULT_STATUS_INTERVAL,
+            Some(Ok(d)) if d >= Duration::from_millis(10) => d,
+            Some(Ok(_)) => {
+                problem("source.status_interval", "must be at least 10ms".into());
+                DEFAULT_STATUS_INTERVAL
+            }
+            Some(Err(e)) => {
+                problem(
+                    "source.status_interval",
+                    format!("{e}; write a duration such as \"10s\" or \"500ms\""),
+                );
+                DEFAULT_STATUS_INTERVAL
+            }
+        };
+        match conn {
+            Some(conn) if problems.is_empty() => Ok(Config {
+                source: SourceConfig {
+                    conn,
+                    slot,
+                    publication,
+                    tables,
+                    manage: s.manage.unwrap_or(DEFAULT_MANAGE),
+                    status_interval,
+                },
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// PostgreSQL accepts lower-case letters, digits and underscores, at most 63 bytes.
+pub fn validate_slot_name(slot: &str) -> Result<(), String> {
+    if slot.is_empty() || slot.len() > 63 {
+        return Err("must be 1 to 63 characters long".into());
+    }
+    if !slot
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "{slot:?} is not a valid replication slot name; use only lower-case letters, digits and underscores"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "PGPASS").then(|| "s3cret".to_owned())
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &env)
+    }
+
+    #[test]
+    fn full_source_section() {
+        let c = parse(
+            r#"
+            [source]
+            url = "postgres://app:${PGPASS}@127.0.0.1:5432/app?sslmode=prefer"
+            slot = "pgfanout"
+            publication = "pgfanout"
+            tables = ["public.users", "contact_channels"]
+            manage = false
+            status_interval = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.source.conn.password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(
+            c.source.tables.unwrap(),
+            vec![
+                QualifiedName::new("public", "users"),
+                QualifiedName::new("public", "contact_channels")
+            ]
+        );
+        assert!(!c.source.manage);
+        assert_eq!(c.source.status_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
+        assert_eq!(c.source.slot, DEFAULT_SLOT);
+        assert_eq!(c.source.publication, DEFAULT_PUBLICATION);
+        assert!(c.source.tables.is_none());
+        assert_eq!(c.source.manage, DEFAULT_MANAGE);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let e = parse(
+            r#"
+            [source]
+            url = "postgres://u@h/db?sslmode=sometimes"
+            slot = "Bad-Slot"
+            tables = ["a.b.c", "ok"]
+            status_interval = "soon"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "source.url",
+            "source.slot",
+            "source.tables[0]",
+            "source.status_interval",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        assert!(e.contains("test.toml"));
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_env_are_errors_that_name_the_key() {
+        let e = parse("[source]\nurl = \"postgres://u@h/db\"\nslto = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("slto"), "{e}");
+        let e = parse("[source]\nurl = \"postgres://u:${NOPE}@h/db\"").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("source.url") && msg.contains("NOPE"), "{msg}");
+        let e = parse("[source]\nurl = 5").unwrap_err();
+        assert!(e.to_string().contains("source.url"), "{e}");
+    }
+
+    #[test]
+    fn dollar_escapes_and_secrets_stay_hidden() {
+        assert_eq!(expand("a$${b}$c", &env).unwrap(), "a${b}$c");
+        let c = parse("[source]\nurl = \"postgres://u:${PGPASS}@h/db\"").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}

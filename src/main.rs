@@ -1,0 +1,139 @@
+//! The `pgfanout` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use pgfanout::config::{validate_slot_name, Config};
+use pgfanout::source::SlotSpec;
+use pgfanout::tail::{tail, TailOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "pgfanout",
+    version,
+    about = "Change-data-capture from a PostgreSQL logical replication slot"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print each row change of the source as one JSON line.
+    Tail {
+        #[arg(long)]
+        config: PathBuf,
+        /// Exit after this many changes.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Read this existing (or, with source.manage, new) slot instead of a temporary one.
+        #[arg(long)]
+        slot: Option<String>,
+    },
+    /// The embedded default: a private PostgreSQL, a small multi-tenant schema, live changes.
+    Demo {
+        /// Exit after this many changes (default: run until Ctrl-C).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Demo { limit: None }))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                // thiserror's `transparent` and `{0}` messages already include the cause.
+                if !e.to_string().contains(&s.to_string()) {
+                    eprintln!("  caused by: {s}");
+                }
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    let mut stdout = tokio::io::stdout();
+    match command {
+        Command::Tail {
+            config,
+            limit,
+            slot,
+        } => {
+            let config = Config::load(&config)?;
+            let slot = match slot {
+                Some(name) => {
+                    validate_slot_name(&name).map_err(|m| format!("--slot: {m}"))?;
+                    SlotSpec::Named(name)
+                }
+                None => SlotSpec::Temporary,
+            };
+            tail(
+                &config.source,
+                TailOptions { limit, slot },
+                &mut stdout,
+                ctrl_c(),
+            )
+            .await?;
+        }
+        Command::Demo { limit } => {
+            pgfanout::demo::run(&mut stdout, limit, ctrl_c()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn ctrl_c() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

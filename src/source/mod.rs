@@ -1,0 +1,425 @@
+//! The source stage: one logical replication slot, decoded into row changes.
+//!
+//! ```text
+//!              ┌──────────────── LogicalStream ─────────────────┐
+//! PostgreSQL ─▶│ Session (CopyBoth) ─▶ pgoutput::decode_message  │─▶ SourceEvent
+//!  walsender   │      ▲                  │ relation cache       │   (Begin, Change, Commit,
+//!              │      └─ standby status ◀┘ (flushed = confirmed)│    Message)
+//!              └────────────────────────────────────────────────┘
+//! ```
+//!
+//! Changes are handed out as they are decoded; nothing buffers a transaction. The position
+//! reported to PostgreSQL as flushed only moves when the consumer calls
+//! [`LogicalStream::confirm`], or, while no transaction is pending, to a keepalive's WAL end
+//! (so an idle slot does not hold WAL).
+
+pub mod conninfo;
+pub mod pgoutput;
+pub mod session;
+mod slot;
+mod tls;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::change::{Op, Relation, RowChange, TupleShapeError};
+use crate::config::SourceConfig;
+use crate::lsn::Lsn;
+use crate::value::{PgType, Timestamp};
+use pgoutput::{DecodeError, PgOutput, ReplicationMessage};
+use session::{CopyFrame, Session, SessionError};
+
+pub use slot::SlotSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("wal_level is {actual}, but logical decoding needs logical\nHINT: set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the server")]
+    WalLevel { actual: String },
+    #[error("user {user} may not open a replication connection: {source}\nHINT: ALTER ROLE {user} WITH REPLICATION (or use a role that has it)")]
+    NoReplicationPrivilege {
+        user: String,
+        #[source]
+        source: SessionError,
+    },
+    #[error("replication slot {slot} uses output plugin {plugin}, but pgfanout needs pgoutput\nHINT: drop it (SELECT pg_drop_replication_slot('{slot}')) or configure another source.slot")]
+    SlotPlugin { slot: String, plugin: String },
+    #[error("replication slot {slot} belongs to database {actual}, not {expected}\nHINT: connect to database {actual} or configure another source.slot")]
+    SlotDatabase {
+        slot: String,
+        actual: String,
+        expected: String,
+    },
+    #[error("replication slot {slot} is physical; pgfanout needs a logical slot\nHINT: configure another source.slot")]
+    SlotPhysical { slot: String },
+    #[error("replication slot {slot} does not exist\nHINT: set source.manage = true to create it, or create it: SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")]
+    SlotMissing { slot: String },
+    #[error("publication {publication} does not exist\nHINT: set source.manage = true to create it, or CREATE PUBLICATION {publication} FOR TABLE …")]
+    PublicationMissing { publication: String },
+    #[error("cannot read the replication stream: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("pgoutput sent a {message} for relation oid {oid} before describing it with a Relation message")]
+    UnknownRelation { message: &'static str, oid: u32 },
+    #[error(transparent)]
+    TupleShape(#[from] TupleShapeError),
+    #[error("replication stream out of order: {0}")]
+    Order(&'static str),
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+}
+
+impl SourceError {
+    /// Whether reconnecting and resuming from the last confirmed position can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Session(e) => e.is_transient(),
+            SourceError::StreamEnded => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the stream hands to its consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceEvent {
+    Begin {
+        xid: u32,
+        final_lsn: Lsn,
+        commit_time: Timestamp,
+    },
+    Change(RowChange),
+    Commit {
+        xid: u32,
+        commit_lsn: Lsn,
+        /// Confirming this LSN tells PostgreSQL the transaction need not be sent again.
+        end_lsn: Lsn,
+        commit_time: Timestamp,
+    },
+    /// A `pg_logical_emit_message` message.
+    Message {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Bytes,
+    },
+}
+
+/// Enum types of the source database, whose oids are not fixed.
+#[derive(Debug, Clone, Default)]
+pub struct TypeRegistry {
+    enums: HashSet<u32>,
+    enum_arrays: HashSet<u32>,
+}
+
+impl TypeRegistry {
+    /// The type to parse a column's text as. Enums created after the stream started are kept
+    /// as their text (`PgType::Other`), which is the value pgoutput sent anyway.
+    pub fn pg_type(&self, oid: u32) -> PgType {
+        if self.enums.contains(&oid) {
+            PgType::Enum
+        } else if self.enum_arrays.contains(&oid) {
+            PgType::Array(Box::new(PgType::Enum))
+        } else {
+            PgType::from_oid(oid)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OpenTxn {
+    xid: u32,
+    commit_time: Timestamp,
+}
+
+pub struct LogicalStream {
+    session: Session,
+    slot: String,
+    relations: HashMap<u32, Arc<Relation>>,
+    types: TypeRegistry,
+    txn: Option<OpenTxn>,
+    /// Truncate of several relations: one change each, handed out one at a time.
+    pending: VecDeque<SourceEvent>,
+    /// Highest WAL end the server reported.
+    received: Lsn,
+    /// End of the last transaction handed to the consumer.
+    last_commit_end: Lsn,
+    /// Reported to PostgreSQL as flushed (and applied).
+    flushed: Lsn,
+    status_interval: Duration,
+    next_status: Instant,
+}
+
+impl LogicalStream {
+    /// Connects, checks the server, ensures publication and slot as configured, and starts
+    /// streaming from the slot's confirmed position.
+    pub async fn start(cfg: &SourceConfig, slot: SlotSpec) -> Result<LogicalStream, SourceError> {
+        let mut session = Session::connect(&cfg.conn, Some("database"))
+            .await
+            .map_err(|e| match e.server_code() {
+                Some("42501") => SourceError::NoReplicationPrivilege {
+                    user: cfg.conn.user.clone(),
+                    source: e,
+                },
+                _ => SourceError::Session(e),
+            })?;
+        slot::check_wal_level(&mut session).await?;
+        slot::ensure_publication(&mut session, cfg).await?;
+        let (slot_name, start_lsn) = slot::prepare_slot(&mut session, cfg, &slot).await?;
+        let types = load_types(&mut session).await?;
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
+            crate::sql::quote_ident(&slot_name),
+            start_lsn,
+            crate::sql::quote_literal(&crate::sql::quote_ident(&cfg.publication)),
+        );
+        session.start_copy_both(&command).await?;
+        info!(slot = %slot_name, publication = %cfg.publication, lsn = %start_lsn, "streaming");
+        Ok(LogicalStream {
+            session,
+            slot: slot_name,
+            relations: HashMap::new(),
+            types,
+            txn: None,
+            pending: VecDeque::new(),
+            received: start_lsn,
+            last_commit_end: start_lsn,
+            flushed: start_lsn,
+            status_interval: cfg.status_interval,
+            next_status: Instant::now() + cfg.status_interval,
+        })
+    }
+
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    pub fn types(&self) -> &TypeRegistry {
+        &self.types
+    }
+
+    /// The position reported to PostgreSQL as flushed.
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// Whether the next call to [`next`](Self::next) can return without waiting on the network.
+    pub fn has_buffered(&self) -> bool {
+        !self.pending.is_empty() || self.session.has_buffered_frame()
+    }
+
+    /// The consumer has made everything up to `lsn` durable: PostgreSQL may release it.
+    /// Reported with the next status update.
+    pub fn confirm(&mut self, lsn: Lsn) {
+        self.flushed = self.flushed.max(lsn);
+    }
+
+    /// Sends a status update now (for example before shutting down).
+    pub async fn send_status(&mut self) -> Result<(), SourceError> {
+        self.send_status_update(false).await
+    }
+
+    /// Closes the session after reporting the confirmed position.
+    pub async fn close(mut self) -> Result<(), SourceError> {
+        self.send_status_update(false).await?;
+        self.session.close(true).await?;
+        Ok(())
+    }
+
+    async fn send_status_update(&mut self, reply_requested: bool) -> Result<(), SourceError> {
+        let write = self.received.max(self.flushed);
+        self.session
+            .send_standby_status(write, self.flushed, self.flushed, reply_requested)
+            .await?;
+        self.next_status = Instant::now() + self.status_interval;
+        debug!(write = %write, flushed = %self.flushed, "standby status sent");
+        Ok(())
+    }
+
+    /// The next event. Sends status updates when due and answers keepalives.
+    ///
+    /// Cancel-safe at its await points except in the middle of sending a status update;
+    /// cancel it only to shut down.
+    pub async fn next(&mut self) -> Result<SourceEvent, SourceError> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Ok(ev);
+            }
+            if Instant::now() >= self.next_status {
+                self.send_status_update(false).await?;
+            }
+            let frame = tokio::select! {
+                frame = self.session.next_copy_frame() => frame?,
+                _ = tokio::time::sleep_until(self.next_status) => continue,
+            };
+            let data = match frame {
+                CopyFrame::Data(data) => data,
+                CopyFrame::Done => return Err(SourceError::StreamEnded),
+            };
+            match pgoutput::parse_replication_message(&data)? {
+                ReplicationMessage::PrimaryKeepalive {
+                    wal_end,
+                    reply_requested,
+                    ..
+                } => {
+                    self.received = self.received.max(wal_end);
+                    // Nothing in flight and everything handed out confirmed: the WAL up to the
+                    // server's end holds nothing for us, so the slot may move past it.
+                    if self.txn.is_none() && self.flushed >= self.last_commit_end {
+                        self.flushed = self.flushed.max(wal_end);
+                    }
+                    if reply_requested {
+                        self.send_status_update(false).await?;
+                    }
+                }
+                ReplicationMessage::XLogData {
+                    wal_start,
+                    wal_end,
+                    data,
+                    ..
+                } => {
+                    self.received = self.received.max(wal_end);
+                    let message = pgoutput::decode_message(&data)?;
+                    if let Some(ev) = self.apply(wal_start, message)? {
+                        return Ok(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, lsn: Lsn, message: PgOutput) -> Result<Option<SourceEvent>, SourceError> {
+        let kind = message.kind();
+        Ok(match message {
+            PgOutput::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
+                if self.txn.is_some() {
+                    return Err(SourceError::Order("Begin inside an open transaction"));
+                }
+                let commit_time = Timestamp::from_pg_epoch_micros(commit_time);
+                self.txn = Some(OpenTxn { xid, commit_time });
+                Some(SourceEvent::Begin {
+                    xid,
+                    final_lsn,
+                    commit_time,
+                })
+            }
+            PgOutput::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or(SourceError::Order("Commit without Begin"))?;
+                self.last_commit_end = self.last_commit_end.max(end_lsn);
+                Some(SourceEvent::Commit {
+                    xid: txn.xid,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time: Timestamp::from_pg_epoch_micros(commit_time),
+                })
+            }
+            PgOutput::Origin { .. } => None,
+            PgOutput::Relation(rel) => {
+                debug!(oid = rel.oid, schema = %rel.schema, table = %rel.name, "relation");
+                self.relations.insert(rel.oid, Arc::new(rel));
+                None
+            }
+            PgOutput::Type { oid, schema, name } => {
+                debug!(oid, %schema, %name, "type");
+                None
+            }
+            PgOutput::Insert { relation, new } => {
+                Some(self.change(kind, lsn, relation, Op::Insert { new })?)
+            }
+            PgOutput::Update { relation, old, new } => {
+                Some(self.change(kind, lsn, relation, Op::Update { old, new })?)
+            }
+            PgOutput::Delete { relation, old } => {
+                Some(self.change(kind, lsn, relation, Op::Delete { old })?)
+            }
+            PgOutput::Truncate {
+                relations,
+                cascade,
+                restart_identity,
+            } => {
+                for oid in relations {
+                    let ev = self.change(
+                        kind,
+                        lsn,
+                        oid,
+                        Op::Truncate {
+                            cascade,
+                            restart_identity,
+                        },
+                    )?;
+                    self.pending.push_back(ev);
+                }
+                self.pending.pop_front()
+            }
+            PgOutput::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => Some(SourceEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            }),
+        })
+    }
+
+    fn change(
+        &self,
+        kind: &'static str,
+        lsn: Lsn,
+        oid: u32,
+        op: Op,
+    ) -> Result<SourceEvent, SourceError> {
+        let txn = self
+            .txn
+            .ok_or(SourceError::Order("row change outside a transaction"))?;
+        let relation = self
+            .relations
+            .get(&oid)
+            .ok_or(SourceError::UnknownRelation { message: kind, oid })?
+            .clone();
+        relation.check_op(&op)?;
+        Ok(SourceEvent::Change(RowChange {
+            lsn,
+            xid: txn.xid,
+            commit_time: txn.commit_time,
+            relation,
+            op,
+        }))
+    }
+}
+
+async fn load_types(session: &mut Session) -> Result<TypeRegistry, SourceError> {
+    let rows = session
+        .simple_query("SELECT oid, typarray FROM pg_catalog.pg_type WHERE typtype = 'e'")
+        .await?;
+    let mut types = TypeRegistry::default();
+    for row in rows {
+        if let Some(oid) = row.get(0).and_then(|s| s.parse().ok()) {
+            types.enums.insert(oid);
+        }
+        if let Some(oid) = row.get(1).and_then(|s| s.parse().ok()) {
+            types.enum_arrays.insert(oid);
+        }
+    }
+    Ok(types)
+}
