@@ -469,3 +469,7 @@ fn tuple(r: &mut Reader<'_>) -> Result<Tuple, DecodeError> {
     }
     Ok(Tuple(datums))
 }
+
+#[cfg(test)]
+#[path = "pgoutput_tests.rs"]
+mod tests;
