@@ -120,6 +120,7 @@ impl LocalPostgres {
             ) {
                 Ok(_) => {
                     pg.stopped = false;
+                    pg.spawn_watchdog()?;
                     debug!(port = pg.port, dir = %pg.dir.path().display(), "private PostgreSQL started");
                     return Ok(pg);
                 }
@@ -212,8 +213,34 @@ impl LocalPostgres {
         .map(|_| ())
     }
 
+    /// A shell that stops the server and removes its directory once this process is gone, so a
+    /// killed test run or demo leaves nothing behind. It ignores Ctrl-C (which the terminal
+    /// sends to the whole process group) so it outlives us.
+    fn spawn_watchdog(&self) -> Result<(), LocalPgError> {
+        let script = format!(
+            "trap '' INT TERM; while [ -d /proc/{pid} ]; do sleep 1; done; \
+             '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            pg_ctl = self.bin.join("pg_ctl").display(),
+            data = self.data.display(),
+            dir = self.dir.path().display(),
+        );
+        self.command_path(Path::new("/bin/sh"))
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(io_err("starting the clean-up watchdog"))?;
+        Ok(())
+    }
+
     fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(self.bin.join(program));
+        self.command_path(&self.bin.join(program))
+    }
+
+    fn command_path(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
         if let Some((uid, gid)) = self.run_as {
             c.uid(uid).gid(gid);
         }

@@ -68,7 +68,7 @@ pub async fn tail<W: AsyncWrite + Unpin>(
                 sequencer.assign(change).write_json_line(&mut buf)?;
             }
             SourceEvent::Commit { end_lsn, .. } => unconfirmed = Some(end_lsn),
-            SourceEvent::Begin { .. } | SourceEvent::Message { .. } => {}
+            _ => {}
         }
         if buf.len() >= OUTPUT_CHUNK
             || (!stream.has_buffered() && (!buf.is_empty() || unconfirmed.is_some()))

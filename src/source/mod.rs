@@ -101,6 +101,12 @@ pub enum SourceEvent {
         end_lsn: Lsn,
         commit_time: Timestamp,
     },
+    /// A table's description; every later change of that table carries it.
+    Relation(Arc<Relation>),
+    /// A non-builtin type used by a published column.
+    Type { oid: u32, schema: String, name: String },
+    /// The transaction was replicated into this database from elsewhere (replication origin).
+    Origin { commit_lsn: Lsn, name: String },
     /// A `pg_logical_emit_message` message.
     Message {
         transactional: bool,
@@ -330,16 +336,14 @@ impl LogicalStream {
                     commit_time: Timestamp::from_pg_epoch_micros(commit_time),
                 })
             }
-            PgOutput::Origin { .. } => None,
+            PgOutput::Origin { commit_lsn, name } => Some(SourceEvent::Origin { commit_lsn, name }),
             PgOutput::Relation(rel) => {
                 debug!(oid = rel.oid, schema = %rel.schema, table = %rel.name, "relation");
-                self.relations.insert(rel.oid, Arc::new(rel));
-                None
+                let rel = Arc::new(rel);
+                self.relations.insert(rel.oid, rel.clone());
+                Some(SourceEvent::Relation(rel))
             }
-            PgOutput::Type { oid, schema, name } => {
-                debug!(oid, %schema, %name, "type");
-                None
-            }
+            PgOutput::Type { oid, schema, name } => Some(SourceEvent::Type { oid, schema, name }),
             PgOutput::Insert { relation, new } => {
                 Some(self.change(kind, lsn, relation, Op::Insert { new })?)
             }
