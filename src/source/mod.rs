@@ -104,9 +104,16 @@ pub enum SourceEvent {
     /// A table's description; every later change of that table carries it.
     Relation(Arc<Relation>),
     /// A non-builtin type used by a published column.
-    Type { oid: u32, schema: String, name: String },
+    Type {
+        oid: u32,
+        schema: String,
+        name: String,
+    },
     /// The transaction was replicated into this database from elsewhere (replication origin).
-    Origin { commit_lsn: Lsn, name: String },
+    Origin {
+        commit_lsn: Lsn,
+        name: String,
+    },
     /// A `pg_logical_emit_message` message.
     Message {
         transactional: bool,

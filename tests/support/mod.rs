@@ -1,0 +1,199 @@
+//! Shared by the integration tests: one private PostgreSQL per test binary, a database per
+//! test, and helpers that read the stream with a deadline (never a fixed sleep).
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgfanout::change::RowChange;
+use pgfanout::config::SourceConfig;
+use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout::source::{LogicalStream, SourceEvent};
+use pgfanout::sql::QualifiedName;
+
+/// Deadline for anything the tests wait on.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub const SCRAM_USER: &str = "scram_user";
+pub const MD5_USER: &str = "md5_user";
+pub const PLAIN_USER: &str = "plain_user";
+pub const PASSWORD: &str = "p@ss word'\"";
+
+static SERVER: OnceLock<LocalPostgres> = OnceLock::new();
+
+/// The test binary's server: logical WAL, TLS with a throw-away CA, and password-authenticated
+/// TCP users for SCRAM, MD5 and cleartext.
+pub fn server() -> &'static LocalPostgres {
+    SERVER.get_or_init(|| {
+        let hba = vec![
+            format!("host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256"),
+            format!("host all {MD5_USER} 127.0.0.1/32 md5"),
+            format!("host all {PLAIN_USER} 127.0.0.1/32 password"),
+        ];
+        let pg = LocalPostgres::start(&Options {
+            conf: vec![
+                "max_replication_slots = 60".into(),
+                "max_wal_senders = 60".into(),
+            ],
+            hba,
+            tls: true,
+        })
+        .expect("start the private PostgreSQL");
+        // Roles are cluster-wide: create them once. MD5 needs an md5-hashed password.
+        let port = pg.port();
+        let dir = pg.socket_dir().to_owned();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut cfg = tokio_postgres::Config::new();
+                cfg.host_path(&dir)
+                    .port(port)
+                    .user("postgres")
+                    .dbname("postgres");
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let pw = PASSWORD.replace('\'', "''");
+                client
+                    .batch_execute(&format!(
+                        "SET password_encryption = 'scram-sha-256';
+                         CREATE ROLE {SCRAM_USER} LOGIN REPLICATION PASSWORD '{pw}';
+                         CREATE ROLE {PLAIN_USER} LOGIN REPLICATION PASSWORD '{pw}';
+                         SET password_encryption = 'md5';
+                         CREATE ROLE {MD5_USER} LOGIN REPLICATION PASSWORD '{pw}';
+                         CREATE ROLE no_repl LOGIN;"
+                    ))
+                    .await
+                    .unwrap();
+            })
+        })
+        .join()
+        .unwrap();
+        pg
+    })
+}
+
+/// A new, empty database for one test.
+pub async fn fresh_db(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    server()
+        .create_database(&name)
+        .await
+        .expect("create test database");
+    name
+}
+
+pub async fn sql(db: &str) -> tokio_postgres::Client {
+    server()
+        .sql(db)
+        .await
+        .expect("connect to the test database")
+}
+
+/// Source configuration for `db` over the unix socket; `tables` None publishes all tables.
+pub fn source_config(db: &str, tables: Option<&[&str]>) -> SourceConfig {
+    SourceConfig {
+        conn: server().conninfo(db),
+        slot: format!("slot_{db}"),
+        publication: "pgfanout".into(),
+        tables: tables.map(|t| t.iter().map(|n| QualifiedName::parse(n).unwrap()).collect()),
+        manage: true,
+        status_interval: Duration::from_millis(200),
+    }
+}
+
+/// Reads events until `done` says so, failing the test after [`WAIT`].
+pub async fn events_until(
+    stream: &mut LogicalStream,
+    mut done: impl FnMut(&[SourceEvent]) -> bool,
+) -> Vec<SourceEvent> {
+    let mut events = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !done(&events) {
+            events.push(stream.next().await.expect("stream error"));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out; got {} events: {:#?}", events.len(), events));
+    events
+}
+
+/// Reads until `n` row changes arrived; returns them.
+pub async fn changes(stream: &mut LogicalStream, n: usize) -> Vec<RowChange> {
+    let events = events_until(stream, |evs| {
+        evs.iter()
+            .filter(|e| matches!(e, SourceEvent::Change(_)))
+            .count()
+            >= n
+    })
+    .await;
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            SourceEvent::Change(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The text of column `name` in a tuple of `change`'s relation.
+pub fn text<'a>(
+    change: &'a RowChange,
+    tuple: &'a pgfanout::change::Tuple,
+    name: &str,
+) -> Option<&'a str> {
+    let i = change
+        .relation
+        .columns
+        .iter()
+        .position(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no column {name} in {}", change.relation.name));
+    match &tuple.0[i] {
+        pgfanout::change::Datum::Text(b) => Some(std::str::from_utf8(b).unwrap()),
+        _ => None,
+    }
+}
+
+/// Polls `check` until it returns Some, failing after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Drops a slot once its walsender has let go of it.
+pub async fn drop_slot(client: &tokio_postgres::Client, slot: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "slot {slot} stays active"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("dropping slot {slot}: {e}"),
+        }
+    }
+}
