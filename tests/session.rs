@@ -57,18 +57,31 @@ async fn the_server_really_asks_for_each_method() {
 #[tokio::test]
 async fn wrong_or_missing_passwords_fail_with_clear_errors() {
     for user in [SCRAM_USER, MD5_USER, PLAIN_USER] {
-        let err = identify(&tcp_url(user, Some("wrong"), "sslmode=disable")).await.unwrap_err();
+        let err = identify(&tcp_url(user, Some("wrong"), "sslmode=disable"))
+            .await
+            .unwrap_err();
         let msg = err.to_string();
         // SCRAM can fail on the client side (server signature) or the server's 28P01.
         assert!(
             err.server_code() == Some("28P01") || matches!(err, SessionError::Scram(_)),
             "{user}: {msg}"
         );
-        assert!(!err.is_transient(), "{user}: authentication failures are not retried");
-        assert!(!msg.contains("wrong"), "the password must not be echoed: {msg}");
+        assert!(
+            !err.is_transient(),
+            "{user}: authentication failures are not retried"
+        );
+        assert!(
+            !msg.contains("wrong"),
+            "the password must not be echoed: {msg}"
+        );
 
-        let err = identify(&tcp_url(user, None, "sslmode=disable")).await.unwrap_err();
-        assert!(matches!(err, SessionError::PasswordRequired { .. }), "{user}: {err}");
+        let err = identify(&tcp_url(user, None, "sslmode=disable"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SessionError::PasswordRequired { .. }),
+            "{user}: {err}"
+        );
         assert!(err.to_string().contains(user), "{err}");
     }
 }
@@ -99,7 +112,9 @@ async fn tls_per_sslmode() {
         if by_name {
             info = localhost(info);
         }
-        let mut s = Session::connect(&info, None).await.unwrap_or_else(|e| panic!("{extra}: {e}"));
+        let mut s = Session::connect(&info, None)
+            .await
+            .unwrap_or_else(|e| panic!("{extra}: {e}"));
         let rows = s
             .simple_query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
             .await
@@ -107,14 +122,34 @@ async fn tls_per_sslmode() {
         assert_eq!(rows[0].get(0), Some("true"), "{extra} should be encrypted");
         s.close(false).await.unwrap();
     }
-    let info = tcp_url(SCRAM_USER, Some(PASSWORD), &format!("sslmode=verify-full&sslrootcert={ca}"));
+    let info = tcp_url(
+        SCRAM_USER,
+        Some(PASSWORD),
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
     let err = Session::connect(&info, None).await.err().unwrap();
-    assert!(matches!(err, SessionError::Tls { .. }), "verify-full must check the name: {err}");
+    assert!(
+        matches!(err, SessionError::Tls { .. }),
+        "verify-full must check the name: {err}"
+    );
 
     // A CA that did not sign the server's certificate is refused.
-    let other_ca = std::env::temp_dir().join(format!("pgfanout-other-ca-{}.pem", std::process::id()));
+    let other_ca =
+        std::env::temp_dir().join(format!("pgfanout-other-ca-{}.pem", std::process::id()));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "/dev/null", "-days", "1", "-subj", "/CN=other"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "/dev/null",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
         .arg("-out")
         .arg(&other_ca)
         .output()
@@ -125,15 +160,23 @@ async fn tls_per_sslmode() {
         Some(PASSWORD),
         &format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
     );
-    let err = Session::connect(&localhost(info), None).await.err().unwrap();
+    let err = Session::connect(&localhost(info), None)
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, SessionError::Tls { .. }), "{err}");
     let _ = std::fs::remove_file(other_ca);
 }
 
 #[tokio::test]
 async fn server_errors_carry_sqlstate_message_and_hint() {
-    let mut s = Session::connect(&server().conninfo("postgres"), Some("database")).await.unwrap();
-    let err = s.simple_query("SELECT * FROM no_such_table").await.unwrap_err();
+    let mut s = Session::connect(&server().conninfo("postgres"), Some("database"))
+        .await
+        .unwrap();
+    let err = s
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
     assert_eq!(err.server_code(), Some("42P01"));
     assert!(err.to_string().contains("no_such_table"), "{err}");
     // The session is still usable after an error.
@@ -155,8 +198,14 @@ async fn server_errors_carry_sqlstate_message_and_hint() {
 
 #[tokio::test]
 async fn refused_connections_are_transient() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let info: ConnInfo = format!("postgres://u@127.0.0.1:{port}/db?sslmode=disable").parse().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let info: ConnInfo = format!("postgres://u@127.0.0.1:{port}/db?sslmode=disable")
+        .parse()
+        .unwrap();
     let err = Session::connect(&info, None).await.err().unwrap();
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains(&port.to_string()), "{err}");

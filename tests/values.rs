@@ -327,7 +327,7 @@ fn check_typed(ty: &str, row: usize, pg_type: &PgType, value: &Value<'_>, text: 
         },
         ("timestamptz[]", 0) => match value {
             Value::Array(items) => {
-                assert!(matches!(items[1], None));
+                assert!(items[1].is_none());
                 assert!(matches!(
                     items[2],
                     Some(Value::TimestampTz(Timestamp::PosInfinity))

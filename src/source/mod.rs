@@ -46,7 +46,7 @@ pub enum SourceError {
     NoReplicationPrivilege {
         user: String,
         #[source]
-        source: SessionError,
+        source: Box<SessionError>,
     },
     #[error("replication slot {slot} uses output plugin {plugin}, but pgfanout needs pgoutput\nHINT: drop it (SELECT pg_drop_replication_slot('{slot}')) or configure another source.slot")]
     SlotPlugin { slot: String, plugin: String },
@@ -114,6 +114,11 @@ pub enum SourceEvent {
         commit_lsn: Lsn,
         name: String,
     },
+    /// The server's WAL position while it has nothing for us. Every frame yields an event, so a
+    /// consumer sees when the stream has gone quiet (`has_buffered` is then false).
+    Keepalive {
+        wal_end: Lsn,
+    },
     /// A `pg_logical_emit_message` message.
     Message {
         transactional: bool,
@@ -177,7 +182,7 @@ impl LogicalStream {
             .map_err(|e| match e.server_code() {
                 Some("42501") => SourceError::NoReplicationPrivilege {
                     user: cfg.conn.user.clone(),
-                    source: e,
+                    source: Box::new(e),
                 },
                 _ => SourceError::Session(e),
             })?;
@@ -289,6 +294,7 @@ impl LogicalStream {
                     if reply_requested {
                         self.send_status_update(false).await?;
                     }
+                    return Ok(SourceEvent::Keepalive { wal_end });
                 }
                 ReplicationMessage::XLogData {
                     wal_start,

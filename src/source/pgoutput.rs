@@ -413,6 +413,7 @@ fn relation(r: &mut Reader<'_>) -> Result<Relation, DecodeError> {
     })?;
     let count = r.u16()?;
     if count > i16::MAX as u16 {
+        r.pos -= 2;
         return Err(r.error(Reason::Invalid("negative column count")));
     }
     // Each column needs at least 10 bytes; bound the allocation by what the frame can hold.
@@ -438,6 +439,7 @@ fn relation(r: &mut Reader<'_>) -> Result<Relation, DecodeError> {
 fn tuple(r: &mut Reader<'_>) -> Result<Tuple, DecodeError> {
     let count = r.u16()?;
     if count > i16::MAX as u16 {
+        r.pos -= 2;
         return Err(r.error(Reason::Invalid("negative column count")));
     }
     // Every column takes at least one byte.

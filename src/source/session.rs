@@ -106,7 +106,11 @@ pub enum SessionError {
     #[error("SCRAM authentication failed: {0}")]
     Scram(#[source] io::Error),
     #[error("{context}: {error}")]
-    Server { context: String, error: ServerError },
+    // Boxed: keeps every Result of the session small on the hot path.
+    Server {
+        context: String,
+        error: Box<ServerError>,
+    },
     #[error("connection to the server was lost: {0}")]
     Io(#[from] io::Error),
     #[error("protocol violation: {0}")]
@@ -347,7 +351,7 @@ impl Session {
                 backend::Message::ErrorResponse(body) => {
                     return Err(SessionError::Server {
                         context: format!("connecting to {} as user {}", self.target, info.user),
-                        error: ServerError::parse(&body),
+                        error: Box::new(ServerError::parse(&body)),
                     })
                 }
                 backend::Message::ParameterStatus(_) | backend::Message::BackendKeyData(_) => {}
@@ -408,7 +412,7 @@ impl Session {
                     return match error {
                         Some(error) => Err(SessionError::Server {
                             context: format!("running {}", first_words(sql)),
-                            error,
+                            error: Box::new(error),
                         }),
                         None => Ok(rows),
                     };
@@ -452,7 +456,7 @@ impl Session {
                     self.wait_ready().await?;
                     return Err(SessionError::Server {
                         context: format!("running {}", first_words(command)),
-                        error,
+                        error: Box::new(error),
                     });
                 }
                 backend::Message::NoticeResponse(body) => log_notice(&body),
@@ -493,40 +497,44 @@ impl Session {
     }
 
     fn try_copy_frame(&mut self) -> Result<Option<CopyFrame>, SessionError> {
-        if self.rbuf.len() < 5 {
-            return Ok(None);
-        }
-        let len = frame_len(&self.rbuf)?;
-        if self.rbuf.len() < len {
-            self.rbuf.reserve(len - self.rbuf.len());
-            return Ok(None);
-        }
-        match self.rbuf[0] {
-            // Hot path: split the frame off without copying; values stay slices of it.
-            b'd' => {
-                let mut frame = self.rbuf.split_to(len).freeze();
-                frame.advance(5);
-                Ok(Some(CopyFrame::Data(frame)))
+        loop {
+            if self.rbuf.len() < 5 {
+                return Ok(None);
             }
-            b'c' => {
-                self.rbuf.advance(len);
-                Ok(Some(CopyFrame::Done))
+            let len = frame_len(&self.rbuf)?;
+            if self.rbuf.len() < len {
+                self.rbuf.reserve(len - self.rbuf.len());
+                return Ok(None);
             }
-            _ => match backend::Message::parse(&mut self.rbuf)? {
-                Some(backend::Message::ErrorResponse(body)) => Err(SessionError::Server {
-                    context: "streaming changes".into(),
-                    error: ServerError::parse(&body),
-                }),
-                Some(backend::Message::NoticeResponse(body)) => {
-                    log_notice(&body);
-                    Ok(None)
+            match self.rbuf[0] {
+                // Hot path: split the frame off without copying; values stay slices of it.
+                b'd' => {
+                    let mut frame = self.rbuf.split_to(len).freeze();
+                    frame.advance(5);
+                    return Ok(Some(CopyFrame::Data(frame)));
                 }
-                Some(backend::Message::ParameterStatus(_)) => Ok(None),
-                Some(_) => Err(SessionError::Protocol(
-                    "unexpected message while streaming".into(),
-                )),
-                None => Ok(None),
-            },
+                b'c' => {
+                    self.rbuf.advance(len);
+                    return Ok(Some(CopyFrame::Done));
+                }
+                _ => match backend::Message::parse(&mut self.rbuf)? {
+                    Some(backend::Message::ErrorResponse(body)) => {
+                        return Err(SessionError::Server {
+                            context: "streaming changes".into(),
+                            error: Box::new(ServerError::parse(&body)),
+                        })
+                    }
+                    // Informational: look at the next buffered frame.
+                    Some(backend::Message::NoticeResponse(body)) => log_notice(&body),
+                    Some(backend::Message::ParameterStatus(_)) => {}
+                    Some(_) => {
+                        return Err(SessionError::Protocol(
+                            "unexpected message while streaming".into(),
+                        ))
+                    }
+                    None => return Ok(None),
+                },
+            }
         }
     }
 
