@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
 use tracing::{info, warn};
 
 use crate::config::{SourceConfig, DEFAULT_PUBLICATION};
@@ -52,7 +51,7 @@ pub enum DemoError {
 }
 
 /// Runs the demo, writing JSON lines to `out`.
-pub async fn run<W: AsyncWrite + Unpin>(
+pub async fn run<W: std::io::Write>(
     out: &mut W,
     max_changes: Option<u64>,
     shutdown: impl Future<Output = ()>,

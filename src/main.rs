@@ -54,7 +54,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match // One thread: the stream is a single sequential pipeline, and cross-thread wake-ups cost
+    // more than they give (measured with scripts/bench-e2e.sh).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -82,7 +84,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = std::io::stdout().lock();
     match command {
         Command::Tail {
             config,

@@ -1,12 +1,12 @@
 //! `pgfanout tail`: the source and sequencer stages with a JSON-lines consumer.
 //!
-//! Output is buffered and written when the buffer is large or the stream has nothing more
+//! Output is buffered in memory and written when the buffer is large or the stream has nothing more
 //! buffered, so a busy stream costs few writes and an idle one shows every change at once. A
 //! transaction is confirmed to PostgreSQL only after its last line has been written out.
 
 use std::future::Future;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use std::io::Write;
 use tracing::{info, warn};
 
 use crate::change::JsonError;
@@ -43,7 +43,7 @@ pub enum TailError {
 }
 
 /// Streams changes as JSON lines into `out` until `limit` changes, an error, or `shutdown`.
-pub async fn tail<W: AsyncWrite + Unpin>(
+pub async fn tail<W: Write>(
     cfg: &SourceConfig,
     opts: TailOptions,
     out: &mut W,
@@ -73,14 +73,14 @@ pub async fn tail<W: AsyncWrite + Unpin>(
         if buf.len() >= OUTPUT_CHUNK
             || (!stream.has_buffered() && (!buf.is_empty() || unconfirmed.is_some()))
         {
-            write_out(out, &mut buf).await?;
+            write_out(out, &mut buf)?;
             if let Some(lsn) = unconfirmed.take() {
                 stream.confirm(lsn);
                 confirmed = lsn;
             }
         }
     }
-    write_out(out, &mut buf).await?;
+    write_out(out, &mut buf)?;
     if let Some(lsn) = unconfirmed.take() {
         stream.confirm(lsn);
         confirmed = lsn;
@@ -94,10 +94,12 @@ pub async fn tail<W: AsyncWrite + Unpin>(
     Ok(TailSummary { changes, confirmed })
 }
 
-async fn write_out<W: AsyncWrite + Unpin>(out: &mut W, buf: &mut Vec<u8>) -> Result<(), TailError> {
+/// A plain blocking write: the output is what this command produces, so a slow reader should
+/// slow the stream down (as with pg_recvlogical), and it avoids a thread hop per chunk.
+fn write_out<W: Write>(out: &mut W, buf: &mut Vec<u8>) -> Result<(), TailError> {
     if !buf.is_empty() {
-        out.write_all(buf).await.map_err(TailError::Output)?;
+        out.write_all(buf).map_err(TailError::Output)?;
         buf.clear();
     }
-    out.flush().await.map_err(TailError::Output)
+    out.flush().map_err(TailError::Output)
 }
