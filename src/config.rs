@@ -16,6 +16,13 @@ pub const DEFAULT_PUBLICATION: &str = "pgfanout";
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Creating the slot and publication when missing is what a first run needs.
 pub const DEFAULT_MANAGE: bool = true;
+pub const DEFAULT_LOG_DIR: &str = "pgfanout-log";
+pub const DEFAULT_SEGMENT_MB: u64 = 64;
+/// Longest a committed transaction waits for the group-commit fsync while changes keep coming.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_STATE_SCHEMA: &str = "pgfanout";
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A value that must never reach logs: `Debug` and `Display` print `****`.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,6 +53,26 @@ impl fmt::Display for Secret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: SourceConfig,
+    pub log: LogConfig,
+    pub state: StateConfig,
+}
+
+/// `[log]`: the local change log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub sync_interval: Duration,
+    pub retention_age: Option<Duration>,
+    pub retention_bytes: Option<u64>,
+}
+
+/// `[state]`: where checkpoints and migration history live.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub conn: ConnInfo,
+    pub schema: String,
+    pub checkpoint_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -57,12 +84,37 @@ pub struct SourceConfig {
     pub tables: Option<Vec<QualifiedName>>,
     pub manage: bool,
     pub status_interval: Duration,
+    /// Emit a tiny logical message this often so an idle database does not hold WAL.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     source: RawSource,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    dir: Option<PathBuf>,
+    segment_mb: Option<u64>,
+    sync_interval: Option<String>,
+    /// A duration, or "forever".
+    retention_age: Option<String>,
+    retention_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    url: Option<String>,
+    schema: Option<String>,
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +126,7 @@ struct RawSource {
     tables: Option<Vec<String>>,
     manage: Option<bool>,
     status_interval: Option<String>,
+    heartbeat_interval: Option<String>,
 }
 
 /// A problem with one key of the configuration.
@@ -271,23 +324,72 @@ impl RawConfig {
                 })
                 .collect::<Vec<_>>()
         });
-        let status_interval = match s.status_interval.as_deref().map(humantime::parse_duration) {
-            None => DEFAULT_STATUS_INTERVAL,
-            Some(Ok(d)) if d >= Duration::from_millis(10) => d,
-            Some(Ok(_)) => {
-                problem("source.status_interval", "must be at least 10ms".into());
-                DEFAULT_STATUS_INTERVAL
-            }
-            Some(Err(e)) => {
-                problem(
-                    "source.status_interval",
-                    format!("{e}; write a duration such as \"10s\" or \"500ms\""),
-                );
-                DEFAULT_STATUS_INTERVAL
-            }
+        let status_interval = duration(
+            &mut problem,
+            "source.status_interval",
+            s.status_interval.as_deref(),
+            DEFAULT_STATUS_INTERVAL,
+        );
+        let heartbeat_interval = s.heartbeat_interval.as_deref().map(|v| {
+            duration(
+                &mut problem,
+                "source.heartbeat_interval",
+                Some(v),
+                DEFAULT_STATUS_INTERVAL,
+            )
+        });
+
+        let l = self.log;
+        let segment_mb = l.segment_mb.unwrap_or(DEFAULT_SEGMENT_MB);
+        if segment_mb == 0 {
+            problem("log.segment_mb", "must be at least 1".into());
+        }
+        let sync_interval = duration(
+            &mut problem,
+            "log.sync_interval",
+            l.sync_interval.as_deref(),
+            DEFAULT_SYNC_INTERVAL,
+        );
+        let retention_age = match l.retention_age.as_deref() {
+            Some("forever") => None,
+            other => Some(duration(
+                &mut problem,
+                "log.retention_age",
+                other,
+                DEFAULT_RETENTION_AGE,
+            )),
         };
-        match conn {
-            Some(conn) if problems.is_empty() => Ok(Config {
+        let log = LogConfig {
+            dir: l.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
+            segment_bytes: segment_mb.saturating_mul(1024 * 1024),
+            sync_interval,
+            retention_age,
+            retention_bytes: l.retention_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+        };
+
+        let st = self.state;
+        let state_conn = match &st.url {
+            None => conn.clone(),
+            Some(url) => match url.parse::<ConnInfo>() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problem("state.url", e.to_string());
+                    None
+                }
+            },
+        };
+        let schema = st.schema.unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
+        if schema.is_empty() || schema.len() > 63 {
+            problem("state.schema", "must be 1 to 63 bytes long".into());
+        }
+        let checkpoint_interval = duration(
+            &mut problem,
+            "state.checkpoint_interval",
+            st.checkpoint_interval.as_deref(),
+            DEFAULT_CHECKPOINT_INTERVAL,
+        );
+        match (conn, state_conn) {
+            (Some(conn), Some(state_conn)) if problems.is_empty() => Ok(Config {
                 source: SourceConfig {
                     conn,
                     slot,
@@ -295,9 +397,40 @@ impl RawConfig {
                     tables,
                     manage: s.manage.unwrap_or(DEFAULT_MANAGE),
                     status_interval,
+                    heartbeat_interval,
+                },
+                log,
+                state: StateConfig {
+                    conn: state_conn,
+                    schema,
+                    checkpoint_interval,
                 },
             }),
             _ => Err(problems),
+        }
+    }
+}
+
+/// A duration key (`"10s"`, `"500ms"`, `"7days"`), at least 10ms; `default` when absent.
+fn duration(
+    problem: &mut impl FnMut(&str, String),
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match value.map(humantime::parse_duration) {
+        None => default,
+        Some(Ok(d)) if d >= Duration::from_millis(10) => d,
+        Some(Ok(_)) => {
+            problem(key, "must be at least 10ms".into());
+            default
+        }
+        Some(Err(e)) => {
+            problem(
+                key,
+                format!("{e}; write a duration such as \"10s\" or \"500ms\""),
+            );
+            default
         }
     }
 }

@@ -72,6 +72,7 @@ pub async fn run<W: std::io::Write>(
         tables: None,
         manage: true,
         status_interval: Duration::from_secs(1),
+        heartbeat_interval: None,
     };
     let writer = pg.sql(DATABASE).await?;
     let workload = tokio::spawn(async move {

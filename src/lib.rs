@@ -9,12 +9,16 @@
 //! ```
 
 pub mod change;
+pub mod changelog;
 pub mod config;
 pub mod demo;
 pub mod localpg;
+pub mod logcli;
 pub mod lsn;
+pub mod pipeline;
 pub mod sequencer;
 pub mod source;
 pub mod sql;
+pub mod state;
 pub mod tail;
 pub mod value;

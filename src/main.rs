@@ -43,11 +43,49 @@ enum Command {
         #[arg(long)]
         slot: Option<String>,
     },
+    /// Stream the slot into the change log until stopped (SIGINT / SIGTERM flush, checkpoint
+    /// and exit 0).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Apply the state database's migrations and exit.
+    Migrate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Inspect the change log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// The embedded default: a private PostgreSQL, a small multi-tenant schema, live changes.
     Demo {
         /// Exit after this many changes (default: run until Ctrl-C).
         #[arg(long)]
         limit: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Print changes as JSON lines (the `tail` format), from a seq on.
+    Read {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        from_seq: u64,
+        /// Last seq to print (inclusive).
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// Print at most this many changes.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Check every record of every segment (CRC, decoding, dense seq).
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -106,6 +144,39 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 ctrl_c(),
             )
             .await?;
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            pgfanout::pipeline::run(&config, ctrl_c()).await?;
+        }
+        Command::Migrate { config } => {
+            let config = Config::load(&config)?;
+            let state =
+                pgfanout::state::StateDb::connect(&config.state.conn, &config.state.schema).await?;
+            eprintln!(
+                "state schema {} is up to date: {:?}",
+                state.schema(),
+                state.migrations()
+            );
+        }
+        Command::Log {
+            command:
+                LogCommand::Read {
+                    config,
+                    from_seq,
+                    to_seq,
+                    limit,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            pgfanout::logcli::read(&config.log.dir, from_seq, to_seq, limit, &mut stdout)?;
+        }
+        Command::Log {
+            command: LogCommand::Verify { config },
+        } => {
+            let config = Config::load(&config)?;
+            let report = pgfanout::changelog::verify(&config.log.dir)?;
+            println!("{report:?}");
         }
         Command::Demo { limit } => {
             pgfanout::demo::run(&mut stdout, limit, ctrl_c()).await?;

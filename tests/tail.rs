@@ -24,28 +24,78 @@ fn write_config(db: &str, tables: &str) -> tempfile::NamedTempFile {
     file
 }
 
-fn spawn_tail(config: &std::path::Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-        .arg("tail")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("DEBUG_TAIL").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::piped()
-        })
-        .spawn()
-        .unwrap()
+/// A child process killed when the test ends, also when it fails: a blocked reader of its
+/// output must never hang the test binary.
+struct Tail(Child);
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-/// Waits until the tail's temporary slot is streaming, so later writes are captured.
+impl Tail {
+    /// Reads stdout and stderr to their ends and waits for the exit status.
+    fn wait_output(&mut self) -> std::process::Output {
+        let mut stderr = self.0.stderr.take().unwrap();
+        let err = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            stderr.read_to_end(&mut buf).unwrap();
+            buf
+        });
+        let mut stdout = Vec::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut stdout)
+            .unwrap();
+        let status = self.0.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout,
+            stderr: err.join().unwrap(),
+        }
+    }
+}
+
+impl std::ops::Deref for Tail {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Tail {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn_tail(config: &std::path::Path, args: &[&str]) -> Tail {
+    Tail(
+        Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+            .arg("tail")
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until the tail's walsender runs START_REPLICATION, so later writes are captured. (A
+/// slot is already "active" while it is being created, and creation waits for every running
+/// transaction of the cluster to end; a commit before that is not decoded.)
 async fn wait_streaming(client: &tokio_postgres::Client, db: &str) {
     wait_for("tail to start streaming", || async {
         let rows = client
             .query(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name LIKE 'pgfanout_tail_%' AND database = $1 AND active",
+                "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name LIKE 'pgfanout_tail_%' AND s.database = $1 AND r.state IN ('catchup', 'streaming')",
                 &[&db],
             )
             .await
@@ -77,9 +127,9 @@ async fn prints_one_json_line_per_change_and_stops_at_the_limit() {
         )
         .await
         .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let mut child = child;
+    let out = tokio::task::spawn_blocking(move || child.wait_output())
         .await
-        .unwrap()
         .unwrap();
     assert!(
         out.status.success(),
@@ -253,5 +303,47 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     assert!(
         peak < LIMIT_KIB,
         "peak RSS {peak} KiB: memory grows with the transaction"
+    );
+}
+
+/// The README's first command ends in `pgfanout demo`: it must show live changes and leave
+/// nothing behind.
+#[test]
+fn demo_streams_changes_and_cleans_up() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+        .args(["demo", "--limit", "12"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    let tables: std::collections::BTreeSet<&str> =
+        lines.iter().map(|l| l["table"].as_str().unwrap()).collect();
+    assert!(
+        tables.contains("users") && tables.contains("contact_channels"),
+        "{tables:?}"
+    );
+    assert_eq!(lines[11]["seq"], 12);
+    // The log names the private server's port; once the demo is done nothing listens there.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let after = &stderr[stderr.find("PostgreSQL ready").expect("demo logs its port")..];
+    let digits: String = after[after.find("port").unwrap() + 4..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let port: u16 = digits.parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the demo's server on port {port} must be stopped"
     );
 }

@@ -171,6 +171,8 @@ pub struct LogicalStream {
     flushed: Lsn,
     status_interval: Duration,
     next_status: Instant,
+    /// Where a consumer that makes changes durable elsewhere publishes its durable LSN.
+    durable: Option<tokio::sync::watch::Receiver<Lsn>>,
 }
 
 impl LogicalStream {
@@ -210,6 +212,7 @@ impl LogicalStream {
             flushed: start_lsn,
             status_interval: cfg.status_interval,
             next_status: Instant::now() + cfg.status_interval,
+            durable: None,
         })
     }
 
@@ -237,6 +240,19 @@ impl LogicalStream {
         self.flushed = self.flushed.max(lsn);
     }
 
+    /// Follow a durable position published by another task (the change-log writer): it is read
+    /// whenever a status update is sent or a keepalive arrives, so confirmation needs no event.
+    pub fn confirm_from(&mut self, durable: tokio::sync::watch::Receiver<Lsn>) {
+        self.durable = Some(durable);
+    }
+
+    fn refresh_confirmed(&mut self) {
+        if let Some(rx) = &self.durable {
+            let lsn = *rx.borrow();
+            self.flushed = self.flushed.max(lsn);
+        }
+    }
+
     /// Sends a status update now (for example before shutting down).
     pub async fn send_status(&mut self) -> Result<(), SourceError> {
         self.send_status_update(false).await
@@ -250,6 +266,7 @@ impl LogicalStream {
     }
 
     async fn send_status_update(&mut self, reply_requested: bool) -> Result<(), SourceError> {
+        self.refresh_confirmed();
         let write = self.received.max(self.flushed);
         self.session
             .send_standby_status(write, self.flushed, self.flushed, reply_requested)
@@ -261,8 +278,8 @@ impl LogicalStream {
 
     /// The next event. Sends status updates when due and answers keepalives.
     ///
-    /// Cancel-safe at its await points except in the middle of sending a status update;
-    /// cancel it only to shut down.
+    /// Cancel-safe: reads lose no bytes and a status update interrupted mid-write is completed
+    /// by the next write, so it can sit in a `select!` with timers and shutdown.
     pub async fn next(&mut self) -> Result<SourceEvent, SourceError> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
@@ -286,6 +303,7 @@ impl LogicalStream {
                     ..
                 } => {
                     self.received = self.received.max(wal_end);
+                    self.refresh_confirmed();
                     // Nothing in flight and everything handed out confirmed: the WAL up to the
                     // server's end holds nothing for us, so the slot may move past it.
                     if self.txn.is_none() && self.flushed >= self.last_commit_end {

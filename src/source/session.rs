@@ -568,10 +568,18 @@ impl Session {
         Ok(())
     }
 
+    /// Cancel-safe: bytes leave `wbuf` as they are written, so a cancelled flush resumes where
+    /// it stopped instead of resending or dropping part of a message.
     async fn flush(&mut self) -> Result<(), SessionError> {
-        self.stream.write_all(&self.wbuf).await?;
+        while !self.wbuf.is_empty() {
+            if self.stream.write_buf(&mut self.wbuf).await? == 0 {
+                return Err(SessionError::Io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the server stopped accepting data",
+                )));
+            }
+        }
         self.stream.flush().await?;
-        self.wbuf.clear();
         Ok(())
     }
 

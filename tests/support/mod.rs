@@ -103,6 +103,7 @@ pub fn source_config(db: &str, tables: Option<&[&str]>) -> SourceConfig {
         tables: tables.map(|t| t.iter().map(|n| QualifiedName::parse(n).unwrap()).collect()),
         manage: true,
         status_interval: Duration::from_millis(200),
+        heartbeat_interval: None,
     }
 }
 

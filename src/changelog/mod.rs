@@ -1,0 +1,738 @@
+//! The durable change log: every sequenced change and every transaction commit, appended to
+//! segment files, fsync'd in groups, read back from any retained seq.
+//!
+//! ```text
+//!  sequencer ──append_change/append_commit──▶ ChangeLog ──sync()──▶ Some(CommitInfo): tell
+//!                                              │  (buffer)          PostgreSQL end_lsn is flushed
+//!                                              ▼
+//!  dir/00000000000000000001.seg   [frame][frame]…[frame]      sealed (+ .idx)
+//!  dir/00000000000000000001.idx   sparse index of the sealed segment above
+//!  dir/00000000000000052341.seg   [frame][frame]…             active (last), appended to
+//!                                              │
+//!          LogReader::open / ChangeLog::reader ◀┘ reads durable records from any retained seq
+//!
+//!  frame   = [u32 LE payload length][u32 LE CRC32C(payload)][payload]
+//!  payload = protobuf `Record` (proto/changelog.proto): a Change or a Commit
+//!  segment = Change(s)…Commit  Change(s)…Commit  …   (whole transactions only)
+//! ```
+//!
+//! # Invariants
+//!
+//! 1. **A segment is named by the seq of its first change** (20 digits, zero-padded), and the
+//!    first record of a segment is that change. Segments hold whole transactions: the log
+//!    rolls to a new segment only after a commit, once the active segment has reached
+//!    `segment_bytes` — a transaction larger than that makes one large segment, never two.
+//! 2. **Change seqs are dense across the whole log** (each segment starts at the previous
+//!    one's last seq + 1; only retention removes segments, and only from the oldest end).
+//!    Every commit closes a non-empty transaction and carries the seq of its last change.
+//! 3. **Durable means fsync'd**: [`ChangeLog::sync`] writes the buffered frames, fsyncs the
+//!    active segment and, after a segment was created, the directory. Rolling fsyncs the old
+//!    segment before the new one is created, so only the last segment can have a torn tail.
+//!    What `sync` returns (the last durable commit) is what may be confirmed to PostgreSQL.
+//! 4. **Readers see only committed, durable records**: the durable watermark is the last seq
+//!    of the last durable commit; a reader never returns a change beyond it, so it never sees
+//!    a transaction that recovery could still remove.
+//! 5. **Recovery** ([`ChangeLog::open`]) scans the last segment only: a torn final frame (the
+//!    file ends inside it, or its CRC fails and it is the last frame) and the records of a
+//!    trailing transaction without its commit are truncated away — PostgreSQL resends that
+//!    transaction, since its end LSN was never confirmed. A CRC failure or an undecodable
+//!    record anywhere else is an error naming the file and byte offset; the log never
+//!    silently skips data. Sealed segments are trusted through their index file (rebuilt by a
+//!    scan when missing or stale); [`verify`] checks every record of every segment.
+//! 6. **After an I/O error the writer is poisoned**: a failed write or fsync leaves the file in
+//!    an unknown state (the kernel may have dropped the dirty pages), so every later call
+//!    fails until the log is reopened, which recovers from what is really on disk.
+//!
+//! # The sparse index
+//!
+//! For each segment the log keeps `(seq, byte offset)` of every `index_every`-th change
+//! (the first change always), built while appending and while recovering. Finding seq N is a
+//! binary search over segments by first seq, a binary search in that segment's index, and a
+//! scan of at most `index_every` records. When a segment is sealed its index goes to
+//! `<first seq>.idx` (one CRC-framed protobuf), so opening the log or a reader does not scan
+//! sealed segments. Memory: 16 bytes per `index_every` changes (default 256: ~64 KiB per
+//! million changes).
+//!
+//! A torn-write caveat inherent to the frame format: a corrupted *length* field that points
+//! past the end of the last segment is indistinguishable from a torn write and is truncated
+//! like one (`Recovered::truncated_bytes` reports how much).
+
+mod frame;
+mod reader;
+pub mod record;
+mod segment;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::change::SequencedChange;
+use crate::lsn::Lsn;
+use crate::value::Timestamp;
+
+pub use frame::{decode_frame, Frame, FrameError};
+pub use reader::{verify, LogReader, VerifyReport};
+pub use record::{LogRecord, RecordDecoder, RecordError};
+pub use segment::Problem;
+
+use record::RelationEncoder;
+use segment::SegmentInfo;
+
+/// Default size at which the active segment is sealed (at the next commit boundary).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default spacing of sparse-index entries, in changes.
+pub const DEFAULT_INDEX_EVERY: u32 = 256;
+/// Default size of the write buffer; when full it is written out (not fsync'd).
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Seal the active segment after the first commit that brings it to this size.
+    pub segment_bytes: u64,
+    /// One sparse-index entry every this many changes.
+    pub index_every: u32,
+    /// Buffered bytes that trigger a write (without fsync) between syncs, bounding memory.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            index_every: DEFAULT_INDEX_EVERY,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+        }
+    }
+}
+
+/// A transaction boundary as logged: what a `Commit` record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub xid: u32,
+    pub commit_lsn: Lsn,
+    /// The LSN that may be confirmed to PostgreSQL once this commit is durable.
+    pub end_lsn: Lsn,
+    pub commit_time: Timestamp,
+    /// Seq of the transaction's last change.
+    pub last_seq: u64,
+}
+
+/// What [`ChangeLog::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Seq of the last change in the log (that of `last_commit`), 0 for an empty log.
+    pub last_seq: u64,
+    pub last_commit: Option<CommitInfo>,
+    /// Bytes removed from the end of the last segment (torn frame, uncommitted transaction).
+    pub truncated_bytes: u64,
+}
+
+/// What the log may delete.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    /// Delete sealed segments whose last commit is older than this.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_segments: Vec<PathBuf>,
+    pub deleted_bytes: u64,
+    /// Oldest seq still in the log afterwards.
+    pub oldest_seq: Option<u64>,
+    /// `max_bytes` forced deleting changes at or after `keep_from_seq`: whoever needed them
+    /// must resync.
+    pub dropped_needed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("change log I/O error while {action} ({path})")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("change log is corrupt at {path}, byte offset {offset}: {problem}\nHINT: run `verify`; the log cannot be read past this point")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        problem: Problem,
+    },
+    #[error("change log segments are not contiguous: {path} starts at seq {found}, expected {expected}")]
+    Gap {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error("seq {requested} is no longer in the change log (oldest retained seq is {oldest})\nHINT: the destination reading from it needs a resync")]
+    SeqTooOld { requested: u64, oldest: u64 },
+    #[error("cannot append change {got}: the change log's next seq is {expected}; seqs must be dense")]
+    NotDense { expected: u64, got: u64 },
+    #[error("cannot append {what}: {detail}")]
+    BadAppend { what: &'static str, detail: String },
+    #[error("change {seq} encodes to {bytes} bytes, more than a record can hold (4 GiB)")]
+    RecordTooLarge { seq: u64, bytes: usize },
+    #[error("the change log writer failed earlier and must be reopened (which recovers from what is on disk)")]
+    Poisoned,
+}
+
+/// The durable state shared between the writer and its readers.
+#[derive(Debug)]
+struct State {
+    segments: Vec<SegmentInfo>,
+    durable: Option<CommitInfo>,
+    /// The writer is gone (readers stop waiting).
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+    watch: tokio::sync::watch::Sender<u64>,
+}
+
+impl Shared {
+    fn new(dir: PathBuf, state: State) -> Arc<Shared> {
+        let last = state.durable.map_or(0, |c| c.last_seq);
+        Arc::new(Shared {
+            dir,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            watch: tokio::sync::watch::Sender::new(last),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way readers
+        // could misuse beyond what they re-check, so recover from poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    /// Bytes written to the file (maybe not yet fsync'd).
+    written: u64,
+    /// Index entries not yet published to readers.
+    pending_index: Vec<(u64, u64)>,
+    /// Changes appended to this segment so far (durable or not).
+    changes: u64,
+    last_commit_time: Option<Timestamp>,
+}
+
+/// The writer. One per directory; not shared across threads (readers are separate).
+pub struct ChangeLog {
+    dir: PathBuf,
+    opts: LogOptions,
+    shared: Arc<Shared>,
+    active: Option<Active>,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    encoder: RelationEncoder,
+    /// Seq of the last appended change (0 before any).
+    last_seq: u64,
+    /// Xid of the open transaction (changes appended since the last commit).
+    open_tx: Option<u32>,
+    /// Last appended commit, durable or not.
+    last_commit: Option<CommitInfo>,
+    roll_pending: bool,
+    dir_dirty: bool,
+    poisoned: bool,
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LogError {
+    let path = path.to_owned();
+    move |source| LogError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing the change log directory", dir))
+}
+
+/// Now, as a PostgreSQL timestamp.
+fn now() -> Timestamp {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    Timestamp::from_pg_epoch_micros(unix - 946_684_800_000_000)
+}
+
+/// Loads the segment list of `dir`. Sealed segments come from their index files (or a scan);
+/// the last one is always scanned. With `repair`, the last segment's uncommitted tail is
+/// truncated (and an emptied last segment removed); without, it is only left out.
+fn load(dir: &Path, index_every: u32, repair: bool) -> Result<(State, u64), LogError> {
+    let firsts = segment::list_segments(dir)?;
+    let mut segments: Vec<SegmentInfo> = Vec::with_capacity(firsts.len());
+    let mut durable = None;
+    let mut truncated = 0;
+    let mut i = 0;
+    while i < firsts.len() {
+        let first = firsts[i];
+        let path = segment::segment_path(dir, first);
+        let is_last = i + 1 == firsts.len();
+        if let Some(prev) = segments.last() {
+            if prev.last_seq + 1 != first {
+                return Err(LogError::Gap {
+                    path,
+                    expected: prev.last_seq + 1,
+                    found: first,
+                });
+            }
+        }
+        if !is_last {
+            let len = fs::metadata(&path)
+                .map_err(io_err("reading a segment's size", &path))?
+                .len();
+            let info = match segment::read_index(dir, first, len) {
+                Some(info) => info,
+                None => {
+                    let scan = segment::scan(dir, first, index_every, false)?;
+                    if repair {
+                        segment::write_index(dir, &scan.info)?;
+                    }
+                    scan.info
+                }
+            };
+            segments.push(info);
+            i += 1;
+            continue;
+        }
+        let scan = segment::scan(dir, first, index_every, true)?;
+        truncated = scan.tail_bytes;
+        if scan.last_commit.is_some() {
+            durable = scan.last_commit;
+        }
+        if scan.info.len == 0 {
+            // Nothing committed in the last segment: it was created for a transaction that
+            // never committed. The previous segment (if any) becomes the active one.
+            if repair {
+                fs::remove_file(&path).map_err(io_err("removing an empty last segment", &path))?;
+                let _ = fs::remove_file(segment::index_path(dir, first));
+                sync_dir(dir)?;
+            }
+            if durable.is_none() {
+                if let Some(prev) = segments.last() {
+                    // The previous segment ends with a commit (it is sealed); recover it.
+                    let prev_scan = segment::scan(dir, prev.first_seq, index_every, false)?;
+                    durable = prev_scan.last_commit;
+                }
+            }
+        } else {
+            if repair && scan.tail_bytes > 0 {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("opening the last segment to truncate it", &path))?;
+                f.set_len(scan.info.len)
+                    .and_then(|()| f.sync_all())
+                    .map_err(io_err("truncating the last segment's torn tail", &path))?;
+            }
+            segments.push(scan.info);
+        }
+        i += 1;
+    }
+    if durable.is_none() {
+        // The last segment was empty and dropped above, or there are no segments.
+        if let Some(last) = segments.last() {
+            let scan = segment::scan(dir, last.first_seq, index_every, false)?;
+            durable = scan.last_commit;
+        }
+    }
+    Ok((
+        State {
+            segments,
+            durable,
+            closed: false,
+        },
+        truncated,
+    ))
+}
+
+impl ChangeLog {
+    /// Opens the log in `dir` (created if needed) and recovers it; see the module comment.
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<(ChangeLog, Recovered), LogError> {
+        fs::create_dir_all(dir).map_err(io_err("creating the change log directory", dir))?;
+        let (state, truncated_bytes) = load(dir, opts.index_every, true)?;
+        let last_commit = state.durable;
+        let last_seq = last_commit.map_or(0, |c| c.last_seq);
+        // Continue appending to the last segment. Its index file (if it had been sealed
+        // before a crash emptied its successor) would go stale: remove it.
+        let active = match state.segments.last() {
+            Some(last) => {
+                let path = segment::segment_path(dir, last.first_seq);
+                let _ = fs::remove_file(segment::index_path(dir, last.first_seq));
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err("opening the last segment for appending", &path))?;
+                Some(Active {
+                    file,
+                    path,
+                    first_seq: last.first_seq,
+                    written: last.len,
+                    pending_index: Vec::new(),
+                    changes: last.last_seq + 1 - last.first_seq,
+                    last_commit_time: last.last_commit_time,
+                })
+            }
+            None => None,
+        };
+        let roll_pending = active
+            .as_ref()
+            .is_some_and(|a| a.written >= opts.segment_bytes);
+        let log = ChangeLog {
+            dir: dir.to_owned(),
+            shared: Shared::new(dir.to_owned(), state),
+            opts,
+            active,
+            buf: Vec::new(),
+            scratch: Vec::new(),
+            encoder: RelationEncoder::default(),
+            last_seq,
+            open_tx: None,
+            last_commit,
+            roll_pending,
+            dir_dirty: false,
+            poisoned: false,
+        };
+        Ok((
+            log,
+            Recovered {
+                last_seq,
+                last_commit,
+                truncated_bytes,
+            },
+        ))
+    }
+
+    fn check(&self) -> Result<(), LogError> {
+        if self.poisoned {
+            Err(LogError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `f`; an error poisons the writer (invariant 6).
+    fn guard<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        self.check()?;
+        let r = f(self);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    /// Buffers a change. Its seq must follow the last appended one (any seq for an empty log).
+    pub fn append_change(&mut self, change: &SequencedChange) -> Result<(), LogError> {
+        self.check()?;
+        let expected = self.last_seq + 1;
+        if (self.last_seq != 0 && change.seq != expected) || change.seq == 0 {
+            return Err(LogError::NotDense {
+                expected,
+                got: change.seq,
+            });
+        }
+        if let Some(xid) = self.open_tx {
+            if xid != change.change.xid {
+                return Err(LogError::BadAppend {
+                    what: "a change",
+                    detail: format!(
+                        "change {} belongs to xid {} but transaction {xid} has not committed",
+                        change.seq, change.change.xid
+                    ),
+                });
+            }
+        }
+        self.scratch.clear();
+        let rel = self.encoder.encode(&change.change.relation);
+        record::encode_record(&record::change_to_proto(change, rel), &mut self.scratch);
+        if u32::try_from(self.scratch.len()).is_err() {
+            return Err(LogError::RecordTooLarge {
+                seq: change.seq,
+                bytes: self.scratch.len(),
+            });
+        }
+        self.guard(|log| {
+            if log.active.is_none() || (log.roll_pending && log.open_tx.is_none()) {
+                log.roll(change.seq)?;
+            }
+            let every = u64::from(log.opts.index_every.max(1));
+            // roll() leaves an active segment; without one the writer's state is broken.
+            let Some(active) = log.active.as_mut() else {
+                return Err(LogError::Poisoned);
+            };
+            if active.changes % every == 0 {
+                let offset = active.written + log.buf.len() as u64;
+                active.pending_index.push((change.seq, offset));
+            }
+            active.changes += 1;
+            frame::encode_frame(&log.scratch, &mut log.buf);
+            log.last_seq = change.seq;
+            log.open_tx = Some(change.change.xid);
+            log.maybe_flush()
+        })
+    }
+
+    /// Buffers the commit of the open transaction. A commit of a transaction without changes
+    /// (`last_seq` equal to the last commit's) is not logged.
+    pub fn append_commit(&mut self, commit: &CommitInfo) -> Result<(), LogError> {
+        self.check()?;
+        let Some(xid) = self.open_tx else {
+            if commit.last_seq == self.last_seq {
+                return Ok(());
+            }
+            return Err(LogError::BadAppend {
+                what: "a commit",
+                detail: format!(
+                    "no transaction is open, and its last seq {} is not the log's last seq {}",
+                    commit.last_seq, self.last_seq
+                ),
+            });
+        };
+        if commit.xid != xid || commit.last_seq != self.last_seq {
+            return Err(LogError::BadAppend {
+                what: "a commit",
+                detail: format!(
+                    "commit of xid {} with last seq {} does not close transaction {xid} ending at seq {}",
+                    commit.xid, commit.last_seq, self.last_seq
+                ),
+            });
+        }
+        self.scratch.clear();
+        record::encode_record(&record::commit_to_proto(commit), &mut self.scratch);
+        self.guard(|log| {
+            frame::encode_frame(&log.scratch, &mut log.buf);
+            log.open_tx = None;
+            log.last_commit = Some(*commit);
+            if let Some(a) = log.active.as_mut() {
+                a.last_commit_time = Some(commit.commit_time);
+                if a.written + log.buf.len() as u64 >= log.opts.segment_bytes {
+                    log.roll_pending = true;
+                }
+            }
+            log.maybe_flush()
+        })
+    }
+
+    fn maybe_flush(&mut self) -> Result<(), LogError> {
+        if self.buf.len() >= self.opts.write_buffer_bytes {
+            self.write_buf()?;
+        }
+        Ok(())
+    }
+
+    fn write_buf(&mut self) -> Result<(), LogError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        a.file
+            .write_all(&self.buf)
+            .map_err(io_err("writing to the active segment", &a.path))?;
+        a.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Seals the active segment (write, fsync, index file) and creates the one starting at
+    /// `first_seq`.
+    fn roll(&mut self, first_seq: u64) -> Result<(), LogError> {
+        if self.active.is_some() {
+            self.sync_inner()?;
+            if let Some(info) = self.shared.lock().segments.last() {
+                segment::write_index(&self.dir, info)?;
+            }
+        }
+        let path = segment::segment_path(&self.dir, first_seq);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("creating a new segment", &path))?;
+        self.active = Some(Active {
+            file,
+            path,
+            first_seq,
+            written: 0,
+            pending_index: Vec::new(),
+            changes: 0,
+            last_commit_time: None,
+        });
+        self.roll_pending = false;
+        self.dir_dirty = true;
+        self.shared
+            .lock()
+            .segments
+            .push(SegmentInfo::new(first_seq));
+        Ok(())
+    }
+
+    /// Writes everything buffered and fsyncs it. Returns the last durable commit: its
+    /// `end_lsn` may now be confirmed to PostgreSQL. Call it once per batch of appends.
+    pub fn sync(&mut self) -> Result<Option<CommitInfo>, LogError> {
+        self.guard(|log| log.sync_inner())
+    }
+
+    fn sync_inner(&mut self) -> Result<Option<CommitInfo>, LogError> {
+        self.write_buf()?;
+        let Some(a) = self.active.as_mut() else {
+            return Ok(self.last_commit);
+        };
+        a.file
+            .sync_data()
+            .map_err(io_err("syncing the active segment", &a.path))?;
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        // Publish: everything written is durable; readers may go up to the last commit.
+        let durable_seq = self.last_commit.map_or(0, |c| c.last_seq);
+        {
+            let mut st = self.shared.lock();
+            st.durable = self.last_commit;
+            if let Some(seg) = st.segments.last_mut() {
+                debug_assert_eq!(seg.first_seq, a.first_seq);
+                seg.len = a.written;
+                seg.index.append(&mut a.pending_index);
+                if durable_seq >= seg.first_seq {
+                    seg.last_seq = durable_seq;
+                    seg.last_commit_time = a.last_commit_time;
+                }
+            }
+        }
+        self.shared.changed.notify_all();
+        self.shared.watch.send_replace(durable_seq);
+        Ok(self.last_commit)
+    }
+
+    /// Oldest seq in the log.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        let st = self.shared.lock();
+        st.segments
+            .iter()
+            .find(|s| s.last_seq >= s.first_seq)
+            .map(|s| s.first_seq)
+    }
+
+    /// The last durable commit.
+    pub fn last_durable(&self) -> Option<CommitInfo> {
+        self.shared.lock().durable
+    }
+
+    /// The last durable seq, for async readers (`changed().await`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.watch.subscribe()
+    }
+
+    /// A reader of this log's durable records from `from_seq`, which can wait for more.
+    pub fn reader(&self, from_seq: u64) -> Result<LogReader, LogError> {
+        LogReader::live(self.shared.clone(), from_seq)
+    }
+
+    /// Deletes whole sealed segments per `policy`; see [`Retention`]. `keep_from_seq` protects
+    /// segments holding that seq or later from age-based deletion (not from `max_bytes`).
+    pub fn apply_retention(
+        &mut self,
+        policy: &Retention,
+        keep_from_seq: Option<u64>,
+    ) -> Result<RetentionReport, LogError> {
+        self.apply_retention_at(policy, keep_from_seq, now())
+    }
+
+    /// [`ChangeLog::apply_retention`] with an explicit "now" (tests).
+    pub fn apply_retention_at(
+        &mut self,
+        policy: &Retention,
+        keep_from_seq: Option<u64>,
+        now: Timestamp,
+    ) -> Result<RetentionReport, LogError> {
+        self.check()?;
+        let cutoff = policy.max_age.map(|age| {
+            Timestamp::from_pg_epoch_micros(
+                now.pg_epoch_micros()
+                    .saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX)),
+            )
+        });
+        let mut report = RetentionReport::default();
+        let victims: Vec<SegmentInfo> = {
+            let mut st = self.shared.lock();
+            let mut total: u64 = st.segments.iter().map(|s| s.len).sum();
+            // The active (last) segment is never deleted.
+            let sealed = st.segments.len().saturating_sub(1);
+            let mut n = 0;
+            while n < sealed {
+                let s = &st.segments[n];
+                let needed = keep_from_seq.is_some_and(|k| s.last_seq >= k);
+                let too_big = policy.max_bytes.is_some_and(|m| total > m);
+                let too_old = cutoff
+                    .is_some_and(|c| s.last_commit_time.is_some_and(|t| t < c))
+                    && !needed;
+                if !(too_big || too_old) {
+                    break;
+                }
+                report.dropped_needed |= needed;
+                total -= s.len;
+                n += 1;
+            }
+            st.segments.drain(..n).collect()
+        };
+        for s in &victims {
+            let path = segment::segment_path(&self.dir, s.first_seq);
+            let _ = fs::remove_file(segment::index_path(&self.dir, s.first_seq));
+            fs::remove_file(&path).map_err(io_err("deleting a segment for retention", &path))?;
+            report.deleted_bytes += s.len;
+            report.deleted_segments.push(path);
+        }
+        if !victims.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        report.oldest_seq = self.oldest_seq();
+        Ok(report)
+    }
+
+    /// The active segment and how many of its bytes are fsync'd (crash tests).
+    #[cfg(test)]
+    fn durable_tail(&self) -> Option<(PathBuf, u64)> {
+        let st = self.shared.lock();
+        let a = self.active.as_ref()?;
+        st.segments
+            .last()
+            .filter(|s| s.first_seq == a.first_seq)
+            .map(|s| (a.path.clone(), s.len))
+    }
+}
+
+impl Drop for ChangeLog {
+    fn drop(&mut self) {
+        // Unsynced appends are dropped on purpose: only `sync` makes anything durable.
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}

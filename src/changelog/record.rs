@@ -1,0 +1,574 @@
+//! Records: the prost messages of `proto/changelog.proto` and their conversions to and from
+//! the pipeline's types. Encoding cannot fail; decoding is fallible and never panics.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::change::{
+    Column, Datum, OldTuple, Op, Relation, ReplicaIdentity, RowChange, SequencedChange, Tuple,
+};
+use crate::lsn::Lsn;
+use crate::value::Timestamp;
+
+use super::CommitInfo;
+
+/// The generated prost types.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/pgfanout.changelog.rs"));
+}
+
+/// Why a record's payload could not be turned back into a change or a commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a valid protobuf record")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("the record has no body (neither change nor commit)")]
+    NoBody,
+    #[error("change {seq} has no {field}")]
+    Missing { seq: u64, field: &'static str },
+    #[error("change {seq}: {field} has the unknown value {value}")]
+    InvalidEnum {
+        seq: u64,
+        field: &'static str,
+        value: i32,
+    },
+    #[error("change {seq}: a tuple has {states} value states but {texts} texts for {text_states} text values")]
+    TextCount {
+        seq: u64,
+        states: usize,
+        texts: usize,
+        text_states: usize,
+    },
+    #[error("change {seq}: {source}")]
+    Shape {
+        seq: u64,
+        #[source]
+        source: crate::change::TupleShapeError,
+    },
+    #[error("change {seq}: an insert carries an old tuple")]
+    UnexpectedOld { seq: u64 },
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRecord {
+    Change(SequencedChange),
+    Commit(CommitInfo),
+}
+
+impl LogRecord {
+    /// The seq this record carries: a change's own, a commit's last.
+    pub fn seq(&self) -> u64 {
+        match self {
+            LogRecord::Change(c) => c.seq,
+            LogRecord::Commit(c) => c.last_seq,
+        }
+    }
+}
+
+// ---- encoding ---------------------------------------------------------------------------
+
+fn relation_to_proto(rel: &Relation) -> proto::Relation {
+    proto::Relation {
+        oid: rel.oid,
+        schema: rel.schema.clone(),
+        name: rel.name.clone(),
+        replica_identity: replica_identity_to_proto(rel.replica_identity) as i32,
+        columns: rel
+            .columns
+            .iter()
+            .map(|c| proto::Column {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_modifier: c.type_modifier,
+                is_key: c.is_key,
+            })
+            .collect(),
+    }
+}
+
+fn replica_identity_to_proto(r: ReplicaIdentity) -> proto::ReplicaIdentity {
+    match r {
+        ReplicaIdentity::Default => proto::ReplicaIdentity::Default,
+        ReplicaIdentity::Nothing => proto::ReplicaIdentity::Nothing,
+        ReplicaIdentity::Full => proto::ReplicaIdentity::Full,
+        ReplicaIdentity::Index => proto::ReplicaIdentity::Index,
+    }
+}
+
+fn tuple_to_proto(t: &Tuple) -> proto::Tuple {
+    let mut states = Vec::with_capacity(t.0.len());
+    let mut texts = Vec::with_capacity(t.0.len());
+    for d in &t.0 {
+        let state = match d {
+            Datum::Null => proto::ValueState::ValueNull,
+            Datum::UnchangedToast => proto::ValueState::ValueUnchangedToast,
+            Datum::Text(b) => {
+                texts.push(b.clone());
+                proto::ValueState::ValueText
+            }
+        };
+        states.push(state as i32);
+    }
+    proto::Tuple { states, texts }
+}
+
+/// The record of one change.
+///
+/// `relation` is the already-converted relation of the change, so that a writer appending many
+/// changes of one table converts it once (see [`RelationEncoder`]).
+pub fn change_to_proto(c: &SequencedChange, relation: proto::Relation) -> proto::Record {
+    let rc = &c.change;
+    let mut p = proto::Change {
+        seq: c.seq,
+        lsn: rc.lsn.0,
+        xid: rc.xid,
+        commit_time: rc.commit_time.pg_epoch_micros(),
+        relation: Some(relation),
+        ..Default::default()
+    };
+    let old = |o: &OldTuple| match o {
+        OldTuple::Key(t) => (proto::OldTupleKind::OldTupleKey, tuple_to_proto(t)),
+        OldTuple::Full(t) => (proto::OldTupleKind::OldTupleFull, tuple_to_proto(t)),
+    };
+    match &rc.op {
+        Op::Insert { new } => {
+            p.op = proto::Op::Insert as i32;
+            p.new = Some(tuple_to_proto(new));
+        }
+        Op::Update { old: o, new } => {
+            p.op = proto::Op::Update as i32;
+            p.new = Some(tuple_to_proto(new));
+            if let Some(o) = o {
+                let (kind, t) = old(o);
+                p.old_kind = kind as i32;
+                p.old = Some(t);
+            }
+        }
+        Op::Delete { old: o } => {
+            p.op = proto::Op::Delete as i32;
+            let (kind, t) = old(o);
+            p.old_kind = kind as i32;
+            p.old = Some(t);
+        }
+        Op::Truncate {
+            cascade,
+            restart_identity,
+        } => {
+            p.op = proto::Op::Truncate as i32;
+            p.truncate_cascade = *cascade;
+            p.truncate_restart_identity = *restart_identity;
+        }
+    }
+    proto::Record {
+        body: Some(proto::record::Body::Change(p)),
+    }
+}
+
+pub fn commit_to_proto(c: &CommitInfo) -> proto::Record {
+    proto::Record {
+        body: Some(proto::record::Body::Commit(proto::Commit {
+            xid: c.xid,
+            commit_lsn: c.commit_lsn.0,
+            end_lsn: c.end_lsn.0,
+            commit_time: c.commit_time.pg_epoch_micros(),
+            last_seq: c.last_seq,
+        })),
+    }
+}
+
+/// Converts each distinct relation once while consecutive changes share it.
+#[derive(Default)]
+pub struct RelationEncoder {
+    last: Option<(Arc<Relation>, proto::Relation)>,
+}
+
+impl RelationEncoder {
+    pub fn encode(&mut self, rel: &Arc<Relation>) -> proto::Relation {
+        match &self.last {
+            Some((cached, p)) if Arc::ptr_eq(cached, rel) || **cached == **rel => p.clone(),
+            _ => {
+                let p = relation_to_proto(rel);
+                self.last = Some((rel.clone(), p.clone()));
+                p
+            }
+        }
+    }
+}
+
+/// Encodes `record` (a change or commit) as a protobuf payload appended to `out`.
+pub fn encode_record(record: &proto::Record, out: &mut Vec<u8>) {
+    out.reserve(record.encoded_len());
+    // Encoding into a Vec grows it as needed and cannot fail.
+    let _ = record.encode(out);
+}
+
+// ---- decoding ---------------------------------------------------------------------------
+
+/// Decodes records, reusing the `Arc<Relation>` of the previous change when the next one
+/// carries an identical relation (the common case: runs of changes to one table).
+#[derive(Default)]
+pub struct RecordDecoder {
+    last_relation: Option<Arc<Relation>>,
+}
+
+impl RecordDecoder {
+    /// Decodes one payload. `payload` is usually a slice of a larger read buffer; text values
+    /// become zero-copy slices of it.
+    pub fn decode(&mut self, payload: Bytes) -> Result<LogRecord, RecordError> {
+        let record = proto::Record::decode(payload)?;
+        match record.body {
+            None => Err(RecordError::NoBody),
+            Some(proto::record::Body::Commit(c)) => Ok(LogRecord::Commit(CommitInfo {
+                xid: c.xid,
+                commit_lsn: Lsn(c.commit_lsn),
+                end_lsn: Lsn(c.end_lsn),
+                commit_time: Timestamp::from_pg_epoch_micros(c.commit_time),
+                last_seq: c.last_seq,
+            })),
+            Some(proto::record::Body::Change(c)) => self.change(c).map(LogRecord::Change),
+        }
+    }
+
+    fn relation(&mut self, seq: u64, p: proto::Relation) -> Result<Arc<Relation>, RecordError> {
+        if let Some(last) = &self.last_relation {
+            if relation_matches(last, &p) {
+                return Ok(last.clone());
+            }
+        }
+        let replica_identity = match proto::ReplicaIdentity::try_from(p.replica_identity) {
+            Ok(proto::ReplicaIdentity::Default) => ReplicaIdentity::Default,
+            Ok(proto::ReplicaIdentity::Nothing) => ReplicaIdentity::Nothing,
+            Ok(proto::ReplicaIdentity::Full) => ReplicaIdentity::Full,
+            Ok(proto::ReplicaIdentity::Index) => ReplicaIdentity::Index,
+            Ok(proto::ReplicaIdentity::Unspecified) | Err(_) => {
+                return Err(RecordError::InvalidEnum {
+                    seq,
+                    field: "relation.replica_identity",
+                    value: p.replica_identity,
+                })
+            }
+        };
+        let rel = Arc::new(Relation {
+            oid: p.oid,
+            schema: p.schema,
+            name: p.name,
+            replica_identity,
+            columns: p
+                .columns
+                .into_iter()
+                .map(|c| Column {
+                    name: c.name,
+                    type_oid: c.type_oid,
+                    type_modifier: c.type_modifier,
+                    is_key: c.is_key,
+                })
+                .collect(),
+        });
+        self.last_relation = Some(rel.clone());
+        Ok(rel)
+    }
+
+    fn change(&mut self, c: proto::Change) -> Result<SequencedChange, RecordError> {
+        let seq = c.seq;
+        let missing = |field| RecordError::Missing { seq, field };
+        let relation = self.relation(seq, c.relation.ok_or_else(|| missing("relation"))?)?;
+        let old = match proto::OldTupleKind::try_from(c.old_kind) {
+            Ok(proto::OldTupleKind::OldTupleAbsent) => None,
+            Ok(kind) => {
+                let t = tuple(seq, c.old.ok_or_else(|| missing("old tuple"))?)?;
+                Some(if kind == proto::OldTupleKind::OldTupleKey {
+                    OldTuple::Key(t)
+                } else {
+                    OldTuple::Full(t)
+                })
+            }
+            Err(_) => {
+                return Err(RecordError::InvalidEnum {
+                    seq,
+                    field: "old_kind",
+                    value: c.old_kind,
+                })
+            }
+        };
+        let op = match proto::Op::try_from(c.op) {
+            Ok(proto::Op::Insert) => {
+                if old.is_some() {
+                    return Err(RecordError::UnexpectedOld { seq });
+                }
+                Op::Insert {
+                    new: tuple(seq, c.new.ok_or_else(|| missing("new tuple"))?)?,
+                }
+            }
+            Ok(proto::Op::Update) => Op::Update {
+                old,
+                new: tuple(seq, c.new.ok_or_else(|| missing("new tuple"))?)?,
+            },
+            Ok(proto::Op::Delete) => Op::Delete {
+                old: old.ok_or_else(|| missing("old tuple"))?,
+            },
+            Ok(proto::Op::Truncate) => Op::Truncate {
+                cascade: c.truncate_cascade,
+                restart_identity: c.truncate_restart_identity,
+            },
+            Ok(proto::Op::Unspecified) | Err(_) => {
+                return Err(RecordError::InvalidEnum {
+                    seq,
+                    field: "op",
+                    value: c.op,
+                })
+            }
+        };
+        relation
+            .check_op(&op)
+            .map_err(|source| RecordError::Shape { seq, source })?;
+        Ok(SequencedChange {
+            seq,
+            change: RowChange {
+                lsn: Lsn(c.lsn),
+                xid: c.xid,
+                commit_time: Timestamp::from_pg_epoch_micros(c.commit_time),
+                relation,
+                op,
+            },
+        })
+    }
+}
+
+fn relation_matches(r: &Relation, p: &proto::Relation) -> bool {
+    r.oid == p.oid
+        && r.schema == p.schema
+        && r.name == p.name
+        && replica_identity_to_proto(r.replica_identity) as i32 == p.replica_identity
+        && r.columns.len() == p.columns.len()
+        && r.columns.iter().zip(&p.columns).all(|(a, b)| {
+            a.name == b.name
+                && a.type_oid == b.type_oid
+                && a.type_modifier == b.type_modifier
+                && a.is_key == b.is_key
+        })
+}
+
+fn tuple(seq: u64, p: proto::Tuple) -> Result<Tuple, RecordError> {
+    let text_states = p
+        .states
+        .iter()
+        .filter(|&&s| s == proto::ValueState::ValueText as i32)
+        .count();
+    if text_states != p.texts.len() {
+        return Err(RecordError::TextCount {
+            seq,
+            states: p.states.len(),
+            texts: p.texts.len(),
+            text_states,
+        });
+    }
+    let mut texts = p.texts.into_iter();
+    let mut out = Vec::with_capacity(p.states.len());
+    for s in p.states {
+        out.push(match proto::ValueState::try_from(s) {
+            Ok(proto::ValueState::ValueNull) => Datum::Null,
+            Ok(proto::ValueState::ValueUnchangedToast) => Datum::UnchangedToast,
+            Ok(proto::ValueState::ValueText) => {
+                // Counted above: there is one text per text state.
+                Datum::Text(texts.next().unwrap_or_default())
+            }
+            Err(_) => {
+                return Err(RecordError::InvalidEnum {
+                    seq,
+                    field: "tuple value state",
+                    value: s,
+                })
+            }
+        });
+    }
+    Ok(Tuple(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel() -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 7,
+            schema: "s".into(),
+            name: "t".into(),
+            replica_identity: ReplicaIdentity::Full,
+            columns: vec![
+                Column {
+                    name: "a".into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                    is_key: true,
+                },
+                Column {
+                    name: "b".into(),
+                    type_oid: 25,
+                    type_modifier: 4,
+                    is_key: false,
+                },
+            ],
+        })
+    }
+
+    fn change(seq: u64, op: Op) -> SequencedChange {
+        SequencedChange {
+            seq,
+            change: RowChange {
+                lsn: Lsn(100 + seq),
+                xid: 9,
+                commit_time: Timestamp::from_pg_epoch_micros(-5),
+                relation: rel(),
+                op,
+            },
+        }
+    }
+
+    fn round_trip(dec: &mut RecordDecoder, c: &SequencedChange) -> SequencedChange {
+        let mut buf = Vec::new();
+        encode_record(
+            &change_to_proto(c, RelationEncoder::default().encode(&c.change.relation)),
+            &mut buf,
+        );
+        match dec.decode(Bytes::from(buf)).unwrap() {
+            LogRecord::Change(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_op_and_value_state_round_trips_and_relations_are_shared() {
+        let t = |a: Datum, b: Datum| Tuple(vec![a, b]);
+        let text = |s: &'static str| Datum::Text(Bytes::from_static(s.as_bytes()));
+        let ops = [
+            Op::Insert {
+                new: t(text("1"), Datum::Null),
+            },
+            Op::Update {
+                old: None,
+                new: t(text("1"), Datum::UnchangedToast),
+            },
+            Op::Update {
+                old: Some(OldTuple::Key(t(text("1"), Datum::Null))),
+                new: t(text("2"), text("")),
+            },
+            Op::Delete {
+                old: OldTuple::Full(t(text("2"), text("x"))),
+            },
+            Op::Truncate {
+                cascade: true,
+                restart_identity: false,
+            },
+        ];
+        let mut dec = RecordDecoder::default();
+        let mut first_rel = None;
+        for (i, op) in ops.into_iter().enumerate() {
+            let c = change(i as u64 + 1, op);
+            let back = round_trip(&mut dec, &c);
+            assert_eq!(back, c);
+            let r = first_rel.get_or_insert_with(|| back.change.relation.clone());
+            assert!(Arc::ptr_eq(r, &back.change.relation));
+        }
+    }
+
+    #[test]
+    fn commit_round_trips() {
+        let c = CommitInfo {
+            xid: 3,
+            commit_lsn: Lsn(10),
+            end_lsn: Lsn(11),
+            commit_time: Timestamp::PosInfinity,
+            last_seq: 42,
+        };
+        let mut buf = Vec::new();
+        encode_record(&commit_to_proto(&c), &mut buf);
+        assert_eq!(
+            RecordDecoder::default().decode(Bytes::from(buf)).unwrap(),
+            LogRecord::Commit(c)
+        );
+    }
+
+    #[test]
+    fn invalid_records_are_typed_errors() {
+        let mut dec = RecordDecoder::default();
+        let decode = |dec: &mut RecordDecoder, r: proto::Record| {
+            dec.decode(Bytes::from(r.encode_to_vec())).unwrap_err()
+        };
+        assert_eq!(
+            decode(&mut dec, proto::Record { body: None }),
+            RecordError::NoBody
+        );
+        let base = match change_to_proto(
+            &change(
+                5,
+                Op::Insert {
+                    new: Tuple(vec![Datum::Null, Datum::Null]),
+                },
+            ),
+            relation_to_proto(&rel()),
+        )
+        .body
+        {
+            Some(proto::record::Body::Change(c)) => c,
+            _ => unreachable!(),
+        };
+        let with = |f: &dyn Fn(&mut proto::Change)| {
+            let mut c = base.clone();
+            f(&mut c);
+            proto::Record {
+                body: Some(proto::record::Body::Change(c)),
+            }
+        };
+        assert!(matches!(
+            decode(&mut dec, with(&|c| c.relation = None)),
+            RecordError::Missing {
+                seq: 5,
+                field: "relation"
+            }
+        ));
+        assert!(matches!(
+            decode(&mut dec, with(&|c| c.new = None)),
+            RecordError::Missing {
+                field: "new tuple",
+                ..
+            }
+        ));
+        assert!(matches!(
+            decode(&mut dec, with(&|c| c.op = 99)),
+            RecordError::InvalidEnum { field: "op", .. }
+        ));
+        assert!(matches!(
+            decode(&mut dec, with(&|c| c.new.as_mut().unwrap().states.push(2))),
+            RecordError::TextCount { .. }
+        ));
+        assert!(matches!(
+            decode(&mut dec, with(&|c| c.new.as_mut().unwrap().states.pop().map(drop).unwrap_or(()))),
+            RecordError::Shape { .. }
+        ));
+        assert!(matches!(
+            decode(&mut dec, with(&|c| c.op = proto::Op::Delete as i32)),
+            RecordError::Missing {
+                field: "old tuple",
+                ..
+            }
+        ));
+        assert!(matches!(
+            decode(
+                &mut dec,
+                with(&|c| c.relation.as_mut().unwrap().replica_identity = 0)
+            ),
+            RecordError::InvalidEnum {
+                field: "relation.replica_identity",
+                ..
+            }
+        ));
+        assert!(matches!(
+            dec.decode(Bytes::from_static(b"\xff\xff")).unwrap_err(),
+            RecordError::Protobuf(_)
+        ));
+    }
+}

@@ -1,0 +1,316 @@
+//! The state database: what pgfanout must remember across restarts that is not in the change
+//! log — today the slot checkpoint — kept in one schema (default `pgfanout`) of a PostgreSQL
+//! database (default: the source database).
+//!
+//! ```text
+//! StateDb::connect ──▶ migrate (one transaction, pg_advisory_xact_lock, checksums)
+//!        │
+//!        └──▶ CheckpointStore: load(slot) / save(slot, checkpoint) — never moves backwards
+//! ```
+//!
+//! - The schema's SQL lives in `migrations/NNNN_name.sql`, embedded in the binary
+//!   ([`MIGRATIONS`]) and applied at connect by [`migrate`]: one transaction on one connection,
+//!   serialised across processes by an advisory lock keyed on the schema name, each migration
+//!   recorded with the SHA-256 of its text. A changed applied migration, or one this binary does
+//!   not know (a newer pgfanout migrated the schema), stops start-up instead of guessing.
+//! - The schema name comes from configuration: it is quoted everywhere (`sql::quote_ident`), and
+//!   the migration files use unqualified names under `SET LOCAL search_path`.
+//! - [`StateError::is_transient`] is the one place that decides whether a retry can help.
+//! - Must not know about the stream, the change log or destinations: it stores what it is given.
+//!
+//! SQL connections are plain (`NoTls`) for now; a connection whose `sslmode` demands TLS is
+//! refused rather than silently downgraded. TODO: TLS for SQL connections (rustls, as the
+//! replication session has in `source::tls`).
+
+mod checkpoint;
+mod migrations;
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::source::conninfo::{ConnInfo, SslMode};
+use crate::sql::quote_ident;
+
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
+
+/// The schema pgfanout keeps its state in unless configured otherwise.
+pub const DEFAULT_SCHEMA: &str = "pgfanout";
+
+/// PostgreSQL truncates identifiers longer than this (NAMEDATALEN - 1 bytes).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// A connection to the state database with its schema migrated.
+///
+/// If the connection drops, operations fail with a transient [`StateError`]; connect again.
+pub struct StateDb {
+    schema: String,
+    report: MigrateReport,
+    checkpoints: CheckpointStore,
+}
+
+impl StateDb {
+    /// Connects, then brings `schema` up to date with [`MIGRATIONS`] before returning.
+    pub async fn connect(conninfo: &ConnInfo, schema: &str) -> Result<StateDb, StateError> {
+        validate_schema(schema)?;
+        if matches!(
+            conninfo.sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        ) {
+            return Err(StateError::TlsUnsupported {
+                target: conninfo.to_string(),
+                mode: conninfo.sslmode,
+            });
+        }
+        // sql_config leaves tokio-postgres at sslmode=prefer, which with NoTls means plain: what
+        // `disable` and `prefer` allow.
+        let (mut client, connection) = conninfo
+            .sql_config()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| StateError::Connect {
+            target: conninfo.to_string(),
+            source,
+        })?;
+        // Ends by itself once every handle on the client is gone.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "state database connection ended");
+            }
+        });
+        let report = migrate(&mut client, schema, MIGRATIONS).await?;
+        let client = Arc::new(client);
+        Ok(StateDb {
+            schema: schema.to_owned(),
+            report,
+            checkpoints: CheckpointStore::new(client, schema),
+        })
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// What the migration run at connect did.
+    pub fn migrations(&self) -> &MigrateReport {
+        &self.report
+    }
+
+    /// The slot checkpoints (clone it to hand it to another task).
+    pub fn checkpoints(&self) -> &CheckpointStore {
+        &self.checkpoints
+    }
+}
+
+/// Everything that can go wrong in the state layer. Messages name what was being done and the
+/// schema; they never contain connection strings or passwords.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid state schema name {}: {reason}\nHINT: use a non-empty name of at most 63 bytes, for example \"pgfanout\"", quote_ident(.schema))]
+    InvalidSchema {
+        schema: String,
+        reason: &'static str,
+    },
+
+    #[error("cannot connect to the state database {target} with sslmode={}: SQL connections do not support TLS yet\nHINT: use sslmode=disable or sslmode=prefer for the state database", .mode.as_str())]
+    TlsUnsupported { target: String, mode: SslMode },
+
+    #[error("could not connect to the state database {target}: {}", pg_message(.source))]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("{what} (state schema {}): {}", quote_ident(.schema), pg_message(.source))]
+    Query {
+        what: String,
+        schema: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("applying migration {name} to state schema {} failed: {}\nHINT: nothing of it was kept (the migration transaction rolled back)", quote_ident(.schema), pg_message(.source))]
+    Apply {
+        name: String,
+        schema: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    #[error("migration {name} was changed after it was applied to state schema {} (recorded checksum {recorded}, file checksum {file})\nHINT: restore the file as it was when applied and put the change in a new migration, or use a fresh state schema", quote_ident(.schema))]
+    ChecksumMismatch {
+        name: String,
+        schema: String,
+        recorded: String,
+        file: String,
+    },
+
+    #[error("state schema {} has migration {version} ({name}) applied, but this pgfanout knows migrations only up to {}\nHINT: a newer pgfanout has migrated this schema; run that version, or configure a different state schema", quote_ident(.schema), latest_known.map_or_else(|| "none".to_owned(), |v| v.to_string()))]
+    UnknownMigration {
+        version: i32,
+        name: String,
+        schema: String,
+        latest_known: Option<i32>,
+    },
+
+    #[error("migration {name} is not applied to state schema {}, but the later migration {latest_applied} is\nHINT: new migrations must be numbered after the last released one", quote_ident(.schema))]
+    OutOfOrder {
+        name: String,
+        schema: String,
+        latest_applied: i32,
+    },
+
+    #[error("invalid migration list: {0}")]
+    InvalidMigrations(String),
+
+    #[error("{what} in state schema {}: {detail}", quote_ident(.schema))]
+    InvalidValue {
+        what: String,
+        schema: String,
+        detail: String,
+    },
+}
+
+impl StateError {
+    /// Whether retrying the same operation later can succeed: a lost or refused connection, a
+    /// server shutting down or starting up, a serialization failure or deadlock, exhausted
+    /// resources. Not: permissions, a changed or unknown migration, bad SQL, bad values.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Connect { source, .. }
+            | StateError::Query { source, .. }
+            | StateError::Apply { source, .. } => pg_error_is_transient(source),
+            StateError::InvalidSchema { .. }
+            | StateError::TlsUnsupported { .. }
+            | StateError::ChecksumMismatch { .. }
+            | StateError::UnknownMigration { .. }
+            | StateError::OutOfOrder { .. }
+            | StateError::InvalidMigrations(_)
+            | StateError::InvalidValue { .. } => false,
+        }
+    }
+
+    /// The SQLSTATE of the server error behind this one, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            StateError::Connect { source, .. }
+            | StateError::Query { source, .. }
+            | StateError::Apply { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+fn pg_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return sqlstate_is_transient(code.code());
+    }
+    if e.is_closed() {
+        return true;
+    }
+    // Refused, reset, timed out (connect_timeout is reported as an io::Error too).
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// 08: connection exception; 40001 serialization failure, 40P01 deadlock; 53: insufficient
+/// resources (too many connections, out of memory, disk full); 57P01/02/03/05: shutdown, crash,
+/// starting up, idle-session timeout. 57P04 (database dropped) is not: retrying cannot bring
+/// the database back.
+fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code == "40001"
+        || code == "40P01"
+        || code.starts_with("53")
+        || (code.starts_with("57P0") && code != "57P04")
+}
+
+/// A server error in PostgreSQL's own layout (`ERROR: …`, DETAIL, HINT) with its SQLSTATE;
+/// otherwise tokio-postgres's description with its cause (which tokio-postgres's Display omits).
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{db} (SQLSTATE {})", db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+fn validate_schema(schema: &str) -> Result<(), StateError> {
+    let reason = if schema.is_empty() {
+        "empty"
+    } else if schema.len() > MAX_IDENTIFIER_BYTES {
+        "longer than 63 bytes (PostgreSQL would truncate it)"
+    } else if schema.contains('\0') {
+        "contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(StateError::InvalidSchema {
+        schema: schema.to_owned(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_sqlstates() {
+        for code in [
+            "08006", "08001", "40001", "40P01", "53300", "57P01", "57P03",
+        ] {
+            assert!(sqlstate_is_transient(code), "{code}");
+        }
+        for code in [
+            "42501", "42P01", "23505", "28P01", "3D000", "57P04", "XX000",
+        ] {
+            assert!(!sqlstate_is_transient(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn schema_names_are_validated() {
+        assert!(validate_schema("pgfanout").is_ok());
+        assert!(validate_schema("pg\"fanout; drop").is_ok());
+        for bad in ["", "a\0b", &"x".repeat(64)] {
+            let e = validate_schema(bad).unwrap_err();
+            assert!(!e.is_transient());
+            assert!(e.to_string().contains("invalid state schema name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn definite_errors_are_not_transient_and_quote_the_schema() {
+        let e = StateError::ChecksumMismatch {
+            name: "0001_state.sql".into(),
+            schema: "my\"schema".into(),
+            recorded: "aa".into(),
+            file: "bb".into(),
+        };
+        assert!(!e.is_transient());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("0001_state.sql") && msg.contains("\"my\"\"schema\""),
+            "{msg}"
+        );
+        let e = StateError::UnknownMigration {
+            version: 7,
+            name: "0007_x.sql".into(),
+            schema: "pgfanout".into(),
+            latest_known: Some(1),
+        };
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("up to 1"), "{e}");
+    }
+}

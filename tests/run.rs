@@ -1,0 +1,297 @@
+//! `pgfanout run`: the change log under crashes. SIGKILL at random moments during a concurrent
+//! workload must leave a log with every committed change exactly once, in commit order, with
+//! exactly the seqs of an uninterrupted reference run over the same WAL; the slot never
+//! confirms past what the log holds durably.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pgfanout::change::{Datum, Op, SequencedChange};
+use pgfanout::changelog::{LogReader, LogRecord};
+use pgfanout::lsn::Lsn;
+use support::*;
+
+/// A `pgfanout run` process, killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        Daemon(
+            Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+                .arg("run")
+                .arg("--config")
+                .arg(config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.0.wait();
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        self.0.wait().unwrap()
+    }
+}
+
+fn write_config(dir: &Path, db: &str, slot: &str, log_dir: &Path) -> PathBuf {
+    let pg = server();
+    let path = dir.join(format!("{slot}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nurl = \"postgres://postgres@/{db}?host={}&port={}\"\nslot = \"{slot}\"\ntables = [\"items\", \"events\"]\nstatus_interval = \"100ms\"\n\
+             [log]\ndir = \"{}\"\nsync_interval = \"20ms\"\nsegment_mb = 1\n\
+             [state]\ncheckpoint_interval = \"200ms\"\n",
+            pg.socket_dir().display(),
+            pg.port(),
+            log_dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn read_log(dir: &Path) -> Vec<SequencedChange> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut reader = LogReader::open(dir, 1).unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = reader.next_record().unwrap() {
+        if let LogRecord::Change(c) = r {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn commits(dir: &Path) -> Vec<pgfanout::changelog::CommitInfo> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut reader = LogReader::open(dir, 1).unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = reader.next_record().unwrap() {
+        if let LogRecord::Commit(c) = r {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
+    client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap()
+}
+
+/// Inserts, updates, deletes and multi-row transactions from two connections.
+async fn workload(db: String, rounds: u32, stop_marker: bool) {
+    let a = sql(&db).await;
+    let b = sql(&db).await;
+    for r in 0..rounds {
+        let base = r * 10;
+        let (x, y) = if r % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        x.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO items SELECT g, 'v' || g FROM generate_series({base}, {base} + 9) g;
+             UPDATE items SET v = v || '+' WHERE id = {base} + 3;
+             INSERT INTO events (item, kind) VALUES ({base}, 'created');
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+        y.batch_execute(&format!(
+            "DELETE FROM items WHERE id = {base} + 9; UPDATE items SET v = 'u' WHERE id = {base};"
+        ))
+        .await
+        .unwrap();
+        if r % 7 == 0 {
+            // A transaction with nothing for the publication still moves the slot.
+            y.batch_execute("INSERT INTO unpublished VALUES (1)")
+                .await
+                .unwrap();
+        }
+    }
+    if stop_marker {
+        a.batch_execute("INSERT INTO events (item, kind) VALUES (-1, 'end')")
+            .await
+            .unwrap();
+    }
+}
+
+fn is_end_marker(c: &SequencedChange) -> bool {
+    c.change.relation.name == "events"
+        && matches!(&c.change.op, Op::Insert { new } if new.0.get(2) == Some(&Datum::Text("end".into())))
+}
+
+async fn wait_for_end(log_dir: &Path) -> Vec<SequencedChange> {
+    let dir = log_dir.to_owned();
+    wait_for("the end marker in the change log", || {
+        let dir = dir.clone();
+        async move {
+            let changes = tokio::task::spawn_blocking(move || read_log(&dir))
+                .await
+                .unwrap();
+            changes.iter().any(is_end_marker).then_some(changes)
+        }
+    })
+    .await
+}
+
+fn comparable(c: &SequencedChange) -> (u64, Lsn, u32, String, String, String) {
+    let op = format!("{:?}", c.change.op);
+    (
+        c.seq,
+        c.change.lsn,
+        c.change.xid,
+        c.change.relation.name.clone(),
+        c.change.op.name().to_owned(),
+        op,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_keeps_every_change_once_with_reference_seqs() {
+    const KILLS: u32 = 20;
+    let db = fresh_db("run_crash").await;
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);
+             CREATE TABLE unpublished (x int);",
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let crash_log = tmp.path().join("crash-log");
+    let ref_log = tmp.path().join("reference-log");
+    let crash_slot = format!("crash_{db}");
+    let ref_slot = format!("reference_{db}");
+    // Both slots start at the same point, before any change: they see the same WAL.
+    for slot in [&crash_slot, &ref_slot] {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[slot],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
+        .await
+        .unwrap();
+    let crash_cfg = write_config(tmp.path(), &db, &crash_slot, &crash_log);
+    let ref_cfg = write_config(tmp.path(), &db, &ref_slot, &ref_log);
+
+    let writer = tokio::spawn(workload(db.clone(), 300, true));
+    let mut daemon = Daemon::start(&crash_cfg);
+    // (confirmed_flush_lsn while paused, xids durable in the log at that moment)
+    let mut pauses = Vec::new();
+    for i in 0..KILLS {
+        // Random moments: 50–400 ms of running, sometimes right after start.
+        let ms = 50 + (rand::random::<u64>() % 350);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        if i % 5 == 4 {
+            // Paused: the slot must not be confirmed past the log's last durable commit.
+            daemon.signal("-STOP");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let confirmed = confirmed_flush(&client, &crash_slot).await;
+            let dir = crash_log.clone();
+            let durable: std::collections::HashSet<u32> =
+                tokio::task::spawn_blocking(move || commits(&dir).iter().map(|c| c.xid).collect())
+                    .await
+                    .unwrap();
+            pauses.push((confirmed, durable));
+            daemon.signal("-CONT");
+        }
+        daemon.kill9();
+        daemon = Daemon::start(&crash_cfg);
+    }
+    writer.await.unwrap();
+    let crashed = wait_for_end(&crash_log).await;
+    let status = daemon.stop();
+    assert!(status.success(), "SIGTERM should exit 0, got {status}");
+
+    let reference = Daemon::start(&ref_cfg);
+    let expected = wait_for_end(&ref_log).await;
+    assert!(reference.stop().success());
+
+    assert_eq!(
+        crashed.len(),
+        expected.len(),
+        "same number of changes as the uninterrupted run"
+    );
+    let seqs: Vec<u64> = crashed.iter().map(|c| c.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=crashed.len() as u64).collect::<Vec<_>>(),
+        "dense seqs from 1"
+    );
+    for (got, want) in crashed.iter().zip(&expected) {
+        assert_eq!(comparable(got), comparable(want));
+    }
+    // 300 rounds × (10 inserts + 1 update + 1 insert + 1 delete + 1 update) + the end marker.
+    assert_eq!(crashed.len(), 300 * 14 + 1);
+    pgfanout::changelog::verify(&crash_log).unwrap();
+
+    // Whatever the slot had confirmed while paused was durable in the log at that moment.
+    let all_commits = commits(&crash_log);
+    assert!(!pauses.is_empty());
+    for (confirmed, durable) in &pauses {
+        for c in all_commits.iter().filter(|c| c.end_lsn <= *confirmed) {
+            assert!(
+                durable.contains(&c.xid),
+                "slot confirmed {confirmed} while transaction {} (end {}) was not durable in the log",
+                c.xid,
+                c.end_lsn
+            );
+        }
+    }
+
+    // The checkpoint in the state database matches the log's end.
+    let row = client
+        .query_one(
+            "SELECT last_seq, commit_end_lsn::text FROM pgfanout.checkpoints WHERE slot = $1",
+            &[&crash_slot],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0) as u64, crashed.len() as u64);
+    drop_slot(&client, &crash_slot).await;
+    drop_slot(&client, &ref_slot).await;
+}

@@ -1,0 +1,438 @@
+//! The state database against a real server: migrations (fresh, repeated, racing, changed,
+//! newer, failing), hostile schema names, checkpoints, and error classification.
+
+mod support;
+
+use std::sync::Arc;
+
+use pgfanout::config::Secret;
+use pgfanout::lsn::Lsn;
+use pgfanout::source::conninfo::{Host, SslMode};
+use pgfanout::state::{
+    migrate, Checkpoint, Migration, StateDb, StateError, DEFAULT_SCHEMA, MIGRATIONS,
+};
+use support::*;
+
+/// `(version, name, checksum)` rows of `schema`'s history.
+async fn history(client: &tokio_postgres::Client, schema: &str) -> Vec<(i32, String, String)> {
+    client
+        .query(
+            &format!(
+                "SELECT version, name, checksum FROM {}.migrations ORDER BY version",
+                pgfanout::sql::quote_ident(schema)
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn schema_exists(client: &tokio_postgres::Client, schema: &str) -> bool {
+    client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Names of the tables in `schema`, sorted.
+async fn tables(client: &tokio_postgres::Client, schema: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_schema_tables_and_history_then_applies_nothing() {
+    let db = fresh_db("state_fresh").await;
+    let mut client = sql(&db).await;
+    assert!(!schema_exists(&client, DEFAULT_SCHEMA).await);
+
+    let report = migrate(&mut client, DEFAULT_SCHEMA, MIGRATIONS)
+        .await
+        .unwrap();
+    let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(report.applied, all);
+    assert_eq!(report.current, MIGRATIONS.last().map(|m| m.version));
+    assert_eq!(
+        tables(&client, DEFAULT_SCHEMA).await,
+        ["checkpoints", "migrations"]
+    );
+    let expected: Vec<(i32, String, String)> = MIGRATIONS
+        .iter()
+        .map(|m| (m.version, m.name.to_owned(), m.checksum()))
+        .collect();
+    assert_eq!(history(&client, DEFAULT_SCHEMA).await, expected);
+    assert_eq!(MIGRATIONS[0].name, "0001_state.sql");
+
+    // Again, directly and through StateDb::connect: nothing to do, history unchanged.
+    let again = migrate(&mut client, DEFAULT_SCHEMA, MIGRATIONS)
+        .await
+        .unwrap();
+    assert!(again.applied.is_empty());
+    assert_eq!(again.current, report.current);
+    let state = StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+        .await
+        .unwrap();
+    assert!(state.migrations().applied.is_empty());
+    assert_eq!(state.schema(), DEFAULT_SCHEMA);
+    assert_eq!(history(&client, DEFAULT_SCHEMA).await, expected);
+}
+
+/// Slow first step, so the racers certainly meet at the lock; a second step that fails if it
+/// runs twice.
+const COUNTER: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_counter.sql",
+        sql: "CREATE TABLE counter (n int PRIMARY KEY); SELECT pg_sleep(0.3);",
+    },
+    Migration {
+        version: 2,
+        name: "0002_count.sql",
+        sql: "INSERT INTO counter VALUES (1);",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_apply_each_migration_exactly_once() {
+    let db = fresh_db("state_race").await;
+    const RACERS: usize = 4;
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..RACERS {
+        let db = db.clone();
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            let mut client = sql(&db).await;
+            barrier.wait().await;
+            migrate(&mut client, "race", COUNTER).await
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        reports.push(r.unwrap().expect("every racer finishes OK"));
+    }
+    assert_eq!(reports.len(), RACERS);
+    let winners: Vec<_> = reports.iter().filter(|r| !r.applied.is_empty()).collect();
+    assert_eq!(winners.len(), 1, "{reports:?}");
+    assert_eq!(winners[0].applied, [1, 2]);
+    assert!(reports.iter().all(|r| r.current == Some(2)), "{reports:?}");
+
+    let client = sql(&db).await;
+    let h = history(&client, "race").await;
+    assert_eq!(
+        h.iter()
+            .map(|(v, n, _)| (*v, n.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "0001_counter.sql"), (2, "0002_count.sql")]
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM race.counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the second migration's SQL ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_applied_migration_is_refused_naming_the_file() {
+    let db = fresh_db("state_changed").await;
+    let mut client = sql(&db).await;
+    const ORIGINAL: &[Migration] = &[Migration {
+        version: 1,
+        name: "0001_a.sql",
+        sql: "CREATE TABLE a (x int);",
+    }];
+    const CHANGED: &[Migration] = &[Migration {
+        version: 1,
+        name: "0001_a.sql",
+        sql: "CREATE TABLE a (x bigint);",
+    }];
+    migrate(&mut client, DEFAULT_SCHEMA, ORIGINAL)
+        .await
+        .unwrap();
+    let e = migrate(&mut client, DEFAULT_SCHEMA, CHANGED)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::ChecksumMismatch { .. }), "{e:?}");
+    assert!(!e.is_transient());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("migration 0001_a.sql was changed after it was applied"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&ORIGINAL[0].checksum()) && msg.contains(&CHANGED[0].checksum()),
+        "{msg}"
+    );
+    assert!(msg.contains("HINT: restore the file"), "{msg}");
+    // The original is still what is recorded, and the connection is usable.
+    assert_eq!(
+        history(&client, DEFAULT_SCHEMA).await[0].2,
+        ORIGINAL[0].checksum()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_newer_than_the_binary_is_refused() {
+    let db = fresh_db("state_newer").await;
+    let mut client = sql(&db).await;
+    const NEWER: &[Migration] = &[
+        Migration {
+            version: 1,
+            name: "0001_a.sql",
+            sql: "CREATE TABLE a (x int);",
+        },
+        Migration {
+            version: 2,
+            name: "0002_b.sql",
+            sql: "CREATE TABLE b (x int);",
+        },
+    ];
+    migrate(&mut client, "s", NEWER).await.unwrap();
+    let e = migrate(&mut client, "s", &NEWER[..1]).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StateError::UnknownMigration {
+                version: 2,
+                latest_known: Some(1),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("migration 2 (0002_b.sql)") && msg.contains("up to 1"),
+        "{msg}"
+    );
+
+    // The real binary against a schema a future pgfanout migrated.
+    migrate(&mut client, DEFAULT_SCHEMA, MIGRATIONS)
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO pgfanout.migrations (version, name, checksum) VALUES (9999, '9999_future.sql', 'x')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let e = StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("9999_future.sql"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_added_below_the_latest_applied_is_refused() {
+    let db = fresh_db("state_order").await;
+    let mut client = sql(&db).await;
+    let m = |version, name| Migration {
+        version,
+        name,
+        sql: "SELECT 1;",
+    };
+    migrate(&mut client, "s", &[m(1, "0001_a.sql"), m(3, "0003_c.sql")])
+        .await
+        .unwrap();
+    let e = migrate(
+        &mut client,
+        "s",
+        &[m(1, "0001_a.sql"), m(2, "0002_b.sql"), m(3, "0003_c.sql")],
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, StateError::OutOfOrder { .. }), "{e:?}");
+    assert!(e.to_string().contains("0002_b.sql"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_migration_leaves_nothing_behind() {
+    let db = fresh_db("state_fail").await;
+    let mut client = sql(&db).await;
+    const FAILING: &[Migration] = &[
+        Migration {
+            version: 1,
+            name: "0001_ok.sql",
+            sql: "CREATE TABLE ok (x int);",
+        },
+        Migration {
+            version: 2,
+            name: "0002_broken.sql",
+            sql: "CREATE TABLE broken (x int); SELECT 1/0;",
+        },
+    ];
+    let e = migrate(&mut client, "s", FAILING).await.unwrap_err();
+    assert!(matches!(e, StateError::Apply { .. }), "{e:?}");
+    assert_eq!(e.sqlstate(), Some("22012"));
+    assert!(!e.is_transient());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("0002_broken.sql") && msg.contains("division by zero"),
+        "{msg}"
+    );
+    // One transaction: not even the schema or the first migration survived.
+    assert!(!schema_exists(&client, "s").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_schema_name_is_quoted() {
+    let db = fresh_db("state_hostile").await;
+    let schema = "pg\"fanout; drop";
+    let state = StateDb::connect(&server().conninfo(&db), schema)
+        .await
+        .unwrap();
+    assert_eq!(state.migrations().applied, [1]);
+    let client = sql(&db).await;
+    assert!(schema_exists(&client, schema).await);
+    assert_eq!(tables(&client, schema).await, ["checkpoints", "migrations"]);
+    assert!(!schema_exists(&client, DEFAULT_SCHEMA).await);
+    assert!(!schema_exists(&client, "pg").await);
+    assert_eq!(history(&client, schema).await.len(), MIGRATIONS.len());
+
+    let cp = Checkpoint {
+        commit_end_lsn: Lsn(0x1_0000_0A00),
+        last_seq: 5,
+    };
+    assert!(state.checkpoints().save("slot'; --", &cp).await.unwrap());
+    assert_eq!(
+        state.checkpoints().load("slot'; --").await.unwrap(),
+        Some(cp)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_round_trip_and_never_move_backwards() {
+    let db = fresh_db("state_checkpoints").await;
+    let state = StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+        .await
+        .unwrap();
+    let store = state.checkpoints().clone();
+    assert_eq!(store.load("s1").await.unwrap(), None);
+
+    let cp = |lsn: u64, seq: u64| Checkpoint {
+        commit_end_lsn: Lsn(lsn),
+        last_seq: seq,
+    };
+    let first = cp(0x16_B374_D848, 100);
+    assert!(store.save("s1", &first).await.unwrap());
+    assert_eq!(store.load("s1").await.unwrap(), Some(first));
+    assert_eq!(store.load("s2").await.unwrap(), None, "slots are separate");
+
+    // Older seq: ignored.
+    assert!(!store.save("s1", &cp(0x17_0000_0000, 99)).await.unwrap());
+    assert_eq!(store.load("s1").await.unwrap(), Some(first));
+    // Same seq, older LSN: ignored. Same seq, later LSN: progress (an empty transaction).
+    assert!(!store.save("s1", &cp(0x16_B374_D847, 100)).await.unwrap());
+    let later = cp(0x16_B374_D900, 100);
+    assert!(store.save("s1", &later).await.unwrap());
+    assert_eq!(store.load("s1").await.unwrap(), Some(later));
+    // The same checkpoint again is fine.
+    assert!(store.save("s1", &later).await.unwrap());
+    // Newer: written. LSNs above 32 bits and seqs up to i64::MAX survive the round trip.
+    let newest = cp(0xFFFF_FFFE_0000_0001, i64::MAX as u64);
+    assert!(store.save("s1", &newest).await.unwrap());
+    assert_eq!(store.load("s1").await.unwrap(), Some(newest));
+
+    let e = store.save("s1", &cp(1, u64::MAX)).await.unwrap_err();
+    assert!(matches!(e, StateError::InvalidValue { .. }), "{e:?}");
+    assert!(!e.is_transient());
+    assert_eq!(store.load("s1").await.unwrap(), Some(newest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
+    let db = fresh_db("state_errors").await;
+
+    // Nothing listens: transient, and the password stays out of the message.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut refused = server().conninfo(&db);
+    refused.host = Host::Tcp("127.0.0.1".into());
+    refused.port = port;
+    refused.password = Some(Secret::new("hunter2"));
+    let e = StateDb::connect(&refused, DEFAULT_SCHEMA)
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, StateError::Connect { .. }), "{e:?}");
+    assert!(e.is_transient(), "{e}");
+    assert!(!e.to_string().contains("hunter2") && !format!("{e:?}").contains("hunter2"));
+    assert!(e.to_string().contains("could not connect"), "{e}");
+
+    // TLS demanded: refused rather than downgraded.
+    let mut tls = server().conninfo(&db);
+    tls.sslmode = SslMode::VerifyFull;
+    let e = StateDb::connect(&tls, DEFAULT_SCHEMA)
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, StateError::TlsUnsupported { .. }), "{e:?}");
+    assert!(!e.is_transient());
+
+    // A role without CREATE on the database: permission denied is definite.
+    let mut unprivileged = server().conninfo(&db);
+    unprivileged.user = "no_repl".into();
+    let e = StateDb::connect(&unprivileged, DEFAULT_SCHEMA)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.sqlstate(), Some("42501"), "{e}");
+    assert!(!e.is_transient());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("creating the state schema") && msg.contains("permission denied"),
+        "{msg}"
+    );
+
+    // Once an owner has migrated the schema, the same role only needs to use it.
+    StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+        .await
+        .unwrap();
+    sql(&db)
+        .await
+        .batch_execute(
+            "GRANT USAGE ON SCHEMA pgfanout TO no_repl;
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA pgfanout TO no_repl;",
+        )
+        .await
+        .unwrap();
+    let state = StateDb::connect(&unprivileged, DEFAULT_SCHEMA)
+        .await
+        .unwrap();
+    let cp = Checkpoint {
+        commit_end_lsn: Lsn(42),
+        last_seq: 1,
+    };
+    assert!(state.checkpoints().save("s", &cp).await.unwrap());
+    assert_eq!(state.checkpoints().load("s").await.unwrap(), Some(cp));
+
+    // Invalid schema names never reach the server.
+    let e = StateDb::connect(&server().conninfo(&db), "")
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, StateError::InvalidSchema { .. }), "{e:?}");
+}
