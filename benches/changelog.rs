@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgfanout::change::{Column, Datum, Op, Relation, ReplicaIdentity, RowChange, SequencedChange, Tuple};
+use pgfanout::change::{
+    Column, Datum, Op, Relation, ReplicaIdentity, RowChange, SequencedChange, Tuple,
+};
 use pgfanout::changelog::{ChangeLog, CommitInfo, LogOptions};
 use pgfanout::lsn::Lsn;
 use pgfanout::value::Timestamp;

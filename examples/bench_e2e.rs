@@ -1,9 +1,11 @@
-//! End-to-end benchmark: `pgfanout tail > /dev/null` against `pg_recvlogical -f /dev/null` on the
-//! same pre-generated WAL, in one run on one machine. Run it with `scripts/bench-e2e.sh`.
+//! End-to-end benchmark on the same pre-generated WAL, in one run on one machine:
+//! `pg_recvlogical -f /dev/null` (the reference), `pgfanout tail > /dev/null`, and
+//! `pgfanout run --endpos` into a change log fsync'd in groups. Run it with
+//! `scripts/bench-e2e.sh`.
 //!
-//! Both clients read their own slot, created at the same LSN before the WAL is written, so each
-//! decodes exactly the same transactions. Rounds alternate which client goes first; the report
-//! gives each client's median rate and the ratio pgfanout / pg_recvlogical.
+//! Every client reads its own slot, created at the same LSN before the WAL is written, so each
+//! decodes exactly the same transactions. Rounds rotate which client goes first; the report
+//! gives each client's median rate and the ratios against pg_recvlogical.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -45,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          CREATE PUBLICATION bench FOR TABLE bench;",
     ))?;
     for r in 0..rounds {
-        for who in ["recv", "pgf"] {
+        for who in ["recv", "pgf", "run"] {
             rt.block_on(client.execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&format!("{who}_{r}")],
@@ -66,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         written += n;
     }
     let end_lsn: String = rt
-        .block_on(client.query_one("SELECT pg_current_wal_lsn()::text", &[]))?
+        .block_on(client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]))?
         .get(0);
     let wal_bytes: i64 = rt
         .block_on(client.query_one(
@@ -90,12 +92,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pg.port()
     );
 
-    let (mut recv_times, mut pgf_times) = (Vec::new(), Vec::new());
+    let (mut recv_times, mut pgf_times, mut run_times) = (Vec::new(), Vec::new(), Vec::new());
+    let work = tempfile::tempdir()?;
     for r in 0..rounds {
-        let order: [&str; 2] = if r % 2 == 0 {
-            ["recv", "pgf"]
-        } else {
-            ["pgf", "recv"]
+        // Each client goes first once every three rounds.
+        let order: [&str; 3] = match r % 3 {
+            0 => ["recv", "pgf", "run"],
+            1 => ["pgf", "run", "recv"],
+            _ => ["run", "recv", "pgf"],
         };
         for who in order {
             let slot = format!("{who}_{r}");
@@ -105,6 +109,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .args(["-d", &conninfo, "--slot", &slot, "--start", "--no-loop"])
                     .args(["-o", "proto_version=1", "-o", "publication_names=bench"])
                     .args(["--endpos", &end_lsn, "-f", "/dev/null"])
+                    .status()?
+            } else if who == "run" {
+                let run_cfg = work.path().join(format!("run_{r}.toml"));
+                std::fs::write(
+                    &run_cfg,
+                    format!(
+                        "[source]\nurl = \"postgres://postgres@/{db}?host={}&port={}\"\npublication = \"bench\"\nmanage = false\nslot = \"{slot}\"\n[log]\ndir = \"{}\"\n",
+                        pg.socket_dir().display(),
+                        pg.port(),
+                        work.path().join(format!("log_{r}")).display()
+                    ),
+                )?;
+                Command::new(&pgfanout)
+                    .args(["run", "--config"])
+                    .arg(&run_cfg)
+                    .args(["--endpos", &end_lsn])
+                    .env("RUST_LOG", "warn")
                     .status()?
             } else {
                 Command::new(&pgfanout)
@@ -124,15 +145,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 took.as_secs_f64(),
                 rows as f64 / took.as_secs_f64()
             );
-            if who == "recv" {
-                recv_times.push(took)
-            } else {
-                pgf_times.push(took)
+            match who {
+                "recv" => recv_times.push(took),
+                "pgf" => pgf_times.push(took),
+                _ => run_times.push(took),
             }
         }
     }
     let recv = median(&mut recv_times);
     let pgf = median(&mut pgf_times);
+    let run = median(&mut run_times);
     let rate = |d: Duration| rows as f64 / d.as_secs_f64();
     println!(
         "rows: {rows} inserts ({} MB of WAL), {rounds} rounds, medians:",
@@ -149,8 +171,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pgf.as_secs_f64()
     );
     println!(
-        "  ratio pgfanout / pg_recvlogical: {:.2}",
+        "  pgfanout run (change log)   : {:>9.0} rows/s ({:.2}s)",
+        rate(run),
+        run.as_secs_f64()
+    );
+    println!(
+        "  ratio tail / pg_recvlogical: {:.2}",
         rate(pgf) / rate(recv)
+    );
+    println!(
+        "  ratio run  / pg_recvlogical: {:.2}",
+        rate(run) / rate(recv)
     );
     drop(pg);
     Ok(())

@@ -48,6 +48,9 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Stop once everything up to this LSN (e.g. 0/1A2B3C8) is in the change log.
+        #[arg(long)]
+        endpos: Option<pgfanout::lsn::Lsn>,
     },
     /// Apply the state database's migrations and exit.
     Migrate {
@@ -145,9 +148,10 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
         }
-        Command::Run { config } => {
+        Command::Run { config, endpos } => {
             let config = Config::load(&config)?;
-            pgfanout::pipeline::run(&config, ctrl_c()).await?;
+            let opts = pgfanout::pipeline::RunOptions { endpos };
+            pgfanout::pipeline::run(&config, opts, ctrl_c()).await?;
         }
         Command::Migrate { config } => {
             let config = Config::load(&config)?;

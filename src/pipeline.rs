@@ -77,15 +77,97 @@ struct Resume {
     logged_end: Lsn,
 }
 
-pub async fn run(cfg: &Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, RunError> {
+impl RunError {
+    /// Whether starting over (reconnect, reopen the log) can succeed; see the source's and
+    /// the state layer's own policies. The change log's errors are never transient: a failed
+    /// fsync or a corrupt record needs a human.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Source(e) => e.is_transient(),
+            RunError::State(e) => e.is_transient(),
+            RunError::Log(_) | RunError::WriterGone => false,
+        }
+    }
+}
+
+/// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A run that lasted this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Runs until `shutdown`, starting over after transient failures (connection lost, slot still
+/// held by a dying session, server restart) with capped, jittered exponential backoff.
+/// Starting over is the crash path: the log is reopened and recovered, and streaming resumes
+/// from it, so a reconnect can neither lose nor renumber a change.
+/// How `run` ends besides a shutdown signal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Stop cleanly once the log holds everything up to this WAL position (like
+    /// pg_recvlogical's `--endpos`).
+    pub endpos: Option<Lsn>,
+}
+
+pub async fn run(
+    cfg: &Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, RunError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopper = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let runner = async {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let mut stop = stop_rx.clone();
+            let result = run_once(cfg, opts, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            match result {
+                Err(e) if e.is_transient() && !*stop_rx.borrow() => {
+                    if started.elapsed() >= HEALTHY_RUN {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    let delay = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    warn!(error = %e, retry_in = ?delay, "transient failure; starting over");
+                    let mut stop = stop_rx.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return Err(e),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    };
+    tokio::pin!(stopper);
+    tokio::pin!(runner);
+    tokio::select! {
+        result = &mut runner => return result,
+        _ = &mut stopper => {}
+    }
+    // The signal came and the runner sees the flag: drive it to its clean end.
+    runner.await
+}
+
+async fn run_once(
+    cfg: &Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, RunError> {
     let state = StateDb::connect(&cfg.state.conn, &cfg.state.schema).await?;
     let slot = cfg.source.slot.clone();
     let log_dir = cfg.log.dir.clone();
-    let opts = LogOptions {
+    let log_opts = LogOptions {
         segment_bytes: cfg.log.segment_bytes,
         ..LogOptions::default()
     };
-    let (log, recovered) = tokio::task::spawn_blocking(move || ChangeLog::open(&log_dir, opts))
+    let (log, recovered) = tokio::task::spawn_blocking(move || ChangeLog::open(&log_dir, log_opts))
         .await
         .map_err(|_| RunError::WriterGone)??;
     if recovered.truncated_bytes > 0 {
@@ -149,16 +231,15 @@ pub async fn run(cfg: &Config, shutdown: impl Future<Output = ()>) -> Result<Run
         .source
         .heartbeat_interval
         .map(|every| AbortOnDrop(tokio::spawn(heartbeat(cfg.source.conn.clone(), every))));
-    let streamed = stream_into_log(
+    let ctx = StreamCtx {
         cfg,
-        &mut stream,
-        &to_writer,
-        &durable_rx,
-        &state,
+        opts,
+        to_writer: &to_writer,
+        durable: &durable_rx,
+        state: &state,
         resume,
-        shutdown,
-    )
-    .await;
+    };
+    let streamed = stream_into_log(&ctx, &mut stream, shutdown).await;
 
     // Shut down in order: make everything appended durable, confirm it, checkpoint it.
     let (ack_tx, ack_rx) = oneshot::channel();
@@ -184,18 +265,33 @@ pub async fn run(cfg: &Config, shutdown: impl Future<Output = ()>) -> Result<Run
     })
 }
 
-async fn stream_into_log(
-    cfg: &Config,
-    stream: &mut LogicalStream,
-    to_writer: &mpsc::Sender<ToWriter>,
-    durable: &watch::Receiver<Durable>,
-    state: &StateDb,
+/// What the streaming loop works with.
+struct StreamCtx<'a> {
+    cfg: &'a Config,
+    opts: RunOptions,
+    to_writer: &'a mpsc::Sender<ToWriter>,
+    durable: &'a watch::Receiver<Durable>,
+    state: &'a StateDb,
     resume: Resume,
+}
+
+async fn stream_into_log(
+    ctx: &StreamCtx<'_>,
+    stream: &mut LogicalStream,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let StreamCtx {
+        cfg,
+        opts,
+        to_writer,
+        durable,
+        state,
+        resume,
+    } = *ctx;
     let mut sequencer = Sequencer::resume_after(resume.last_seq);
     let mut batch: Vec<SequencedChange> = Vec::with_capacity(WRITER_BATCH);
     let mut skipping = false;
+    let mut in_txn = false;
     let mut txn_changes = 0u64;
     let mut checkpoint_timer = tokio::time::interval(cfg.state.checkpoint_interval);
     checkpoint_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -205,6 +301,10 @@ async fn stream_into_log(
     let state_schema =
         (cfg.state.conn.dbname == cfg.source.conn.dbname).then_some(cfg.state.schema.as_str());
     tokio::pin!(shutdown);
+    let reached = |lsn: Lsn| opts.endpos.is_some_and(|end| lsn >= end);
+    if reached(resume.logged_end) {
+        return Ok(());
+    }
 
     loop {
         let event = tokio::select! {
@@ -227,6 +327,7 @@ async fn stream_into_log(
                     debug!(xid, lsn = %final_lsn, "skipping a transaction the change log already holds");
                 }
                 txn_changes = 0;
+                in_txn = true;
             }
             SourceEvent::Change(change) => {
                 if skipping || Some(change.relation.schema.as_str()) == state_schema {
@@ -244,9 +345,11 @@ async fn stream_into_log(
                 end_lsn,
                 commit_time,
             } => {
+                in_txn = false;
                 if skipping {
                     continue;
                 }
+                let done = reached(end_lsn);
                 if !batch.is_empty() {
                     send(to_writer, ToWriter::Changes(std::mem::take(&mut batch))).await?;
                 }
@@ -262,6 +365,14 @@ async fn stream_into_log(
                     ToWriter::Empty(end_lsn)
                 };
                 send(to_writer, msg).await?;
+                if done {
+                    debug!(lsn = %end_lsn, "reached the end position");
+                    break;
+                }
+            }
+            SourceEvent::Keepalive { wal_end } if reached(wal_end) && !in_txn => {
+                debug!(lsn = %wal_end, "reached the end position");
+                break;
             }
             SourceEvent::Relation(_)
             | SourceEvent::Type { .. }

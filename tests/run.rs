@@ -295,3 +295,130 @@ async fn sigkill_at_random_moments_keeps_every_change_once_with_reference_seqs()
     drop_slot(&client, &crash_slot).await;
     drop_slot(&client, &ref_slot).await;
 }
+
+fn pgfanout(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
+    let db = fresh_db("run_cli").await;
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);",
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let slot = format!("cli_{db}");
+    let cfg = write_config(tmp.path(), &db, &slot, &log_dir);
+
+    // pgoutput reads publications as of each change's WAL position: publish before writing.
+    client
+        .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
+        .await
+        .unwrap();
+    let migrate = pgfanout(&["migrate"], &cfg);
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 10) g; DELETE FROM items WHERE id = 10;")
+        .await
+        .unwrap();
+    // The insert position: the test server runs with synchronous_commit = off, so the write
+    // position (pg_current_wal_lsn) can still be before the commit.
+    let endpos: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let run = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || pgfanout(&["run", "--endpos", &endpos], &cfg)
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "run --endpos must stop by itself: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let read = pgfanout(&["log", "read", "--from-seq", "3", "--limit", "2"], &cfg);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(read.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[0]["seq"].as_u64(), lines[1]["seq"].as_u64()),
+        (Some(3), Some(4))
+    );
+    assert_eq!(lines[0]["new"]["id"], "3");
+
+    let to = pgfanout(&["log", "read", "--from-seq", "9", "--to-seq", "11"], &cfg);
+    let tail: Vec<&str> = std::str::from_utf8(&to.stdout).unwrap().lines().collect();
+    assert_eq!(tail.len(), 3, "seqs 9, 10 and the delete as 11");
+    assert!(tail[2].contains("\"op\":\"delete\""), "{}", tail[2]);
+
+    let beyond = pgfanout(&["log", "read", "--from-seq", "1000"], &cfg);
+    assert!(beyond.status.success());
+    assert!(beyond.stdout.is_empty(), "nothing beyond the end");
+
+    let verify = pgfanout(&["log", "verify"], &cfg);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("changes: 11"),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    // A flipped byte in the middle of the log is found and named.
+    let seg = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+    let verify = pgfanout(&["log", "verify"], &cfg);
+    assert!(!verify.status.success());
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        err.contains(&seg.file_name().unwrap().to_string_lossy().to_string()),
+        "{err}"
+    );
+    drop_slot(&client, &slot).await;
+}

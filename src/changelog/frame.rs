@@ -18,8 +18,14 @@ pub enum Frame<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("CRC mismatch: the frame says {stored:#010x}, the {len}-byte payload has {actual:#010x}")]
-    Crc { stored: u32, actual: u32, len: usize },
+    #[error(
+        "CRC mismatch: the frame says {stored:#010x}, the {len}-byte payload has {actual:#010x}"
+    )]
+    Crc {
+        stored: u32,
+        actual: u32,
+        len: usize,
+    },
 }
 
 /// Decodes the frame at the start of `buf`.
@@ -100,7 +106,11 @@ mod tests {
     fn every_truncation_is_incomplete_not_an_error() {
         let buf = frame(b"some payload");
         for cut in 0..buf.len() {
-            let need = if cut < HEADER_LEN { HEADER_LEN } else { buf.len() };
+            let need = if cut < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                buf.len()
+            };
             assert_eq!(
                 decode_frame(&buf[..cut]),
                 Ok(Frame::Incomplete { need }),

@@ -168,7 +168,9 @@ pub enum LogError {
         #[source]
         problem: Problem,
     },
-    #[error("change log segments are not contiguous: {path} starts at seq {found}, expected {expected}")]
+    #[error(
+        "change log segments are not contiguous: {path} starts at seq {found}, expected {expected}"
+    )]
     Gap {
         path: PathBuf,
         expected: u64,
@@ -176,7 +178,9 @@ pub enum LogError {
     },
     #[error("seq {requested} is no longer in the change log (oldest retained seq is {oldest})\nHINT: the destination reading from it needs a resync")]
     SeqTooOld { requested: u64, oldest: u64 },
-    #[error("cannot append change {got}: the change log's next seq is {expected}; seqs must be dense")]
+    #[error(
+        "cannot append change {got}: the change log's next seq is {expected}; seqs must be dense"
+    )]
     NotDense { expected: u64, got: u64 },
     #[error("cannot append {what}: {detail}")]
     BadAppend { what: &'static str, detail: String },
@@ -691,9 +695,8 @@ impl ChangeLog {
                 let s = &st.segments[n];
                 let needed = keep_from_seq.is_some_and(|k| s.last_seq >= k);
                 let too_big = policy.max_bytes.is_some_and(|m| total > m);
-                let too_old = cutoff
-                    .is_some_and(|c| s.last_commit_time.is_some_and(|t| t < c))
-                    && !needed;
+                let too_old =
+                    cutoff.is_some_and(|c| s.last_commit_time.is_some_and(|t| t < c)) && !needed;
                 if !(too_big || too_old) {
                     break;
                 }

@@ -546,7 +546,10 @@ mod tests {
             RecordError::TextCount { .. }
         ));
         assert!(matches!(
-            decode(&mut dec, with(&|c| c.new.as_mut().unwrap().states.pop().map(drop).unwrap_or(()))),
+            decode(
+                &mut dec,
+                with(&|c| c.new.as_mut().unwrap().states.pop().map(drop).unwrap_or(()))
+            ),
             RecordError::Shape { .. }
         ));
         assert!(matches!(

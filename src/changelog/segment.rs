@@ -88,7 +88,9 @@ pub enum ReadStop {
     /// Clean end of file at a frame boundary.
     End,
     /// The file ends inside the frame at this offset.
-    Torn { offset: u64 },
+    Torn {
+        offset: u64,
+    },
     /// The frame at this offset fails its CRC; `last` tells whether it ends exactly at EOF.
     Crc {
         offset: u64,
@@ -122,7 +124,11 @@ impl FrameReader {
         let mut header = [0u8; HEADER_LEN];
         match read_full(&mut self.file, &mut header) {
             Ok(0) => return Err(ReadStop::End),
-            Ok(n) if n < HEADER_LEN => return Err(ReadStop::Torn { offset: self.offset }),
+            Ok(n) if n < HEADER_LEN => {
+                return Err(ReadStop::Torn {
+                    offset: self.offset,
+                })
+            }
             Ok(_) => {}
             Err(e) => return Err(ReadStop::Io(e)),
         }
@@ -212,7 +218,6 @@ pub fn scan(
         path: path.clone(),
         source,
     })?;
-    let file_len = reader.file_len;
     let corrupt = |offset, problem| LogError::Corrupt {
         path: path.clone(),
         offset,
@@ -305,7 +310,9 @@ pub fn scan(
             }
         }
     }
-    let tail_bytes = file_len - committed_len;
+    // The file may have grown while we read it (a writer in another process): measure the tail
+    // against what the reader saw last.
+    let tail_bytes = reader.file_len.saturating_sub(committed_len);
     if tail_bytes > 0 && !allow_torn_tail {
         return Err(corrupt(
             committed_len,

@@ -30,7 +30,11 @@ fn relation(n: u32) -> Arc<Relation> {
         } else {
             ReplicaIdentity::Full
         },
-        columns: vec![col("id", 23, true), col("body", 25, false), col("note", 25, false)],
+        columns: vec![
+            col("id", 23, true),
+            col("body", 25, false),
+            col("note", 25, false),
+        ],
     })
 }
 
@@ -51,7 +55,11 @@ fn change(seq: u64, xid: u32) -> SequencedChange {
             new: Tuple(vec![id, text("x"), Datum::UnchangedToast]),
         },
         2 => Op::Update {
-            old: Some(OldTuple::Key(Tuple(vec![id.clone(), Datum::Null, Datum::Null]))),
+            old: Some(OldTuple::Key(Tuple(vec![
+                id.clone(),
+                Datum::Null,
+                Datum::Null,
+            ]))),
             new: Tuple(vec![id, text(""), text("\u{e9}\n")]),
         },
         3 => Op::Delete {
@@ -329,7 +337,10 @@ fn segments_roll_only_at_commit_boundaries() {
     assert!(segment::index_path(dir.path(), 5).exists());
     assert!(!segment::index_path(dir.path(), 45).exists());
     let report = verify(dir.path()).unwrap();
-    assert_eq!((report.segments, report.changes, report.commits), (4, 46, 4));
+    assert_eq!(
+        (report.segments, report.changes, report.commits),
+        (4, 46, 4)
+    );
     let (log, _) = ChangeLog::open(dir.path(), opts(200, 4)).unwrap();
     assert_eq!(read_all(&mut log.reader(1).unwrap()), all);
 }
@@ -395,9 +406,7 @@ fn retention_by_age_respects_keep_from_seq() {
         max_bytes: None,
     };
     // now = 110 s: transactions committed before 105 s are old (xids 100..=104).
-    let report = log
-        .apply_retention_at(&policy, Some(13), at(110))
-        .unwrap();
+    let report = log.apply_retention_at(&policy, Some(13), at(110)).unwrap();
     assert_eq!(report.deleted_segments.len(), 2, "seq 13 is in the third");
     assert!(!report.dropped_needed);
     assert_eq!(report.oldest_seq, Some(11));
@@ -461,10 +470,7 @@ fn retention_by_size_overrides_keep_from_seq_and_says_so() {
         .sum();
     assert_eq!(total, newest(5));
     // Nothing to do: same policy again.
-    assert_eq!(
-        log.apply_retention(&policy, None).unwrap().deleted_bytes,
-        0
-    );
+    assert_eq!(log.apply_retention(&policy, None).unwrap().deleted_bytes, 0);
     assert_eq!(read_all(&mut log.reader(26).unwrap()), from_seq(&all, 26));
 }
 
@@ -478,7 +484,11 @@ enum Step {
     /// Append `open` changes of a transaction that never commits (synced or not), drop the
     /// log without syncing, cut the active segment's unsynced tail at `cut`/1000 of its
     /// length, and reopen.
-    Crash { open: u64, sync_open: bool, cut: u16 },
+    Crash {
+        open: u64,
+        sync_open: bool,
+        cut: u16,
+    },
     /// Read everything from the seq at `at`/1000 of the way through the log (+2 past it).
     Read(u16),
 }
@@ -556,8 +566,14 @@ fn run_model(steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Read(at) => {
                 // Rolling a segment makes it durable: the durable end may be past `synced`.
                 let d = log.last_durable().map_or(0, |c| c.last_seq);
-                let n = (0..=txs.len()).find(|&n| last_of(&txs[..n]) == d).unwrap_or(usize::MAX);
-                prop_assert!(n >= synced && n <= txs.len(), "durable seq {} is no commit", d);
+                let n = (0..=txs.len())
+                    .find(|&n| last_of(&txs[..n]) == d)
+                    .unwrap_or(usize::MAX);
+                prop_assert!(
+                    n >= synced && n <= txs.len(),
+                    "durable seq {} is no commit",
+                    d
+                );
                 synced = n;
                 let durable: Vec<LogRecord> = txs[..synced].concat();
                 let last = last_of(&txs[..synced]);
