@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-# The decoder's and value parser's never-panic property tests run this many cases each.
+# The never-panic property tests of the wire decoder and the change-log reader run this many
+# cases each; the change log's crash model (slower: real files) runs PGFANOUT_MODEL_CASES.
 export PGFANOUT_FUZZ_CASES="${PGFANOUT_FUZZ_CASES:-200000}"
+export PGFANOUT_MODEL_CASES="${PGFANOUT_MODEL_CASES:-256}"
 cargo test --all-targets "$@"

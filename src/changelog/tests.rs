@@ -592,8 +592,11 @@ fn run_model(steps: Vec<Step>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("PGFANOUT_FUZZ_CASES")
+/// Cases from the environment variable `var`, else `default`: `PGFANOUT_FUZZ_CASES` for the
+/// cheap never-panic properties, `PGFANOUT_MODEL_CASES` for the crash model (each case writes
+/// and reopens a log on disk).
+fn cases(var: &str, default: u32) -> u32 {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
@@ -601,7 +604,7 @@ fn fuzz_cases(default: u32) -> u32 {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: fuzz_cases(64),
+        cases: cases("PGFANOUT_MODEL_CASES", 64),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -614,7 +617,7 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: fuzz_cases(2_000),
+        cases: cases("PGFANOUT_FUZZ_CASES", 2_000),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
