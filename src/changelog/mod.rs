@@ -473,8 +473,7 @@ impl ChangeLog {
             }
         }
         self.scratch.clear();
-        let rel = self.encoder.encode(&change.change.relation);
-        record::encode_record(&record::change_to_proto(change, rel), &mut self.scratch);
+        record::encode_change(change, &mut self.encoder, &mut self.scratch);
         if u32::try_from(self.scratch.len()).is_err() {
             return Err(LogError::RecordTooLarge {
                 seq: change.seq,

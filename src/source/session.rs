@@ -496,7 +496,8 @@ impl Session {
         }
     }
 
-    fn try_copy_frame(&mut self) -> Result<Option<CopyFrame>, SessionError> {
+    /// The next frame if one is already buffered; never waits.
+    pub fn try_copy_frame(&mut self) -> Result<Option<CopyFrame>, SessionError> {
         loop {
             if self.rbuf.len() < 5 {
                 return Ok(None);
