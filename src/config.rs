@@ -344,11 +344,13 @@ impl RawConfig {
         if segment_mb == 0 {
             problem("log.segment_mb", "must be at least 1".into());
         }
-        let sync_interval = duration(
+        // 0 is allowed: fsync at every commit.
+        let sync_interval = duration_at_least(
             &mut problem,
             "log.sync_interval",
             l.sync_interval.as_deref(),
             DEFAULT_SYNC_INTERVAL,
+            Duration::ZERO,
         );
         let retention_age = match l.retention_age.as_deref() {
             Some("forever") => None,
@@ -382,6 +384,16 @@ impl RawConfig {
         if schema.is_empty() || schema.len() > 63 {
             problem("state.schema", "must be 1 to 63 bytes long".into());
         }
+        if let Some(tables) = &tables {
+            for (i, t) in tables.iter().enumerate() {
+                if t.schema == schema {
+                    problem(
+                        &format!("source.tables[{i}]"),
+                        format!("{t} is in the state schema {schema}, which pgfanout writes itself and never streams; remove it"),
+                    );
+                }
+            }
+        }
         let checkpoint_interval = duration(
             &mut problem,
             "state.checkpoint_interval",
@@ -411,18 +423,35 @@ impl RawConfig {
     }
 }
 
-/// A duration key (`"10s"`, `"500ms"`, `"7days"`), at least 10ms; `default` when absent.
+/// Below this, periodic work (status updates, checkpoints, heartbeats) would only add load.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// A duration key (`"10s"`, `"500ms"`, `"7days"`), at least [`MIN_PERIOD`]; `default` when
+/// absent.
 fn duration(
     problem: &mut impl FnMut(&str, String),
     key: &str,
     value: Option<&str>,
     default: Duration,
 ) -> Duration {
+    duration_at_least(problem, key, value, default, MIN_PERIOD)
+}
+
+fn duration_at_least(
+    problem: &mut impl FnMut(&str, String),
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    min: Duration,
+) -> Duration {
     match value.map(humantime::parse_duration) {
         None => default,
-        Some(Ok(d)) if d >= Duration::from_millis(10) => d,
+        Some(Ok(d)) if d >= min => d,
         Some(Ok(_)) => {
-            problem(key, "must be at least 10ms".into());
+            problem(
+                key,
+                format!("must be at least {}", humantime::format_duration(min)),
+            );
             default
         }
         Some(Err(e)) => {
@@ -531,6 +560,70 @@ mod tests {
         assert!(msg.contains("source.url") && msg.contains("NOPE"), "{msg}");
         let e = parse("[source]\nurl = 5").unwrap_err();
         assert!(e.to_string().contains("source.url"), "{e}");
+    }
+
+    #[test]
+    fn log_and_state_sections() {
+        let c = parse(
+            r#"
+            [source]
+            url = "postgres://u@h/db"
+            [log]
+            dir = "/var/lib/pgfanout"
+            segment_mb = 8
+            sync_interval = "5ms"
+            retention_age = "forever"
+            retention_mb = 100
+            [state]
+            url = "postgres://u:${PGPASS}@other/state"
+            schema = "cdc_state"
+            checkpoint_interval = "1s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.log.dir, PathBuf::from("/var/lib/pgfanout"));
+        assert_eq!(c.log.segment_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.log.sync_interval, Duration::from_millis(5));
+        assert_eq!(c.log.retention_age, None);
+        assert_eq!(c.log.retention_bytes, Some(100 * 1024 * 1024));
+        assert_eq!(c.state.conn.dbname, "state");
+        assert_eq!(c.state.schema, "cdc_state");
+        assert_eq!(c.state.checkpoint_interval, Duration::from_secs(1));
+
+        // Defaults: the state lives in the source database.
+        let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
+        assert_eq!(c.state.conn, c.source.conn);
+        assert_eq!(c.state.schema, DEFAULT_STATE_SCHEMA);
+        assert_eq!(c.log.dir, PathBuf::from(DEFAULT_LOG_DIR));
+        assert_eq!(c.log.retention_age, Some(DEFAULT_RETENTION_AGE));
+    }
+
+    #[test]
+    fn log_and_state_problems_name_their_keys() {
+        let e = parse(
+            r#"
+            [source]
+            url = "postgres://u@h/db"
+            tables = ["pgfanout.checkpoints"]
+            [log]
+            segment_mb = 0
+            sync_interval = "soon"
+            [state]
+            url = "mysql://x"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "source.tables[0]",
+            "log.segment_mb",
+            "log.sync_interval",
+            "state.url",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        let e = parse("[source]\nurl = \"postgres://u@h/db\"\n[log]\ndri = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("dri"), "{e}");
     }
 
     #[test]
