@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgfanout::change::{Datum, Op, SequencedChange};
@@ -15,18 +15,11 @@ use pgfanout::lsn::Lsn;
 use support::*;
 
 /// A `pgfanout run` process, killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+struct Daemon(Spawned);
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
-        Daemon(
+        Daemon(Spawned(
             Command::new(env!("CARGO_BIN_EXE_pgfanout"))
                 .arg("run")
                 .arg("--config")
@@ -36,15 +29,11 @@ impl Daemon {
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
-        )
+        ))
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        self.0.signal(sig);
     }
 
     fn kill9(mut self) {
@@ -76,32 +65,33 @@ fn write_config(dir: &Path, db: &str, slot: &str, log_dir: &Path) -> PathBuf {
     path
 }
 
-fn read_log(dir: &Path) -> Vec<SequencedChange> {
+/// Every durable record of the log in `dir` (none if it does not exist yet).
+fn records(dir: &Path) -> Vec<LogRecord> {
     if !dir.exists() {
         return Vec::new();
     }
     let mut reader = LogReader::open(dir, 1).unwrap();
-    let mut out = Vec::new();
-    while let Some(r) = reader.next_record().unwrap() {
-        if let LogRecord::Change(c) = r {
-            out.push(c);
-        }
-    }
-    out
+    std::iter::from_fn(|| reader.next_record().unwrap()).collect()
+}
+
+fn read_log(dir: &Path) -> Vec<SequencedChange> {
+    records(dir)
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Change(c) => Some(c),
+            LogRecord::Commit(_) => None,
+        })
+        .collect()
 }
 
 fn commits(dir: &Path) -> Vec<pgfanout::changelog::CommitInfo> {
-    if !dir.exists() {
-        return Vec::new();
-    }
-    let mut reader = LogReader::open(dir, 1).unwrap();
-    let mut out = Vec::new();
-    while let Some(r) = reader.next_record().unwrap() {
-        if let LogRecord::Commit(c) = r {
-            out.push(c);
-        }
-    }
-    out
+    records(dir)
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Commit(c) => Some(c),
+            LogRecord::Change(_) => None,
+        })
+        .collect()
 }
 
 async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
@@ -369,11 +359,7 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&read.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(read.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&read.stdout);
     assert_eq!(lines.len(), 2);
     assert_eq!(
         (lines[0]["seq"].as_u64(), lines[1]["seq"].as_u64()),

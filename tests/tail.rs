@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -24,57 +24,8 @@ fn write_config(db: &str, tables: &str) -> tempfile::NamedTempFile {
     file
 }
 
-/// A child process killed when the test ends, also when it fails: a blocked reader of its
-/// output must never hang the test binary.
-struct Tail(Child);
-
-impl Drop for Tail {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Tail {
-    /// Reads stdout and stderr to their ends and waits for the exit status.
-    fn wait_output(&mut self) -> std::process::Output {
-        let mut stderr = self.0.stderr.take().unwrap();
-        let err = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            stderr.read_to_end(&mut buf).unwrap();
-            buf
-        });
-        let mut stdout = Vec::new();
-        self.0
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_end(&mut stdout)
-            .unwrap();
-        let status = self.0.wait().unwrap();
-        std::process::Output {
-            status,
-            stdout,
-            stderr: err.join().unwrap(),
-        }
-    }
-}
-
-impl std::ops::Deref for Tail {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Tail {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-fn spawn_tail(config: &std::path::Path, args: &[&str]) -> Tail {
-    Tail(
+fn spawn_tail(config: &std::path::Path, args: &[&str]) -> Spawned {
+    Spawned(
         Command::new(env!("CARGO_BIN_EXE_pgfanout"))
             .arg("tail")
             .arg("--config")
@@ -136,12 +87,7 @@ async fn prints_one_json_line_per_change_and_stops_at_the_limit() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = out
-        .stdout
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 5, "--limit 5");
     let field = |i: usize, k: &str| lines[i][k].clone();
     for (i, line) in lines.iter().enumerate() {
@@ -206,11 +152,7 @@ async fn sigterm_flushes_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert!(lines.iter().all(|l| l.ends_with('\n')), "{lines:?}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    child.signal("-TERM");
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -319,12 +261,7 @@ fn demo_streams_changes_and_cleans_up() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = out
-        .stdout
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 12);
     let tables: std::collections::BTreeSet<&str> =
         lines.iter().map(|l| l["table"].as_str().unwrap()).collect();

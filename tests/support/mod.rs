@@ -198,3 +198,68 @@ pub async fn drop_slot(client: &tokio_postgres::Client, slot: &str) {
         }
     }
 }
+
+/// A child process killed when the test ends, also when it fails: a blocked reader of its
+/// output must never hang the test binary.
+pub struct Spawned(pub std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Spawned {
+    /// Reads stdout and stderr to their ends and waits for the exit status.
+    pub fn wait_output(&mut self) -> std::process::Output {
+        use std::io::Read;
+        let mut stderr = self.0.stderr.take().expect("stderr piped");
+        let err = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            stderr.read_to_end(&mut buf).unwrap();
+            buf
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut out) = self.0.stdout.take() {
+            out.read_to_end(&mut stdout).unwrap();
+        }
+        let status = self.0.wait().unwrap();
+        std::process::Output {
+            status,
+            stdout,
+            stderr: err.join().unwrap(),
+        }
+    }
+
+    /// Sends a signal (`-TERM`, `-KILL`, `-STOP`, `-CONT`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} failed");
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+/// The JSON lines a command printed.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
