@@ -44,6 +44,8 @@ pub enum DemoError {
     Server(#[from] LocalPgError),
     #[error("demo database setup failed: {0}")]
     Sql(#[from] tokio_postgres::Error),
+    #[error("cannot connect to the demo database: {0}")]
+    Connect(#[from] crate::source::conninfo::SqlConnectError),
     #[error(transparent)]
     Tail(#[from] TailError),
     #[error("the demo's server task failed: {0}")]

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use tempfile::TempDir;
 use tracing::{debug, warn};
 
-use crate::source::conninfo::{ConnInfo, Host, SslMode};
+use crate::source::conninfo::{ConnInfo, Host, SqlConnectError, SslMode};
 
 /// The superuser `initdb` creates.
 pub const SUPERUSER: &str = "postgres";
@@ -26,6 +26,10 @@ pub enum LocalPgError {
     NoBinaries,
     #[error("running as root, but there is no 'postgres' system user to run the server as\nHINT: apt-get install postgresql creates it (or: useradd --system postgres)")]
     NoPostgresUser,
+    #[error("cannot connect to the private server: {0}")]
+    Connect(#[from] SqlConnectError),
+    #[error("SQL on the private server failed: {0}")]
+    Sql(#[from] tokio_postgres::Error),
     #[error("{what} failed: {source}")]
     Io {
         what: String,
@@ -173,29 +177,20 @@ impl LocalPostgres {
     }
 
     /// An ordinary SQL connection (tokio-postgres) as the superuser over the unix socket.
-    pub async fn sql(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = self
-            .conninfo(db)
-            .sql_config()
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "local PostgreSQL connection ended");
-            }
-        });
-        Ok(client)
+    pub async fn sql(&self, db: &str) -> Result<tokio_postgres::Client, SqlConnectError> {
+        self.conninfo(db).connect_sql().await
     }
 
     /// Creates a database (for one test each).
-    pub async fn create_database(&self, name: &str) -> Result<(), tokio_postgres::Error> {
+    pub async fn create_database(&self, name: &str) -> Result<(), LocalPgError> {
         let client = self.sql("postgres").await?;
         client
             .batch_execute(&format!(
                 "CREATE DATABASE {}",
                 crate::sql::quote_ident(name)
             ))
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Stops the server now (also done on drop).

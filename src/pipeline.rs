@@ -402,11 +402,8 @@ async fn heartbeat(conn: crate::source::conninfo::ConnInfo, every: Duration) {
     loop {
         tick.tick().await;
         if client.is_none() {
-            match conn.sql_config().connect(tokio_postgres::NoTls).await {
-                Ok((c, connection)) => {
-                    tokio::spawn(connection);
-                    client = Some(c);
-                }
+            match conn.connect_sql().await {
+                Ok(c) => client = Some(c),
                 Err(e) => {
                     warn!(error = %e, "heartbeat: cannot connect; retrying at the next tick");
                     continue;

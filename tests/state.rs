@@ -382,14 +382,28 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
     assert!(!e.to_string().contains("hunter2") && !format!("{e:?}").contains("hunter2"));
     assert!(e.to_string().contains("could not connect"), "{e}");
 
-    // TLS demanded: refused rather than downgraded.
-    let mut tls = server().conninfo(&db);
+    // TLS per sslmode, with the same rustls setup as the replication session: verify-full
+    // against the certificate's name works, against another name fails, and a missing CA file
+    // is a definite configuration error.
+    let tls_db = fresh_db("state_tls").await;
+    let mut tls = server().conninfo(&tls_db);
+    tls.host = Host::Tcp("localhost".into());
     tls.sslmode = SslMode::VerifyFull;
-    let e = StateDb::connect(&tls, DEFAULT_SCHEMA)
+    tls.sslrootcert = Some(server().ca_cert());
+    StateDb::connect(&tls, DEFAULT_SCHEMA)
+        .await
+        .expect("verify-full to the certificate's name");
+    let mut wrong_name = tls.clone();
+    wrong_name.host = Host::Tcp("127.0.0.1".into());
+    assert!(StateDb::connect(&wrong_name, DEFAULT_SCHEMA).await.is_err());
+    let mut no_ca = tls.clone();
+    no_ca.sslrootcert = Some("/nonexistent/ca.pem".into());
+    let e = StateDb::connect(&no_ca, DEFAULT_SCHEMA)
         .await
         .err()
-        .expect("refused");
-    assert!(matches!(e, StateError::TlsUnsupported { .. }), "{e:?}");
+        .expect("missing CA file");
+    assert!(matches!(e, StateError::Tls(_)), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     assert!(!e.is_transient());
 
     // A role without CREATE on the database: permission denied is definite.

@@ -70,6 +70,28 @@ pub struct ConnInfo {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum SqlConnectError {
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsConfigError),
+    #[error("could not connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl SqlConnectError {
+    /// The driver error, when the failure came from the connection attempt itself.
+    pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            SqlConnectError::Connect { source, .. } => Some(source),
+            SqlConnectError::Tls(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum ConnInfoError {
     #[error("not a postgres:// URL ({0}); write it as postgres://user:password@host:port/dbname")]
     Syntax(String),
@@ -208,6 +230,18 @@ fn with_placeholder_host(s: &str) -> Option<String> {
     ))
 }
 
+/// Runs a tokio-postgres connection until its client is dropped or the server goes away.
+fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "SQL connection ended");
+        }
+    });
+}
+
 fn percent_encoding_decode(s: &str) -> Option<String> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
@@ -234,6 +268,40 @@ impl ConnInfo {
             c.connect_timeout(t);
         }
         c
+    }
+
+    /// Opens an ordinary SQL connection (tokio-postgres) with this URL's TLS settings, the same
+    /// rustls setup as the replication session (never TLS over a unix socket, as libpq). The
+    /// connection runs in a background task that ends when the client is dropped.
+    pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SqlConnectError> {
+        use tokio_postgres::config::SslMode as PgSslMode;
+        let mut config = self.sql_config();
+        let tls_wanted = matches!(self.host, Host::Tcp(_)) && self.sslmode != SslMode::Disable;
+        let connect_err = |source| SqlConnectError::Connect {
+            target: self.to_string(),
+            source,
+        };
+        let client = if tls_wanted {
+            config.ssl_mode(if self.sslmode == SslMode::Prefer {
+                PgSslMode::Prefer
+            } else {
+                PgSslMode::Require
+            });
+            let tls =
+                tokio_postgres_rustls::MakeRustlsConnect::new(super::tls::client_config(self)?);
+            let (client, connection) = config.connect(tls).await.map_err(connect_err)?;
+            drive(connection);
+            client
+        } else {
+            config.ssl_mode(PgSslMode::Disable);
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(connect_err)?;
+            drive(connection);
+            client
+        };
+        Ok(client)
     }
 
     /// The same connection info for another database.

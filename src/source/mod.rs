@@ -17,7 +17,7 @@ pub mod conninfo;
 pub mod pgoutput;
 pub mod session;
 mod slot;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -42,6 +42,11 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsConfigError> {
 }
 
 pub fn connector(info: &ConnInfo) -> Result<TlsConnector, TlsConfigError> {
+    Ok(TlsConnector::from(Arc::new(client_config(info)?)))
+}
+
+/// The rustls configuration `info.sslmode` calls for (see the table at the top).
+pub fn client_config(info: &ConnInfo) -> Result<rustls::ClientConfig, TlsConfigError> {
     let verify_chain = match info.sslmode {
         SslMode::VerifyCa | SslMode::VerifyFull => true,
         SslMode::Require => info.sslrootcert.is_some(),
@@ -69,7 +74,7 @@ pub fn connector(info: &ConnInfo) -> Result<TlsConnector, TlsConfigError> {
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
             .with_no_client_auth()
     };
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 fn root_store(path: Option<&Path>) -> Result<RootCertStore, TlsConfigError> {

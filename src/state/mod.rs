@@ -18,18 +18,15 @@
 //! - [`StateError::is_transient`] is the one place that decides whether a retry can help.
 //! - Must not know about the stream, the change log or destinations: it stores what it is given.
 //!
-//! SQL connections are plain (`NoTls`) for now; a connection whose `sslmode` demands TLS is
-//! refused rather than silently downgraded. TODO: TLS for SQL connections (rustls, as the
-//! replication session has in `source::tls`).
+//! Connections honour the URL's `sslmode` through [`ConnInfo::connect_sql`] (rustls, as the
+//! replication session).
 
 mod checkpoint;
 mod migrations;
 
 use std::sync::Arc;
 
-use tracing::debug;
-
-use crate::source::conninfo::{ConnInfo, SslMode};
+use crate::source::conninfo::{ConnInfo, SqlConnectError};
 use crate::sql::quote_ident;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
@@ -54,31 +51,10 @@ impl StateDb {
     /// Connects, then brings `schema` up to date with [`MIGRATIONS`] before returning.
     pub async fn connect(conninfo: &ConnInfo, schema: &str) -> Result<StateDb, StateError> {
         validate_schema(schema)?;
-        if matches!(
-            conninfo.sslmode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        ) {
-            return Err(StateError::TlsUnsupported {
-                target: conninfo.to_string(),
-                mode: conninfo.sslmode,
-            });
-        }
-        // sql_config leaves tokio-postgres at sslmode=prefer, which with NoTls means plain: what
-        // `disable` and `prefer` allow.
-        let (mut client, connection) = conninfo
-            .sql_config()
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| StateError::Connect {
-            target: conninfo.to_string(),
-            source,
+        let mut client = conninfo.connect_sql().await.map_err(|e| match e {
+            SqlConnectError::Tls(e) => StateError::Tls(e),
+            SqlConnectError::Connect { target, source } => StateError::Connect { target, source },
         })?;
-        // Ends by itself once every handle on the client is gone.
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "state database connection ended");
-            }
-        });
         let report = migrate(&mut client, schema, MIGRATIONS).await?;
         let client = Arc::new(client);
         Ok(StateDb {
@@ -113,8 +89,8 @@ pub enum StateError {
         reason: &'static str,
     },
 
-    #[error("cannot connect to the state database {target} with sslmode={}: SQL connections do not support TLS yet\nHINT: use sslmode=disable or sslmode=prefer for the state database", .mode.as_str())]
-    TlsUnsupported { target: String, mode: SslMode },
+    #[error("TLS setup for the state database failed: {0}")]
+    Tls(#[source] crate::source::tls::TlsConfigError),
 
     #[error("could not connect to the state database {target}: {}", pg_message(.source))]
     Connect {
@@ -183,7 +159,7 @@ impl StateError {
             | StateError::Query { source, .. }
             | StateError::Apply { source, .. } => pg_error_is_transient(source),
             StateError::InvalidSchema { .. }
-            | StateError::TlsUnsupported { .. }
+            | StateError::Tls(_)
             | StateError::ChecksumMismatch { .. }
             | StateError::UnknownMigration { .. }
             | StateError::OutOfOrder { .. }
