@@ -472,14 +472,6 @@ impl ChangeLog {
                 });
             }
         }
-        self.scratch.clear();
-        record::encode_change(change, &mut self.encoder, &mut self.scratch);
-        if u32::try_from(self.scratch.len()).is_err() {
-            return Err(LogError::RecordTooLarge {
-                seq: change.seq,
-                bytes: self.scratch.len(),
-            });
-        }
         self.guard(|log| {
             if log.active.is_none() || (log.roll_pending && log.open_tx.is_none()) {
                 log.roll(change.seq)?;
@@ -489,7 +481,18 @@ impl ChangeLog {
             let Some(active) = log.active.as_mut() else {
                 return Err(LogError::Poisoned);
             };
-            if active.changes % every == 0 {
+            // Index points (the segment's first change included) describe their relation in
+            // full: a reader starts only at one of them.
+            let index_point = active.changes % every == 0;
+            log.scratch.clear();
+            record::encode_change(change, &mut log.encoder, index_point, &mut log.scratch);
+            if u32::try_from(log.scratch.len()).is_err() {
+                return Err(LogError::RecordTooLarge {
+                    seq: change.seq,
+                    bytes: log.scratch.len(),
+                });
+            }
+            if index_point {
                 let offset = active.written + log.buf.len() as u64;
                 active.pending_index.push((change.seq, offset));
             }

@@ -132,7 +132,15 @@ pub fn change_to_proto(c: &SequencedChange, relation: proto::Relation) -> proto:
 /// `relations`' cache: the hot path of the writer, which would otherwise clone and re-encode
 /// the relation (a third of the record) for every change. The bytes are exactly what
 /// `encode_record(change_to_proto(..))` produces, up to field order, which protobuf ignores.
-pub fn encode_change(c: &SequencedChange, relations: &mut RelationEncoder, out: &mut Vec<u8>) {
+///
+/// The relation goes in when `describe_relation` (a segment start or sparse-index point) or when
+/// it differs from the previous change's; otherwise the record names it by oid only.
+pub fn encode_change(
+    c: &SequencedChange,
+    relations: &mut RelationEncoder,
+    describe_relation: bool,
+    out: &mut Vec<u8>,
+) {
     use prost::encoding::{encode_varint, encoded_len_varint};
     // Field keys: (number << 3) | 2 (length-delimited).
     const RECORD_CHANGE: u8 = (1 << 3) | 2;
@@ -141,7 +149,9 @@ pub fn encode_change(c: &SequencedChange, relations: &mut RelationEncoder, out: 
     const CHANGE_RELATION: u8 = (5 << 3) | 2;
     let field_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
 
+    let describe = describe_relation || !relations.is_last(&c.change.relation);
     let rel = relations.encoded(&c.change.relation);
+    let rel = if describe { rel } else { &[][..] };
     // The scalar fields through prost; the tuples by hand, straight from the change's Bytes
     // (no per-value clone and drop of a shared buffer's refcount on the writer thread).
     let body = change_body(c, false);
@@ -151,7 +161,7 @@ pub fn encode_change(c: &SequencedChange, relations: &mut RelationEncoder, out: 
     let total = body.encoded_len()
         + old_len.map_or(0, field_len)
         + new_len.map_or(0, field_len)
-        + field_len(rel.len());
+        + if describe { field_len(rel.len()) } else { 0 };
     out.reserve(1 + encoded_len_varint(total as u64) + total);
     out.push(RECORD_CHANGE);
     encode_varint(total as u64, out);
@@ -164,9 +174,11 @@ pub fn encode_change(c: &SequencedChange, relations: &mut RelationEncoder, out: 
             encode_tuple(t, out);
         }
     }
-    out.push(CHANGE_RELATION);
-    encode_varint(rel.len() as u64, out);
-    out.extend_from_slice(rel);
+    if describe {
+        out.push(CHANGE_RELATION);
+        encode_varint(rel.len() as u64, out);
+        out.extend_from_slice(rel);
+    }
 }
 
 /// The old and new tuples of an op, as `change_body` records them.
@@ -235,6 +247,7 @@ fn change_body(c: &SequencedChange, with_tuples: bool) -> proto::Change {
         xid: rc.xid,
         commit_time: rc.commit_time.pg_epoch_micros(),
         relation: None,
+        relation_oid: rc.relation.oid,
         ..Default::default()
     };
     let convert = |t: &Tuple| with_tuples.then(|| tuple_to_proto(t));
@@ -295,10 +308,14 @@ pub struct RelationEncoder {
 }
 
 impl RelationEncoder {
+    /// Whether `rel` is the relation encoded last (that is, of the previous change).
+    pub fn is_last(&self, rel: &Arc<Relation>) -> bool {
+        matches!(&self.last_bytes, Some((cached, _)) if Arc::ptr_eq(cached, rel) || **cached == **rel)
+    }
+
     /// The protobuf encoding of `rel` (cached while consecutive changes share it).
     pub fn encoded(&mut self, rel: &Arc<Relation>) -> &[u8] {
-        let hit = matches!(&self.last_bytes, Some((cached, _)) if Arc::ptr_eq(cached, rel) || **cached == **rel);
-        if !hit {
+        if !self.is_last(rel) {
             let mut bytes = Vec::new();
             // Encoding into a Vec cannot fail.
             let _ = relation_to_proto(rel).encode(&mut bytes);
@@ -398,7 +415,14 @@ impl RecordDecoder {
     fn change(&mut self, c: proto::Change) -> Result<SequencedChange, RecordError> {
         let seq = c.seq;
         let missing = |field| RecordError::Missing { seq, field };
-        let relation = self.relation(seq, c.relation.ok_or_else(|| missing("relation"))?)?;
+        let relation = match c.relation {
+            Some(p) => self.relation(seq, p)?,
+            // Described by an earlier record since the reader's starting point.
+            None => match &self.last_relation {
+                Some(r) if r.oid == c.relation_oid => r.clone(),
+                _ => return Err(missing("relation")),
+            },
+        };
         let old = match proto::OldTupleKind::try_from(c.old_kind) {
             Ok(proto::OldTupleKind::OldTupleAbsent) => None,
             Ok(kind) => {
@@ -582,7 +606,7 @@ mod tests {
         for (i, op) in ops.into_iter().enumerate() {
             let c = change(i as u64 + 1, op);
             let mut spliced = Vec::new();
-            encode_change(&c, &mut enc, &mut spliced);
+            encode_change(&c, &mut enc, true, &mut spliced);
             let mut plain = Vec::new();
             encode_record(
                 &change_to_proto(&c, relation_to_proto(&c.change.relation)),
@@ -594,12 +618,55 @@ mod tests {
             assert_eq!(
                 decode({
                     let mut again = Vec::new();
-                    encode_change(&c, &mut enc, &mut again);
+                    encode_change(&c, &mut enc, true, &mut again);
                     again
                 }),
                 LogRecord::Change(c)
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_relation_is_named_by_oid_only() {
+        let mut enc = RelationEncoder::default();
+        let first = change(
+            1,
+            Op::Truncate {
+                cascade: false,
+                restart_identity: false,
+            },
+        );
+        let second = change(
+            2,
+            Op::Truncate {
+                cascade: false,
+                restart_identity: false,
+            },
+        );
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        encode_change(&first, &mut enc, false, &mut a);
+        encode_change(&second, &mut enc, false, &mut b);
+        encode_change(&second, &mut enc, true, &mut c);
+        assert!(
+            b.len() + 20 < a.len(),
+            "no relation in the second record: {} vs {}",
+            b.len(),
+            a.len()
+        );
+        assert_eq!(c.len(), a.len(), "an index point describes it again");
+
+        let mut dec = RecordDecoder::default();
+        assert_eq!(
+            dec.decode(Bytes::from(a)).unwrap(),
+            LogRecord::Change(first)
+        );
+        assert_eq!(
+            dec.decode(Bytes::from(b.clone())).unwrap(),
+            LogRecord::Change(second)
+        );
+        // Without the describing record before it, the change is unreadable, not misread.
+        let err = RecordDecoder::default().decode(Bytes::from(b)).unwrap_err();
+        assert!(err.to_string().contains("relation"), "{err}");
     }
 
     fn round_trip(dec: &mut RecordDecoder, c: &SequencedChange) -> SequencedChange {
