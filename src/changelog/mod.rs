@@ -42,6 +42,11 @@
 //! 6. **After an I/O error the writer is poisoned**: a failed write or fsync leaves the file in
 //!    an unknown state (the kernel may have dropped the dirty pages), so every later call
 //!    fails until the log is reopened, which recovers from what is really on disk.
+//! 7. **Every reader meets a relation's description before its changes**: a change record
+//!    describes its relation in full at the first change of a segment, at every sparse-index
+//!    point, and whenever the relation differs from the previous change's; other records name
+//!    it by oid only (about half the bytes of a typical change). Readers start only at index
+//!    points, so they always see the description first.
 //!
 //! # The sparse index
 //!

@@ -353,9 +353,16 @@ pub fn encode_record(record: &proto::Record, out: &mut Vec<u8>) {
 #[derive(Default)]
 pub struct RecordDecoder {
     last_relation: Option<Arc<Relation>>,
+    described: bool,
 }
 
 impl RecordDecoder {
+    /// Whether the change decoded last carried its relation's full description (a reader may
+    /// start there).
+    pub fn described_relation(&self) -> bool {
+        self.described
+    }
+
     /// Decodes one payload. `payload` is usually a slice of a larger read buffer; text values
     /// become zero-copy slices of it.
     pub fn decode(&mut self, payload: Bytes) -> Result<LogRecord, RecordError> {
@@ -415,6 +422,7 @@ impl RecordDecoder {
     fn change(&mut self, c: proto::Change) -> Result<SequencedChange, RecordError> {
         let seq = c.seq;
         let missing = |field| RecordError::Missing { seq, field };
+        self.described = c.relation.is_some();
         let relation = match c.relation {
             Some(p) => self.relation(seq, p)?,
             // Described by an earlier record since the reader's starting point.
