@@ -408,3 +408,51 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
     );
     drop_slot(&client, &slot).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_writes_logical_messages_while_idle() {
+    let db = fresh_db("run_heartbeat").await;
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);
+             CREATE PUBLICATION pgfanout FOR TABLE items, events;",
+        )
+        .await
+        .unwrap();
+    // A second slot only to watch what the daemon writes into this database's WAL.
+    let watcher = format!("watch_{db}");
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&watcher],
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let slot = format!("hb_{db}");
+    let cfg = write_config(tmp.path(), &db, &slot, &tmp.path().join("log"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace("[log]", "heartbeat_interval = \"100ms\"\n[log]");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::start(&cfg);
+    let heartbeats = wait_for("heartbeat messages in the WAL", || async {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+                     'proto_version', '1', 'publication_names', 'pgfanout', 'messages', 'true')
+                 WHERE position('pgfanout_heartbeat'::bytea in data) > 0",
+                &[&watcher],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert!(heartbeats >= 3);
+    assert!(daemon.stop().success());
+    drop_slot(&client, &watcher).await;
+    drop_slot(&client, &slot).await;
+}
