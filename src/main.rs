@@ -179,8 +179,21 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             command: LogCommand::Verify { config },
         } => {
             let config = Config::load(&config)?;
-            let report = pgfanout::changelog::verify(&config.log.dir)?;
-            println!("{report:?}");
+            let r = pgfanout::changelog::verify(&config.log.dir)?;
+            let range = match (r.first_seq, r.last_seq) {
+                (Some(a), Some(b)) => format!(" (seq {a} to {b})"),
+                _ => String::new(),
+            };
+            println!(
+                "change log ok: {} segment(s), {} changes{range}, {} commits",
+                r.segments, r.changes, r.commits
+            );
+            if r.tail_bytes > 0 {
+                println!(
+                    "the last segment ends with {} bytes of an unfinished transaction; the next start cuts them off (PostgreSQL resends it)",
+                    r.tail_bytes
+                );
+            }
         }
         Command::Demo { limit } => {
             pgfanout::demo::run(&mut stdout, limit, ctrl_c()).await?;

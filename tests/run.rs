@@ -383,7 +383,7 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&verify.stdout).contains("changes: 11"),
+        String::from_utf8_lossy(&verify.stdout).contains("11 changes (seq 1 to 11)"),
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
