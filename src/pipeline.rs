@@ -256,8 +256,10 @@ async fn run_once(
         }
         save_checkpoint(&state, &slot, durable).await;
     }
-    streamed?;
+    // The writer's own error (a failed fsync, a full disk) explains a stream that stopped with
+    // WriterGone; report it first.
     writer_result?;
+    streamed?;
     info!(seq = durable.last_seq, lsn = %durable.lsn, "stopped");
     Ok(RunSummary {
         last_seq: durable.last_seq,
