@@ -195,6 +195,10 @@ async fn run_once(
         },
     };
     info!(slot = %slot, seq = resume.last_seq, lsn = %resume.logged_end, "resuming");
+    // Streaming starts before the writer thread exists: if it fails (often transiently: the
+    // slot still held by a dying session), the log and its lock are released right here,
+    // before the retry opens them again.
+    let mut stream = LogicalStream::start(&cfg.source, SlotSpec::Named(slot.clone())).await?;
 
     let (durable_tx, durable_rx) = watch::channel(Durable {
         lsn: resume.logged_end,
@@ -225,7 +229,6 @@ async fn run_once(
         })
         .map_err(|_| RunError::WriterGone)?;
 
-    let mut stream = LogicalStream::start(&cfg.source, SlotSpec::Named(slot.clone())).await?;
     stream.confirm_from(lsn_rx);
     let _heartbeat = cfg
         .source

@@ -159,6 +159,8 @@ pub struct RetentionReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    #[error("the change log in {dir} is in use by another pgfanout process\nHINT: stop the other process, or give this one its own log.dir")]
+    Locked { dir: PathBuf },
     #[error("change log I/O error while {action} ({path})")]
     Io {
         action: &'static str,
@@ -244,9 +246,12 @@ struct Active {
     last_commit_time: Option<Timestamp>,
 }
 
-/// The writer. One per directory; not shared across threads (readers are separate).
+/// The writer. One per directory, enforced by an exclusive lock on `dir/LOCK` (readers take
+/// none); not shared across threads.
 pub struct ChangeLog {
     dir: PathBuf,
+    /// Held for the writer's lifetime; the OS releases it when the process dies.
+    _lock: File,
     opts: LogOptions,
     shared: Arc<Shared>,
     active: Option<Active>,
@@ -382,6 +387,25 @@ impl ChangeLog {
     /// Opens the log in `dir` (created if needed) and recovers it; see the module comment.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(ChangeLog, Recovered), LogError> {
         fs::create_dir_all(dir).map_err(io_err("creating the change log directory", dir))?;
+        // A second writer would "recover" (truncate) the tail the first is still appending.
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening the change log's lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(LogError::Locked {
+                    dir: dir.to_owned(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(io_err("locking the change log", &lock_path)(e))
+            }
+        }
         let (state, truncated_bytes) = load(dir, opts.index_every, true)?;
         let last_commit = state.durable;
         let last_seq = last_commit.map_or(0, |c| c.last_seq);
@@ -412,6 +436,7 @@ impl ChangeLog {
             .is_some_and(|a| a.written >= opts.segment_bytes);
         let log = ChangeLog {
             dir: dir.to_owned(),
+            _lock: lock,
             shared: Shared::new(dir.to_owned(), state),
             opts,
             active,

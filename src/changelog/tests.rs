@@ -183,6 +183,24 @@ fn append_sync_reopen_round_trip() {
 }
 
 #[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = ChangeLog::open(dir.path(), LogOptions::default()).unwrap();
+    let err = ChangeLog::open(dir.path(), LogOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, LogError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("another pgfanout process"),
+        "{err}"
+    );
+    // Readers take no lock.
+    LogReader::open(dir.path(), 1).unwrap();
+    drop(first);
+    ChangeLog::open(dir.path(), LogOptions::default()).unwrap();
+}
+
+#[test]
 fn appends_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = ChangeLog::open(dir.path(), LogOptions::default()).unwrap();
