@@ -283,7 +283,7 @@ pub fn scan(
                 }
                 // Only records that describe their relation can start a reader (invariant 7);
                 // with the writer's cadence that is every index point anyway.
-                if (c.seq - first_seq) % every == 0 && decoder.described_relation() {
+                if (c.seq - first_seq).is_multiple_of(every) && decoder.described_relation() {
                     index.push((c.seq, offset));
                 }
                 tx_xid = c.change.xid;

@@ -25,7 +25,7 @@ fn relation(n: u32) -> Arc<Relation> {
         oid: 16384 + n,
         schema: "public".into(),
         name: format!("t{n}"),
-        replica_identity: if n % 2 == 0 {
+        replica_identity: if n.is_multiple_of(2) {
             ReplicaIdentity::Default
         } else {
             ReplicaIdentity::Full
