@@ -21,4 +21,5 @@ pub mod source;
 pub mod sql;
 pub mod state;
 pub mod tail;
+pub mod transform;
 pub mod value;
