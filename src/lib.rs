@@ -20,6 +20,7 @@ pub mod sequencer;
 pub mod source;
 pub mod sql;
 pub mod state;
+pub mod status;
 pub mod tail;
 pub mod transform;
 pub mod value;

@@ -52,6 +52,14 @@ enum Command {
         #[arg(long)]
         endpos: Option<pgfanout::lsn::Lsn>,
     },
+    /// Where the slot, the change log and the last checkpoint stand.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the state database's migrations and exit.
     Migrate {
         #[arg(long)]
@@ -152,6 +160,15 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let config = Config::load(&config)?;
             let opts = pgfanout::pipeline::RunOptions { endpos };
             pgfanout::pipeline::run(&config, opts, ctrl_c()).await?;
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            let status = pgfanout::status::status(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
         }
         Command::Migrate { config } => {
             let config = Config::load(&config)?;

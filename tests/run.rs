@@ -353,6 +353,38 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
         String::from_utf8_lossy(&run.stderr)
     );
 
+    let status = pgfanout(&["status", "--json"], &cfg);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["log"]["oldest_seq"], 1);
+    assert_eq!(status["log"]["last_seq"], 11);
+    assert_eq!(status["checkpoint"]["last_seq"], 11);
+    assert_eq!(status["slot"]["active"], false);
+    let confirmed: Lsn = status["slot"]["confirmed_flush_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let logged: Lsn = status["log"]["last_commit_end_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        confirmed >= logged,
+        "the slot was told everything the log holds: {status}"
+    );
+    let text = pgfanout(&["status"], &cfg);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("seq 1 to 11"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+
     let read = pgfanout(&["log", "read", "--from-seq", "3", "--limit", "2"], &cfg);
     assert!(
         read.status.success(),

@@ -383,6 +383,36 @@ fn load(dir: &Path, index_every: u32, repair: bool) -> Result<(State, u64), LogE
     ))
 }
 
+/// What is in a log directory, read without taking the writer's lock (for `pgfanout status`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogSummary {
+    pub segments: usize,
+    pub bytes: u64,
+    pub oldest_seq: Option<u64>,
+    /// 0 for an empty log.
+    pub last_seq: u64,
+    pub last_commit: Option<CommitInfo>,
+}
+
+/// Summarises the log in `dir` (an absent directory is an empty log).
+pub fn summary(dir: &Path) -> Result<LogSummary, LogError> {
+    if !dir.exists() {
+        return Ok(LogSummary::default());
+    }
+    let (state, _) = load(dir, DEFAULT_INDEX_EVERY, false)?;
+    Ok(LogSummary {
+        segments: state.segments.len(),
+        bytes: state.segments.iter().map(|s| s.len).sum(),
+        oldest_seq: state
+            .segments
+            .iter()
+            .find(|s| s.last_seq >= s.first_seq)
+            .map(|s| s.first_seq),
+        last_seq: state.durable.map_or(0, |c| c.last_seq),
+        last_commit: state.durable,
+    })
+}
+
 impl ChangeLog {
     /// Opens the log in `dir` (created if needed) and recovers it; see the module comment.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(ChangeLog, Recovered), LogError> {

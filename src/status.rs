@@ -1,0 +1,198 @@
+//! `pgfanout status`: where the slot, the change log and the last checkpoint stand. Read-only:
+//! it applies no migrations and takes no lock.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::changelog::{self, LogError};
+use crate::config::Config;
+use crate::source::conninfo::SqlConnectError;
+use crate::sql::quote_ident;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub slot: Option<SlotStatus>,
+    pub log: LogStatus,
+    pub checkpoint: Option<CheckpointStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub server_wal_lsn: String,
+    /// WAL the slot still holds back behind the server's current position.
+    pub lag_bytes: Option<i64>,
+    pub wal_status: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogStatus {
+    pub dir: String,
+    pub segments: usize,
+    pub bytes: u64,
+    pub oldest_seq: Option<u64>,
+    pub last_seq: u64,
+    pub last_commit_end_lsn: Option<String>,
+    pub last_commit_time: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckpointStatus {
+    pub last_seq: i64,
+    pub commit_end_lsn: String,
+    pub age_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot reach the source database: {0}")]
+    Source(#[source] SqlConnectError),
+    #[error("cannot reach the state database: {0}")]
+    State(#[source] SqlConnectError),
+    #[error("querying {what} failed: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
+    let source = cfg
+        .source
+        .conn
+        .connect_sql()
+        .await
+        .map_err(StatusError::Source)?;
+    let slot = source
+        .query_opt(
+            "SELECT active, active_pid, confirmed_flush_lsn::text, restart_lsn::text,
+                    pg_current_wal_lsn()::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    wal_status
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.source.slot],
+        )
+        .await
+        .map_err(|source| StatusError::Query {
+            what: "the replication slot",
+            source,
+        })?
+        .map(|r| SlotStatus {
+            name: cfg.source.slot.clone(),
+            active: r.get(0),
+            active_pid: r.get(1),
+            confirmed_flush_lsn: r.get(2),
+            restart_lsn: r.get(3),
+            server_wal_lsn: r.get(4),
+            lag_bytes: r.get(5),
+            wal_status: r.get(6),
+        });
+
+    let dir = cfg.log.dir.clone();
+    let summary = tokio::task::spawn_blocking(move || changelog::summary(&dir))
+        .await
+        .unwrap_or_else(|_| Ok(changelog::LogSummary::default()))?;
+    let log = LogStatus {
+        dir: cfg.log.dir.display().to_string(),
+        segments: summary.segments,
+        bytes: summary.bytes,
+        oldest_seq: summary.oldest_seq,
+        last_seq: summary.last_seq,
+        last_commit_end_lsn: summary.last_commit.map(|c| c.end_lsn.to_string()),
+        last_commit_time: summary.last_commit.map(|c| c.commit_time.to_string()),
+    };
+
+    let state = cfg
+        .state
+        .conn
+        .connect_sql()
+        .await
+        .map_err(StatusError::State)?;
+    let checkpoint = match state
+        .query_opt(
+            &format!(
+                "SELECT last_seq, commit_end_lsn::text, extract(epoch FROM now() - updated_at)::float8
+                 FROM {}.checkpoints WHERE slot = $1",
+                quote_ident(&cfg.state.schema)
+            ),
+            &[&cfg.source.slot],
+        )
+        .await
+    {
+        Ok(row) => row.map(|r| CheckpointStatus {
+            last_seq: r.get(0),
+            commit_end_lsn: r.get(1),
+            age_seconds: r.get(2),
+        }),
+        // Not migrated yet: no checkpoint was ever written.
+        Err(e) if e.code().is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") => None,
+        Err(source) => return Err(StatusError::Query { what: "the checkpoint", source }),
+    };
+    Ok(Status {
+        slot,
+        log,
+        checkpoint,
+    })
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.slot {
+            Some(s) => {
+                write!(f, "slot {}: ", s.name)?;
+                match s.active_pid {
+                    Some(pid) if s.active => write!(f, "active (pid {pid})")?,
+                    _ => write!(f, "inactive")?,
+                }
+                if let Some(c) = &s.confirmed_flush_lsn {
+                    write!(f, ", confirmed {c}")?;
+                }
+                if let Some(lag) = s.lag_bytes {
+                    write!(
+                        f,
+                        ", {lag} bytes behind the server's WAL ({})",
+                        s.server_wal_lsn
+                    )?;
+                }
+                if let Some(w) = &s.wal_status {
+                    write!(f, ", wal_status {w}")?;
+                }
+                writeln!(f)?;
+            }
+            None => writeln!(
+                f,
+                "slot: does not exist yet (pgfanout run creates it when source.manage is on)"
+            )?,
+        }
+        let l = &self.log;
+        match l.oldest_seq {
+            Some(oldest) => writeln!(
+                f,
+                "change log {}: seq {oldest} to {}, {} segment(s), {} bytes, last commit {} at {}",
+                l.dir,
+                l.last_seq,
+                l.segments,
+                l.bytes,
+                l.last_commit_end_lsn.as_deref().unwrap_or("-"),
+                l.last_commit_time.as_deref().unwrap_or("-"),
+            )?,
+            None => writeln!(f, "change log {}: empty", l.dir)?,
+        }
+        match &self.checkpoint {
+            Some(c) => writeln!(
+                f,
+                "checkpoint: seq {} at {}, {:.1} s ago",
+                c.last_seq, c.commit_end_lsn, c.age_seconds
+            ),
+            None => writeln!(f, "checkpoint: none yet"),
+        }
+    }
+}
