@@ -17,6 +17,7 @@ pub mod logcli;
 pub mod lsn;
 pub mod pipeline;
 pub mod sequencer;
+pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod state;

@@ -1,0 +1,190 @@
+//! Destination writers: the last stage, where mapped rows land in a tenant's database.
+//!
+//! ```text
+//!   change log ──(dispatcher, later)──▶ Batch { ops: [(table, RowOp)], last_seq }
+//!                                          │
+//!                                          ▼  one transaction per batch
+//!                               lock watermark row ─▶ last_seq <= watermark? ─yes─▶ no-op
+//!                                          │ no
+//!                                          ▼
+//!                      collapse per key ─▶ set-based upserts / deletes (seq-guarded)
+//!                                          │
+//!                                          ▼
+//!                           watermark := last_seq ─▶ COMMIT
+//! ```
+//!
+//! **The contract every destination keeps.**
+//! - *Delivery is at-least-once.* The change log is replayed from the destination's watermark
+//!   after any restart, so a writer sees changes again that it may already have applied.
+//! - *Each change takes effect exactly once.* A batch is applied in one transaction together
+//!   with the destination's watermark (the last seq applied), which lives in the destination
+//!   itself: either both the rows and the watermark are durable or neither is. A batch whose
+//!   `last_seq` is not beyond the watermark is skipped.
+//! - *`_seq` is the row version.* Every target row carries the seq of the change that wrote it
+//!   (column [`TargetTable::version_column`], `_seq` by default), and a row is never replaced
+//!   or deleted by a change with a lower or equal seq — also during replay.
+//! - *The watermark only moves forward*, and only in the transaction that applied the changes
+//!   up to it.
+//! - A batch holds changes in seq order; repeated changes to one key inside a batch collapse to
+//!   the last one before anything is written.
+//!
+//! Values travel as PostgreSQL text ([`Cell`]), the form pgoutput delivers and the transformers
+//! produce; the writer casts them to each column's type on the server.
+
+pub mod postgres;
+
+use std::borrow::Cow;
+
+use crate::sql::QualifiedName;
+use crate::value::PgType;
+
+pub use crate::transform::Cell;
+pub use postgres::{ApplyOutcome, Location, PostgresSink, SinkError};
+
+/// Default name of the row-version column.
+pub const DEFAULT_VERSION_COLUMN: &str = "_seq";
+/// The soft-delete marker column (`boolean NOT NULL DEFAULT false`).
+pub const DELETED_COLUMN: &str = "_deleted";
+/// The per-destination watermark table, in the destination's schema.
+pub const WATERMARK_TABLE: &str = "_pgfanout_watermarks";
+
+/// A target column's type: one [`PgType`] pgfanout knows, or a SQL type name written in the
+/// configuration (`varchar(20)`, `"My Enum"`, `numeric(12,2)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    Known(PgType),
+    /// Checked before use: a single type name, no statement separators or comments.
+    Named(String),
+}
+
+impl From<PgType> for ColumnType {
+    fn from(t: PgType) -> Self {
+        ColumnType::Known(t)
+    }
+}
+
+/// One column of a target table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetColumn {
+    pub name: String,
+    pub ty: ColumnType,
+    pub nullable: bool,
+}
+
+impl TargetColumn {
+    pub fn new(name: impl Into<String>, ty: impl Into<ColumnType>, nullable: bool) -> Self {
+        TargetColumn {
+            name: name.into(),
+            ty: ty.into(),
+            nullable,
+        }
+    }
+}
+
+/// A table a destination writes: its columns in the order of [`RowOp::Upsert`] cells, the key
+/// (a primary or unique key of the target), the version column, and how deletes are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetTable {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<TargetColumn>,
+    /// Key column names, each one of `columns`.
+    pub key: Vec<String>,
+    /// `bigint NOT NULL`; [`DEFAULT_VERSION_COLUMN`] unless configured.
+    pub version_column: String,
+    /// Deletes set [`DELETED_COLUMN`] to true (and `_seq`) instead of deleting the row; an
+    /// upsert clears it again.
+    pub soft_delete: bool,
+}
+
+impl TargetTable {
+    /// A table with the default version column and hard deletes.
+    pub fn new(
+        schema: impl Into<String>,
+        name: impl Into<String>,
+        columns: Vec<TargetColumn>,
+        key: Vec<String>,
+    ) -> Self {
+        TargetTable {
+            schema: schema.into(),
+            name: name.into(),
+            columns,
+            key,
+            version_column: DEFAULT_VERSION_COLUMN.to_owned(),
+            soft_delete: false,
+        }
+    }
+
+    pub fn qualified_name(&self) -> QualifiedName {
+        QualifiedName::new(&self.schema, &self.name)
+    }
+}
+
+/// One row change for one target table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOp<'a> {
+    /// Insert or update the row. `cells` has one cell per [`TargetTable::columns`], in column
+    /// order. [`Cell::Unchanged`] keeps the target's current value; when the row does not
+    /// exist yet the column is written as NULL (an unchanged TOAST value of a row the target
+    /// never saw is unknown). Key cells must be text.
+    Upsert { seq: u64, cells: Vec<Cell<'a>> },
+    /// Delete the row with this key: one text cell per [`TargetTable::key`] column, in key
+    /// order.
+    Delete { seq: u64, key: Vec<Cell<'a>> },
+}
+
+impl RowOp<'_> {
+    pub fn seq(&self) -> u64 {
+        match self {
+            RowOp::Upsert { seq, .. } | RowOp::Delete { seq, .. } => *seq,
+        }
+    }
+
+    pub fn into_owned(self) -> RowOp<'static> {
+        let owned = |cells: Vec<Cell<'_>>| cells.into_iter().map(Cell::into_owned).collect();
+        match self {
+            RowOp::Upsert { seq, cells } => RowOp::Upsert {
+                seq,
+                cells: owned(cells),
+            },
+            RowOp::Delete { seq, key } => RowOp::Delete {
+                seq,
+                key: owned(key),
+            },
+        }
+    }
+}
+
+/// Changes for one destination, in seq order, applied atomically with the watermark.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Batch<'a> {
+    /// `(index into the tables given to ensure_tables, change)`.
+    pub ops: Vec<(usize, RowOp<'a>)>,
+    /// The destination's watermark once this batch is applied: the last seq the batch covers
+    /// (it may be beyond the last op when changes in between concern no table here).
+    pub last_seq: u64,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(last_seq: u64) -> Self {
+        Batch {
+            ops: Vec::new(),
+            last_seq,
+        }
+    }
+
+    pub fn upsert(&mut self, table: usize, seq: u64, cells: Vec<Cell<'a>>) -> &mut Self {
+        self.ops.push((table, RowOp::Upsert { seq, cells }));
+        self
+    }
+
+    pub fn delete(&mut self, table: usize, seq: u64, key: Vec<Cell<'a>>) -> &mut Self {
+        self.ops.push((table, RowOp::Delete { seq, key }));
+        self
+    }
+}
+
+/// A text cell, for building batches by hand.
+pub fn text(s: impl Into<Cow<'static, str>>) -> Cell<'static> {
+    Cell::Text(s.into())
+}

@@ -1,0 +1,517 @@
+//! The PostgreSQL destination writer against a real server: tables created from a spec or
+//! validated, batches applied with key collapse, the seq guard, the watermark, soft deletes,
+//! unchanged values, hostile identifiers, and value errors.
+
+mod support;
+
+use pgfanout::sink::{
+    text, ApplyOutcome, Batch, Cell, PostgresSink, SinkError, TargetColumn, TargetTable,
+};
+use pgfanout::sql::quote_ident;
+use pgfanout::value::PgType;
+use support::*;
+
+async fn sink(db: &str, schema: &str) -> PostgresSink {
+    let client = server().conninfo(db).connect_sql().await.unwrap();
+    PostgresSink::new(client, schema)
+}
+
+/// Every row of a query, values in text format (the session runs in UTC).
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
+    values.iter().map(|v| v.map(str::to_owned)).collect()
+}
+
+fn t(s: &'static str) -> Cell<'static> {
+    text(s)
+}
+
+fn items_table() -> TargetTable {
+    TargetTable::new(
+        "public",
+        "items",
+        vec![
+            TargetColumn::new("tenant", PgType::Text, false),
+            TargetColumn::new("id", PgType::Int8, false),
+            TargetColumn::new("price", PgType::Numeric, true),
+            TargetColumn::new("at", PgType::TimestampTz, true),
+            TargetColumn::new("doc", PgType::Jsonb, true),
+            TargetColumn::new("uid", PgType::Uuid, true),
+            TargetColumn::new("flag", PgType::Bool, true),
+        ],
+        vec!["tenant".into(), "id".into()],
+    )
+}
+
+fn item(tenant: &'static str, id: &'static str, price: &'static str) -> Vec<Cell<'static>> {
+    vec![
+        t(tenant),
+        t(id),
+        t(price),
+        t("2024-01-02 03:04:05.123456+00"),
+        t(r#"{"a": [1, "x"]}"#),
+        t("6d6c1f3e-0000-4000-8000-000000000001"),
+        t("t"),
+    ]
+}
+
+const ITEMS: &str =
+    "SELECT tenant, id, price, at, doc, uid, flag, _seq FROM items ORDER BY tenant, id";
+
+fn item_row(tenant: &str, id: &str, price: &str, seq: &str) -> Vec<Option<String>> {
+    row(&[
+        Some(tenant),
+        Some(id),
+        Some(price),
+        Some("2024-01-02 03:04:05.123456+00"),
+        Some(r#"{"a": [1, "x"]}"#),
+        Some("6d6c1f3e-0000-4000-8000-000000000001"),
+        Some("t"),
+        Some(seq),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_tables_and_applies_inserts_updates_deletes_with_collapse() {
+    let db = fresh_db("sink_apply").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[items_table()], true).await.unwrap();
+    // Creating again, and validating what was created, both succeed.
+    sink.ensure_tables(&[items_table()], true).await.unwrap();
+    sink.ensure_tables(&[items_table()], false).await.unwrap();
+    assert_eq!(sink.watermark("d1").await.unwrap(), 0);
+
+    let mut b = Batch::new(10);
+    b.upsert(0, 1, item("a", "1", "1.50"))
+        .upsert(0, 2, item("a", "2", "2.00"))
+        .upsert(0, 3, item("b", "1", "3"))
+        .upsert(0, 4, item("a", "1", "12.50")) // collapses over seq 1
+        .delete(0, 5, vec![t("a"), t("2")]) // collapses over seq 2: never written
+        .upsert(0, 6, item("a", "3", "NaN"))
+        .delete(0, 7, vec![t("b"), t("9")]); // no such row
+    assert_eq!(sink.apply("d1", &b).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(
+        rows(&client, ITEMS).await,
+        vec![
+            item_row("a", "1", "12.50", "4"),
+            item_row("a", "3", "NaN", "6"),
+            item_row("b", "1", "3", "3"),
+        ]
+    );
+    assert_eq!(sink.watermark("d1").await.unwrap(), 10);
+
+    let mut b = Batch::new(20);
+    b.upsert(0, 11, item("a", "3", "-0.001"))
+        .delete(0, 12, vec![t("a"), t("1")])
+        .upsert(0, 13, item("c", "-9223372036854775808", "0"));
+    sink.apply("d1", &b).await.unwrap();
+    assert_eq!(
+        rows(&client, ITEMS).await,
+        vec![
+            item_row("a", "3", "-0.001", "11"),
+            item_row("b", "1", "3", "3"),
+            item_row("c", "-9223372036854775808", "0", "13"),
+        ]
+    );
+    assert_eq!(sink.watermark("d1").await.unwrap(), 20);
+    // Another destination's watermark is its own.
+    assert_eq!(sink.watermark("d2").await.unwrap(), 0);
+    // NULLs travel as NULLs.
+    let mut b = Batch::new(21);
+    b.upsert(
+        0,
+        21,
+        vec![
+            t("a"),
+            t("3"),
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+        ],
+    );
+    sink.apply("d1", &b).await.unwrap();
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT price, at, doc, uid, flag, _seq FROM items WHERE tenant = 'a' AND id = 3"
+        )
+        .await,
+        vec![row(&[None, None, None, None, None, Some("21")])]
+    );
+}
+
+fn kv_table(soft_delete: bool) -> TargetTable {
+    TargetTable {
+        soft_delete,
+        ..TargetTable::new(
+            "public",
+            "kv",
+            vec![
+                TargetColumn::new("id", PgType::Int8, false),
+                TargetColumn::new("big", PgType::Text, true),
+                TargetColumn::new("small", PgType::Int4, true),
+            ],
+            vec!["id".into()],
+        )
+    }
+}
+
+fn kv(id: &'static str, big: Cell<'static>, small: &'static str) -> Vec<Cell<'static>> {
+    vec![t(id), big, t(small)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_changes_never_win_and_applied_batches_are_no_ops() {
+    let db = fresh_db("sink_guard").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    const KV: &str = "SELECT id, big, small, _seq FROM kv ORDER BY id";
+
+    let mut a = Batch::new(10);
+    a.upsert(0, 9, kv("1", t("new"), "1"))
+        .upsert(0, 10, kv("2", t("two"), "2"));
+    assert_eq!(sink.apply("d", &a).await.unwrap(), ApplyOutcome::Applied);
+
+    // A later batch carrying older changes (a replay overlapping the watermark) loses to the
+    // newer rows, upserts and deletes alike.
+    let mut old = Batch::new(15);
+    old.upsert(0, 5, kv("1", t("old"), "0"))
+        .delete(0, 6, vec![t("2")]);
+    assert_eq!(sink.apply("d", &old).await.unwrap(), ApplyOutcome::Applied);
+    let expected = vec![
+        row(&[Some("1"), Some("new"), Some("1"), Some("9")]),
+        row(&[Some("2"), Some("two"), Some("2"), Some("10")]),
+    ];
+    assert_eq!(rows(&client, KV).await, expected);
+    assert_eq!(sink.watermark("d").await.unwrap(), 15);
+
+    // Re-applying an applied batch is a no-op and the watermark does not move back.
+    assert_eq!(
+        sink.apply("d", &a).await.unwrap(),
+        ApplyOutcome::AlreadyApplied { watermark: 15 }
+    );
+    let mut same = Batch::new(15);
+    same.upsert(0, 15, kv("1", t("ignored"), "7"));
+    assert_eq!(
+        sink.apply("d", &same).await.unwrap(),
+        ApplyOutcome::AlreadyApplied { watermark: 15 }
+    );
+    assert_eq!(rows(&client, KV).await, expected);
+    assert_eq!(sink.watermark("d").await.unwrap(), 15);
+
+    // An empty batch still moves the watermark (changes that concern no table here).
+    assert_eq!(
+        sink.apply("d", &Batch::new(30)).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(sink.watermark("d").await.unwrap(), 30);
+
+    // A batch whose ops run past its last_seq is refused before anything is written.
+    let mut bad = Batch::new(31);
+    bad.upsert(0, 32, kv("1", t("x"), "1"));
+    assert!(matches!(
+        sink.apply("d", &bad).await,
+        Err(SinkError::InvalidBatch { .. })
+    ));
+    assert_eq!(sink.watermark("d").await.unwrap(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_delete_and_unchanged_cells_keep_existing_values() {
+    let db = fresh_db("sink_soft").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(true)], true).await.unwrap();
+    const KV: &str = "SELECT id, big, small, _deleted, _seq FROM kv ORDER BY id";
+
+    let mut b = Batch::new(2);
+    b.upsert(0, 1, kv("1", t("X"), "1"))
+        .upsert(0, 2, kv("2", t("Y"), "2"));
+    sink.apply("d", &b).await.unwrap();
+
+    let mut b = Batch::new(4);
+    b.upsert(0, 3, kv("1", Cell::Unchanged, "10"))
+        .delete(0, 4, vec![t("2")]);
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(
+        rows(&client, KV).await,
+        vec![
+            row(&[Some("1"), Some("X"), Some("10"), Some("f"), Some("3")]),
+            row(&[Some("2"), Some("Y"), Some("2"), Some("t"), Some("4")]),
+        ]
+    );
+
+    let mut b = Batch::new(9);
+    // An upsert after a soft delete revives the row.
+    b.upsert(0, 5, kv("2", t("Y2"), "5"))
+        // A row the target never saw: its unchanged column is NULL.
+        .upsert(0, 6, kv("3", Cell::Unchanged, "6"))
+        // Inside a batch an unchanged cell takes the earlier change's value.
+        .upsert(0, 7, kv("4", t("Z"), "7"))
+        .upsert(0, 8, kv("4", Cell::Unchanged, "8"))
+        // A mix of rows with and without unchanged cells for existing rows.
+        .upsert(0, 9, kv("1", Cell::Unchanged, "9"));
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(
+        rows(&client, KV).await,
+        vec![
+            row(&[Some("1"), Some("X"), Some("9"), Some("f"), Some("9")]),
+            row(&[Some("2"), Some("Y2"), Some("5"), Some("f"), Some("5")]),
+            row(&[Some("3"), None, Some("6"), Some("f"), Some("6")]),
+            row(&[Some("4"), Some("Z"), Some("8"), Some("f"), Some("8")]),
+        ]
+    );
+
+    // An older unchanged-carrying change does not win either.
+    let mut b = Batch::new(10);
+    b.upsert(0, 2, kv("1", Cell::Unchanged, "0"));
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(
+        rows(&client, "SELECT small, _seq FROM kv WHERE id = 1").await,
+        vec![row(&[Some("9"), Some("9")])]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_without_create_reports_every_problem() {
+    let db = fresh_db("sink_validate").await;
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE v (id bigint PRIMARY KEY, name integer, _seq bigint NOT NULL);
+             CREATE TABLE w (id bigint, _seq bigint NOT NULL);",
+        )
+        .await
+        .unwrap();
+    let mut sink = sink(&db, "public").await;
+    let v = TargetTable::new(
+        "public",
+        "v",
+        vec![
+            TargetColumn::new("id", PgType::Int8, false),
+            TargetColumn::new("name", PgType::Text, true),
+            TargetColumn::new("missing_col", PgType::TimestampTz, true),
+        ],
+        vec!["id".into()],
+    );
+    let w = TargetTable::new(
+        "public",
+        "w",
+        vec![TargetColumn::new("id", PgType::Int8, false)],
+        vec!["id".into()],
+    );
+    let absent = TargetTable::new(
+        "public",
+        "absent",
+        vec![TargetColumn::new("id", PgType::Int8, false)],
+        vec!["id".into()],
+    );
+    let err = sink
+        .ensure_tables(&[v.clone(), w, absent], false)
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    let msg = err.to_string();
+    let SinkError::Schema { problems } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(problems.len(), 4, "{msg}");
+    assert!(
+        msg.contains(r#"column "public"."v"."missing_col" does not exist"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ADD COLUMN \"missing_col\" timestamptz"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"column "public"."v"."name" has type integer but the mapping writes text"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"table "public"."w" has no primary key or unique index on exactly ("id")"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(r#"table "public"."absent" does not exist"#),
+        "{msg}"
+    );
+
+    // Problems in the spec itself are found before the server is asked.
+    let mut bad = v;
+    bad.key = vec!["nope".into()];
+    bad.columns[1].ty = pgfanout::sink::ColumnType::Named("int; DROP TABLE v".into());
+    let msg = sink
+        .ensure_tables(&[bad], true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("key column \"nope\""), "{msg}");
+    assert!(msg.contains("not allowed in a type name"), "{msg}");
+    assert_eq!(
+        rows(&client, "SELECT count(*) FROM v").await,
+        vec![row(&[Some("0")])]
+    );
+
+    // A named type is checked against the catalog too.
+    client
+        .batch_execute("CREATE TYPE mood AS ENUM ('ok', 'meh'); ALTER TABLE v ADD COLUMN m mood")
+        .await
+        .unwrap();
+    let enum_table = TargetTable::new(
+        "public",
+        "v",
+        vec![
+            TargetColumn::new("id", PgType::Int8, false),
+            TargetColumn::new("m", pgfanout::sink::ColumnType::Named("mood".into()), true),
+        ],
+        vec!["id".into()],
+    );
+    sink.ensure_tables(&[enum_table], false).await.unwrap();
+    let mut b = Batch::new(1);
+    b.upsert(0, 1, vec![t("1"), t("meh")]);
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(
+        rows(&client, "SELECT id, m FROM v").await,
+        vec![row(&[Some("1"), Some("meh")])]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identifiers_work_and_inject_nothing() {
+    let db = fresh_db("sink_hostile").await;
+    let client = sql(&db).await;
+    let schema = r#"We"ird; Schema"#;
+    let table = r#"Ta"ble; DROP TABLE sentinel; --"#;
+    let key = r#"K"ey;"#;
+    let col = "Sp ace'); DELETE FROM sentinel; --";
+    client
+        .batch_execute("CREATE TABLE sentinel (x int); INSERT INTO sentinel VALUES (1)")
+        .await
+        .unwrap();
+    let mut sink = sink(&db, schema).await;
+    let spec = TargetTable {
+        version_column: "Ver\"sion".into(),
+        soft_delete: true,
+        ..TargetTable::new(
+            schema,
+            table,
+            vec![
+                TargetColumn::new(key, PgType::Text, false),
+                TargetColumn::new(col, PgType::Text, true),
+            ],
+            vec![key.into()],
+        )
+    };
+    sink.ensure_tables(std::slice::from_ref(&spec), true)
+        .await
+        .unwrap();
+    sink.ensure_tables(std::slice::from_ref(&spec), false)
+        .await
+        .unwrap();
+    let mut b = Batch::new(2);
+    b.upsert(0, 1, vec![t("'; DROP TABLE sentinel; --"), t("\"v\"")])
+        .upsert(0, 2, vec![t("k2"), Cell::Unchanged]);
+    sink.apply("dest'; --", &b).await.unwrap();
+    let mut b = Batch::new(3);
+    b.delete(0, 3, vec![t("k2")]);
+    sink.apply("dest'; --", &b).await.unwrap();
+    let q = format!(
+        "SELECT {}, {}, {}, _deleted FROM {}.{} ORDER BY 1",
+        quote_ident(key),
+        quote_ident(col),
+        quote_ident("Ver\"sion"),
+        quote_ident(schema),
+        quote_ident(table)
+    );
+    assert_eq!(
+        rows(&client, &q).await,
+        vec![
+            row(&[
+                Some("'; DROP TABLE sentinel; --"),
+                Some("\"v\""),
+                Some("1"),
+                Some("f")
+            ]),
+            row(&[Some("k2"), None, Some("3"), Some("t")]),
+        ]
+    );
+    assert_eq!(sink.watermark("dest'; --").await.unwrap(), 3);
+    assert_eq!(
+        rows(&client, "SELECT x FROM sentinel").await,
+        vec![row(&[Some("1")])]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_the_wrong_type_is_a_definite_error_that_names_the_table_not_the_value() {
+    let db = fresh_db("sink_typeerr").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    let spec = TargetTable::new(
+        "public",
+        "nums",
+        vec![
+            TargetColumn::new("id", PgType::Text, false),
+            TargetColumn::new("n", PgType::Int8, true),
+        ],
+        vec!["id".into()],
+    );
+    sink.ensure_tables(&[spec], true).await.unwrap();
+    let mut good = Batch::new(5);
+    good.upsert(0, 5, vec![t("a"), t("1")]);
+    sink.apply("d", &good).await.unwrap();
+
+    let mut bad = Batch::new(10);
+    bad.upsert(0, 6, vec![t("b"), t("2")])
+        .upsert(0, 7, vec![t("c"), t("secret-abc")]);
+    let err = sink.apply("d", &bad).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(!err.is_transient(), "{msg}");
+    assert_eq!(err.sqlstate(), Some("22P02"), "{msg}");
+    assert_eq!(err.column(), Some("n"), "{msg}");
+    assert!(msg.contains("public.nums"), "{msg}");
+    assert!(msg.contains("column n"), "{msg}");
+    assert!(msg.contains("\"d\""), "{msg}");
+    assert!(!msg.contains("secret"), "{msg}");
+    let mut chain = std::error::Error::source(&err);
+    while let Some(e) = chain {
+        assert!(!e.to_string().contains("secret"), "{e}");
+        chain = e.source();
+    }
+    assert!(!format!("{err:?}").contains("secret"));
+    // Nothing of the batch was kept and the watermark stayed.
+    assert_eq!(sink.watermark("d").await.unwrap(), 5);
+    assert_eq!(
+        rows(&client, "SELECT id, n, _seq FROM nums ORDER BY id").await,
+        vec![row(&[Some("a"), Some("1"), Some("5")])]
+    );
+    // The sink is usable afterwards.
+    sink.apply("d", &good).await.unwrap();
+    let mut fixed = Batch::new(10);
+    fixed.upsert(0, 7, vec![t("c"), t("3")]);
+    assert_eq!(
+        sink.apply("d", &fixed).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(sink.watermark("d").await.unwrap(), 10);
+}
