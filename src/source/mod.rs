@@ -16,7 +16,7 @@
 pub mod conninfo;
 pub mod pgoutput;
 pub mod session;
-mod slot;
+pub mod slot;
 pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet, VecDeque};

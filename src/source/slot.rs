@@ -1,5 +1,7 @@
 //! Server checks, publication and slot management, run on the replication session before
-//! streaming starts (a `replication=database` session also accepts plain SQL).
+//! streaming starts (a `replication=database` session also accepts plain SQL). The read-only
+//! inspectors (`wal_level`, `publication_state`, `slot_state`) serve both start-up and
+//! `pgfanout check`; only `ensure_publication` and `prepare_slot` change anything.
 
 use tracing::info;
 
@@ -7,7 +9,7 @@ use super::session::Session;
 use super::SourceError;
 use crate::config::SourceConfig;
 use crate::lsn::Lsn;
-use crate::sql::{quote_ident, quote_literal};
+use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
 /// Which slot to stream from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,78 +20,108 @@ pub enum SlotSpec {
     Named(String),
 }
 
-pub(super) async fn check_wal_level(session: &mut Session) -> Result<(), SourceError> {
+/// What the publication looks like now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicationState {
+    Missing,
+    /// Exists; `missing` lists configured tables it does not cover (empty for FOR ALL TABLES).
+    Exists {
+        missing: Vec<QualifiedName>,
+    },
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRow {
+    pub slot_type: String,
+    pub plugin: String,
+    pub database: String,
+}
+
+pub async fn wal_level(session: &mut Session) -> Result<String, SourceError> {
     let rows = session.simple_query("SHOW wal_level").await?;
-    let actual = rows
+    Ok(rows
         .first()
         .and_then(|r| r.get(0))
         .unwrap_or("unknown")
-        .to_owned();
+        .to_owned())
+}
+
+pub(super) async fn check_wal_level(session: &mut Session) -> Result<(), SourceError> {
+    let actual = wal_level(session).await?;
     if actual != "logical" {
         return Err(SourceError::WalLevel { actual });
     }
     Ok(())
 }
 
+pub async fn publication_state(
+    session: &mut Session,
+    cfg: &SourceConfig,
+) -> Result<PublicationState, SourceError> {
+    let pub_lit = quote_literal(&cfg.publication);
+    let rows = session
+        .simple_query(&format!(
+            "SELECT puballtables::text FROM pg_catalog.pg_publication WHERE pubname = {pub_lit}"
+        ))
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(PublicationState::Missing);
+    };
+    let all_tables = row.get(0) == Some("true");
+    let missing = match (&cfg.tables, all_tables) {
+        (Some(tables), false) => {
+            let published = session
+                .simple_query(&format!(
+                    "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {pub_lit}"
+                ))
+                .await?;
+            tables
+                .iter()
+                .filter(|t| {
+                    !published.iter().any(|r| {
+                        r.get(0) == Some(t.schema.as_str()) && r.get(1) == Some(t.name.as_str())
+                    })
+                })
+                .cloned()
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(PublicationState::Exists { missing })
+}
+
 pub(super) async fn ensure_publication(
     session: &mut Session,
     cfg: &SourceConfig,
 ) -> Result<(), SourceError> {
-    let pub_lit = quote_literal(&cfg.publication);
-    let exists = !session
-        .simple_query(&format!(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {pub_lit}"
-        ))
-        .await?
-        .is_empty();
-    if !exists {
-        if !cfg.manage {
-            return Err(SourceError::PublicationMissing {
-                publication: cfg.publication.clone(),
-            });
+    match publication_state(session, cfg).await? {
+        PublicationState::Missing if !cfg.manage => Err(SourceError::PublicationMissing {
+            publication: cfg.publication.clone(),
+        }),
+        PublicationState::Missing => {
+            let target = match &cfg.tables {
+                Some(tables) => format!(
+                    "FOR TABLE {}",
+                    tables
+                        .iter()
+                        .map(|t| t.quoted())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "FOR ALL TABLES".to_owned(),
+            };
+            session
+                .simple_query(&format!(
+                    "CREATE PUBLICATION {} {target}",
+                    quote_ident(&cfg.publication)
+                ))
+                .await?;
+            info!(publication = %cfg.publication, "created publication");
+            Ok(())
         }
-        let target = match &cfg.tables {
-            Some(tables) => format!(
-                "FOR TABLE {}",
-                tables
-                    .iter()
-                    .map(|t| t.quoted())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => "FOR ALL TABLES".to_owned(),
-        };
-        session
-            .simple_query(&format!(
-                "CREATE PUBLICATION {} {target}",
-                quote_ident(&cfg.publication)
-            ))
-            .await?;
-        info!(publication = %cfg.publication, "created publication");
-        return Ok(());
-    }
-    // An existing publication managed by us must cover every configured table.
-    if let (true, Some(tables)) = (cfg.manage, &cfg.tables) {
-        let rows = session
-            .simple_query(&format!(
-                "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {pub_lit}"
-            ))
-            .await?;
-        let all_tables = !session
-            .simple_query(&format!(
-                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {pub_lit} AND puballtables"
-            ))
-            .await?
-            .is_empty();
-        let missing: Vec<_> = tables
-            .iter()
-            .filter(|t| {
-                !rows.iter().any(|r| {
-                    r.get(0) == Some(t.schema.as_str()) && r.get(1) == Some(t.name.as_str())
-                })
-            })
-            .collect();
-        if !all_tables && !missing.is_empty() {
+        // An existing publication managed by us must cover every configured table.
+        PublicationState::Exists { missing } if cfg.manage && !missing.is_empty() => {
             let list = missing
                 .iter()
                 .map(|t| t.quoted())
@@ -102,7 +134,45 @@ pub(super) async fn ensure_publication(
                 ))
                 .await?;
             info!(publication = %cfg.publication, tables = %list, "added tables to publication");
+            Ok(())
         }
+        PublicationState::Exists { .. } => Ok(()),
+    }
+}
+
+pub async fn slot_state(session: &mut Session, name: &str) -> Result<Option<SlotRow>, SourceError> {
+    let rows = session
+        .simple_query(&format!(
+            "SELECT slot_type, plugin, database FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(name)
+        ))
+        .await?;
+    Ok(rows.first().map(|row| SlotRow {
+        slot_type: row.get(0).unwrap_or_default().to_owned(),
+        plugin: row.get(1).unwrap_or_default().to_owned(),
+        database: row.get(2).unwrap_or_default().to_owned(),
+    }))
+}
+
+/// Whether an existing slot can serve `cfg`: logical, pgoutput, this database.
+pub fn check_slot(name: &str, row: &SlotRow, cfg: &SourceConfig) -> Result<(), SourceError> {
+    if row.slot_type != "logical" {
+        return Err(SourceError::SlotPhysical {
+            slot: name.to_owned(),
+        });
+    }
+    if row.plugin != "pgoutput" {
+        return Err(SourceError::SlotPlugin {
+            slot: name.to_owned(),
+            plugin: row.plugin.clone(),
+        });
+    }
+    if row.database != cfg.conn.dbname {
+        return Err(SourceError::SlotDatabase {
+            slot: name.to_owned(),
+            actual: row.database.clone(),
+            expected: cfg.conn.dbname.clone(),
+        });
     }
     Ok(())
 }
@@ -123,44 +193,19 @@ pub(super) async fn prepare_slot(
             let lsn = create_slot(session, &name, true).await?;
             Ok((name, lsn))
         }
-        SlotSpec::Named(name) => {
-            let rows = session
-                .simple_query(&format!(
-                    "SELECT slot_type, plugin, database FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-                    quote_literal(name)
-                ))
-                .await?;
-            match rows.first() {
-                Some(row) => {
-                    if row.get(0) != Some("logical") {
-                        return Err(SourceError::SlotPhysical { slot: name.clone() });
-                    }
-                    let plugin = row.get(1).unwrap_or_default();
-                    if plugin != "pgoutput" {
-                        return Err(SourceError::SlotPlugin {
-                            slot: name.clone(),
-                            plugin: plugin.to_owned(),
-                        });
-                    }
-                    let database = row.get(2).unwrap_or_default();
-                    if database != cfg.conn.dbname {
-                        return Err(SourceError::SlotDatabase {
-                            slot: name.clone(),
-                            actual: database.to_owned(),
-                            expected: cfg.conn.dbname.clone(),
-                        });
-                    }
-                    // 0/0: resume from the slot's confirmed_flush_lsn.
-                    Ok((name.clone(), Lsn::ZERO))
-                }
-                None if cfg.manage => {
-                    let lsn = create_slot(session, name, false).await?;
-                    info!(slot = %name, lsn = %lsn, "created replication slot");
-                    Ok((name.clone(), lsn))
-                }
-                None => Err(SourceError::SlotMissing { slot: name.clone() }),
+        SlotSpec::Named(name) => match slot_state(session, name).await? {
+            Some(row) => {
+                check_slot(name, &row, cfg)?;
+                // 0/0: resume from the slot's confirmed_flush_lsn.
+                Ok((name.clone(), Lsn::ZERO))
             }
-        }
+            None if cfg.manage => {
+                let lsn = create_slot(session, name, false).await?;
+                info!(slot = %name, lsn = %lsn, "created replication slot");
+                Ok((name.clone(), lsn))
+            }
+            None => Err(SourceError::SlotMissing { slot: name.clone() }),
+        },
     }
 }
 
