@@ -16,6 +16,7 @@ pub mod localpg;
 pub mod logcli;
 pub mod lsn;
 pub mod pipeline;
+pub mod preflight;
 pub mod route;
 pub mod sequencer;
 pub mod sink;

@@ -52,6 +52,11 @@ enum Command {
         #[arg(long)]
         endpos: Option<pgfanout::lsn::Lsn>,
     },
+    /// Check every start-up precondition (read-only) and report all problems; exit 1 if any.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Where the slot, the change log and the last checkpoint stand.
     Status {
         #[arg(long)]
@@ -160,6 +165,14 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let config = Config::load(&config)?;
             let opts = pgfanout::pipeline::RunOptions { endpos };
             pgfanout::pipeline::run(&config, opts, ctrl_c()).await?;
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            let report = pgfanout::preflight::check(&config).await;
+            print!("{report}");
+            if report.problems() > 0 {
+                return Err(format!("{} problem(s) found", report.problems()).into());
+            }
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;

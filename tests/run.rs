@@ -488,3 +488,75 @@ async fn the_heartbeat_writes_logical_messages_while_idle() {
     drop_slot(&client, &watcher).await;
     drop_slot(&client, &slot).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_every_problem_at_once_and_passes_once_set_up() {
+    let db = fresh_db("run_check").await;
+    let client = sql(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);",
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let slot = format!("check_{db}");
+    let cfg = write_config(tmp.path(), &db, &slot, &tmp.path().join("log"));
+
+    // Unmanaged, with a table that does not exist: three problems in one report.
+    let broken = tmp.path().join("broken.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "tables = [\"items\", \"events\"]",
+        "tables = [\"items\", \"nope\"]\nmanage = false",
+    );
+    std::fs::write(&broken, text).unwrap();
+    let out = pgfanout(&["check"], &broken);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    for line in [
+        "PROBLEM tables",
+        "PROBLEM publication",
+        "PROBLEM slot",
+        "public.nope",
+        "3 problem(s)",
+    ] {
+        assert!(report.contains(line), "{line:?} missing from:\n{report}");
+    }
+
+    // Managed: what is missing will be created; nothing is a problem.
+    let out = pgfanout(&["check"], &cfg);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("note    slot") && report.contains("all checks passed"),
+        "{report}"
+    );
+
+    // After a run everything exists.
+    client
+        .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .unwrap();
+    let out = pgfanout(&["migrate"], &cfg);
+    assert!(out.status.success());
+    let out = pgfanout(&["check"], &cfg);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("ok      slot") && report.contains("ok      state database"),
+        "{report}"
+    );
+    drop_slot(&client, &slot).await;
+}

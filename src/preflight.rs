@@ -1,0 +1,266 @@
+//! `pgfanout check`: every start-up precondition, checked read-only and reported at once, so a
+//! deployment learns all that is wrong before it takes traffic.
+//!
+//! ```text
+//!   source (replication session) ─▶ privilege, wal_level, publication, slot
+//!   state database                ─▶ reachable, schema migrated
+//!   change log directory          ─▶ readable, intact tail, writer lock
+//! ```
+
+use std::fmt;
+
+use crate::changelog;
+use crate::config::Config;
+use crate::source::session::Session;
+use crate::source::slot::{self, PublicationState};
+use crate::source::SourceError;
+use crate::sql::quote_literal;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok(String),
+    /// Not a problem, but worth knowing (for example: the slot will be created).
+    Note(String),
+    Problem(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub what: &'static str,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn push(&mut self, what: &'static str, outcome: Outcome) {
+        self.checks.push(Check { what, outcome });
+    }
+
+    pub fn problems(&self) -> usize {
+        self.checks
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Problem(_)))
+            .count()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.checks {
+            let (mark, text) = match &c.outcome {
+                Outcome::Ok(t) => ("ok     ", t),
+                Outcome::Note(t) => ("note   ", t),
+                Outcome::Problem(t) => ("PROBLEM", t),
+            };
+            // Multi-line messages (DETAIL / HINT) stay indented under their check.
+            writeln!(
+                f,
+                "{mark} {}: {}",
+                c.what,
+                text.replace('\n', "\n          ")
+            )?;
+        }
+        match self.problems() {
+            0 => writeln!(f, "all checks passed"),
+            n => writeln!(f, "{n} problem(s)"),
+        }
+    }
+}
+
+pub async fn check(cfg: &Config) -> Report {
+    let mut report = Report::default();
+    check_source(cfg, &mut report).await;
+    check_state(cfg, &mut report).await;
+    check_log(cfg, &mut report).await;
+    report
+}
+
+async fn check_source(cfg: &Config, report: &mut Report) {
+    let src = &cfg.source;
+    let mut session = match Session::connect(&src.conn, Some("database")).await {
+        Ok(s) => {
+            report.push(
+                "source",
+                Outcome::Ok(format!("replication session to {}", src.conn)),
+            );
+            s
+        }
+        Err(e) => {
+            let text = match e.server_code() {
+                Some("42501") => format!(
+                    "{e}\nHINT: ALTER ROLE {} WITH REPLICATION (or use a role that has it)",
+                    src.conn.user
+                ),
+                _ => e.to_string(),
+            };
+            report.push("source", Outcome::Problem(text));
+            return;
+        }
+    };
+    match slot::wal_level(&mut session).await {
+        Ok(level) if level == "logical" => report.push("wal_level", Outcome::Ok(level)),
+        Ok(actual) => report.push(
+            "wal_level",
+            Outcome::Problem(SourceError::WalLevel { actual }.to_string()),
+        ),
+        Err(e) => report.push("wal_level", Outcome::Problem(e.to_string())),
+    }
+    if let Some(tables) = &src.tables {
+        let mut missing = Vec::new();
+        for t in tables {
+            let sql = format!(
+                "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {} AND tablename = {}",
+                quote_literal(&t.schema),
+                quote_literal(&t.name)
+            );
+            match session.simple_query(&sql).await {
+                Ok(rows) if rows.is_empty() => missing.push(t.to_string()),
+                Ok(_) => {}
+                Err(e) => report.push("tables", Outcome::Problem(e.to_string())),
+            }
+        }
+        if missing.is_empty() {
+            report.push(
+                "tables",
+                Outcome::Ok(format!("{} configured table(s) exist", tables.len())),
+            );
+        } else {
+            report.push(
+                "tables",
+                Outcome::Problem(format!(
+                    "source.tables names tables that do not exist: {}",
+                    missing.join(", ")
+                )),
+            );
+        }
+    }
+    let publication = match slot::publication_state(&mut session, src).await {
+        Ok(PublicationState::Missing) if src.manage => Outcome::Note(format!(
+            "{} does not exist; pgfanout run creates it",
+            src.publication
+        )),
+        Ok(PublicationState::Missing) => Outcome::Problem(
+            SourceError::PublicationMissing {
+                publication: src.publication.clone(),
+            }
+            .to_string(),
+        ),
+        Ok(PublicationState::Exists { missing }) if missing.is_empty() => {
+            Outcome::Ok(format!("{} covers the configured tables", src.publication))
+        }
+        Ok(PublicationState::Exists { missing }) => {
+            let list = missing
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if src.manage {
+                Outcome::Note(format!(
+                    "{} lacks {list}; pgfanout run adds them",
+                    src.publication
+                ))
+            } else {
+                Outcome::Problem(format!(
+                    "publication {} does not publish {list}\nHINT: ALTER PUBLICATION {} ADD TABLE …, or set source.manage = true",
+                    src.publication, src.publication
+                ))
+            }
+        }
+        Err(e) => Outcome::Problem(e.to_string()),
+    };
+    report.push("publication", publication);
+    let slot_outcome = match slot::slot_state(&mut session, &src.slot).await {
+        Ok(Some(row)) => match slot::check_slot(&src.slot, &row, src) {
+            Ok(()) => Outcome::Ok(format!(
+                "{} (pgoutput, database {})",
+                src.slot, row.database
+            )),
+            Err(e) => Outcome::Problem(e.to_string()),
+        },
+        Ok(None) if src.manage => Outcome::Note(format!(
+            "{} does not exist; pgfanout run creates it",
+            src.slot
+        )),
+        Ok(None) => Outcome::Problem(
+            SourceError::SlotMissing {
+                slot: src.slot.clone(),
+            }
+            .to_string(),
+        ),
+        Err(e) => Outcome::Problem(e.to_string()),
+    };
+    report.push("slot", slot_outcome);
+    let _ = session.close(false).await;
+}
+
+async fn check_state(cfg: &Config, report: &mut Report) {
+    let st = &cfg.state;
+    let client = match st.conn.connect_sql().await {
+        Ok(c) => c,
+        Err(e) => {
+            report.push("state database", Outcome::Problem(e.to_string()));
+            return;
+        }
+    };
+    let sql = format!(
+        "SELECT max(version) FROM {}.migrations",
+        crate::sql::quote_ident(&st.schema)
+    );
+    let outcome = match client.query_one(&sql, &[]).await {
+        Ok(row) => {
+            let version: Option<i32> = row.get(0);
+            let known = crate::state::MIGRATIONS.len();
+            match version {
+                Some(v) if v as usize > known => Outcome::Problem(format!(
+                    "schema {} is at migration {v}, newer than this pgfanout knows ({known}); run the newer pgfanout",
+                    st.schema
+                )),
+                Some(v) if (v as usize) < known => Outcome::Note(format!(
+                    "schema {} is at migration {v} of {known}; pgfanout run applies the rest",
+                    st.schema
+                )),
+                _ => Outcome::Ok(format!("schema {} is up to date", st.schema)),
+            }
+        }
+        Err(e)
+            if e.code()
+                .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") =>
+        {
+            Outcome::Note(format!(
+                "schema {} is not set up yet; pgfanout run (or migrate) creates it",
+                st.schema
+            ))
+        }
+        Err(e) => Outcome::Problem(format!(
+            "reading the migration history of schema {}: {}",
+            st.schema,
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string())
+        )),
+    };
+    report.push("state database", outcome);
+}
+
+async fn check_log(cfg: &Config, report: &mut Report) {
+    let dir = cfg.log.dir.clone();
+    let dir_for_task = dir.clone();
+    let result = tokio::task::spawn_blocking(move || changelog::summary(&dir_for_task)).await;
+    let outcome = match result {
+        Ok(Ok(s)) if s.oldest_seq.is_some() => Outcome::Ok(format!(
+            "{}: seq {} to {} in {} segment(s)",
+            dir.display(),
+            s.oldest_seq.unwrap_or_default(),
+            s.last_seq,
+            s.segments
+        )),
+        Ok(Ok(_)) => Outcome::Note(format!("{}: empty or not created yet", dir.display())),
+        Ok(Err(e)) => Outcome::Problem(e.to_string()),
+        Err(e) => Outcome::Problem(format!("reading the change log failed: {e}")),
+    };
+    report.push("change log", outcome);
+}
