@@ -17,6 +17,7 @@ pub mod logcli;
 pub mod lsn;
 pub mod pipeline;
 pub mod preflight;
+pub mod retry;
 pub mod route;
 pub mod sequencer;
 pub mod sink;

@@ -41,6 +41,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::{Batch, Cell, ColumnType, RowOp, TargetTable, DELETED_COLUMN, WATERMARK_TABLE};
+use crate::retry::pg_error_is_transient;
 use crate::sql::{quote_ident, QualifiedName};
 use crate::value::PgType;
 
@@ -219,34 +220,6 @@ fn sqlstate_description(code: &str) -> &'static str {
         c if c.starts_with("23") => "integrity constraint violated",
         _ => "server error",
     }
-}
-
-fn pg_error_is_transient(e: &tokio_postgres::Error) -> bool {
-    if let Some(code) = e.code() {
-        return sqlstate_is_transient(code.code());
-    }
-    if e.is_closed() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// 08 connection exception; 40001 serialization failure, 40P01 deadlock; 53 insufficient
-/// resources; 57P01/02/03/05 shutdown, crash, starting up, idle timeout (not 57P04, database
-/// dropped).
-fn sqlstate_is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code == "40001"
-        || code == "40P01"
-        || code.starts_with("53")
-        || (code.starts_with("57P0") && code != "57P04")
 }
 
 /// What [`PostgresSink::apply`] did.
@@ -1201,16 +1174,6 @@ mod tests {
             "int)",
         ] {
             assert!(check_type_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn transient_sqlstates() {
-        for code in ["08006", "40001", "40P01", "53300", "57P01", "57P03"] {
-            assert!(sqlstate_is_transient(code), "{code}");
-        }
-        for code in ["42703", "42804", "22P02", "23505", "57P04", "XX000"] {
-            assert!(!sqlstate_is_transient(code), "{code}");
         }
     }
 

@@ -125,12 +125,8 @@ impl SessionError {
             SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => true,
             SessionError::Io(_) => true,
             SessionError::Server { error, .. } => {
-                // 08: connection exception, 53: insufficient resources, 57P0x: shutdown / crash
-                // recovery, 55006: object in use (slot held by a dying session).
-                error.code.starts_with("08")
-                    || error.code.starts_with("53")
-                    || error.code.starts_with("57P0")
-                    || error.code == "55006"
+                // 55006, object in use: a slot still held by a session that is going away.
+                crate::retry::sqlstate_is_transient(&error.code) || error.code == "55006"
             }
             _ => false,
         }

@@ -26,6 +26,7 @@ mod migrations;
 
 use std::sync::Arc;
 
+use crate::retry::pg_error_is_transient;
 use crate::source::conninfo::{ConnInfo, SqlConnectError};
 use crate::sql::quote_ident;
 
@@ -179,36 +180,6 @@ impl StateError {
     }
 }
 
-fn pg_error_is_transient(e: &tokio_postgres::Error) -> bool {
-    if let Some(code) = e.code() {
-        return sqlstate_is_transient(code.code());
-    }
-    if e.is_closed() {
-        return true;
-    }
-    // Refused, reset, timed out (connect_timeout is reported as an io::Error too).
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// 08: connection exception; 40001 serialization failure, 40P01 deadlock; 53: insufficient
-/// resources (too many connections, out of memory, disk full); 57P01/02/03/05: shutdown, crash,
-/// starting up, idle-session timeout. 57P04 (database dropped) is not: retrying cannot bring
-/// the database back.
-fn sqlstate_is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code == "40001"
-        || code == "40P01"
-        || code.starts_with("53")
-        || (code.starts_with("57P0") && code != "57P04")
-}
-
 /// A server error in PostgreSQL's own layout (`ERROR: …`, DETAIL, HINT) with its SQLSTATE;
 /// otherwise tokio-postgres's description with its cause (which tokio-postgres's Display omits).
 fn pg_message(e: &tokio_postgres::Error) -> String {
@@ -240,20 +211,6 @@ fn validate_schema(schema: &str) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transient_sqlstates() {
-        for code in [
-            "08006", "08001", "40001", "40P01", "53300", "57P01", "57P03",
-        ] {
-            assert!(sqlstate_is_transient(code), "{code}");
-        }
-        for code in [
-            "42501", "42P01", "23505", "28P01", "3D000", "57P04", "XX000",
-        ] {
-            assert!(!sqlstate_is_transient(code), "{code}");
-        }
-    }
 
     #[test]
     fn schema_names_are_validated() {
