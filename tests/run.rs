@@ -47,6 +47,19 @@ impl Daemon {
     }
 }
 
+/// A fresh database's client with the two tables every test here publishes.
+async fn db_with_tables(db: &str) -> tokio_postgres::Client {
+    let client = sql(db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);",
+        )
+        .await
+        .unwrap();
+    client
+}
+
 fn write_config(dir: &Path, db: &str, slot: &str, log_dir: &Path) -> PathBuf {
     let pg = server();
     let path = dir.join(format!("{slot}.toml"));
@@ -177,13 +190,9 @@ fn comparable(c: &SequencedChange) -> (u64, Lsn, u32, String, String, String) {
 async fn sigkill_at_random_moments_keeps_every_change_once_with_reference_seqs() {
     const KILLS: u32 = 20;
     let db = fresh_db("run_crash").await;
-    let client = sql(&db).await;
+    let client = db_with_tables(&db).await;
     client
-        .batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, v text);
-             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);
-             CREATE TABLE unpublished (x int);",
-        )
+        .batch_execute("CREATE TABLE unpublished (x int)")
         .await
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -299,14 +308,7 @@ fn pgfanout(args: &[&str], config: &Path) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
     let db = fresh_db("run_cli").await;
-    let client = sql(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, v text);
-             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);",
-        )
-        .await
-        .unwrap();
+    let client = db_with_tables(&db).await;
     let tmp = tempfile::tempdir().unwrap();
     let log_dir = tmp.path().join("log");
     let slot = format!("cli_{db}");
@@ -444,13 +446,9 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heartbeat_writes_logical_messages_while_idle() {
     let db = fresh_db("run_heartbeat").await;
-    let client = sql(&db).await;
+    let client = db_with_tables(&db).await;
     client
-        .batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, v text);
-             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);
-             CREATE PUBLICATION pgfanout FOR TABLE items, events;",
-        )
+        .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
         .await
         .unwrap();
     // A second slot only to watch what the daemon writes into this database's WAL.
@@ -492,14 +490,7 @@ async fn the_heartbeat_writes_logical_messages_while_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_every_problem_at_once_and_passes_once_set_up() {
     let db = fresh_db("run_check").await;
-    let client = sql(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE items (id int PRIMARY KEY, v text);
-             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);",
-        )
-        .await
-        .unwrap();
+    let client = db_with_tables(&db).await;
     let tmp = tempfile::tempdir().unwrap();
     let slot = format!("check_{db}");
     let cfg = write_config(tmp.path(), &db, &slot, &tmp.path().join("log"));
