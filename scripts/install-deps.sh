@@ -3,6 +3,7 @@
 # what it does. Safe to run again: it installs only what is missing.
 #   - PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_recvlogical): package postgresql
 #   - openssl (the tests make a throw-away CA for TLS): package openssl
+#   - kill(1) for the crash tests: package procps
 set -euo pipefail
 
 need=()
@@ -13,6 +14,8 @@ if ! command -v pg_recvlogical >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin
   need+=(postgresql-client)
 fi
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The crash tests signal processes with kill(1) (SIGKILL, SIGSTOP, SIGCONT, SIGTERM).
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-deps: everything is installed (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1), openssl)"
