@@ -202,13 +202,7 @@ async fn sigkill_at_random_moments_keeps_every_change_once_with_reference_seqs()
     let ref_slot = format!("reference_{db}");
     // Both slots start at the same point, before any change: they see the same WAL.
     for slot in [&crash_slot, &ref_slot] {
-        client
-            .execute(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[slot],
-            )
-            .await
-            .unwrap();
+        create_slot(&client, slot).await;
     }
     client
         .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
@@ -325,13 +319,7 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-        .unwrap();
+    create_slot(&client, &slot).await;
     client
         .batch_execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 10) g; DELETE FROM items WHERE id = 10;")
         .await
@@ -453,13 +441,7 @@ async fn the_heartbeat_writes_logical_messages_while_idle() {
         .unwrap();
     // A second slot only to watch what the daemon writes into this database's WAL.
     let watcher = format!("watch_{db}");
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&watcher],
-        )
-        .await
-        .unwrap();
+    create_slot(&client, &watcher).await;
     let tmp = tempfile::tempdir().unwrap();
     let slot = format!("hb_{db}");
     let cfg = write_config(tmp.path(), &db, &slot, &tmp.path().join("log"));
@@ -533,13 +515,7 @@ async fn check_reports_every_problem_at_once_and_passes_once_set_up() {
         .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
         .await
         .unwrap();
-    client
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-        .unwrap();
+    create_slot(&client, &slot).await;
     let out = pgfanout(&["migrate"], &cfg);
     assert!(out.status.success());
     let out = pgfanout(&["check"], &cfg);

@@ -580,13 +580,7 @@ async fn management_creates_what_is_missing_and_refuses_what_is_wrong() {
     let elsewhere_db = fresh_db("manage_other").await;
     let elsewhere = sql(&elsewhere_db).await;
     let foreign = format!("{}_foreign", cfg.slot);
-    elsewhere
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&foreign],
-        )
-        .await
-        .unwrap();
+    create_slot(&elsewhere, &foreign).await;
     let err = LogicalStream::start(&cfg, SlotSpec::Named(foreign.clone()))
         .await
         .err()

@@ -178,6 +178,17 @@ where
     }
 }
 
+/// Creates a pgoutput slot through SQL (its start point is now).
+pub async fn create_slot(client: &tokio_postgres::Client, slot: &str) {
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating slot {slot}: {e}"));
+}
+
 /// Drops a slot once its walsender has let go of it.
 pub async fn drop_slot(client: &tokio_postgres::Client, slot: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
