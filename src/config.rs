@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::route::Tenants;
+use crate::sink::{ColumnType, DEFAULT_VERSION_COLUMN};
 use crate::source::conninfo::ConnInfo;
 use crate::sql::QualifiedName;
+use crate::transform::{parse_expr, parse_filter, Expr, Filter};
 
 pub const DEFAULT_SLOT: &str = "pgfanout";
 pub const DEFAULT_PUBLICATION: &str = "pgfanout";
@@ -23,6 +26,13 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_STATE_SCHEMA: &str = "pgfanout";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// A destination writes a batch once it holds this many row operations…
+pub const DEFAULT_BATCH_ROWS: usize = 10_000;
+/// …or once its oldest operation has waited this long.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_DESTINATION_SCHEMA: &str = "public";
+/// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// A value that must never reach logs: `Debug` and `Display` print `****`.
 #[derive(Clone, PartialEq, Eq)]
@@ -55,6 +65,78 @@ pub struct Config {
     pub source: SourceConfig,
     pub log: LogConfig,
     pub state: StateConfig,
+    /// `[tenants]`: where tenant attributes (`tenant.x` in expressions) come from.
+    pub tenants: Option<TenantsConfig>,
+    /// `[[mappings]]`, in file order; [`DestinationConfig::mappings`] indexes into it.
+    pub mappings: Vec<MappingConfig>,
+    /// `[[destinations]]`, in file order.
+    pub destinations: Vec<DestinationConfig>,
+}
+
+/// `[tenants]`: the tenant registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantsConfig {
+    /// Returns one row per tenant: the tenant id, then its attributes.
+    pub query: String,
+    /// When set, changes to this (published) table refresh the registry while running.
+    pub table: Option<QualifiedName>,
+}
+
+/// One `[[mappings]]` entry: how rows of a source table become rows of a target table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappingConfig {
+    pub name: String,
+    pub source: QualifiedName,
+    /// The source column holding the tenant id.
+    pub tenant_key: String,
+    /// The target table, in the destination's schema.
+    pub target: String,
+    /// Target key columns, each one of `columns`; `None`: derived from the source primary key.
+    pub key: Option<Vec<String>>,
+    pub filter: Option<Filter>,
+    /// Target column = expression, in the order written in the file.
+    pub columns: Vec<(String, Expr)>,
+    /// Explicit target column types, in the order written; each names one of `columns`.
+    pub types: Vec<(String, ColumnType)>,
+}
+
+/// What kind of store a destination is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationKind {
+    Postgres,
+}
+
+impl DestinationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for DestinationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[destinations]]` entry: a store that receives some mappings for some tenants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationConfig {
+    pub name: String,
+    pub kind: DestinationKind,
+    pub conn: ConnInfo,
+    pub tenants: Tenants,
+    /// Indexes into [`Config::mappings`], in the order listed.
+    pub mappings: Vec<usize>,
+    /// Where the target tables are.
+    pub schema: String,
+    pub create_tables: bool,
+    pub soft_delete: bool,
+    pub version_column: String,
+    /// Flush a batch at this many row operations (at least 1).
+    pub batch_rows: usize,
+    pub flush_interval: Duration,
 }
 
 /// `[log]`: the local change log.
@@ -96,6 +178,77 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     state: RawState,
+    tenants: Option<RawTenants>,
+    #[serde(default)]
+    mappings: Vec<RawMapping>,
+    #[serde(default)]
+    destinations: Vec<RawDestination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenants {
+    query: String,
+    table: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    name: String,
+    source: String,
+    tenant_key: String,
+    target: String,
+    key: Option<Vec<String>>,
+    filter: Option<String>,
+    columns: Entries,
+    #[serde(default)]
+    types: Entries,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    name: String,
+    kind: String,
+    url: String,
+    /// `"*"` or a list of tenant ids; checked by `validate` so that every mistake is reported.
+    tenants: toml::Value,
+    mappings: Vec<String>,
+    schema: Option<String>,
+    create_tables: Option<bool>,
+    soft_delete: Option<bool>,
+    version_column: Option<String>,
+    /// Signed so that `0` and negative values reach `validate` and get a helpful message.
+    batch_rows: Option<i64>,
+    flush_interval: Option<String>,
+}
+
+/// A TOML table of `name = "text"`, in the order written (toml's `preserve_order` keeps it).
+#[derive(Debug, Default)]
+struct Entries(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of name = \"text\" entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -232,16 +385,35 @@ fn interpolate(
         toml::Value::Table(table) => {
             for (k, v) in table.iter_mut() {
                 let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
+                push_key(path, k);
                 interpolate(v, path, env, problems);
                 path.truncate(len);
             }
         }
         _ => {}
     }
+}
+
+/// Appends `.key` to a key path (no dot at the start), quoting `key` when TOML would need to.
+fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        path.push_str(key);
+    } else {
+        path.push_str(&format!("{key:?}"));
+    }
+}
+
+fn child(path: &str, key: &str) -> String {
+    let mut p = path.to_owned();
+    push_key(&mut p, key);
+    p
 }
 
 fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -305,6 +477,7 @@ impl RawConfig {
         if publication.is_empty() || publication.len() > 63 {
             problem("source.publication", "must be 1 to 63 bytes long".into());
         }
+        let listed_tables = s.tables.as_ref().map(Vec::len);
         let tables = s.tables.map(|tables| {
             if tables.is_empty() {
                 problem(
@@ -400,27 +573,553 @@ impl RawConfig {
             st.checkpoint_interval.as_deref(),
             DEFAULT_CHECKPOINT_INTERVAL,
         );
-        match (conn, state_conn) {
-            (Some(conn), Some(state_conn)) if problems.is_empty() => Ok(Config {
-                source: SourceConfig {
-                    conn,
-                    slot,
-                    publication,
-                    tables,
-                    manage: s.manage.unwrap_or(DEFAULT_MANAGE),
-                    status_interval,
-                    heartbeat_interval,
-                },
-                log,
-                state: StateConfig {
-                    conn: state_conn,
-                    schema,
-                    checkpoint_interval,
-                },
-            }),
+
+        let streamed = Streamed {
+            // When some entry of source.tables is itself wrong, checking against the others
+            // would only pile consequential problems on top.
+            published: tables.as_deref().filter(|t| Some(t.len()) == listed_tables),
+            state_schema: &schema,
+        };
+        let has_tenants = self.tenants.is_some();
+        // Outer `None`: the section has problems; inner `None`: there is no section.
+        let tenants = match self.tenants {
+            None => Some(None),
+            Some(t) => validate_tenants(&mut problem, t, &streamed).map(Some),
+        };
+        let mappings = validate_mappings(&mut problem, &self.mappings, has_tenants, &streamed);
+        let destinations = validate_destinations(&mut problem, self.destinations, &self.mappings);
+        let mappings: Option<Vec<_>> = mappings.into_iter().collect();
+        let destinations: Option<Vec<_>> = destinations.into_iter().collect();
+
+        match (conn, state_conn, tenants, mappings, destinations) {
+            (Some(conn), Some(state_conn), Some(tenants), Some(mappings), Some(destinations))
+                if problems.is_empty() =>
+            {
+                Ok(Config {
+                    source: SourceConfig {
+                        conn,
+                        slot,
+                        publication,
+                        tables,
+                        manage: s.manage.unwrap_or(DEFAULT_MANAGE),
+                        status_interval,
+                        heartbeat_interval,
+                    },
+                    log,
+                    state: StateConfig {
+                        conn: state_conn,
+                        schema,
+                        checkpoint_interval,
+                    },
+                    tenants,
+                    mappings,
+                    destinations,
+                })
+            }
             _ => Err(problems),
         }
     }
+}
+
+/// What the source streams, for checking the tables that mappings and `[tenants]` read.
+struct Streamed<'a> {
+    /// `None`: every table (or `source.tables` has problems of its own).
+    published: Option<&'a [QualifiedName]>,
+    state_schema: &'a str,
+}
+
+impl Streamed<'_> {
+    fn check(&self, problem: &mut impl FnMut(&str, String), key: &str, table: &QualifiedName) {
+        if table.schema == self.state_schema {
+            problem(
+                key,
+                format!(
+                    "{table} is in the state schema {}, which pgfanout writes itself and never streams; use a table of another schema",
+                    self.state_schema
+                ),
+            );
+        } else if let Some(published) = self.published {
+            if !published.contains(table) {
+                problem(
+                    key,
+                    format!("{table} is not listed in source.tables, so its changes are not published; add it to source.tables"),
+                );
+            }
+        }
+    }
+}
+
+fn validate_tenants(
+    problem: &mut impl FnMut(&str, String),
+    raw: RawTenants,
+    streamed: &Streamed<'_>,
+) -> Option<TenantsConfig> {
+    if raw.query.trim().is_empty() {
+        problem(
+            "tenants.query",
+            "is empty; write the SELECT that returns one row per tenant: its id, then its attributes"
+                .into(),
+        );
+    }
+    let table = match raw.table.as_deref().map(QualifiedName::parse) {
+        None => None,
+        Some(Ok(t)) => {
+            streamed.check(problem, "tenants.table", &t);
+            Some(t)
+        }
+        Some(Err(e)) => {
+            problem("tenants.table", e.to_string());
+            return None;
+        }
+    };
+    Some(TenantsConfig {
+        query: raw.query,
+        table,
+    })
+}
+
+/// One entry per mapping, `None` where it has problems (names and targets are still checked
+/// so that destinations can refer to every mapping).
+fn validate_mappings(
+    problem: &mut impl FnMut(&str, String),
+    raw: &[RawMapping],
+    has_tenants: bool,
+    streamed: &Streamed<'_>,
+) -> Vec<Option<MappingConfig>> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let at = |field: &str| format!("mappings[{i}].{field}");
+        let mut ok = true;
+        if m.name.is_empty() {
+            problem(
+                &at("name"),
+                "is empty; name the mapping so that destinations can list it".into(),
+            );
+        } else if let Some(first) = raw[..i].iter().position(|o| o.name == m.name) {
+            problem(
+                &at("name"),
+                format!(
+                    "{:?} is also the name of mappings[{first}]; give each mapping its own name",
+                    m.name
+                ),
+            );
+        }
+        let source = match QualifiedName::parse(&m.source) {
+            Ok(t) => {
+                streamed.check(problem, &at("source"), &t);
+                Some(t)
+            }
+            Err(e) => {
+                problem(&at("source"), e.to_string());
+                None
+            }
+        };
+        identifier(
+            problem,
+            &at("tenant_key"),
+            "tenant key column name",
+            &m.tenant_key,
+        );
+        identifier(problem, &at("target"), "target table name", &m.target);
+
+        let columns_key = at("columns");
+        if m.columns.0.is_empty() {
+            problem(
+                &columns_key,
+                "is empty; map at least one target column, such as id = \"id\"".into(),
+            );
+        }
+        let mut columns = Vec::with_capacity(m.columns.0.len());
+        for (name, text) in &m.columns.0 {
+            let key = child(&columns_key, name);
+            identifier(problem, &key, "target column name", name);
+            match parse_expr(text) {
+                Ok(e) => {
+                    needs_tenants(problem, &key, e.tenant_attributes(), has_tenants);
+                    columns.push((name.clone(), e));
+                }
+                Err(e) => {
+                    problem(&key, format!("cannot parse the expression {e}"));
+                    ok = false;
+                }
+            }
+        }
+        let is_mapped = |c: &str| m.columns.0.iter().any(|(name, _)| name == c);
+
+        let filter = match m.filter.as_deref().map(parse_filter) {
+            None => None,
+            Some(Ok(f)) => {
+                needs_tenants(problem, &at("filter"), f.tenant_attributes(), has_tenants);
+                Some(f)
+            }
+            Some(Err(e)) => {
+                problem(&at("filter"), format!("cannot parse the filter {e}"));
+                ok = false;
+                None
+            }
+        };
+
+        if let Some(key) = &m.key {
+            if key.is_empty() {
+                problem(
+                    &at("key"),
+                    "is empty; list the target key columns, or omit key to use the source table's primary key"
+                        .into(),
+                );
+            }
+            for (j, k) in key.iter().enumerate() {
+                let at_k = format!("mappings[{i}].key[{j}]");
+                if key[..j].contains(k) {
+                    problem(
+                        &at_k,
+                        format!("{k:?} is listed twice; list each key column once"),
+                    );
+                } else if !is_mapped(k) {
+                    problem(
+                        &at_k,
+                        format!("{k:?} is not a target column; key columns must be listed in mappings[{i}].columns"),
+                    );
+                }
+            }
+        }
+
+        let mut types = Vec::with_capacity(m.types.0.len());
+        for (name, ty) in &m.types.0 {
+            let key = child(&at("types"), name);
+            if !is_mapped(name) {
+                problem(
+                    &key,
+                    format!("{name:?} is not a target column; types apply only to columns listed in mappings[{i}].columns"),
+                );
+            }
+            if let Err(m) = check_type_name(ty) {
+                problem(&key, m);
+            }
+            types.push((name.clone(), ColumnType::Named(ty.trim().to_owned())));
+        }
+
+        out.push(match source {
+            Some(source) if ok => Some(MappingConfig {
+                name: m.name.clone(),
+                source,
+                tenant_key: m.tenant_key.clone(),
+                target: m.target.clone(),
+                key: m.key.clone(),
+                filter,
+                columns,
+                types,
+            }),
+            _ => None,
+        });
+    }
+    out
+}
+
+/// `tenant.x` needs the attributes the `[tenants]` query returns.
+fn needs_tenants<'a>(
+    problem: &mut impl FnMut(&str, String),
+    key: &str,
+    attributes: impl Iterator<Item = &'a str>,
+    has_tenants: bool,
+) {
+    if has_tenants {
+        return;
+    }
+    let attributes: Vec<&str> = attributes.collect();
+    if attributes.is_empty() {
+        return;
+    }
+    let read: Vec<String> = attributes.iter().map(|a| format!("tenant.{a}")).collect();
+    problem(
+        key,
+        format!(
+            "reads {}, but there is no [tenants] section to supply tenant attributes; add one whose query returns {}, or remove the reference",
+            read.join(", "),
+            attributes.join(", ")
+        ),
+    );
+}
+
+fn validate_destinations(
+    problem: &mut impl FnMut(&str, String),
+    raw: Vec<RawDestination>,
+    mappings: &[RawMapping],
+) -> Vec<Option<DestinationConfig>> {
+    let mut names: Vec<String> = Vec::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, d) in raw.into_iter().enumerate() {
+        let at = |field: &str| format!("destinations[{i}].{field}");
+        identifier(problem, &at("name"), "destination name", &d.name);
+        if let Some(first) = names.iter().position(|n| !n.is_empty() && *n == d.name) {
+            problem(
+                &at("name"),
+                format!(
+                    "{:?} is also the name of destinations[{first}]; give each destination its own name",
+                    d.name
+                ),
+            );
+        }
+        names.push(d.name.clone());
+
+        let kind = match d.kind.as_str() {
+            "postgres" => Some(DestinationKind::Postgres),
+            "clickhouse" => {
+                problem(
+                    &at("kind"),
+                    "clickhouse destinations are not supported yet; only kind = \"postgres\" is"
+                        .into(),
+                );
+                None
+            }
+            other => {
+                problem(
+                    &at("kind"),
+                    format!("unknown destination kind {other:?}; write kind = \"postgres\""),
+                );
+                None
+            }
+        };
+        let conn = match d.url.parse::<ConnInfo>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problem(&at("url"), e.to_string());
+                None
+            }
+        };
+        let tenants = validate_tenant_list(problem, &at("tenants"), &d.tenants);
+
+        let mut ids: Vec<usize> = Vec::with_capacity(d.mappings.len());
+        let mut mappings_ok = true;
+        if d.mappings.is_empty() {
+            problem(
+                &at("mappings"),
+                "is empty; list the names of the [[mappings]] this destination receives".into(),
+            );
+        }
+        for (j, name) in d.mappings.iter().enumerate() {
+            let key = format!("destinations[{i}].mappings[{j}]");
+            if d.mappings[..j].contains(name) {
+                problem(
+                    &key,
+                    format!("{name:?} is listed twice; list each mapping once"),
+                );
+                continue;
+            }
+            let Some(id) = mappings.iter().position(|m| m.name == *name) else {
+                let mut known: Vec<String> = Vec::new();
+                for m in mappings {
+                    let quoted = format!("{:?}", m.name);
+                    if !known.contains(&quoted) {
+                        known.push(quoted);
+                    }
+                }
+                problem(
+                    &key,
+                    if known.is_empty() {
+                        format!("there is no [[mappings]] entry named {name:?}; define one")
+                    } else {
+                        format!(
+                            "there is no [[mappings]] entry named {name:?}; the mappings are {}",
+                            known.join(", ")
+                        )
+                    },
+                );
+                mappings_ok = false;
+                continue;
+            };
+            let target = &mappings[id].target;
+            if let Some(&other) = ids.iter().find(|&&o| mappings[o].target == *target) {
+                problem(
+                    &key,
+                    format!(
+                        "mapping {name:?} writes target table {target:?}, as mapping {:?} listed before it does; a destination holds one table per target, so change one target or send the mapping to another destination",
+                        mappings[other].name
+                    ),
+                );
+            }
+            ids.push(id);
+        }
+
+        let schema = d
+            .schema
+            .unwrap_or_else(|| DEFAULT_DESTINATION_SCHEMA.to_owned());
+        identifier(problem, &at("schema"), "schema name", &schema);
+        let version_column = d
+            .version_column
+            .unwrap_or_else(|| DEFAULT_VERSION_COLUMN.to_owned());
+        identifier(
+            problem,
+            &at("version_column"),
+            "version column name",
+            &version_column,
+        );
+        let soft_delete = d.soft_delete.unwrap_or(false);
+        if soft_delete && version_column == crate::sink::DELETED_COLUMN {
+            problem(
+                &at("version_column"),
+                format!(
+                    "{version_column:?} is the soft-delete marker column; choose another version column name"
+                ),
+            );
+        }
+        for &id in &ids {
+            let m = &mappings[id];
+            let maps = |c: &str| m.columns.0.iter().any(|(name, _)| name == c);
+            if maps(&version_column) {
+                problem(
+                    &at("version_column"),
+                    format!(
+                        "{version_column:?} is also a target column of mapping {:?}; choose another version_column or rename the mapped column",
+                        m.name
+                    ),
+                );
+            }
+            if soft_delete && maps(crate::sink::DELETED_COLUMN) {
+                problem(
+                    &at("soft_delete"),
+                    format!(
+                        "soft deletes add a {:?} column, but mapping {:?} maps a column of that name; rename it or set soft_delete = false",
+                        crate::sink::DELETED_COLUMN,
+                        m.name
+                    ),
+                );
+            }
+        }
+
+        let batch_rows = match d.batch_rows {
+            None => DEFAULT_BATCH_ROWS,
+            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => {
+                problem(&at("batch_rows"), "must be at least 1".into());
+                DEFAULT_BATCH_ROWS
+            }
+        };
+        let flush_interval = duration(
+            problem,
+            &at("flush_interval"),
+            d.flush_interval.as_deref(),
+            DEFAULT_FLUSH_INTERVAL,
+        );
+
+        out.push(match (kind, conn, tenants) {
+            (Some(kind), Some(conn), Some(tenants)) if mappings_ok => Some(DestinationConfig {
+                name: d.name,
+                kind,
+                conn,
+                tenants,
+                mappings: ids,
+                schema,
+                create_tables: d.create_tables.unwrap_or(true),
+                soft_delete,
+                version_column,
+                batch_rows,
+                flush_interval,
+            }),
+            _ => None,
+        });
+    }
+    out
+}
+
+/// `tenants = "*"` or a non-empty list of tenant ids.
+fn validate_tenant_list(
+    problem: &mut impl FnMut(&str, String),
+    key: &str,
+    value: &toml::Value,
+) -> Option<Tenants> {
+    const HOW: &str =
+        "write tenants = \"*\" for every tenant, or list tenant ids: tenants = [\"t1\", \"t2\"]";
+    match value {
+        toml::Value::String(s) if s == "*" => Some(Tenants::All),
+        toml::Value::String(s) => {
+            problem(
+                key,
+                format!(
+                    "{s:?} is neither \"*\" nor a list; {HOW} (one tenant is a list too: [{s:?}])"
+                ),
+            );
+            None
+        }
+        toml::Value::Array(items) => {
+            if items.is_empty() {
+                problem(key, format!("is empty; {HOW}"));
+                return None;
+            }
+            let mut tenants = std::collections::HashSet::with_capacity(items.len());
+            let mut ok = true;
+            for (j, item) in items.iter().enumerate() {
+                let key = format!("{key}[{j}]");
+                match item {
+                    toml::Value::String(s) if s == "*" => {
+                        problem(
+                            &key,
+                            "\"*\" in a list is not a wildcard; write tenants = \"*\", without brackets, for every tenant".into(),
+                        );
+                        ok = false;
+                    }
+                    toml::Value::String(s) if s.trim().is_empty() => {
+                        problem(&key, "is empty; write a tenant id".into());
+                        ok = false;
+                    }
+                    toml::Value::String(s) => {
+                        tenants.insert(s.clone());
+                    }
+                    other => {
+                        problem(
+                            &key,
+                            format!(
+                                "is of type {}; write tenant ids as strings, such as \"42\"",
+                                other.type_str()
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(Tenants::Some(tenants))
+        }
+        other => {
+            problem(key, format!("is of type {}; {HOW}", other.type_str()));
+            None
+        }
+    }
+}
+
+/// A PostgreSQL identifier: quoted later, so any characters, but 1 to 63 bytes and no NUL.
+fn identifier(problem: &mut impl FnMut(&str, String), key: &str, what: &str, name: &str) {
+    let reason = if name.is_empty() {
+        "is empty; write one".to_owned()
+    } else if name.len() > MAX_IDENTIFIER_BYTES {
+        format!(
+            "is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes, so shorten it",
+            name.len()
+        )
+    } else if name.contains('\0') {
+        "contains a NUL character; remove it".to_owned()
+    } else {
+        return;
+    };
+    problem(key, format!("the {what} {reason}"));
+}
+
+/// A minimal screen of a configured SQL type name, so that the key path comes with the
+/// problem. The PostgreSQL writer checks the name fully before splicing it into DDL (its
+/// checker, `check_type_name` in src/sink/postgres.rs, is private); this rejects what could
+/// end a statement or start a comment.
+fn check_type_name(sql: &str) -> Result<(), String> {
+    if sql.trim().is_empty() {
+        return Err(
+            "is empty; write a SQL type name such as text, varchar(200) or numeric(12,2)".into(),
+        );
+    }
+    for bad in [";", "--", "/*", "\0"] {
+        if sql.contains(bad) {
+            return Err(format!(
+                "{sql:?} contains {bad:?}; write a single type name such as varchar(200), with no statement separators or comments"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Below this, periodic work (status updates, checkpoints, heartbeats) would only add load.
@@ -624,6 +1323,342 @@ mod tests {
         }
         let e = parse("[source]\nurl = \"postgres://u@h/db\"\n[log]\ndri = \"x\"").unwrap_err();
         assert!(e.to_string().contains("dri"), "{e}");
+    }
+
+    const FULL: &str = r#"
+        [source]
+        url = "postgres://u@h/db"
+        tables = ["public.project_user", "public.tenancy", "public.projects"]
+
+        [tenants]
+        query = "SELECT id AS tenant, project_id, branch_id FROM public.tenancy"
+        table = "public.tenancy"
+
+        [[mappings]]
+        name = "users"
+        source = "public.project_user"
+        tenant_key = "tenancy_id"
+        target = "users"
+        key = ["id"]
+        filter = "is_anonymous = false"
+        [mappings.columns]
+        id = "project_user_id"
+        project_id = "tenant.project_id"
+        "Display Name" = "coalesce(display_name, lower(email), 'anonymous')"
+        created = "created_at::date"
+        [mappings.types]
+        "Display Name" = "varchar(200)"
+        id = "uuid"
+
+        [[mappings]]
+        name = "projects"
+        source = "projects"
+        tenant_key = "tenancy_id"
+        target = "projects"
+        [mappings.columns]
+        zeta = "name"
+        alpha = "id"
+
+        [[destinations]]
+        name = "acme"
+        kind = "postgres"
+        url = "postgres://acme:${PGPASS}@acme-db/app"
+        tenants = ["6d6c1f3e-0000-4000-8000-000000000001", "6d6c1f3e-0000-4000-8000-000000000002"]
+        mappings = ["projects", "users"]
+        schema = "cdc"
+        create_tables = false
+        soft_delete = true
+        version_column = "_version"
+        batch_rows = 500
+        flush_interval = "1s"
+
+        [[destinations]]
+        name = "shared"
+        kind = "postgres"
+        url = "postgres://u@shared/all"
+        tenants = "*"
+        mappings = ["users"]
+    "#;
+
+    #[test]
+    fn tenants_mappings_and_destinations() {
+        let c = parse(FULL).unwrap();
+        let t = c.tenants.as_ref().unwrap();
+        assert!(t.query.starts_with("SELECT id AS tenant"));
+        assert_eq!(t.table, Some(QualifiedName::new("public", "tenancy")));
+
+        assert_eq!(c.mappings.len(), 2);
+        let users = &c.mappings[0];
+        assert_eq!(users.name, "users");
+        assert_eq!(users.source, QualifiedName::new("public", "project_user"));
+        assert_eq!(users.tenant_key, "tenancy_id");
+        assert_eq!(users.target, "users");
+        assert_eq!(users.key, Some(vec!["id".to_owned()]));
+        assert_eq!(
+            users.filter.as_ref().unwrap().text(),
+            "is_anonymous = false"
+        );
+        // Columns keep the order they are written in, not alphabetical order.
+        let columns: Vec<(&str, &str)> = users
+            .columns
+            .iter()
+            .map(|(n, e)| (n.as_str(), e.text()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("id", "project_user_id"),
+                ("project_id", "tenant.project_id"),
+                (
+                    "Display Name",
+                    "coalesce(display_name, lower(email), 'anonymous')"
+                ),
+                ("created", "created_at::date"),
+            ]
+        );
+        assert_eq!(users.columns[0].1.as_column(), Some("project_user_id"));
+        assert_eq!(
+            users.columns[1].1.tenant_attributes().collect::<Vec<_>>(),
+            ["project_id"]
+        );
+        assert_eq!(
+            users.types,
+            [
+                (
+                    "Display Name".to_owned(),
+                    ColumnType::Named("varchar(200)".into())
+                ),
+                ("id".to_owned(), ColumnType::Named("uuid".into())),
+            ]
+        );
+        let projects = &c.mappings[1];
+        assert_eq!(projects.source, QualifiedName::new("public", "projects"));
+        assert_eq!(projects.key, None);
+        assert!(projects.filter.is_none() && projects.types.is_empty());
+        let names: Vec<&str> = projects.columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+
+        assert_eq!(c.destinations.len(), 2);
+        let acme = &c.destinations[0];
+        assert_eq!(acme.name, "acme");
+        assert_eq!(acme.kind, DestinationKind::Postgres);
+        assert_eq!(acme.conn.password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(acme.conn.dbname, "app");
+        assert_eq!(
+            acme.tenants,
+            Tenants::Some(
+                [
+                    "6d6c1f3e-0000-4000-8000-000000000001".to_owned(),
+                    "6d6c1f3e-0000-4000-8000-000000000002".to_owned()
+                ]
+                .into()
+            )
+        );
+        assert_eq!(acme.mappings, [1, 0], "in the order listed");
+        assert_eq!(acme.schema, "cdc");
+        assert!(!acme.create_tables);
+        assert!(acme.soft_delete);
+        assert_eq!(acme.version_column, "_version");
+        assert_eq!(acme.batch_rows, 500);
+        assert_eq!(acme.flush_interval, Duration::from_secs(1));
+
+        // Defaults.
+        let shared = &c.destinations[1];
+        assert_eq!(shared.tenants, Tenants::All);
+        assert_eq!(shared.mappings, [0]);
+        assert_eq!(shared.schema, DEFAULT_DESTINATION_SCHEMA);
+        assert!(shared.create_tables);
+        assert!(!shared.soft_delete);
+        assert_eq!(shared.version_column, DEFAULT_VERSION_COLUMN);
+        assert_eq!(shared.batch_rows, DEFAULT_BATCH_ROWS);
+        assert_eq!(shared.flush_interval, DEFAULT_FLUSH_INTERVAL);
+
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        // Without the new sections nothing changes.
+        let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
+        assert!(c.tenants.is_none() && c.mappings.is_empty() && c.destinations.is_empty());
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => problems,
+            e => panic!("{e}"),
+        }
+    }
+
+    /// Asserts that `problems` holds exactly `expected` (key, part of the message), in any order.
+    fn assert_problems(problems: &[Problem], expected: &[(&str, &str)]) {
+        for (key, part) in expected {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == *key && p.message.contains(part)),
+                "no problem at {key} mentioning {part:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn every_mapping_and_destination_problem_is_reported_with_its_key() {
+        let long = "x".repeat(64);
+        let text = format!(
+            r#"
+            [source]
+            url = "postgres://u@h/db"
+            tables = ["public.users", "pgfanout.checkpoints"]
+
+            [[mappings]]
+            name = "users"
+            source = "public.users"
+            tenant_key = ""
+            target = "{long}"
+            key = ["id", "nope", "id"]
+            filter = "is_anonymous = "
+            [mappings.columns]
+            id = "id"
+            project_id = "tenant.project_id"
+            bad = "lower(email"
+            "" = "x"
+            [mappings.types]
+            id = "int; DROP TABLE users"
+            missing = "text"
+            bad = " "
+
+            [[mappings]]
+            name = "users"
+            source = "public.orders"
+            tenant_key = "t"
+            target = "users"
+            filter = "tenant.plan = 'pro'"
+            [mappings.columns]
+
+            [[mappings]]
+            name = "state"
+            source = "pgfanout.checkpoints"
+            tenant_key = "t"
+            target = "{long}"
+            [mappings.columns]
+            _seq = "a"
+
+            [[destinations]]
+            name = "acme"
+            kind = "clickhouse"
+            url = "mysql://x"
+            tenants = []
+            mappings = ["users", "ghost", "users", "state"]
+            batch_rows = 0
+            flush_interval = "soon"
+
+            [[destinations]]
+            name = "acme"
+            kind = "pg"
+            url = "postgres://u@h/db"
+            tenants = ["a", "", 7, "*"]
+            mappings = []
+            schema = ""
+
+            [[destinations]]
+            name = "{long}"
+            kind = "postgres"
+            url = "postgres://u@h/db"
+            tenants = "acme"
+            mappings = ["state"]
+            soft_delete = true
+            version_column = "_deleted"
+            "#
+        );
+        let found = problems(&text);
+        assert_problems(
+            &found,
+            &[
+                ("source.tables[1]", "state schema"),
+                ("mappings[0].tenant_key", "is empty"),
+                ("mappings[0].target", "63 bytes"),
+                ("mappings[0].columns.project_id", "[tenants]"),
+                ("mappings[0].columns.bad", "cannot parse the expression"),
+                ("mappings[0].columns.\"\"", "is empty"),
+                ("mappings[0].filter", "cannot parse the filter"),
+                ("mappings[0].key[1]", "not a target column"),
+                ("mappings[0].key[2]", "listed twice"),
+                ("mappings[0].types.id", "\";\""),
+                ("mappings[0].types.missing", "not a target column"),
+                ("mappings[0].types.bad", "is empty"),
+                ("mappings[1].name", "mappings[0]"),
+                ("mappings[1].source", "not listed in source.tables"),
+                ("mappings[1].columns", "is empty"),
+                ("mappings[1].filter", "tenant.plan"),
+                ("mappings[2].source", "state schema"),
+                ("destinations[0].kind", "not supported yet"),
+                ("destinations[0].url", "mysql"),
+                ("destinations[0].tenants", "is empty"),
+                (
+                    "destinations[0].mappings[1]",
+                    "no [[mappings]] entry named \"ghost\"",
+                ),
+                ("destinations[0].mappings[2]", "listed twice"),
+                ("mappings[2].target", "63 bytes"),
+                ("destinations[0].mappings[3]", "as mapping \"users\""),
+                ("destinations[0].version_column", "mapping \"state\""),
+                ("destinations[0].batch_rows", "at least 1"),
+                ("destinations[0].flush_interval", "duration"),
+                ("destinations[1].name", "destinations[0]"),
+                ("destinations[1].kind", "unknown destination kind"),
+                ("destinations[1].tenants[1]", "is empty"),
+                ("destinations[1].tenants[2]", "of type integer"),
+                ("destinations[1].tenants[3]", "not a wildcard"),
+                ("destinations[1].mappings", "is empty"),
+                ("destinations[1].schema", "is empty"),
+                ("destinations[2].name", "63 bytes"),
+                ("destinations[2].tenants", "[\"acme\"]"),
+                ("destinations[2].version_column", "soft-delete marker"),
+            ],
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("test.toml") && e.contains("37 problem(s)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_the_new_sections_name_their_path() {
+        for (insert_after, line, path, field) in [
+            (
+                "table = \"public.tenancy\"",
+                "refresh = true",
+                "tenants",
+                "refresh",
+            ),
+            (
+                "name = \"projects\"",
+                "sources = \"x\"",
+                "mappings[1]",
+                "sources",
+            ),
+            (
+                "name = \"shared\"",
+                "tenant = \"*\"",
+                "destinations[1]",
+                "tenant",
+            ),
+        ] {
+            let text = FULL.replacen(insert_after, &format!("{insert_after}\n{line}"), 1);
+            assert_ne!(text, FULL);
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].key, format!("{path}.{field}"), "{found:?}");
+            assert!(found[0].message.contains("unknown field"), "{found:?}");
+        }
+        // A column expression must be a string, and the key says which one.
+        let text = FULL.replace("zeta = \"name\"", "zeta = 5");
+        let found = problems(&text);
+        assert_eq!(found[0].key, "mappings[1].columns.zeta", "{found:?}");
+        let text = FULL.replace("batch_rows = 500", "batch_rows = \"500\"");
+        let found = problems(&text);
+        assert_eq!(found[0].key, "destinations[0].batch_rows", "{found:?}");
     }
 
     #[test]
