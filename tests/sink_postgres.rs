@@ -515,3 +515,287 @@ async fn a_value_of_the_wrong_type_is_a_definite_error_that_names_the_table_not_
     );
     assert_eq!(sink.watermark("d").await.unwrap(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_removes_older_rows_and_keeps_newer_ones_of_the_same_batch() {
+    let db = fresh_db("sink_truncate").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    const KV: &str = "SELECT id, big, small, _seq FROM kv ORDER BY id";
+
+    let mut b = Batch::new(3);
+    b.upsert(0, 1, kv("1", t("a"), "1"))
+        .upsert(0, 2, kv("2", t("b"), "2"))
+        .upsert(0, 3, kv("3", t("c"), "3"));
+    sink.apply("d", &b).await.unwrap();
+
+    // Seq order: 4 upsert, 5 truncate, 6 and 7 upserts, 8 another truncate of nothing newer.
+    let mut b = Batch::new(10);
+    b.upsert(0, 4, kv("4", t("d"), "4"))
+        .truncate(0, 5)
+        .upsert(0, 6, kv("5", t("e"), "5"))
+        .upsert(0, 7, kv("1", t("a2"), "10"))
+        .truncate(0, 2);
+    assert_eq!(sink.apply("d", &b).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(
+        rows(&client, KV).await,
+        vec![
+            row(&[Some("1"), Some("a2"), Some("10"), Some("7")]),
+            row(&[Some("5"), Some("e"), Some("5"), Some("6")]),
+        ]
+    );
+    assert_eq!(sink.watermark("d").await.unwrap(), 10);
+
+    // A truncate that is the whole batch removes everything older.
+    let mut b = Batch::new(12);
+    b.truncate(0, 12);
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(rows(&client, KV).await, Vec::<Vec<Option<String>>>::new());
+    assert_eq!(sink.watermark("d").await.unwrap(), 12);
+
+    // Truncates are checked like row changes, and a bad one writes nothing.
+    let mut b = Batch::new(20);
+    b.upsert(0, 13, kv("6", t("f"), "6")).truncate(1, 14);
+    let err = sink.apply("d", &b).await.unwrap_err();
+    assert!(matches!(err, SinkError::InvalidBatch { .. }), "{err}");
+    assert!(err.to_string().contains("out of range"), "{err}");
+    let mut b = Batch::new(20);
+    b.upsert(0, 13, kv("6", t("f"), "6")).truncate(0, 21);
+    let err = sink.apply("d", &b).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("truncate seq 21 is beyond the batch's last_seq 20"),
+        "{err}"
+    );
+    assert_eq!(rows(&client, KV).await, Vec::<Vec<Option<String>>>::new());
+    assert_eq!(sink.watermark("d").await.unwrap(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_delete_truncate_marks_rows_deleted_and_an_upsert_revives_them() {
+    let db = fresh_db("sink_truncate_soft").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(true)], true).await.unwrap();
+    const KV: &str = "SELECT id, big, small, _deleted, _seq FROM kv ORDER BY id";
+
+    let mut b = Batch::new(3);
+    b.upsert(0, 1, kv("1", t("a"), "1"))
+        .upsert(0, 2, kv("2", t("b"), "2"))
+        .upsert(0, 3, kv("3", t("c"), "3"));
+    sink.apply("d", &b).await.unwrap();
+    let mut b = Batch::new(4);
+    b.delete(0, 4, vec![t("3")]);
+    sink.apply("d", &b).await.unwrap();
+
+    let mut b = Batch::new(10);
+    b.upsert(0, 5, kv("4", t("d"), "4"))
+        .truncate(0, 6)
+        .upsert(0, 7, kv("2", t("b2"), "20"));
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(
+        rows(&client, KV).await,
+        vec![
+            // Marked deleted at the truncate's seq, values kept.
+            row(&[Some("1"), Some("a"), Some("1"), Some("t"), Some("6")]),
+            // Written after the truncate.
+            row(&[Some("2"), Some("b2"), Some("20"), Some("f"), Some("7")]),
+            // Already deleted: left as it was.
+            row(&[Some("3"), Some("c"), Some("3"), Some("t"), Some("4")]),
+            // Written before the truncate in the same batch.
+            row(&[Some("4"), Some("d"), Some("4"), Some("t"), Some("6")]),
+        ]
+    );
+
+    // A later upsert revives a truncated row; an older one does not.
+    let mut b = Batch::new(12);
+    b.upsert(0, 11, kv("1", t("a3"), "30"))
+        .upsert(0, 5, kv("4", t("stale"), "0"));
+    sink.apply("d", &b).await.unwrap();
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT id, big, small, _deleted, _seq FROM kv WHERE id IN (1, 4) ORDER BY id"
+        )
+        .await,
+        vec![
+            row(&[Some("1"), Some("a3"), Some("30"), Some("f"), Some("11")]),
+            row(&[Some("4"), Some("d"), Some("4"), Some("t"), Some("6")]),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_truncate_leaves_newer_rows() {
+    for soft_delete in [false, true] {
+        let db = fresh_db(if soft_delete {
+            "sink_truncate_old_soft"
+        } else {
+            "sink_truncate_old_hard"
+        })
+        .await;
+        let client = sql(&db).await;
+        let mut sink = sink(&db, "public").await;
+        sink.ensure_tables(&[kv_table(soft_delete)], true)
+            .await
+            .unwrap();
+        let kv_rows = if soft_delete {
+            "SELECT id, big, _seq FROM kv WHERE NOT _deleted ORDER BY id"
+        } else {
+            "SELECT id, big, _seq FROM kv ORDER BY id"
+        };
+
+        let mut b = Batch::new(10);
+        b.upsert(0, 5, kv("1", t("a"), "1"))
+            .upsert(0, 7, kv("2", t("b"), "2"))
+            .upsert(0, 10, kv("3", t("c"), "3"));
+        sink.apply("d", &b).await.unwrap();
+
+        // A later batch carrying an older truncate: only rows below its seq go; a row at
+        // exactly its seq stays too.
+        let mut b = Batch::new(20);
+        b.truncate(0, 7);
+        sink.apply("d", &b).await.unwrap();
+        assert_eq!(
+            rows(&client, kv_rows).await,
+            vec![
+                row(&[Some("2"), Some("b"), Some("7")]),
+                row(&[Some("3"), Some("c"), Some("10")]),
+            ],
+            "soft_delete = {soft_delete}"
+        );
+        // One older than every row removes nothing.
+        let mut b = Batch::new(21);
+        b.truncate(0, 3);
+        sink.apply("d", &b).await.unwrap();
+        assert_eq!(
+            rows(&client, kv_rows).await,
+            vec![
+                row(&[Some("2"), Some("b"), Some("7")]),
+                row(&[Some("3"), Some("c"), Some("10")]),
+            ],
+            "soft_delete = {soft_delete}"
+        );
+        if soft_delete {
+            assert_eq!(
+                rows(&client, "SELECT id, _deleted, _seq FROM kv ORDER BY id").await,
+                vec![
+                    row(&[Some("1"), Some("t"), Some("7")]),
+                    row(&[Some("2"), Some("f"), Some("7")]),
+                    row(&[Some("3"), Some("f"), Some("10")]),
+                ]
+            );
+        }
+    }
+}
+
+const WATERMARKS: &str =
+    "SELECT destination, seq, updated_at FROM _pgfanout_watermarks ORDER BY destination";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_a_wiped_table_and_leaves_the_watermark_alone() {
+    let db = fresh_db("sink_replay").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    const KV: &str = "SELECT id, big, small, _seq FROM kv ORDER BY id";
+
+    let mut b1 = Batch::new(5);
+    b1.upsert(0, 1, kv("1", t("a"), "1"))
+        .upsert(0, 2, kv("2", t("b"), "2"))
+        .upsert(0, 3, kv("3", t("c"), "3"));
+    let mut b2 = Batch::new(10);
+    b2.truncate(0, 6)
+        .upsert(0, 7, kv("1", t("a2"), "10"))
+        .upsert(0, 8, kv("4", t("d"), "4"))
+        .upsert(0, 9, kv("6", t("f"), "6"));
+    let mut b3 = Batch::new(15);
+    b3.upsert(0, 12, kv("4", Cell::Unchanged, "40"))
+        .upsert(0, 13, kv("5", t("e"), "5"))
+        .delete(0, 14, vec![t("6")]);
+    for b in [&b1, &b2, &b3] {
+        assert_eq!(sink.apply("d", b).await.unwrap(), ApplyOutcome::Applied);
+    }
+    let applied = vec![
+        row(&[Some("1"), Some("a2"), Some("10"), Some("7")]),
+        row(&[Some("4"), Some("d"), Some("40"), Some("12")]),
+        row(&[Some("5"), Some("e"), Some("5"), Some("13")]),
+    ];
+    assert_eq!(rows(&client, KV).await, applied);
+    let watermarks = rows(&client, WATERMARKS).await;
+    assert_eq!(watermarks.len(), 1);
+    assert_eq!(watermarks[0][1].as_deref(), Some("15"));
+
+    // Lost rows; apply would skip the history, replay writes it again.
+    client.batch_execute("DELETE FROM kv").await.unwrap();
+    assert_eq!(
+        sink.apply("d", &b2).await.unwrap(),
+        ApplyOutcome::AlreadyApplied { watermark: 15 }
+    );
+    assert_eq!(rows(&client, KV).await, Vec::<Vec<Option<String>>>::new());
+    for b in [&b1, &b2, &b3] {
+        sink.replay("d", b).await.unwrap();
+    }
+    assert_eq!(rows(&client, KV).await, applied);
+    // Not moved, not even touched; replay for another destination creates no watermark.
+    sink.replay("other", &b3).await.unwrap();
+    assert_eq!(rows(&client, WATERMARKS).await, watermarks);
+    assert_eq!(sink.watermark("d").await.unwrap(), 15);
+
+    // Old changes replayed over newer rows lose to them: upserts, deletes and truncates.
+    let mut stale = Batch::new(10);
+    stale
+        .upsert(0, 3, kv("1", t("stale"), "0"))
+        .upsert(0, 9, kv("4", Cell::Unchanged, "0"))
+        .truncate(0, 5)
+        .delete(0, 10, vec![t("5")]);
+    sink.replay("d", &stale).await.unwrap();
+    assert_eq!(rows(&client, KV).await, applied);
+
+    // A bad batch is refused before anything is written, as by apply.
+    let mut bad = Batch::new(10);
+    bad.upsert(0, 20, kv("1", t("x"), "1"));
+    assert!(matches!(
+        sink.replay("d", &bad).await,
+        Err(SinkError::InvalidBatch { .. })
+    ));
+    assert_eq!(rows(&client, KV).await, applied);
+    assert_eq!(rows(&client, WATERMARKS).await, watermarks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_an_old_batch_over_soft_deleted_rows_changes_nothing() {
+    let db = fresh_db("sink_replay_soft").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(true)], true).await.unwrap();
+    const KV: &str = "SELECT id, big, small, _deleted, _seq FROM kv ORDER BY id";
+
+    let mut b1 = Batch::new(5);
+    b1.upsert(0, 1, kv("1", t("a"), "1"))
+        .upsert(0, 2, kv("2", t("b"), "2"))
+        .upsert(0, 3, kv("3", t("c"), "3"));
+    let mut b2 = Batch::new(10);
+    b2.delete(0, 6, vec![t("2")])
+        .truncate(0, 7)
+        .upsert(0, 8, kv("3", t("c2"), "30"));
+    sink.apply("d", &b1).await.unwrap();
+    sink.apply("d", &b2).await.unwrap();
+    let applied = vec![
+        row(&[Some("1"), Some("a"), Some("1"), Some("t"), Some("7")]),
+        row(&[Some("2"), Some("b"), Some("2"), Some("t"), Some("6")]),
+        row(&[Some("3"), Some("c2"), Some("30"), Some("f"), Some("8")]),
+    ];
+    assert_eq!(rows(&client, KV).await, applied);
+    let watermarks = rows(&client, WATERMARKS).await;
+
+    // Every row is newer than b1: its upserts neither revive nor overwrite anything.
+    sink.replay("d", &b1).await.unwrap();
+    assert_eq!(rows(&client, KV).await, applied);
+    // Replaying the newest batch again is a no-op as well.
+    sink.replay("d", &b2).await.unwrap();
+    assert_eq!(rows(&client, KV).await, applied);
+    assert_eq!(rows(&client, WATERMARKS).await, watermarks);
+    assert_eq!(sink.watermark("d").await.unwrap(), 10);
+}

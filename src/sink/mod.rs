@@ -1,13 +1,16 @@
 //! Destination writers: the last stage, where mapped rows land in a tenant's database.
 //!
 //! ```text
-//!   change log ──(dispatcher, later)──▶ Batch { ops: [(table, RowOp)], last_seq }
+//!   change log ──(dispatcher, later)──▶ Batch { ops: [(table, RowOp)], truncates, last_seq }
 //!                                          │
 //!                                          ▼  one transaction per batch
 //!                               lock watermark row ─▶ last_seq <= watermark? ─yes─▶ no-op
 //!                                          │ no
 //!                                          ▼
 //!                      collapse per key ─▶ set-based upserts / deletes (seq-guarded)
+//!                                          │
+//!                                          ▼
+//!                              truncates (seq-guarded, after the row changes)
 //!                                          │
 //!                                          ▼
 //!                           watermark := last_seq ─▶ COMMIT
@@ -27,6 +30,17 @@
 //!   up to it.
 //! - A batch holds changes in seq order; repeated changes to one key inside a batch collapse to
 //!   the last one before anything is written.
+//! - *A truncate removes the target table's rows older than it.* Every row of a destination's
+//!   target table belongs to that destination's tenants, so a TRUNCATE of the source table
+//!   means all of them — but, like every other change, only rows whose `_seq` is below the
+//!   truncate's seq: a row written by a later change survives. With soft deletes the rows are
+//!   marked deleted (and take the truncate's seq) instead. A batch's truncates run after its
+//!   row changes, in the same transaction.
+//! - *Replay re-applies history without the watermark.* [`PostgresSink::replay`] writes a
+//!   batch whose seqs may be at or below the watermark, in one transaction, leaving the
+//!   watermark alone; the `_seq` guard still keeps newer rows newer. A row removed by a hard
+//!   delete or truncate leaves no `_seq` behind, so an older change replayed alone writes it
+//!   again; replaying on through the later delete or truncate removes it once more.
 //!
 //! Values travel as PostgreSQL text ([`Cell`]), the form pgoutput delivers and the transformers
 //! produce; the writer casts them to each column's type on the server.
@@ -160,6 +174,9 @@ impl RowOp<'_> {
 pub struct Batch<'a> {
     /// `(index into the tables given to ensure_tables, change)`.
     pub ops: Vec<(usize, RowOp<'a>)>,
+    /// `(index into the tables given to ensure_tables, seq of the truncate)`: every row of the
+    /// table with a lower `_seq` is removed (soft delete: marked deleted), after `ops`.
+    pub truncates: Vec<(usize, u64)>,
     /// The destination's watermark once this batch is applied: the last seq the batch covers
     /// (it may be beyond the last op when changes in between concern no table here).
     pub last_seq: u64,
@@ -169,6 +186,7 @@ impl<'a> Batch<'a> {
     pub fn new(last_seq: u64) -> Self {
         Batch {
             ops: Vec::new(),
+            truncates: Vec::new(),
             last_seq,
         }
     }
@@ -180,6 +198,12 @@ impl<'a> Batch<'a> {
 
     pub fn delete(&mut self, table: usize, seq: u64, key: Vec<Cell<'a>>) -> &mut Self {
         self.ops.push((table, RowOp::Delete { seq, key }));
+        self
+    }
+
+    /// A TRUNCATE of the source table behind `table`, at `seq`.
+    pub fn truncate(&mut self, table: usize, seq: u64) -> &mut Self {
+        self.truncates.push((table, seq));
         self
     }
 }

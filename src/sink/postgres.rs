@@ -1,10 +1,10 @@
 //! The PostgreSQL destination writer: target tables created or validated from their
 //! specification, batches applied in one transaction with set-based, seq-guarded statements.
 //!
-//! Per table, three statements are prepared once by [`PostgresSink::ensure_tables`]; each binds
-//! one `text[]` per column and one `int8[]` of seqs, so a batch costs a few statements whatever
-//! its size, and values travel as text and are cast on the server to the column's type as the
-//! catalog reports it:
+//! Per table, four statements are prepared once by [`PostgresSink::ensure_tables`]; the row
+//! statements bind one `text[]` per column and one `int8[]` of seqs, so a batch costs a few
+//! statements whatever its size, and values travel as text and are cast on the server to the
+//! column's type as the catalog reports it:
 //!
 //! ```text
 //! upsert:  INSERT INTO t (cols…, _seq) SELECT CAST(u.v0 AS type0), …, u.s
@@ -17,6 +17,9 @@
 //!                                                            run before upsert)
 //! delete:  DELETE FROM t USING unnest(key text[]…, int8[]) AS u(…)
 //!            WHERE t.key = u.key AND t._seq < u.s       (soft: UPDATE SET _deleted = true)
+//! truncate: DELETE FROM t WHERE t._seq < $1             (soft: UPDATE SET _deleted = true,
+//!                                                        _seq = $1 … AND NOT _deleted;
+//!                                                        run after the row statements)
 //! ```
 //!
 //! Rows carrying [`Cell::Unchanged`] first go through `keep`, which updates an existing row and
@@ -243,6 +246,7 @@ struct Prepared {
     /// None when every column is a key column (nothing can be unchanged).
     keep: Option<Statement>,
     delete: Statement,
+    truncate: Statement,
 }
 
 /// Writes batches into one PostgreSQL database. The watermark table lives in `schema`.
@@ -514,6 +518,7 @@ impl PostgresSink {
             None => None,
         };
         let delete = self.client.prepare(&sql.delete).await.map_err(prep)?;
+        let truncate = self.client.prepare(&sql.truncate).await.map_err(prep)?;
         Ok(Prepared {
             spec,
             name,
@@ -522,6 +527,7 @@ impl PostgresSink {
             upsert,
             keep,
             delete,
+            truncate,
         })
     }
 
@@ -549,7 +555,7 @@ impl PostgresSink {
         destination: &str,
         batch: &Batch<'_>,
     ) -> Result<ApplyOutcome, SinkError> {
-        let plans = plan(destination, &self.tables, batch)?;
+        let plan = plan(destination, &self.tables, batch)?;
         let last_seq = to_i64(destination, "(batch)", batch.last_seq)?;
         let wm = self.watermark_table();
         let wm_ref = &wm;
@@ -578,24 +584,9 @@ impl PostgresSink {
                 .map_err(wm_err("ending the batch transaction"))?;
             return Ok(ApplyOutcome::AlreadyApplied { watermark: current });
         }
-        let mut failed = None;
-        for p in &plans {
-            if let Err((what, e)) = p.run(&tx, &self.tables[p.table]).await {
-                failed = Some((p, what, e));
-                break;
-            }
-        }
-        if let Some((p, what, e)) = failed {
+        if let Err(failure) = write(&tx, &self.tables, &plan).await {
             drop(tx);
-            let table = &self.tables[p.table];
-            let data_error = e.code().is_some_and(|c| c.code().starts_with("22"));
-            let mut err = query_error(what, Some(destination), Some(&table.name), e);
-            if data_error {
-                if let SinkError::Query { at, .. } = &mut err {
-                    at.column = self.find_bad_column(table, p).await;
-                }
-            }
-            return Err(err);
+            return Err(self.write_error(destination, &plan, failure).await);
         }
         tx.execute(
             &format!(
@@ -608,6 +599,55 @@ impl PostgresSink {
         .map_err(wm_err("advancing the watermark"))?;
         tx.commit().await.map_err(wm_err("committing the batch"))?;
         Ok(ApplyOutcome::Applied)
+    }
+
+    /// Writes `batch` for `destination` in one transaction without reading, locking or moving
+    /// its watermark: for re-applying history at or below the watermark, which
+    /// [`apply`](Self::apply) would skip. The batch's changes and truncates are written exactly
+    /// as `apply` writes them, so the `_seq` guard still keeps every newer row as it is.
+    pub async fn replay(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), SinkError> {
+        let plan = plan(destination, &self.tables, batch)?;
+        let tx_err = |what| move |e| query_error(what, Some(destination), None, e);
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(tx_err("starting the replay transaction"))?;
+        if let Err(failure) = write(&tx, &self.tables, &plan).await {
+            drop(tx);
+            return Err(self.write_error(destination, &plan, failure).await);
+        }
+        tx.commit()
+            .await
+            .map_err(tx_err("committing the replayed batch"))?;
+        Ok(())
+    }
+
+    /// The error for a failed [`write`], once its transaction is gone: after a data exception
+    /// in a table's row changes, with the column whose values do not fit.
+    async fn write_error(
+        &self,
+        destination: &str,
+        plan: &BatchPlan<'_, '_>,
+        failure: WriteFailure,
+    ) -> SinkError {
+        let table = &self.tables[failure.table];
+        let data_error = failure
+            .error
+            .code()
+            .is_some_and(|c| c.code().starts_with("22"));
+        let mut err = query_error(
+            failure.what,
+            Some(destination),
+            Some(&table.name),
+            failure.error,
+        );
+        if let (true, Some(rows)) = (data_error, failure.rows) {
+            if let SinkError::Query { at, .. } = &mut err {
+                at.column = self.find_bad_column(table, &plan.tables[rows]).await;
+            }
+        }
+        err
     }
 
     /// After a data exception: the first column whose values do not cast to its type. Runs
@@ -816,11 +856,12 @@ struct Sql {
     upsert: String,
     keep: Option<String>,
     delete: String,
+    truncate: String,
 }
 
-/// The three per-table statements (see the module comment). Parameter order: upsert — one
+/// The four per-table statements (see the module comment). Parameter order: upsert — one
 /// text[] per column, then seqs; keep — one text[] per column, one bool[] per non-key column,
-/// then seqs; delete — one text[] per key column, then seqs.
+/// then seqs; delete — one text[] per key column, then seqs; truncate — the truncate's seq.
 fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -> Sql {
     let table = t.qualified_name().quoted();
     let ver = quote_ident(&t.version_column);
@@ -915,10 +956,21 @@ fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -> Sql {
     } else {
         format!("DELETE FROM {table} AS t USING {from} WHERE {cond}")
     };
+
+    // truncate
+    let truncate = if t.soft_delete {
+        format!(
+            "UPDATE {table} AS t SET {del} = true, {ver} = $1::int8 \
+             WHERE t.{ver} < $1::int8 AND NOT t.{del}"
+        )
+    } else {
+        format!("DELETE FROM {table} AS t WHERE t.{ver} < $1::int8")
+    };
     Sql {
         upsert,
         keep,
         delete,
+        truncate,
     }
 }
 
@@ -931,6 +983,14 @@ struct Upsert<'b, 'a> {
 struct Delete<'b, 'a> {
     seq: i64,
     key: Vec<&'b Cell<'a>>,
+}
+
+/// What a batch writes, after checking and collapsing.
+struct BatchPlan<'b, 'a> {
+    /// Row changes, one entry per table that has any.
+    tables: Vec<TablePlan<'b, 'a>>,
+    /// `(table, seq)`: at most one per table, its highest-seq truncate in the batch.
+    truncates: Vec<(usize, i64)>,
 }
 
 /// What one table gets from a batch, after collapsing.
@@ -999,6 +1059,50 @@ impl TablePlan<'_, '_> {
     }
 }
 
+/// A statement of a batch that failed.
+struct WriteFailure {
+    /// Index of the table written.
+    table: usize,
+    /// Index into [`BatchPlan::tables`] when the table's row changes failed, None for a truncate.
+    rows: Option<usize>,
+    what: &'static str,
+    error: tokio_postgres::Error,
+}
+
+/// Writes a batch's row changes, then its truncates, in `tx`: the statements both
+/// [`PostgresSink::apply`] and [`PostgresSink::replay`] run.
+async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    tables: &[Prepared],
+    plan: &BatchPlan<'_, '_>,
+) -> Result<(), WriteFailure> {
+    for (i, p) in plan.tables.iter().enumerate() {
+        p.run(tx, &tables[p.table])
+            .await
+            .map_err(|(what, error)| WriteFailure {
+                table: p.table,
+                rows: Some(i),
+                what,
+                error,
+            })?;
+    }
+    // Truncates run after all row changes, although in the batch they may sit between them.
+    // The seq guard makes that equivalent to seq order: a row last written by a change newer
+    // than the truncate has a higher `_seq` and survives it; one written by an older change
+    // has a lower `_seq` and is removed, as it would have been had the truncate come later.
+    for &(ti, seq) in &plan.truncates {
+        tx.execute(&tables[ti].truncate, &[&seq])
+            .await
+            .map_err(|error| WriteFailure {
+                table: ti,
+                rows: None,
+                what: "truncating rows",
+                error,
+            })?;
+    }
+    Ok(())
+}
+
 /// Column-major text arrays (NULL for both NULL and unchanged cells).
 fn column_arrays<'c>(n: usize, rows: &[&'c Upsert<'_, '_>]) -> Vec<Vec<Option<&'c str>>> {
     (0..n)
@@ -1012,39 +1116,48 @@ enum Latest<'b, 'a> {
 }
 
 /// Checks a batch against the tables and collapses repeated changes to one key into the last
-/// one (an upsert over an upsert inherits the earlier cells where it has `Unchanged`).
+/// one (an upsert over an upsert inherits the earlier cells where it has `Unchanged`), and the
+/// truncates of one table into the last one (a truncate removes everything an earlier one
+/// would, and its seq is the newer tombstone for soft deletes).
 fn plan<'b, 'a>(
     destination: &str,
     tables: &[Prepared],
     batch: &'b Batch<'a>,
-) -> Result<Vec<TablePlan<'b, 'a>>, SinkError> {
+) -> Result<BatchPlan<'b, 'a>, SinkError> {
     let invalid = |table: &str, reason: String| SinkError::InvalidBatch {
         destination: destination.to_owned(),
         table: table.to_owned(),
         reason,
     };
-    // Per table: key text → slot in `latest`.
-    let mut index: Vec<HashMap<Vec<&'b str>, usize>> = vec![HashMap::new(); tables.len()];
-    let mut latest: Vec<Vec<Latest<'b, 'a>>> = (0..tables.len()).map(|_| Vec::new()).collect();
-    for (ti, op) in &batch.ops {
-        let Some(t) = tables.get(*ti) else {
-            return Err(invalid(
+    // The table at an index, and a seq checked against the batch's last_seq and the bigint
+    // range; the same rules for row changes and truncates.
+    let table_at = |ti: usize| {
+        tables.get(ti).ok_or_else(|| {
+            invalid(
                 &format!("#{ti}"),
                 format!("table index {ti} out of range ({} tables)", tables.len()),
-            ));
-        };
-        let tname = t.name.to_string();
-        let seq = op.seq();
+            )
+        })
+    };
+    let checked_seq = |tname: &str, what: &str, seq: u64| {
         if seq > batch.last_seq {
             return Err(invalid(
-                &tname,
+                tname,
                 format!(
-                    "change seq {seq} is beyond the batch's last_seq {}",
+                    "{what} seq {seq} is beyond the batch's last_seq {}",
                     batch.last_seq
                 ),
             ));
         }
-        let seq = to_i64(destination, &tname, seq)?;
+        to_i64(destination, tname, seq)
+    };
+    // Per table: key text → slot in `latest`.
+    let mut index: Vec<HashMap<Vec<&'b str>, usize>> = vec![HashMap::new(); tables.len()];
+    let mut latest: Vec<Vec<Latest<'b, 'a>>> = (0..tables.len()).map(|_| Vec::new()).collect();
+    for (ti, op) in &batch.ops {
+        let t = table_at(*ti)?;
+        let tname = t.name.to_string();
+        let seq = checked_seq(&tname, "change", op.seq())?;
         let key_cells: Vec<&'b Cell<'a>> = match op {
             RowOp::Upsert { cells, .. } => {
                 if cells.len() != t.spec.columns.len() {
@@ -1124,7 +1237,16 @@ fn plan<'b, 'a>(
             }
         }
     }
-    Ok(latest
+    let mut truncates: Vec<(usize, i64)> = Vec::new();
+    for &(ti, seq) in &batch.truncates {
+        let t = table_at(ti)?;
+        let seq = checked_seq(&t.name.to_string(), "truncate", seq)?;
+        match truncates.iter_mut().find(|(other, _)| *other == ti) {
+            Some((_, last)) => *last = (*last).max(seq),
+            None => truncates.push((ti, seq)),
+        }
+    }
+    let tables = latest
         .into_iter()
         .enumerate()
         .filter(|(_, ops)| !ops.is_empty())
@@ -1142,7 +1264,8 @@ fn plan<'b, 'a>(
             }
             p
         })
-        .collect())
+        .collect();
+    Ok(BatchPlan { tables, truncates })
 }
 
 #[cfg(test)]
@@ -1209,5 +1332,19 @@ mod tests {
             .keep
             .unwrap()
             .contains(r#""a""b" = CASE WHEN u.k1 THEN t."a""b" ELSE CAST(u.v1 AS text) END"#));
+        assert_eq!(
+            sql.truncate,
+            r#"UPDATE "s""; x"."t;" AS t SET "_deleted" = true, "_seq" = $1::int8 WHERE t."_seq" < $1::int8 AND NOT t."_deleted""#
+        );
+        let hard = TargetTable {
+            soft_delete: false,
+            version_column: "v\"er".into(),
+            ..t
+        };
+        let sql = statements(&hard, &[0], &["bigint".into(), "text".into()]);
+        assert_eq!(
+            sql.truncate,
+            r#"DELETE FROM "s""; x"."t;" AS t WHERE t."v""er" < $1::int8"#
+        );
     }
 }
