@@ -13,6 +13,7 @@
 //! [`LogicalStream::confirm`], or, while no transaction is pending, to a keepalive's WAL end
 //! (so an idle slot does not hold WAL).
 
+pub mod catalog;
 pub mod conninfo;
 pub mod pgoutput;
 pub mod session;
@@ -135,7 +136,26 @@ pub struct TypeRegistry {
     enum_arrays: HashSet<u32>,
 }
 
+/// Every enum type of the source database: its oid and its array type's oid (0 when it has
+/// none). One text for both readers: the replication session at start-up ([`load_types`]) and
+/// [`catalog::types`] over an ordinary connection.
+pub(crate) const ENUM_TYPES_QUERY: &str =
+    "SELECT oid, typarray FROM pg_catalog.pg_type WHERE typtype = 'e'";
+
 impl TypeRegistry {
+    /// A registry of these enum types: (enum oid, its array type's oid), as the rows of
+    /// [`ENUM_TYPES_QUERY`] give them. An array oid of 0 (no array type) is ignored.
+    pub fn from_enums(enums: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut types = TypeRegistry::default();
+        for (oid, array) in enums {
+            types.enums.insert(oid);
+            if array != 0 {
+                types.enum_arrays.insert(array);
+            }
+        }
+        types
+    }
+
     /// The type to parse a column's text as. Enums created after the stream started are kept
     /// as their text (`PgType::Other`), which is the value pgoutput sent anyway.
     pub fn pg_type(&self, oid: u32) -> PgType {
@@ -466,17 +486,11 @@ impl LogicalStream {
 }
 
 async fn load_types(session: &mut Session) -> Result<TypeRegistry, SourceError> {
-    let rows = session
-        .simple_query("SELECT oid, typarray FROM pg_catalog.pg_type WHERE typtype = 'e'")
-        .await?;
-    let mut types = TypeRegistry::default();
-    for row in rows {
-        if let Some(oid) = row.get(0).and_then(|s| s.parse().ok()) {
-            types.enums.insert(oid);
-        }
-        if let Some(oid) = row.get(1).and_then(|s| s.parse().ok()) {
-            types.enum_arrays.insert(oid);
-        }
-    }
-    Ok(types)
+    let rows = session.simple_query(ENUM_TYPES_QUERY).await?;
+    // Both columns are oids, never NULL; a row that does not parse is left out.
+    Ok(TypeRegistry::from_enums(rows.iter().filter_map(|row| {
+        let oid = row.get(0)?.parse().ok()?;
+        let array = row.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Some((oid, array))
+    })))
 }
