@@ -12,6 +12,7 @@ pub mod change;
 pub mod changelog;
 pub mod config;
 pub mod demo;
+pub mod fanout;
 pub mod localpg;
 pub mod logcli;
 pub mod lsn;

@@ -70,6 +70,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Re-apply the change log from a seq to one destination (the daemon may be running).
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: String,
+        #[arg(long)]
+        from_seq: u64,
+        /// Only this tenant's rows.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Inspect the change log.
     Log {
         #[command(subcommand)]
@@ -182,6 +194,20 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 print!("{status}");
             }
+        }
+        Command::Replay {
+            config,
+            destination,
+            from_seq,
+            tenant,
+        } => {
+            let config = Config::load(&config)?;
+            let r = pgfanout::fanout::replay(&config, &destination, from_seq, tenant.as_deref())
+                .await?;
+            eprintln!(
+                "replayed {} change(s) up to seq {} into {destination}: {} row operation(s) applied",
+                r.changes, r.last_seq, r.ops
+            );
         }
         Command::Migrate { config } => {
             let config = Config::load(&config)?;

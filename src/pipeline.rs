@@ -14,7 +14,9 @@
 //! state database supplies the last seq and position.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::change::SequencedChange;
 use crate::changelog::{ChangeLog, CommitInfo, LogError, LogOptions, Retention};
 use crate::config::Config;
+use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
 use crate::sequencer::Sequencer;
 use crate::source::{LogicalStream, SlotSpec, SourceError, SourceEvent};
@@ -42,6 +45,8 @@ pub enum RunError {
     Log(#[from] LogError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Fanout(Box<FanoutError>),
     #[error("the change-log writer stopped unexpectedly")]
     WriterGone,
 }
@@ -77,6 +82,12 @@ struct Resume {
     logged_end: Lsn,
 }
 
+impl From<FanoutError> for RunError {
+    fn from(e: FanoutError) -> Self {
+        RunError::Fanout(Box::new(e))
+    }
+}
+
 impl RunError {
     /// Whether starting over (reconnect, reopen the log) can succeed; see the source's and
     /// the state layer's own policies. The change log's errors are never transient: a failed
@@ -85,6 +96,7 @@ impl RunError {
         match self {
             RunError::Source(e) => e.is_transient(),
             RunError::State(e) => e.is_transient(),
+            RunError::Fanout(e) => e.is_transient(),
             RunError::Log(_) | RunError::WriterGone => false,
         }
     }
@@ -161,6 +173,13 @@ async fn run_once(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let state = StateDb::connect(&cfg.state.conn, &cfg.state.schema).await?;
+    // Mappings are compiled against the source catalog before anything streams: a mapping
+    // that names a missing column stops start-up with every problem listed.
+    let setup = if cfg.destinations.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Setup::load(cfg).await?))
+    };
     let slot = cfg.source.slot.clone();
     let log_dir = cfg.log.dir.clone();
     let log_opts = LogOptions {
@@ -211,6 +230,10 @@ async fn run_once(
         max_bytes: cfg.log.retention_bytes,
     };
     let (writer_done_tx, writer_done) = std_mpsc::channel();
+    let readers = log.readers();
+    // Until the destinations report their watermarks, retention keeps everything.
+    let keep_from = Arc::new(AtomicU64::new(if setup.is_some() { 1 } else { u64::MAX }));
+    let writer_keep_from = keep_from.clone();
     let sync_interval = cfg.log.sync_interval;
     let durable_start = *durable_rx.borrow();
     std::thread::Builder::new()
@@ -223,12 +246,16 @@ async fn run_once(
                 lsn_tx,
                 durable_start,
                 sync_interval,
-                retention,
+                (retention, &writer_keep_from),
             );
             let _ = writer_done_tx.send(result);
         })
         .map_err(|_| RunError::WriterGone)?;
 
+    let mut fanout = match setup {
+        Some(setup) => Some(Fanout::start(cfg, setup, readers, keep_from)?),
+        None => None,
+    };
     stream.confirm_from(lsn_rx);
     let _heartbeat = cfg
         .source
@@ -242,7 +269,22 @@ async fn run_once(
         state: &state,
         resume,
     };
-    let streamed = stream_into_log(&ctx, &mut stream, shutdown).await;
+    let mut fanout_failure = None;
+    let streamed = {
+        let fanout_failed = async {
+            match fanout.as_mut() {
+                Some(f) => fanout_failure = Some(f.failed().await),
+                None => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = fanout_failed => {}
+            }
+        };
+        stream_into_log(&ctx, &mut stream, stop).await
+    };
 
     // Shut down in order: make everything appended durable, confirm it, checkpoint it.
     let (ack_tx, ack_rx) = oneshot::channel();
@@ -259,9 +301,17 @@ async fn run_once(
         }
         save_checkpoint(&state, &slot, durable).await;
     }
+    let fanout_stopped = match fanout {
+        Some(f) => f.stop().await,
+        None => Ok(()),
+    };
+    if let Some(e) = fanout_failure {
+        return Err(e.into());
+    }
     // The writer's own error (a failed fsync, a full disk) explains a stream that stopped with
     // WriterGone; report it first.
     writer_result?;
+    fanout_stopped?;
     streamed?;
     info!(seq = durable.last_seq, lsn = %durable.lsn, "stopped");
     Ok(RunSummary {
@@ -452,7 +502,8 @@ fn write_loop(
     lsn_tx: watch::Sender<Lsn>,
     mut durable: Durable,
     sync_interval: Duration,
-    retention: Retention,
+    // With the oldest seq a destination still needs (see `apply_retention`).
+    (retention, keep_from): (Retention, &AtomicU64),
 ) -> Result<(), RunError> {
     let mut pending: Option<Durable> = None;
     let mut oldest_unsynced: Option<Instant> = None;
@@ -468,7 +519,8 @@ fn write_loop(
                 }
                 if last_retention.elapsed() >= RETENTION_EVERY {
                     last_retention = Instant::now();
-                    apply_retention(&mut log, &retention);
+                    let keep = keep_from.load(Ordering::Relaxed);
+                    apply_retention(&mut log, &retention, (keep != u64::MAX).then_some(keep));
                 }
                 rx.blocking_recv()
             }
@@ -538,11 +590,15 @@ fn sync(
     Ok(())
 }
 
-fn apply_retention(log: &mut ChangeLog, retention: &Retention) {
+/// `keep_from_seq`: the oldest seq a destination still needs (age-based retention keeps it).
+fn apply_retention(log: &mut ChangeLog, retention: &Retention, keep_from_seq: Option<u64>) {
     if retention.max_age.is_none() && retention.max_bytes.is_none() {
         return;
     }
-    match log.apply_retention(retention, None) {
+    match log.apply_retention(retention, keep_from_seq) {
+        Ok(r) if r.dropped_needed => {
+            warn!(segments = r.deleted_segments.len(), oldest_seq = ?r.oldest_seq, keep_from_seq = ?keep_from_seq, "log.retention_mb forced deleting changes a destination still needs; it will need a resync")
+        }
         Ok(r) if !r.deleted_segments.is_empty() => {
             info!(segments = r.deleted_segments.len(), bytes = r.deleted_bytes, oldest_seq = ?r.oldest_seq, "retention deleted old segments")
         }

@@ -2,6 +2,7 @@
 //! it applies no migrations and takes no lock.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -9,12 +10,31 @@ use crate::changelog::{self, LogError};
 use crate::config::Config;
 use crate::source::conninfo::SqlConnectError;
 use crate::sql::quote_ident;
+use crate::state::{DestinationStore, StateError};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub slot: Option<SlotStatus>,
     pub log: LogStatus,
     pub checkpoint: Option<CheckpointStatus>,
+    pub destinations: Vec<DestinationStatus>,
+}
+
+/// One configured destination, as its writer last reported it.
+#[derive(Debug, Serialize)]
+pub struct DestinationStatus {
+    pub name: String,
+    /// `streaming`, `catching up`, `retrying`, `needs resync`, `stopped`, `starting`, or
+    /// `never reported` (no daemon has run it yet).
+    pub state: String,
+    pub watermark: u64,
+    /// Changes in the log beyond the watermark.
+    pub lag_changes: u64,
+    /// Commit time of the log's last transaction minus that of the last applied one.
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+    /// Seconds since the daemon wrote this report (it writes every few seconds while running).
+    pub report_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +82,8 @@ pub enum StatusError {
     },
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error("reading destination status: {0}")]
+    Destinations(#[source] StateError),
 }
 
 pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
@@ -136,10 +158,58 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         Err(e) if e.code().is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") => None,
         Err(source) => return Err(StatusError::Query { what: "the checkpoint", source }),
     };
+    let reports = match DestinationStore::new(Arc::new(state), &cfg.state.schema)
+        .load_all()
+        .await
+    {
+        Ok(r) => r,
+        Err(StateError::Query { source, .. })
+            if source
+                .code()
+                .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") =>
+        {
+            Vec::new()
+        }
+        Err(e) => return Err(StatusError::Destinations(e)),
+    };
+    let last_commit_us = summary.last_commit.map(|c| c.commit_time.pg_epoch_micros());
+    let destinations = cfg
+        .destinations
+        .iter()
+        .map(|d| match reports.iter().find(|r| r.name == d.name) {
+            None => DestinationStatus {
+                name: d.name.clone(),
+                state: "never reported".into(),
+                watermark: 0,
+                lag_changes: summary.last_seq,
+                lag_seconds: 0.0,
+                last_error: None,
+                report_age_seconds: None,
+            },
+            Some(r) => {
+                let lag_changes = summary.last_seq.saturating_sub(r.watermark);
+                let lag_seconds = match (lag_changes, last_commit_us, r.applied_commit_time) {
+                    (0, _, _) => 0.0,
+                    (_, Some(last), Some(applied)) => (last - applied).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                };
+                DestinationStatus {
+                    name: r.name.clone(),
+                    state: r.state.clone(),
+                    watermark: r.watermark,
+                    lag_changes,
+                    lag_seconds,
+                    last_error: r.last_error.clone(),
+                    report_age_seconds: Some(r.age_seconds),
+                }
+            }
+        })
+        .collect();
     Ok(Status {
         slot,
         log,
         checkpoint,
+        destinations,
     })
 }
 
@@ -191,8 +261,23 @@ impl fmt::Display for Status {
                 f,
                 "checkpoint: seq {} at {}, {:.1} s ago",
                 c.last_seq, c.commit_end_lsn, c.age_seconds
-            ),
-            None => writeln!(f, "checkpoint: none yet"),
+            )?,
+            None => writeln!(f, "checkpoint: none yet")?,
         }
+        for d in &self.destinations {
+            write!(
+                f,
+                "destination {}: {}, watermark {}, {} changes / {:.1} s behind",
+                d.name, d.state, d.watermark, d.lag_changes, d.lag_seconds
+            )?;
+            if let Some(age) = d.report_age_seconds {
+                write!(f, " (reported {age:.1} s ago)")?;
+            }
+            if let Some(e) = &d.last_error {
+                write!(f, "; last error: {e}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }

@@ -232,6 +232,36 @@ impl Shared {
     }
 }
 
+/// Opens live readers of one [`ChangeLog`]; cheap to clone and `Send`. Once the writer is
+/// dropped, readers still return what is durable but no longer wait for more.
+#[derive(Debug, Clone)]
+pub struct Readers(Arc<Shared>);
+
+impl Readers {
+    pub fn open(&self, from_seq: u64) -> Result<LogReader, LogError> {
+        LogReader::live(self.0.clone(), from_seq)
+    }
+
+    /// The last durable seq (0 for an empty log).
+    pub fn durable_seq(&self) -> u64 {
+        self.0.lock().durable.map_or(0, |c| c.last_seq)
+    }
+
+    /// The last durable commit.
+    pub fn last_durable(&self) -> Option<CommitInfo> {
+        self.0.lock().durable
+    }
+
+    /// Oldest retained seq.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        let st = self.0.lock();
+        st.segments
+            .iter()
+            .find(|s| s.last_seq >= s.first_seq)
+            .map(|s| s.first_seq)
+    }
+}
+
 /// The segment being appended to.
 struct Active {
     file: File,
@@ -700,11 +730,7 @@ impl ChangeLog {
 
     /// Oldest seq in the log.
     pub fn oldest_seq(&self) -> Option<u64> {
-        let st = self.shared.lock();
-        st.segments
-            .iter()
-            .find(|s| s.last_seq >= s.first_seq)
-            .map(|s| s.first_seq)
+        self.readers().oldest_seq()
     }
 
     /// The last durable commit.
@@ -720,6 +746,11 @@ impl ChangeLog {
     /// A reader of this log's durable records from `from_seq`, which can wait for more.
     pub fn reader(&self, from_seq: u64) -> Result<LogReader, LogError> {
         LogReader::live(self.shared.clone(), from_seq)
+    }
+
+    /// Opens live readers from other threads while this writer lives on its own.
+    pub fn readers(&self) -> Readers {
+        Readers(self.shared.clone())
     }
 
     /// Deletes whole sealed segments per `policy`; see [`Retention`]. `keep_from_seq` protects

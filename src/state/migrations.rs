@@ -43,11 +43,18 @@ impl Migration {
 }
 
 /// The state schema's migrations, embedded at build time, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_state.sql",
-    sql: include_str!("../../migrations/0001_state.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_state.sql",
+        sql: include_str!("../../migrations/0001_state.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_destinations.sql",
+        sql: include_str!("../../migrations/0002_destinations.sql"),
+    },
+];
 
 /// What a [`migrate`] run did.
 #[derive(Debug, Clone, PartialEq, Eq)]

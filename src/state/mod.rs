@@ -16,12 +16,14 @@
 //! - The schema name comes from configuration: it is quoted everywhere (`sql::quote_ident`), and
 //!   the migration files use unqualified names under `SET LOCAL search_path`.
 //! - [`StateError::is_transient`] is the one place that decides whether a retry can help.
-//! - Must not know about the stream, the change log or destinations: it stores what it is given.
+//! - Must not know about the stream, the change log or destinations' internals: it stores
+//!   what it is given.
 //!
 //! Connections honour the URL's `sslmode` through [`ConnInfo::connect_sql`] (rustls, as the
 //! replication session).
 
 mod checkpoint;
+mod destinations;
 mod migrations;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::source::conninfo::{ConnInfo, SqlConnectError};
 use crate::sql::quote_ident;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use destinations::{DestinationReport, DestinationStore};
 pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
 
 /// The schema pgfanout keeps its state in unless configured otherwise.
@@ -46,6 +49,7 @@ pub struct StateDb {
     schema: String,
     report: MigrateReport,
     checkpoints: CheckpointStore,
+    destinations: DestinationStore,
 }
 
 impl StateDb {
@@ -61,7 +65,8 @@ impl StateDb {
         Ok(StateDb {
             schema: schema.to_owned(),
             report,
-            checkpoints: CheckpointStore::new(client, schema),
+            checkpoints: CheckpointStore::new(client.clone(), schema),
+            destinations: DestinationStore::new(client, schema),
         })
     }
 
@@ -72,6 +77,11 @@ impl StateDb {
     /// What the migration run at connect did.
     pub fn migrations(&self) -> &MigrateReport {
         &self.report
+    }
+
+    /// What the destinations' writers last reported.
+    pub fn destinations(&self) -> &DestinationStore {
+        &self.destinations
     }
 
     /// The slot checkpoints (clone it to hand it to another task).

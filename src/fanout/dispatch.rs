@@ -1,0 +1,207 @@
+//! The dispatcher: reads the change log once, routes each change, and hands every attached
+//! destination its operations in [`Chunk`]s through a bounded queue. It never waits for a
+//! destination: a full queue detaches it (the destination then reads the log itself, see
+//! `worker.rs`), and a destination that asks to be attached again is, at the next round.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::changelog::{LogReader, LogRecord};
+use crate::route::{Planned, Routed};
+use crate::value::Timestamp;
+
+use super::router::Router;
+use super::{DestShared, FanoutError};
+
+/// Ops per chunk before it is sent even mid-transaction (bounds the dispatcher's memory).
+const CHUNK_OPS: usize = 1024;
+/// Longest routed ops wait in the dispatcher while the log keeps coming.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How often an attached destination with nothing to do hears how far the log went (so its
+/// watermark, and retention, can move on).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for new records before looking at the stop flag and re-attach requests.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+/// A destination's share of the log from `from_seq` to `to_seq` (inclusive): every change in
+/// that range was routed, and `ops` are all of it that concerns the destination.
+#[derive(Debug)]
+pub(super) struct Chunk {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub ops: Vec<(usize, Planned)>,
+    /// Commit time of the last transaction that ended at or before `to_seq`.
+    pub commit_time: Option<Timestamp>,
+}
+
+/// The dispatcher's side of one destination.
+pub(super) struct Link {
+    pub name: String,
+    pub tx: mpsc::Sender<Chunk>,
+    pub shared: Arc<DestShared>,
+    attached: bool,
+    /// Last seq routed for this destination while attached.
+    covered: u64,
+    pending: Vec<(usize, Planned)>,
+    last_sent: Instant,
+}
+
+impl Link {
+    /// Every destination starts detached: it first catches up from its own watermark.
+    pub fn new(name: String, tx: mpsc::Sender<Chunk>, shared: Arc<DestShared>) -> Self {
+        shared.detached.store(true, Ordering::SeqCst);
+        Link {
+            name,
+            tx,
+            shared,
+            attached: false,
+            covered: 0,
+            pending: Vec::new(),
+            last_sent: Instant::now(),
+        }
+    }
+}
+
+struct Dispatcher {
+    links: Vec<Link>,
+    /// Links with pending ops.
+    dirty: Vec<usize>,
+    last_seq: u64,
+    commit_time: Option<Timestamp>,
+    last_flush: Instant,
+    last_progress: Instant,
+}
+
+/// Runs until `stop` is set or routing fails. `reader` starts where the attached
+/// destinations are to be served from (the durable end at start: everyone catches up first).
+pub(super) fn run(
+    mut reader: LogReader,
+    mut router: Router,
+    links: Vec<Link>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), FanoutError> {
+    let mut d = Dispatcher {
+        links,
+        dirty: Vec::new(),
+        last_seq: reader.next_seq().saturating_sub(1),
+        commit_time: None,
+        last_flush: Instant::now(),
+        last_progress: Instant::now(),
+    };
+    let mut routed: Vec<Routed> = Vec::new();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            d.flush_dirty();
+            return Ok(());
+        }
+        match reader.next_record()? {
+            None => {
+                d.flush_dirty();
+                d.round();
+                reader.wait(IDLE_WAIT);
+            }
+            Some(LogRecord::Change(c)) => {
+                router.route(&c, &mut routed)?;
+                d.last_seq = c.seq;
+                for r in routed.drain(..) {
+                    d.push(r);
+                }
+            }
+            Some(LogRecord::Commit(ci)) => {
+                d.last_seq = ci.last_seq;
+                d.commit_time = Some(ci.commit_time);
+                if d.last_flush.elapsed() >= FLUSH_EVERY {
+                    d.flush_dirty();
+                    d.round();
+                }
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    fn push(&mut self, r: Routed) {
+        let i = r.destination.0;
+        let Some(link) = self.links.get_mut(i) else {
+            return;
+        };
+        if !link.attached {
+            return;
+        }
+        if link.pending.is_empty() {
+            self.dirty.push(i);
+        }
+        link.pending.push((r.table, r.op));
+        if link.pending.len() >= CHUNK_OPS {
+            self.send(i);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            if !self.links[i].pending.is_empty() {
+                self.send(i);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        self.last_flush = Instant::now();
+    }
+
+    /// Re-attaches destinations that caught up, and tells idle attached ones how far the log
+    /// went.
+    fn round(&mut self) {
+        let progress = self.last_progress.elapsed() >= PROGRESS_EVERY;
+        if progress {
+            self.last_progress = Instant::now();
+        }
+        for i in 0..self.links.len() {
+            let link = &mut self.links[i];
+            if !link.attached {
+                if link.shared.reattach.swap(false, Ordering::SeqCst) {
+                    // Everything up to here was routed without this destination; it fills
+                    // that gap from the log itself (the chunk rule in worker.rs).
+                    link.attached = true;
+                    link.covered = self.last_seq;
+                    link.shared.detached.store(false, Ordering::SeqCst);
+                    info!(destination = %link.name, seq = self.last_seq, "destination attached to the dispatcher");
+                }
+                continue;
+            }
+            if progress
+                && link.covered < self.last_seq
+                && link.last_sent.elapsed() >= PROGRESS_EVERY
+            {
+                self.send(i);
+            }
+        }
+    }
+
+    fn send(&mut self, i: usize) {
+        let link = &mut self.links[i];
+        let chunk = Chunk {
+            from_seq: link.covered + 1,
+            to_seq: self.last_seq,
+            ops: std::mem::take(&mut link.pending),
+            commit_time: self.commit_time,
+        };
+        match link.tx.try_send(chunk) {
+            Ok(()) => {
+                link.covered = self.last_seq;
+                link.last_sent = Instant::now();
+            }
+            Err(e) => {
+                link.attached = false;
+                link.shared.detached.store(true, Ordering::SeqCst);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    warn!(destination = %link.name, seq = self.last_seq, "destination fell behind; detached, it catches up from the change log");
+                }
+            }
+        }
+    }
+}

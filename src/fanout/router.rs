@@ -1,0 +1,248 @@
+//! Log records → per-destination operations, for one set of destinations.
+//!
+//! A [`Router`] owns what [`crate::route::plan`] needs and keeps it current as the log goes
+//! by: mappings compiled against the relation each change carries (recompiled when a source
+//! table's description changes — a failure stops routing: fail fast on schema), and the
+//! tenant registry, updated from the tenancy table's own changes. The dispatcher has one
+//! router for every destination; a destination catching up on its own, and `replay`, build
+//! one for that destination alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::change::{Relation, SequencedChange};
+use crate::config::MappingConfig;
+use crate::route::{self, DestinationSet, MappingRoute, MappingSpec, Routed, TenantRegistry};
+use crate::source::TypeRegistry;
+use crate::value::PgType;
+
+use super::FanoutError;
+
+/// The tenancy table whose changes keep the registry current.
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    pub schema: String,
+    pub name: String,
+    pub key_column: String,
+    pub attribute_columns: Vec<String>,
+}
+
+/// What every router of one run shares: the mappings as configured, with their resolved
+/// target keys, and how to type columns and tenant attributes.
+#[derive(Debug)]
+pub struct Routing {
+    pub mappings: Vec<MappingConfig>,
+    /// Per mapping, the target key (configured, or derived from the source's replica
+    /// identity at start).
+    pub keys: Vec<Vec<String>>,
+    pub types: TypeRegistry,
+    /// Tenant attribute names (all typed text: the registry holds text).
+    pub tenant_attributes: Vec<String>,
+    pub tenancy: Option<Tenancy>,
+}
+
+impl Routing {
+    /// Compiles mapping `m` against `relation`.
+    pub fn compile(
+        &self,
+        m: usize,
+        relation: &Relation,
+        seq: Option<u64>,
+    ) -> Result<MappingRoute, FanoutError> {
+        let mapping = &self.mappings[m];
+        let attrs: Vec<(&str, PgType)> = self
+            .tenant_attributes
+            .iter()
+            .map(|a| (a.as_str(), PgType::Text))
+            .collect();
+        let spec = MappingSpec {
+            id: m,
+            tenant_key: &mapping.tenant_key,
+            columns: &mapping.columns,
+            filter: mapping.filter.as_ref(),
+            key: &self.keys[m],
+        };
+        MappingRoute::compile(spec, relation, &|oid| self.types.pg_type(oid), &attrs).map_err(
+            |source| FanoutError::Mapping {
+                mapping: mapping.name.clone(),
+                seq,
+                source,
+            },
+        )
+    }
+}
+
+/// A mapping and the relation it was last compiled for.
+#[derive(Debug)]
+struct Slot {
+    mapping: usize,
+    compiled: Option<(Arc<Relation>, MappingRoute)>,
+}
+
+/// Where the tenancy table's key and attribute columns are in one relation description.
+#[derive(Debug)]
+struct TenancyColumns {
+    relation: Arc<Relation>,
+    key: usize,
+    attributes: Vec<usize>,
+}
+
+pub struct Router {
+    routing: Arc<Routing>,
+    /// Shared with the other routers until a tenancy change arrives (copy on write).
+    registry: Arc<TenantRegistry>,
+    destinations: DestinationSet,
+    slots: Vec<Slot>,
+    /// Relation oid → the slots whose source it is (resolved by name on first sight).
+    by_oid: HashMap<u32, Vec<usize>>,
+    tenancy_oid: Option<u32>,
+    tenancy_columns: Option<TenancyColumns>,
+}
+
+impl Router {
+    /// A router for `destinations`. `compiled` holds mappings already compiled against the
+    /// catalog's relations (reused while the log's descriptions match them).
+    pub fn new(
+        routing: Arc<Routing>,
+        registry: Arc<TenantRegistry>,
+        destinations: DestinationSet,
+        compiled: &[(Arc<Relation>, MappingRoute)],
+    ) -> Self {
+        let slots = compiled
+            .iter()
+            .enumerate()
+            .map(|(mapping, c)| Slot {
+                mapping,
+                compiled: Some(c.clone()),
+            })
+            .collect();
+        Router {
+            routing,
+            registry,
+            destinations,
+            slots,
+            by_oid: HashMap::new(),
+            tenancy_oid: None,
+            tenancy_columns: None,
+        }
+    }
+
+    /// Appends what `change` means for this router's destinations to `out`.
+    pub fn route(
+        &mut self,
+        change: &SequencedChange,
+        out: &mut Vec<Routed>,
+    ) -> Result<(), FanoutError> {
+        let rel = &change.change.relation;
+        if !self.by_oid.contains_key(&rel.oid) {
+            self.resolve(rel);
+        }
+        if self.tenancy_oid == Some(rel.oid) {
+            self.update_registry(change)?;
+        }
+        let Some(slots) = self.by_oid.get(&rel.oid) else {
+            return Ok(());
+        };
+        for &s in slots {
+            let slot = &mut self.slots[s];
+            let current = match &slot.compiled {
+                Some((r, _)) => Arc::ptr_eq(r, rel) || **r == **rel,
+                None => false,
+            };
+            if !current {
+                let route = self.routing.compile(slot.mapping, rel, Some(change.seq))?;
+                slot.compiled = Some((rel.clone(), route));
+            } else if let Some((r, _)) = &mut slot.compiled {
+                // Same description, new allocation: remember it so the next check is a pointer
+                // comparison.
+                if !Arc::ptr_eq(r, rel) {
+                    *r = rel.clone();
+                }
+            }
+            let Some((_, route)) = &slot.compiled else {
+                continue;
+            };
+            let before = out.len();
+            match route::plan(change, route, &self.registry, &self.destinations, out) {
+                Ok(()) => {}
+                // A row without a tenant belongs to no destination.
+                Err(route::RouteError::TenantKey {
+                    problem: route::KeyProblem::Null,
+                    ..
+                }) => out.truncate(before),
+                Err(source) => {
+                    return Err(FanoutError::Route {
+                        seq: change.seq,
+                        mapping: self.routing.mappings[slot.mapping].name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, rel: &Relation) {
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                let src = &self.routing.mappings[s.mapping].source;
+                src.schema == rel.schema && src.name == rel.name
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.by_oid.insert(rel.oid, slots);
+        if let Some(t) = &self.routing.tenancy {
+            if t.schema == rel.schema && t.name == rel.name {
+                self.tenancy_oid = Some(rel.oid);
+            }
+        }
+    }
+
+    fn update_registry(&mut self, change: &SequencedChange) -> Result<(), FanoutError> {
+        let rel = &change.change.relation;
+        let Some(tenancy) = &self.routing.tenancy else {
+            return Ok(());
+        };
+        let stale = self
+            .tenancy_columns
+            .as_ref()
+            .is_none_or(|c| !(Arc::ptr_eq(&c.relation, rel) || *c.relation == **rel));
+        if stale {
+            let find = |name: &str| rel.columns.iter().position(|c| c.name == name);
+            let missing = || FanoutError::TenancyColumns {
+                seq: change.seq,
+                table: format!("{}.{}", rel.schema, rel.name),
+            };
+            let key = find(&tenancy.key_column).ok_or_else(missing)?;
+            let attributes = tenancy
+                .attribute_columns
+                .iter()
+                .map(|c| find(c).ok_or_else(missing))
+                .collect::<Result<_, _>>()?;
+            self.tenancy_columns = Some(TenancyColumns {
+                relation: rel.clone(),
+                key,
+                attributes,
+            });
+        }
+        let Some(cols) = &self.tenancy_columns else {
+            return Ok(());
+        };
+        match Arc::make_mut(&mut self.registry).apply(&change.change, cols.key, &cols.attributes) {
+            Ok(()) => Ok(()),
+            // A tenancy row without an id names no tenant.
+            Err(route::RouteError::TenantKey {
+                problem: route::KeyProblem::Null,
+                ..
+            }) => Ok(()),
+            Err(source) => Err(FanoutError::Route {
+                seq: change.seq,
+                mapping: "[tenants]".into(),
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Start-up: read the source catalog, compile every mapping and derive every destination's
+//! target tables — all before the first change is routed, with every problem reported at once.
+
+use std::sync::Arc;
+
+use crate::change::Relation;
+use crate::config::{Config, DestinationConfig, MappingConfig};
+use crate::route::{Destination, DestinationSet, MappingRoute, TenantRegistry, Tenants};
+use crate::sink::{ColumnType, TargetColumn, TargetTable};
+use crate::source::catalog;
+
+use super::router::{Router, Routing, Tenancy};
+use super::FanoutError;
+
+/// One destination, ready to connect: its configuration and its target tables, in the order
+/// of its mappings (the table index of its ops).
+#[derive(Debug, Clone)]
+pub struct DestinationPlan {
+    pub config: DestinationConfig,
+    pub tables: Vec<TargetTable>,
+}
+
+/// Everything routing and the writers need, built once per start.
+pub struct Setup {
+    pub routing: Arc<Routing>,
+    pub registry: Arc<TenantRegistry>,
+    /// Per mapping, compiled against the catalog's description of its source table.
+    pub compiled: Vec<(Arc<Relation>, MappingRoute)>,
+    pub destinations: Vec<DestinationPlan>,
+}
+
+impl Setup {
+    /// Reads the source catalog (table descriptions, enum types, the tenant registry) and
+    /// compiles the configuration against it.
+    pub async fn load(cfg: &Config) -> Result<Setup, FanoutError> {
+        let client =
+            cfg.source
+                .conn
+                .connect_sql()
+                .await
+                .map_err(|source| FanoutError::Connect {
+                    what: "the source database (for its catalog)".into(),
+                    source,
+                })?;
+        let types = catalog::types(&client).await?;
+        let (registry, tenant_attributes, tenancy) = match &cfg.tenants {
+            None => (TenantRegistry::new(Vec::new()), Vec::new(), None),
+            Some(t) => {
+                let snapshot = catalog::tenants(&client, &t.query, t.table.as_ref()).await?;
+                let mut registry = TenantRegistry::new(snapshot.attributes.clone());
+                registry.load(snapshot.rows);
+                let tenancy = match (&t.table, snapshot.key_column) {
+                    (Some(table), Some(key_column)) => Some(Tenancy {
+                        schema: table.schema.clone(),
+                        name: table.name.clone(),
+                        key_column,
+                        attribute_columns: snapshot.attribute_columns,
+                    }),
+                    _ => None,
+                };
+                (registry, snapshot.attributes, tenancy)
+            }
+        };
+        let mut problems = Vec::new();
+        let mut relations = Vec::with_capacity(cfg.mappings.len());
+        for (i, m) in cfg.mappings.iter().enumerate() {
+            match catalog::relation(&client, &m.source).await? {
+                Some(rel) => relations.push(Some(Arc::new(rel))),
+                None => {
+                    problems.push(format!(
+                        "mappings[{i}] ({}): source table {} does not exist",
+                        m.name, m.source
+                    ));
+                    relations.push(None);
+                }
+            }
+        }
+        let keys: Vec<Vec<String>> = cfg
+            .mappings
+            .iter()
+            .zip(&relations)
+            .enumerate()
+            .map(|(i, (m, rel))| match (&m.key, rel) {
+                (Some(k), _) => k.clone(),
+                (None, Some(rel)) => {
+                    let key = default_key(m, rel);
+                    if key.is_empty() {
+                        problems.push(format!(
+                            "mappings[{i}] ({}): no target key: no replica-identity column of {} \
+                             is mapped as a plain column; set `key`",
+                            m.name, m.source
+                        ));
+                    }
+                    key
+                }
+                (None, None) => Vec::new(),
+            })
+            .collect();
+        let routing = Arc::new(Routing {
+            mappings: cfg.mappings.clone(),
+            keys,
+            types,
+            tenant_attributes,
+            tenancy,
+        });
+        let mut compiled = Vec::with_capacity(cfg.mappings.len());
+        for (m, rel) in relations.iter().enumerate() {
+            let Some(rel) = rel else { continue };
+            match routing.compile(m, rel, None) {
+                Ok(route) => compiled.push((rel.clone(), route)),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(FanoutError::Setup { problems });
+        }
+        let destinations = cfg
+            .destinations
+            .iter()
+            .map(|d| DestinationPlan {
+                config: d.clone(),
+                tables: d
+                    .mappings
+                    .iter()
+                    .map(|&m| target_table(d, &cfg.mappings[m], &compiled[m].1))
+                    .collect(),
+            })
+            .collect();
+        Ok(Setup {
+            routing,
+            registry: Arc::new(registry),
+            compiled,
+            destinations,
+        })
+    }
+
+    /// The routing index of destinations `which` (all when `None`), with `tenant` narrowing
+    /// each to that one tenant (replay of one tenant).
+    pub fn destination_set(&self, which: Option<usize>, tenant: Option<&str>) -> DestinationSet {
+        let list = self
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                if which.is_some_and(|w| w != i) {
+                    return Destination {
+                        tenants: Tenants::Some(Default::default()),
+                        mappings: Vec::new(),
+                    };
+                }
+                let tenants = match (tenant, &d.config.tenants) {
+                    (None, t) => t.clone(),
+                    (Some(t), Tenants::All) => Tenants::Some([t.to_owned()].into()),
+                    (Some(t), Tenants::Some(set)) => {
+                        Tenants::Some(set.iter().filter(|s| *s == t).cloned().collect())
+                    }
+                };
+                Destination {
+                    tenants,
+                    mappings: d.config.mappings.clone(),
+                }
+            })
+            .collect();
+        DestinationSet::new(list)
+    }
+
+    /// A router for destinations `which` (all when `None`); see [`Setup::destination_set`].
+    pub fn router(&self, which: Option<usize>, tenant: Option<&str>) -> Router {
+        Router::new(
+            self.routing.clone(),
+            self.registry.clone(),
+            self.destination_set(which, tenant),
+            &self.compiled,
+        )
+    }
+}
+
+/// The target key when none is configured: the mapped columns that are plain copies of the
+/// source's replica-identity columns, in mapping order.
+fn default_key(m: &MappingConfig, rel: &Relation) -> Vec<String> {
+    m.columns
+        .iter()
+        .filter(|(_, e)| {
+            e.as_column()
+                .is_some_and(|c| rel.columns.iter().any(|rc| rc.name == c && rc.is_key))
+        })
+        .map(|(t, _)| t.clone())
+        .collect()
+}
+
+/// The target table of mapping `m` in destination `d`: one column per mapped column, typed as
+/// configured or as the expression's type, NOT NULL for key columns.
+fn target_table(d: &DestinationConfig, m: &MappingConfig, route: &MappingRoute) -> TargetTable {
+    let columns = route
+        .mapping
+        .output_types()
+        .iter()
+        .map(|(name, ty)| {
+            let ty = m
+                .types
+                .iter()
+                .find(|(c, _)| c == name)
+                .map_or_else(|| ColumnType::Known(ty.clone()), |(_, t)| t.clone());
+            TargetColumn::new(name.clone(), ty, !route.key.contains(name))
+        })
+        .collect();
+    TargetTable {
+        schema: d.schema.clone(),
+        name: m.target.clone(),
+        columns,
+        key: route.key.clone(),
+        version_column: d.version_column.clone(),
+        soft_delete: d.soft_delete,
+    }
+}

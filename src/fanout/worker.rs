@@ -1,0 +1,340 @@
+//! One destination's writer: batches its operations and applies them through its sink,
+//! reading from the dispatcher's queue while attached and from the change log itself while
+//! catching up.
+//!
+//! **The chunk rule.** The worker keeps `next_seq`, the first seq it has not taken into a
+//! batch yet (the watermark + 1 after a flush). A chunk covering seqs `from..=to`:
+//! - `to < next_seq`: already taken; dropped.
+//! - `from > next_seq`: the dispatcher routed `next_seq..from` without this destination
+//!   (it was detached); those changes are read from the log first.
+//! - otherwise its ops at or after `next_seq` are taken and `next_seq = to + 1`.
+//!
+//! So a chunk may be dropped or arrive late without losing or repeating anything, and the
+//! hand-over between the dispatcher and the worker's own reading needs no lock-step.
+//!
+//! Any failure (connection, statement, schema) ends the session: the batch in memory is
+//! dropped, the destination detaches, waits with capped jittered backoff, reconnects and
+//! resumes from the watermark stored in the destination. That is the crash path, so it is
+//! the only path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, error, info, warn};
+
+use crate::changelog::{LogError, LogReader, LogRecord, Readers};
+use crate::route::{Planned, Routed};
+use crate::sink::{Batch, PostgresSink, SinkError};
+use crate::source::conninfo::SqlConnectError;
+use crate::value::Timestamp;
+
+use super::dispatch::Chunk;
+use super::router::Router;
+use super::setup::{DestinationPlan, Setup};
+use super::{until_stopped, DestShared, DestinationState, FanoutError};
+
+/// Records read from the log per step while catching up.
+const CATCH_UP_READ: usize = 4096;
+/// While idle, the watermark of an attached destination moves at most this often.
+const IDLE_WATERMARK_EVERY: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WorkerError {
+    #[error(transparent)]
+    Connect(#[from] SqlConnectError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Route(#[from] FanoutError),
+    #[error("the change log reader thread failed")]
+    ReaderGone,
+}
+
+pub(super) struct Worker {
+    pub index: usize,
+    pub plan: DestinationPlan,
+    pub setup: Arc<Setup>,
+    pub readers: Readers,
+    pub rx: mpsc::Receiver<Chunk>,
+    pub shared: Arc<DestShared>,
+    pub stop: watch::Receiver<bool>,
+    pub catch_up_permits: Arc<Semaphore>,
+}
+
+/// The log reader (and a router for this destination alone) used while catching up and to
+/// fill gaps.
+struct OwnReader {
+    reader: Option<LogReader>,
+    router: Router,
+}
+
+/// The batch being built and what was written.
+struct Pending {
+    batch: Batch<'static>,
+    rows: usize,
+    started: Option<Instant>,
+    next_seq: u64,
+    commit_time: Option<Timestamp>,
+    written: u64,
+    last_write: Instant,
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        &self.plan.config.name
+    }
+
+    pub async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let result = self.session().await;
+            let stopping = *self.stop.borrow();
+            if stopping {
+                self.shared.set_state(DestinationState::Stopped, None);
+                return;
+            }
+            let e = match result {
+                Ok(()) => {
+                    self.shared.set_state(DestinationState::Stopped, None);
+                    return;
+                }
+                Err(e) => e,
+            };
+            if let WorkerError::Log(LogError::SeqTooOld { requested, oldest }) = &e {
+                error!(destination = %self.name(), watermark = requested - 1, oldest_retained = oldest, "destination needs a resync: the change log no longer holds the changes after its watermark");
+                self.shared
+                    .set_state(DestinationState::NeedsResync, Some(e.to_string()));
+                return;
+            }
+            self.shared.detached.store(true, Ordering::SeqCst);
+            if started.elapsed() >= HEALTHY_SESSION {
+                backoff = FIRST_BACKOFF;
+            }
+            let delay = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            warn!(destination = %self.name(), error = %e, retry_in = ?delay, "destination failed; retrying from its watermark");
+            self.shared
+                .set_state(DestinationState::Retrying, Some(e.to_string()));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = until_stopped(&mut self.stop) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&mut self) -> Result<(), WorkerError> {
+        let cfg = &self.plan.config;
+        let client = cfg.conn.connect_sql().await?;
+        let mut sink = PostgresSink::new(client, cfg.schema.clone());
+        sink.ensure_tables(&self.plan.tables, cfg.create_tables)
+            .await?;
+        let watermark = sink.watermark(&cfg.name).await?;
+        info!(destination = %cfg.name, watermark, "destination connected");
+        self.shared.record_write(watermark, None);
+        let mut p = Pending {
+            batch: Batch::new(watermark),
+            rows: 0,
+            started: None,
+            next_seq: watermark + 1,
+            commit_time: None,
+            written: watermark,
+            last_write: Instant::now(),
+        };
+        let mut own: Option<OwnReader> = None;
+        loop {
+            let stopping = *self.stop.borrow();
+            if stopping {
+                self.flush(&mut sink, &mut p).await?;
+                return Ok(());
+            }
+            if self.shared.detached.load(Ordering::SeqCst) {
+                self.shared.set_state(DestinationState::CatchingUp, None);
+                // Queued chunks predate the detachment; the log has all of it.
+                while self.rx.try_recv().is_ok() {}
+                let at_end = self.read_own(&mut own, &mut p, None).await?;
+                if self.due(&p) {
+                    self.flush(&mut sink, &mut p).await?;
+                }
+                if at_end {
+                    self.shared.reattach.store(true, Ordering::SeqCst);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = until_stopped(&mut stop) => {}
+                    }
+                }
+                continue;
+            }
+            self.shared.set_state(DestinationState::Streaming, None);
+            let deadline = self.deadline(&p);
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                chunk = self.rx.recv() => match chunk {
+                    Some(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
+                    None => {
+                        self.flush(&mut sink, &mut p).await?;
+                        return Ok(());
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = until_stopped(&mut stop) => {}
+            }
+            if self.due(&p) {
+                self.flush(&mut sink, &mut p).await?;
+            }
+        }
+    }
+
+    async fn take_chunk(
+        &self,
+        own: &mut Option<OwnReader>,
+        p: &mut Pending,
+        chunk: Chunk,
+    ) -> Result<(), WorkerError> {
+        if chunk.to_seq < p.next_seq {
+            return Ok(());
+        }
+        while chunk.from_seq > p.next_seq {
+            debug!(destination = %self.name(), from = p.next_seq, to = chunk.from_seq - 1, "filling a gap from the change log");
+            self.read_own(own, p, Some(chunk.from_seq)).await?;
+        }
+        for (table, op) in chunk.ops {
+            if op.seq() >= p.next_seq {
+                p.push(table, op);
+            }
+        }
+        p.advance(chunk.to_seq, chunk.commit_time);
+        Ok(())
+    }
+
+    /// Reads up to [`CATCH_UP_READ`] records from the log at `next_seq` (stopping before
+    /// `until` when given) and routes them for this destination. Returns whether it reached
+    /// the durable end of the log.
+    async fn read_own(
+        &self,
+        own: &mut Option<OwnReader>,
+        p: &mut Pending,
+        until: Option<u64>,
+    ) -> Result<bool, WorkerError> {
+        let o = own.get_or_insert_with(|| OwnReader {
+            reader: None,
+            router: self.setup.router(Some(self.index), None),
+        });
+        let mut reader = match o.reader.take() {
+            Some(r) if r.next_seq() == p.next_seq => r,
+            _ => self.readers.open(p.next_seq)?,
+        };
+        let _permit = self.catch_up_permits.acquire().await;
+        let (reader, records, at_end) = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            let mut at_end = false;
+            while records.len() < CATCH_UP_READ {
+                if until.is_some_and(|u| reader.next_seq() >= u) {
+                    break;
+                }
+                match reader.next_record() {
+                    Ok(Some(r)) => records.push(r),
+                    Ok(None) => {
+                        at_end = true;
+                        break;
+                    }
+                    Err(e) => return (reader, Err(e), false),
+                }
+            }
+            (reader, Ok(records), at_end)
+        })
+        .await
+        .map_err(|_| WorkerError::ReaderGone)?;
+        let records = records?;
+        let mut routed: Vec<Routed> = Vec::new();
+        for record in records {
+            match record {
+                LogRecord::Change(c) => {
+                    o.router.route(&c, &mut routed)?;
+                    for r in routed.drain(..) {
+                        p.push(r.table, r.op);
+                    }
+                    p.advance(c.seq, None);
+                }
+                LogRecord::Commit(ci) => p.advance(ci.last_seq, Some(ci.commit_time)),
+            }
+        }
+        if until.is_some_and(|u| reader.next_seq() < u) && at_end {
+            // The dispatcher routed up to `until`, so the log holds it durably: only a reader
+            // of a closed log ends early. Nothing more can come.
+            return Err(WorkerError::ReaderGone);
+        }
+        o.reader = Some(reader);
+        Ok(at_end)
+    }
+
+    fn due(&self, p: &Pending) -> bool {
+        let cfg = &self.plan.config;
+        if p.rows >= cfg.batch_rows {
+            return true;
+        }
+        match p.started {
+            Some(t) => t.elapsed() >= cfg.flush_interval,
+            None => p.batch.last_seq > p.written && p.last_write.elapsed() >= IDLE_WATERMARK_EVERY,
+        }
+    }
+
+    fn deadline(&self, p: &Pending) -> Instant {
+        match p.started {
+            Some(t) => t + self.plan.config.flush_interval,
+            None if p.batch.last_seq > p.written => p.last_write + IDLE_WATERMARK_EVERY,
+            None => Instant::now() + Duration::from_secs(3600),
+        }
+    }
+
+    async fn flush(&self, sink: &mut PostgresSink, p: &mut Pending) -> Result<(), WorkerError> {
+        if p.batch.last_seq <= p.written {
+            return Ok(());
+        }
+        let last_seq = p.batch.last_seq;
+        let batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
+        sink.apply(self.name(), &batch).await?;
+        p.written = batch.last_seq;
+        p.rows = 0;
+        p.started = None;
+        p.last_write = Instant::now();
+        self.shared.record_write(p.written, p.commit_time);
+        Ok(())
+    }
+}
+
+impl Pending {
+    fn push(&mut self, table: usize, op: Planned) {
+        match op {
+            Planned::Row(op) => {
+                self.batch.ops.push((table, op));
+                self.rows += 1;
+            }
+            Planned::Truncate { seq } => {
+                self.batch.truncate(table, seq);
+                self.rows += 1;
+            }
+        }
+        self.started.get_or_insert_with(Instant::now);
+    }
+
+    /// Everything up to `seq` is taken.
+    fn advance(&mut self, seq: u64, commit_time: Option<Timestamp>) {
+        if seq >= self.next_seq {
+            self.next_seq = seq + 1;
+            self.batch.last_seq = seq;
+        }
+        if commit_time.is_some() {
+            self.commit_time = commit_time;
+        }
+    }
+}
