@@ -5,6 +5,8 @@
 //!   source (replication session) ─▶ privilege, wal_level, publication, slot
 //!   state database                ─▶ reachable, schema migrated
 //!   change log directory          ─▶ readable, intact tail, writer lock
+//!   mappings                      ─▶ compiled against the source catalog (every problem)
+//!   destinations                  ─▶ reachable
 //! ```
 
 use std::fmt;
@@ -76,7 +78,34 @@ pub async fn check(cfg: &Config) -> Report {
     check_source(cfg, &mut report).await;
     check_state(cfg, &mut report).await;
     check_log(cfg, &mut report).await;
+    check_fanout(cfg, &mut report).await;
     report
+}
+
+/// The mappings through the same start-up code `run` uses, then a connection per destination.
+/// Target tables are checked when a destination's writer starts (that step may create them).
+async fn check_fanout(cfg: &Config, report: &mut Report) {
+    if cfg.mappings.is_empty() && cfg.destinations.is_empty() {
+        return;
+    }
+    match crate::fanout::Setup::load(cfg).await {
+        Ok(setup) => report.push(
+            "mappings",
+            Outcome::Ok(format!(
+                "{} mapping(s) compile against the source tables; {} tenant(s) loaded",
+                cfg.mappings.len(),
+                setup.registry.len()
+            )),
+        ),
+        Err(e) => report.push("mappings", Outcome::Problem(e.to_string())),
+    }
+    for d in &cfg.destinations {
+        let outcome = match d.conn.connect_sql().await {
+            Ok(_) => Outcome::Ok(format!("{}: reachable", d.name)),
+            Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+        };
+        report.push("destination", outcome);
+    }
 }
 
 async fn check_source(cfg: &Config, report: &mut Report) {
