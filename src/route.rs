@@ -343,9 +343,23 @@ impl MappingRoute {
             }
             key_columns.push(spec.columns[pos].clone());
         }
-        let mapping =
-            CompiledMapping::compile(relation, type_of, tenant_attrs, spec.columns, spec.filter)?;
-        let (Some(tenant_key_index), true) = (tenant_key_index, problems.is_empty()) else {
+        // One list with the expression problems too: `check` must show everything at once.
+        let mapping = match CompiledMapping::compile(
+            relation,
+            type_of,
+            tenant_attrs,
+            spec.columns,
+            spec.filter,
+        ) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                problems.extend(e.problems.iter().map(|p| p.to_string()));
+                None
+            }
+        };
+        let (Some(tenant_key_index), Some(mapping), true) =
+            (tenant_key_index, mapping, problems.is_empty())
+        else {
             return Err(SetupError::Problems {
                 relation: name,
                 problems,

@@ -3,9 +3,14 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use pgfanout::localpg::{LocalPostgres, Options};
 use support::*;
 
 const TENANT_A: &str = "00000000-0000-0000-0000-00000000000a";
@@ -39,6 +44,11 @@ impl Daemon {
         self.0.signal("-TERM");
         self.0.wait().unwrap()
     }
+
+    fn kill9(mut self) {
+        self.0.signal("-KILL");
+        let _ = self.0.wait();
+    }
 }
 
 const SOURCE_SCHEMA: &str = "
@@ -54,12 +64,12 @@ const SOURCE_SCHEMA: &str = "
         PRIMARY KEY (tenancy_id, id)
     );";
 
-/// The source projected through the `users` mapping for one tenant, as text rows.
+/// The source projected through the `users` mapping for some tenants, as text rows.
 const SOURCE_PROJECTION: &str = "
     SELECT pu.id::text, t.project_id, pu.display_name, lower(pu.email), pu.created_at::text,
            md5(pu.bio)
     FROM project_user pu LEFT JOIN tenancy t ON t.id = pu.tenancy_id
-    WHERE pu.tenancy_id = $1::text::uuid AND NOT pu.is_anonymous
+    WHERE pu.tenancy_id = ANY($1::text[]::uuid[]) AND NOT pu.is_anonymous
     ORDER BY pu.id";
 
 const TARGET_ROWS: &str = "
@@ -90,37 +100,79 @@ bio = "bio"
     .to_owned()
 }
 
+/// A `postgres://` URL for `db` on `pg`, over its unix socket.
+fn url_on(pg: &LocalPostgres, db: &str) -> String {
+    format!(
+        "postgres://postgres@/{db}?host={}&port={}",
+        pg.socket_dir().display(),
+        pg.port()
+    )
+}
+
 fn destination_toml(name: &str, db: &str, tenants: &[&str]) -> String {
-    let pg = server();
+    destination_toml_on(server(), name, db, tenants)
+}
+
+/// A destination receiving the `users` mapping of `tenants` into `db` on `pg`.
+fn destination_toml_on(pg: &LocalPostgres, name: &str, db: &str, tenants: &[&str]) -> String {
     let list: Vec<String> = tenants.iter().map(|t| format!("\"{t}\"")).collect();
     format!(
         "\n[[destinations]]\nname = \"{name}\"\nkind = \"postgres\"\n\
-         url = \"postgres://postgres@/{db}?host={}&port={}\"\ntenants = [{}]\n\
+         url = \"{}\"\ntenants = [{}]\n\
          mappings = [\"users\"]\nflush_interval = \"50ms\"\n",
-        pg.socket_dir().display(),
-        pg.port(),
+        url_on(pg, db),
         list.join(", ")
     )
 }
 
 fn write_config(dir: &Path, db: &str, destinations: &str) -> PathBuf {
-    let pg = server();
+    write_config_with(
+        dir,
+        db,
+        &["public.tenancy", "public.project_user"],
+        &(mapping_toml() + destinations),
+    )
+}
+
+/// A configuration streaming `tables` of `db` into `dir/log`, followed by `rest` (tenants,
+/// mappings, destinations).
+fn write_config_with(dir: &Path, db: &str, tables: &[&str], rest: &str) -> PathBuf {
     let path = dir.join("pgfanout.toml");
+    let tables: Vec<String> = tables.iter().map(|t| toml_str(t)).collect();
     std::fs::write(
         &path,
         format!(
-            "[source]\nurl = \"postgres://postgres@/{db}?host={}&port={}\"\nslot = \"s_{db}\"\n\
-             tables = [\"public.tenancy\", \"public.project_user\"]\nstatus_interval = \"100ms\"\n\
-             [log]\ndir = \"{}\"\nsync_interval = \"20ms\"\n\
-             [state]\ncheckpoint_interval = \"200ms\"\n{}{destinations}",
-            pg.socket_dir().display(),
-            pg.port(),
-            dir.join("log").display(),
-            mapping_toml(),
+            "[source]\nurl = {}\nslot = \"s_{db}\"\n\
+             tables = [{}]\nstatus_interval = \"100ms\"\n\
+             [log]\ndir = {}\nsync_interval = \"20ms\"\n\
+             [state]\ncheckpoint_interval = \"200ms\"\n{rest}",
+            toml_str(&url_on(server(), db)),
+            tables.join(", "),
+            toml_str(&dir.join("log").display().to_string()),
         ),
     )
     .unwrap();
     path
+}
+
+/// `s` as a TOML basic string (also usable as a quoted key).
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `s` as a PostgreSQL quoted identifier (written here, not taken from the code under test).
+fn qi(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 type Rows = Vec<Vec<Option<String>>>;
@@ -135,8 +187,8 @@ fn text_rows(rows: &[tokio_postgres::Row]) -> Rows {
         .collect()
 }
 
-async fn source_rows(source: &tokio_postgres::Client, tenant: &str) -> Rows {
-    text_rows(&source.query(SOURCE_PROJECTION, &[&tenant]).await.unwrap())
+async fn source_rows(source: &tokio_postgres::Client, tenants: &[&str]) -> Rows {
+    text_rows(&source.query(SOURCE_PROJECTION, &[&tenants]).await.unwrap())
 }
 
 /// The target's rows; none before the destination first connected and created its table.
@@ -148,39 +200,169 @@ async fn target_rows(target: &tokio_postgres::Client) -> Rows {
     }
 }
 
+/// What tells `want` and `got` apart: counts, and a few missing and extra rows.
+fn diff(want: &Rows, got: &Rows) -> String {
+    use std::collections::HashMap;
+    let count = |rows: &Rows| {
+        let mut m: HashMap<Vec<Option<String>>, usize> = HashMap::new();
+        for r in rows {
+            *m.entry(r.clone()).or_default() += 1;
+        }
+        m
+    };
+    let (w, g) = (count(want), count(got));
+    let short = |r: &Vec<Option<String>>| {
+        r.iter()
+            .map(|c| match c {
+                Some(c) if c.len() > 40 => format!("{}…", &c[..40]),
+                Some(c) => c.clone(),
+                None => "NULL".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let missing: Vec<String> = w
+        .iter()
+        .filter(|(r, n)| g.get(*r).unwrap_or(&0) < n)
+        .map(|(r, _)| short(r))
+        .take(5)
+        .collect();
+    let extra: Vec<String> = g
+        .iter()
+        .filter(|(r, n)| w.get(*r).unwrap_or(&0) < n)
+        .map(|(r, _)| short(r))
+        .take(5)
+        .collect();
+    format!(
+        "{} rows expected, {} found; missing (first 5): {missing:#?}; extra or stale (first 5): {extra:#?}",
+        want.len(),
+        got.len()
+    )
+}
+
+/// Waits until `target` holds exactly the projection of `tenants`; returns its row count.
+async fn wait_equal(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    what: &str,
+    tenants: &[&str],
+) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let want = source_rows(source, tenants).await;
+        let got = target_rows(target).await;
+        if want == got {
+            return want.len();
+        }
+        if std::env::var("PGFANOUT_TEST_DIFF").is_ok() {
+            eprintln!("{what}: {}", diff(&want, &got));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} to equal the projection of {tenants:?}: {}",
+            diff(&want, &got)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until every target holds exactly its tenant's projection; returns the row counts.
 async fn wait_converged(source: &tokio_postgres::Client, targets: &[(&str, &str)]) -> Vec<usize> {
     let mut counts = Vec::new();
     for &(db, tenant) in targets {
         let target = sql(db).await;
-        let n = wait_for(
-            &format!("{db} to equal tenant {tenant}'s projection"),
-            || async {
-                let want = source_rows(source, tenant).await;
-                let got = target_rows(&target).await;
-                if want != got && std::env::var("PGFANOUT_TEST_DIFF").is_ok() {
-                    let missing: Vec<_> =
-                        want.iter().filter(|r| !got.contains(r)).take(3).collect();
-                    let extra: Vec<_> = got.iter().filter(|r| !want.contains(r)).take(3).collect();
-                    eprintln!(
-                        "{db}: {} vs {} rows; missing {missing:?}; extra {extra:?}",
-                        want.len(),
-                        got.len()
-                    );
-                }
-                (want == got).then_some(want.len())
-            },
-        )
-        .await;
-        counts.push(n);
+        counts.push(wait_equal(source, &target, db, &[tenant]).await);
     }
     counts
 }
 
-/// Waits until the daemon streams from its slot: changes from then on reach it.
-async fn wait_streaming(source: &tokio_postgres::Client, db: &str) {
+/// The seq a destination recorded in `schema`'s watermark table (None before it has one).
+async fn watermark(
+    target: &tokio_postgres::Client,
+    schema: &str,
+    destination: &str,
+) -> Option<i64> {
+    let query = format!(
+        "SELECT seq FROM {}._pgfanout_watermarks WHERE destination = $1",
+        qi(schema)
+    );
+    match target.query_opt(&query, &[&destination]).await {
+        Ok(row) => row.map(|r| r.get(0)),
+        Err(e) if e.code().is_some_and(|c| c.code() == "42P01") => None,
+        Err(e) => panic!("reading the watermark of {destination}: {e}"),
+    }
+}
+
+/// The last seq in the change log at `dir`.
+async fn log_last_seq(dir: &Path) -> u64 {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || pgfanout::changelog::summary(&dir))
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seq
+}
+
+/// Waits until each (target, schema, destination) records the change log's last seq as its
+/// watermark (idle destinations move theirs every few seconds); returns that seq.
+async fn wait_watermarks(log_dir: &Path, targets: &[(&tokio_postgres::Client, &str, &str)]) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = log_last_seq(log_dir).await;
+        let mut marks = Vec::new();
+        for (client, schema, destination) in targets {
+            marks.push(watermark(client, schema, destination).await);
+        }
+        if last > 0 && marks.iter().all(|m| *m == Some(last as i64)) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the watermarks to reach the change log's last seq {last}: {marks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `pgfanout ARGS --config CONFIG` to its end, off the runtime.
+async fn cli(args: &[&str], config: &Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfanout"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `pgfanout status --json`; its destinations by name.
+async fn destination_status(config: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let out = cli(&["status", "--json"], config).await;
+    assert!(
+        out.status.success(),
+        "pgfanout status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["destinations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no destinations in {status}"))
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap().to_owned(), d.clone()))
+        .collect()
+}
+
+/// Waits until the daemon streams from its slot: changes from then on reach it. Fails at once
+/// if the daemon exits instead.
+async fn wait_streaming(daemon: &mut Daemon, source: &tokio_postgres::Client, db: &str) {
     let slot = format!("s_{db}");
-    wait_for("the daemon to stream from its slot", || async {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = daemon.0 .0.try_wait().unwrap() {
+            panic!("pgfanout run exited with {status} before streaming");
+        }
         let row = source
             .query_opt(
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
@@ -188,9 +370,15 @@ async fn wait_streaming(source: &tokio_postgres::Client, db: &str) {
             )
             .await
             .unwrap();
-        row.map(|_| ())
-    })
-    .await;
+        if row.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the daemon to stream from its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn seed(source: &tokio_postgres::Client) {
@@ -261,8 +449,8 @@ async fn each_tenant_database_equals_its_projection() {
         + &destination_toml("b", &b, &[TENANT_B])
         + &destination_toml("c", &c, &[TENANT_C]);
     let config = write_config(dir.path(), &db, &destinations);
-    let daemon = Daemon::start(&config);
-    wait_streaming(&source, &db).await;
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
     mixed_workload(&source).await;
     let counts = wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B), (&c, TENANT_C)]).await;
     assert!(counts.iter().all(|&n| n > 100), "{counts:?}");
@@ -278,4 +466,832 @@ async fn each_tenant_database_equals_its_projection() {
         .unwrap();
     wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B), (&c, TENANT_C)]).await;
     assert!(daemon.stop().success());
+}
+
+const TENANTS: [&str; 4] = [TENANT_A, TENANT_B, TENANT_C, TENANT_D];
+
+/// Rounds of inserts, updates, deletes, filter flips, key changes and tenant moves across all
+/// four tenants, in transactions of their own, until `stop` or `max_rounds`; returns the
+/// rounds done. Ids are unique across tenants and workers (a moved row keeps its id), so one
+/// target table can hold several tenants.
+async fn churn(db: String, worker: i32, stop: Arc<AtomicBool>, max_rounds: i32) -> i32 {
+    let c = sql(&db).await;
+    let mut r = 0;
+    while r < max_rounds && !stop.load(Ordering::Relaxed) {
+        let base = 1_000_000 * (worker + 1) + r * 10;
+        let t = TENANTS[(r + worker) as usize % 4];
+        let other = TENANTS[(r + worker + 1) as usize % 4];
+        let statements = [
+            format!(
+                "BEGIN;
+                 INSERT INTO project_user (tenancy_id, id, display_name, email, is_anonymous, bio)
+                     SELECT '{t}', g, 'u' || g, 'E' || g || '@X.org', g % 10 = 5, 'bio ' || g
+                     FROM generate_series({base}, {base} + 9) g;
+                 UPDATE project_user SET display_name = display_name || ' edited' WHERE id = {base} + 1;
+                 COMMIT;"
+            ),
+            // A tenant move.
+            format!("UPDATE project_user SET tenancy_id = '{other}', display_name = 'moved' WHERE id = {base} + 2"),
+            format!("DELETE FROM project_user WHERE id = {base} + 3"),
+            // The filter flips both ways (id % 10 = 5 starts anonymous).
+            format!("UPDATE project_user SET is_anonymous = NOT is_anonymous WHERE id IN ({base} + 4, {base} + 5)"),
+            // A key change.
+            format!("UPDATE project_user SET id = id + 500000 WHERE id = {base} + 6"),
+            // Rows of an earlier round, wherever they are now; two statements, one transaction.
+            format!(
+                "UPDATE project_user SET email = 'r{r}@x.org' WHERE id IN ({base} - 20 + 7, {base} - 20 + 2);
+                 DELETE FROM project_user WHERE id = {base} - 20 + 8;"
+            ),
+        ];
+        for s in &statements {
+            c.batch_execute(s).await.unwrap();
+        }
+        r += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    const KILLS: u32 = 12;
+    let db = fresh_db("fan_kill").await;
+    let source = sql(&db).await;
+    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
+    seed(&source).await;
+    let (a, b, c) = (
+        fresh_db("fan_kill_a").await,
+        fresh_db("fan_kill_b").await,
+        fresh_db("fan_kill_c").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let destinations = destination_toml("a", &a, &[TENANT_A])
+        + &destination_toml("b", &b, &[TENANT_B])
+        + &destination_toml("c", &c, &[TENANT_C]);
+    let config = write_config(dir.path(), &db, &destinations);
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(churn(db.clone(), w, stop.clone(), i32::MAX)))
+        .collect();
+    for _ in 0..KILLS {
+        let ms = 100 + rand::random::<u64>() % 600;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        daemon.kill9();
+        daemon = Daemon::start(&config);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut rounds = 0;
+    for w in writers {
+        rounds += w.await.unwrap();
+    }
+    eprintln!("{KILLS} kills during {rounds} workload rounds");
+    assert!(rounds >= 50, "the workload ran only {rounds} rounds");
+
+    let counts = wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B), (&c, TENANT_C)]).await;
+    assert!(counts.iter().all(|&n| n > 20), "{counts:?}");
+    let targets = [sql(&a).await, sql(&b).await, sql(&c).await];
+    let last = wait_watermarks(
+        &dir.path().join("log"),
+        &[
+            (&targets[0], "public", "a"),
+            (&targets[1], "public", "b"),
+            (&targets[2], "public", "c"),
+        ],
+    )
+    .await;
+    // Every change of the workload is in the log once: per round 10 inserts + 1 update, a
+    // move, a delete, 2 flips, a key change, then 2 updates + 1 delete of rows two rounds
+    // back (which exist from each worker's third round on). The seed predates the slot.
+    assert_eq!(
+        last,
+        19 * rounds as u64 - 2 * 2 * 3,
+        "changes in the log after {rounds} rounds"
+    );
+    pgfanout::changelog::verify(&dir.path().join("log")).unwrap();
+    assert!(daemon.stop().success());
+}
+
+/// Where PostgreSQL's server programs are (as `LocalPostgres` finds them).
+fn pg_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGFANOUT_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin"))
+}
+
+/// Runs `pg_ctl -D DATA ARGS` for `pg`, as the user its files belong to (`LocalPostgres` runs
+/// the server as `postgres` when we are root). `LocalPostgres` exposes no restart, so this
+/// stops and starts its server in place: same directory, same port (postgresql.auto.conf).
+fn pg_ctl(pg: &LocalPostgres, args: &[&str]) {
+    use std::os::unix::fs::MetadataExt;
+    let data = pg.socket_dir().join("data");
+    let meta = std::fs::metadata(&data).unwrap();
+    let mut cmd = Command::new(pg_bin_dir().join("pg_ctl"));
+    cmd.arg("-D")
+        .arg(&data)
+        .args(args)
+        .current_dir(pg.socket_dir())
+        .env_remove("PGDATA")
+        .env_remove("PGPORT")
+        .env_remove("PGHOST");
+    if meta.uid() != own_uid() {
+        cmd.uid(meta.uid()).gid(meta.gid());
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// This process's uid (from /proc, without libc).
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// Inserts rows of about 1.4 kB (not compressed, not TOASTed) for all four tenants until
+/// `stop`: about a megabyte of WAL a second. Returns the rounds done.
+async fn insert_load(db: String, stop: Arc<AtomicBool>) -> i32 {
+    let c = sql(&db).await;
+    let mut r = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let base = 5_000_000 + r * 10;
+        let t = TENANTS[r as usize % 4];
+        c.execute(
+            "INSERT INTO project_user (tenancy_id, id, display_name, email, bio)
+             SELECT $1::text::uuid, g, 'load ' || g, 'L' || g || '@x.org',
+                    (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 44))
+             FROM generate_series($2::int, $2::int + 9) g",
+            &[&t, &base],
+        )
+        .await
+        .unwrap();
+        r += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r
+}
+
+async fn current_wal_lsn(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wal_bytes_since(client: &tokio_postgres::Client, lsn: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint",
+            &[&lsn],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// WAL the slot holds back: from its confirmed position to the server's current one.
+async fn slot_retained_wal(client: &tokio_postgres::Client, slot: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_target_does_not_hold_back_the_others() {
+    const OUTAGE: Duration = Duration::from_secs(30);
+    const MAX_LAG: Duration = Duration::from_secs(2);
+    const MAX_RETAINED: i64 = 16 * 1024 * 1024;
+    let pg2 = tokio::task::spawn_blocking(|| {
+        LocalPostgres::start(&Options::default()).expect("start a second PostgreSQL")
+    })
+    .await
+    .unwrap();
+    let db = fresh_db("fan_stall").await;
+    let source = sql(&db).await;
+    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
+    seed(&source).await;
+    let (a, b) = (fresh_db("fan_stall_a").await, fresh_db("fan_stall_b").await);
+    let c = "fan_stall_c";
+    pg2.create_database(c).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let destinations = destination_toml("a", &a, &[TENANT_A])
+        + &destination_toml("b", &b, &[TENANT_B])
+        + &destination_toml_on(&pg2, "c", c, &[TENANT_C]);
+    let config = write_config(dir.path(), &db, &destinations);
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(insert_load(db.clone(), stop.clone()));
+    {
+        let target_c = pg2.sql(c).await.unwrap();
+        wait_for("destination c to receive rows", || async {
+            (!target_rows(&target_c).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+
+    // The outage.
+    let slot = format!("s_{db}");
+    let wal_at_stop = current_wal_lsn(&source).await;
+    pg_ctl(&pg2, &["-m", "fast", "-w", "stop"]);
+    let stopped = Instant::now();
+    let served = [(TENANT_A, sql(&a).await), (TENANT_B, sql(&b).await)];
+    let mut lags = Vec::new();
+    let mut retained = Vec::new();
+    let mut c_during_outage = None;
+    let mut marker = 0;
+    while stopped.elapsed() < OUTAGE {
+        marker += 1;
+        let id = 9_000_000 + marker;
+        let (tenant, target) = &served[marker as usize % 2];
+        let inserted = Instant::now();
+        source
+            .execute(
+                "INSERT INTO project_user (tenancy_id, id, display_name) VALUES ($1::text::uuid, $2, 'marker')",
+                &[tenant, &id],
+            )
+            .await
+            .unwrap();
+        loop {
+            let found = match target
+                .query_opt("SELECT 1 FROM users WHERE id = $1", &[&id])
+                .await
+            {
+                Ok(row) => row.is_some(),
+                Err(e) => panic!("reading the target of {tenant}: {e}"),
+            };
+            if found {
+                break;
+            }
+            assert!(
+                inserted.elapsed() < WAIT,
+                "marker {id} for {tenant} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lags.push(inserted.elapsed());
+        retained.push(slot_retained_wal(&source, &slot).await);
+        if c_during_outage.is_none() && stopped.elapsed() > Duration::from_secs(3) {
+            let status = destination_status(&config).await;
+            let d = &status["c"];
+            let state = d["state"].as_str().unwrap_or_default();
+            if (state == "retrying" || state == "catching up") && d["last_error"].is_string() {
+                c_during_outage = Some(d.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let wal_during_outage = wal_bytes_since(&source, &wal_at_stop).await;
+    pg_ctl(
+        &pg2,
+        &[
+            "-l",
+            &pg2.log_file().display().to_string(),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+    );
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.await.unwrap();
+    eprintln!(
+        "outage: {} markers, lags {lags:?}; retained WAL {retained:?}; {wal_during_outage} bytes of WAL written; {rounds} load rounds",
+        lags.len()
+    );
+
+    assert!(lags.len() >= 5, "only {} markers", lags.len());
+    let slow: Vec<_> = lags.iter().filter(|l| **l >= MAX_LAG).collect();
+    assert!(
+        slow.is_empty(),
+        "served tenants fell behind during the outage: {lags:?}"
+    );
+    // The bound means something only if the outage wrote more WAL than it.
+    assert!(
+        wal_during_outage > 2 * MAX_RETAINED,
+        "the load wrote only {wal_during_outage} bytes of WAL"
+    );
+    let most = retained.iter().max().copied().unwrap_or_default();
+    assert!(
+        most < MAX_RETAINED,
+        "the slot retained {most} bytes of WAL during the outage: {retained:?}"
+    );
+    let during = c_during_outage.expect("status never showed c retrying with an error");
+    eprintln!("c during the outage: {during}");
+
+    // Recovery: c catches up, everyone equals the projection, and status says so.
+    let target_c = pg2.sql(c).await.unwrap();
+    wait_equal(&source, &target_c, "c (after the restart)", &[TENANT_C]).await;
+    let counts = wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B)]).await;
+    assert!(counts.iter().all(|&n| n > 100), "{counts:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = destination_status(&config).await;
+        let done = ["a", "b", "c"]
+            .iter()
+            .all(|n| status[*n]["state"] == "streaming" && status[*n]["lag_changes"] == 0);
+        if done {
+            assert!(status["c"]["last_error"].is_null(), "{:?}", status["c"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed every destination streaming without lag: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(daemon.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_a_wiped_target() {
+    let db = fresh_db("fan_replay").await;
+    let source = sql(&db).await;
+    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
+    seed(&source).await;
+    let (a, bc) = (
+        fresh_db("fan_replay_a").await,
+        fresh_db("fan_replay_bc").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let destinations = destination_toml("alpha", &a, &[TENANT_A])
+        + &destination_toml("bravo_charlie", &bc, &[TENANT_B, TENANT_C]);
+    let config = write_config(dir.path(), &db, &destinations);
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    let never = Arc::new(AtomicBool::new(false));
+    let (w0, w1) = tokio::join!(
+        churn(db.clone(), 0, never.clone(), 60),
+        churn(db.clone(), 1, never.clone(), 60)
+    );
+    assert_eq!((w0, w1), (60, 60));
+    let target_a = sql(&a).await;
+    let target_bc = sql(&bc).await;
+    let n_a = wait_equal(&source, &target_a, "alpha", &[TENANT_A]).await;
+    let n_bc = wait_equal(&source, &target_bc, "bravo_charlie", &[TENANT_B, TENANT_C]).await;
+    let n_b = source_rows(&source, &[TENANT_B]).await.len();
+    assert!(
+        n_a > 50 && n_b > 50 && n_bc > n_b + 50,
+        "{n_a} {n_b} {n_bc}"
+    );
+    let log = dir.path().join("log");
+    let last = wait_watermarks(
+        &log,
+        &[
+            (&target_a, "public", "alpha"),
+            (&target_bc, "public", "bravo_charlie"),
+        ],
+    )
+    .await;
+
+    // Wiped, then replayed from the start while the daemon runs.
+    target_a.batch_execute("DELETE FROM users").await.unwrap();
+    assert!(target_rows(&target_a).await.is_empty());
+    let out = cli(
+        &["replay", "--destination", "alpha", "--from-seq", "1"],
+        &config,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "replay failed: {err}");
+    assert!(err.contains(&format!("up to seq {last}")), "{err}");
+    let want = source_rows(&source, &[TENANT_A]).await;
+    let got = target_rows(&target_a).await;
+    assert!(want == got, "alpha after replay: {}", diff(&want, &got));
+    assert_eq!(
+        watermark(&target_a, "public", "alpha").await,
+        Some(last as i64),
+        "replay leaves the watermark alone"
+    );
+
+    // An unknown destination is refused with the configured names.
+    let out = cli(
+        &["replay", "--destination", "nosuch", "--from-seq", "1"],
+        &config,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for name in ["nosuch", "alpha", "bravo_charlie"] {
+        assert!(err.contains(name), "{name} missing from: {err}");
+    }
+
+    // One tenant of a two-tenant destination: only its rows come back.
+    target_bc.batch_execute("DELETE FROM users").await.unwrap();
+    let out = cli(
+        &[
+            "replay",
+            "--destination",
+            "bravo_charlie",
+            "--from-seq",
+            "1",
+            "--tenant",
+            TENANT_B,
+        ],
+        &config,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = source_rows(&source, &[TENANT_B]).await;
+    let got = target_rows(&target_bc).await;
+    assert!(
+        want == got,
+        "bravo_charlie after replaying {TENANT_B}: {}",
+        diff(&want, &got)
+    );
+    let out = cli(
+        &[
+            "replay",
+            "--destination",
+            "bravo_charlie",
+            "--from-seq",
+            "1",
+            "--tenant",
+            TENANT_C,
+        ],
+        &config,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = source_rows(&source, &[TENANT_B, TENANT_C]).await;
+    let got = target_rows(&target_bc).await;
+    assert!(
+        want == got,
+        "bravo_charlie after replaying both tenants: {}",
+        diff(&want, &got)
+    );
+    assert!(daemon.stop().success());
+}
+
+/// The schemas and the (schema, table) pairs of a database, without the system catalogs.
+async fn user_objects(client: &tokio_postgres::Client) -> (Vec<String>, Vec<(String, String)>) {
+    let schemas: Vec<String> = client
+        .query(
+            "SELECT schema_name::text FROM information_schema.schemata
+             WHERE schema_name NOT LIKE 'pg\\_%' AND schema_name <> 'information_schema'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let tables: Vec<(String, String)> = client
+        .query(
+            "SELECT table_schema::text, table_name::text FROM information_schema.tables
+             WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    (schemas, tables)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_identifiers_work_and_inject_nothing() {
+    const TABLE: &str = "Weird; \"Table\"";
+    const SCHEMA: &str = "Sch ema; \"x\"";
+    const TARGET: &str = "Tar get; \"T\" --";
+    const DESTINATION: &str = "d'; DROP TABLE canary; --";
+    const MAPPING: &str = "wei;rd \"m\"";
+    const SERVED: &str = "acme'); DROP TABLE canary; --";
+    const UNSERVED: &str = "other\"; DROP SCHEMA public CASCADE; --";
+    let db = fresh_db("fan_hostile").await;
+    let source = sql(&db).await;
+    let table = format!("public.{}", qi(TABLE));
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (\"Tenant Id\" text NOT NULL, \"Ke\"\"y\" int NOT NULL,
+                 \"Na;me\" text, \"UPPER\" text, PRIMARY KEY (\"Tenant Id\", \"Ke\"\"y\"));
+             CREATE TABLE canary (x int); INSERT INTO canary VALUES (1);"
+        ))
+        .await
+        .unwrap();
+    let target_db = fresh_db("fan_hostile_t").await;
+    let target = sql(&target_db).await;
+    target
+        .batch_execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1);")
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!(
+        "\n[[mappings]]\nname = {}\nsource = {}\ntenant_key = {}\ntarget = {}\nkey = [{}]\n\
+         filter = {}\n[mappings.columns]\n{} = {}\n{} = {}\n{} = {}\n{} = {}\n\
+         \n[[destinations]]\nname = {}\nkind = \"postgres\"\nurl = {}\ntenants = [{}]\n\
+         mappings = [{}]\nschema = {}\nversion_column = {}\nflush_interval = \"50ms\"\n",
+        toml_str(MAPPING),
+        toml_str(&table),
+        toml_str("Tenant Id"),
+        toml_str(TARGET),
+        toml_str("I\"d"),
+        toml_str("\"UPPER\" IS NOT NULL"),
+        toml_str("I\"d"),
+        toml_str("\"Ke\"\"y\""),
+        toml_str("Na me;"),
+        toml_str("\"Na;me\""),
+        toml_str("UP\"PER'"),
+        toml_str("\"UPPER\""),
+        toml_str("lo;wer"),
+        toml_str("lower(\"Na;me\")"),
+        toml_str(DESTINATION),
+        toml_str(&url_on(server(), &target_db)),
+        toml_str(SERVED),
+        toml_str(MAPPING),
+        toml_str(SCHEMA),
+        toml_str("v\"er; sion"),
+    );
+    let config = write_config_with(dir.path(), &db, &[&table], &rest);
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+
+    let insert = format!(
+        "INSERT INTO {table} (\"Tenant Id\", \"Ke\"\"y\", \"Na;me\", \"UPPER\") VALUES ($1, $2, $3, $4)"
+    );
+    for (tenant, offset) in [(SERVED, 0), (UNSERVED, 100)] {
+        for i in 1..=40 {
+            let name = format!("n{i} '; DROP TABLE canary; -- \"q\" \\ $$ ü ï");
+            let upper = (i % 5 != 0).then(|| format!("U'{i}\";"));
+            source
+                .execute(&insert, &[&tenant, &(i + offset), &name, &upper])
+                .await
+                .unwrap();
+        }
+    }
+    source
+        .batch_execute(&format!(
+            "UPDATE {table} SET \"Na;me\" = \"Na;me\" || ' ''edited''; --' WHERE \"Ke\"\"y\" % 3 = 0;
+             DELETE FROM {table} WHERE \"Ke\"\"y\" % 7 = 0;
+             UPDATE {table} SET \"Ke\"\"y\" = \"Ke\"\"y\" + 1000 WHERE \"Ke\"\"y\" % 11 = 0;
+             UPDATE {table} SET \"UPPER\" = NULL WHERE \"Ke\"\"y\" IN (2, 3, 102);
+             UPDATE {table} SET \"UPPER\" = 'back' WHERE \"Ke\"\"y\" IN (5, 105);"
+        ))
+        .await
+        .unwrap();
+    source
+        .execute(
+            &format!("UPDATE {table} SET \"Tenant Id\" = $1 WHERE \"Ke\"\"y\" = 4"),
+            &[&UNSERVED],
+        )
+        .await
+        .unwrap();
+    source
+        .execute(
+            &format!("UPDATE {table} SET \"Tenant Id\" = $1 WHERE \"Ke\"\"y\" = 104"),
+            &[&SERVED],
+        )
+        .await
+        .unwrap();
+
+    let projection = format!(
+        "SELECT \"Ke\"\"y\"::text, \"Na;me\", \"UPPER\", lower(\"Na;me\") FROM {table}
+         WHERE \"Tenant Id\" = $1 AND \"UPPER\" IS NOT NULL ORDER BY \"Ke\"\"y\""
+    );
+    let target_query = format!(
+        "SELECT {}::text, {}, {}, {} FROM {}.{} ORDER BY {}",
+        qi("I\"d"),
+        qi("Na me;"),
+        qi("UP\"PER'"),
+        qi("lo;wer"),
+        qi(SCHEMA),
+        qi(TARGET),
+        qi("I\"d")
+    );
+    let deadline = Instant::now() + WAIT;
+    let rows = loop {
+        let want = text_rows(&source.query(&projection, &[&SERVED]).await.unwrap());
+        let got = match target.query(&target_query, &[]).await {
+            Ok(rows) => text_rows(&rows),
+            Err(e)
+                if e.code()
+                    .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") =>
+            {
+                Vec::new()
+            }
+            Err(e) => panic!("reading the hostile target: {e}"),
+        };
+        if want == got {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the hostile target: {}",
+            diff(&want, &got)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rows.len() > 20, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r[0].as_deref() == Some("104")),
+        "the row moved in is there"
+    );
+    wait_watermarks(&dir.path().join("log"), &[(&target, SCHEMA, DESTINATION)]).await;
+
+    // Nothing else was created, dropped or renamed, in the target or in the source.
+    let (schemas, tables) = user_objects(&target).await;
+    let mut want_schemas = vec!["public".to_owned(), SCHEMA.to_owned()];
+    want_schemas.sort();
+    assert_eq!(schemas, want_schemas);
+    let mut want_tables = vec![
+        ("public".to_owned(), "canary".to_owned()),
+        (SCHEMA.to_owned(), TARGET.to_owned()),
+        (SCHEMA.to_owned(), "_pgfanout_watermarks".to_owned()),
+    ];
+    want_tables.sort();
+    assert_eq!(tables, want_tables);
+    let (schemas, tables) = user_objects(&source).await;
+    assert_eq!(schemas, ["pgfanout", "public"]);
+    let user_tables: Vec<_> = tables.iter().filter(|(s, _)| s != "pgfanout").collect();
+    assert_eq!(
+        user_tables,
+        [
+            &("public".to_owned(), TABLE.to_owned()),
+            &("public".to_owned(), "canary".to_owned())
+        ]
+    );
+    let published: Vec<(String, String)> = source
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = 'pgfanout'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(published, [("public".to_owned(), TABLE.to_owned())]);
+    for client in [&source, &target] {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM canary", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+    }
+    assert!(daemon.stop().success());
+}
+
+/// Runs `pgfanout ARGS --config CONFIG`, failing the test if it has not exited after `limit`.
+async fn cli_within(args: &[&str], config: &Path, limit: Duration) -> std::process::Output {
+    let mut child = Spawned(
+        Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < limit,
+            "pgfanout {args:?} still runs after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::spawn_blocking(move || child.wait_output())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_naming_a_missing_column_fails_at_start_listing_every_problem() {
+    let db = fresh_db("fan_badmap").await;
+    let source = sql(&db).await;
+    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
+    seed(&source).await;
+    let target_db = fresh_db("fan_badmap_t").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!(
+        r#"
+[tenants]
+query = "SELECT id AS tenant, project_id FROM public.tenancy"
+table = "public.tenancy"
+
+[[mappings]]
+name = "first_bad"
+source = "public.project_user"
+tenant_key = "tenancy_id"
+target = "one"
+key = ["id"]
+[mappings.columns]
+id = "id"
+ghost = "no_such_column"
+name = "display_name"
+
+[[mappings]]
+name = "second_bad"
+source = "public.project_user"
+tenant_key = "display_name"
+target = "two"
+key = ["id"]
+[mappings.columns]
+id = "id"
+phantom = "lower(missing_col)"
+
+[[destinations]]
+name = "d"
+kind = "postgres"
+url = {}
+tenants = "*"
+mappings = ["first_bad", "second_bad"]
+"#,
+        toml_str(&url_on(server(), &target_db))
+    );
+    let config = write_config_with(
+        dir.path(),
+        &db,
+        &["public.tenancy", "public.project_user"],
+        &rest,
+    );
+    let expected = [
+        "first_bad",
+        "no_such_column",
+        "second_bad",
+        "missing_col",
+        "tenant key column display_name",
+    ];
+
+    let started = Instant::now();
+    let run = cli_within(&["run"], &config, Duration::from_secs(20)).await;
+    let run_took = started.elapsed();
+    let check = cli_within(&["check"], &config, Duration::from_secs(20)).await;
+    let run_err = String::from_utf8_lossy(&run.stderr);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(!run.status.success(), "run must refuse to start: {run_err}");
+    assert!(
+        run_took < Duration::from_secs(10),
+        "run took {run_took:?} to fail"
+    );
+    assert!(!check.status.success(), "{report}");
+    assert!(report.contains("PROBLEM mappings"), "{report}");
+    let missing = |text: &str| -> Vec<&str> {
+        expected
+            .iter()
+            .copied()
+            .filter(|part| !text.contains(part))
+            .collect()
+    };
+    let (from_run, from_check) = (missing(&run_err), missing(&report));
+    assert!(
+        from_run.is_empty() && from_check.is_empty(),
+        "missing from run's error: {from_run:?}\n{run_err}\nmissing from check's report: {from_check:?}\n{report}"
+    );
+    // Nothing was set up in the destination.
+    let target = sql(&target_db).await;
+    let tables: i64 = target
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "no target table was created");
 }

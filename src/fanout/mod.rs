@@ -57,7 +57,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    #[error("the destinations cannot be set up:{}", problems.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+    #[error("the destinations cannot be set up:{}", problems.iter().map(|p| format!("\n  - {}", p.replace('\n', "\n    "))).collect::<String>())]
     Setup { problems: Vec<String> },
     #[error("could not connect to {what}: {source}")]
     Connect {

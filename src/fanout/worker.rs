@@ -40,7 +40,8 @@ const CATCH_UP_READ: usize = 4096;
 /// While idle, the watermark of an attached destination moves at most this often.
 const IDLE_WATERMARK_EVERY: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Short enough that a destination back from an outage resumes soon after.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
