@@ -365,7 +365,13 @@ async fn wait_streaming(daemon: &mut Daemon, source: &tokio_postgres::Client, db
         }
         let row = source
             .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                // A slot being created is already active but decodes only transactions
+                // that commit after its consistent point: wait for START_REPLICATION, which
+                // comes after creation found that point.
+                "SELECT 1 FROM pg_replication_slots s
+                 JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name = $1 AND s.confirmed_flush_lsn IS NOT NULL
+                   AND r.state IN ('catchup', 'streaming')",
                 &[&slot],
             )
             .await
@@ -702,9 +708,9 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
     let c = "fan_stall_c";
     pg2.create_database(c).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let destinations = destination_toml("a", &a, &[TENANT_A])
-        + &destination_toml("b", &b, &[TENANT_B])
-        + &destination_toml_on(&pg2, "c", c, &[TENANT_C]);
+    let destinations = destination_toml("sa", &a, &[TENANT_A])
+        + &destination_toml("sb", &b, &[TENANT_B])
+        + &destination_toml_on(&pg2, "sc", c, &[TENANT_C]);
     let config = write_config(dir.path(), &db, &destinations);
     let mut daemon = Daemon::start(&config);
     wait_streaming(&mut daemon, &source, &db).await;
@@ -762,7 +768,7 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
         retained.push(slot_retained_wal(&source, &slot).await);
         if c_during_outage.is_none() && stopped.elapsed() > Duration::from_secs(3) {
             let status = destination_status(&config).await;
-            let d = &status["c"];
+            let d = &status["sc"];
             let state = d["state"].as_str().unwrap_or_default();
             if (state == "retrying" || state == "catching up") && d["last_error"].is_string() {
                 c_during_outage = Some(d.clone());
@@ -816,11 +822,11 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
     let deadline = Instant::now() + WAIT;
     loop {
         let status = destination_status(&config).await;
-        let done = ["a", "b", "c"]
+        let done = ["sa", "sb", "sc"]
             .iter()
             .all(|n| status[*n]["state"] == "streaming" && status[*n]["lag_changes"] == 0);
         if done {
-            assert!(status["c"]["last_error"].is_null(), "{:?}", status["c"]);
+            assert!(status["sc"]["last_error"].is_null(), "{:?}", status["sc"]);
             break;
         }
         assert!(

@@ -70,6 +70,8 @@ struct Dispatcher {
     links: Vec<Link>,
     /// Links with pending ops.
     dirty: Vec<usize>,
+    /// Links whose pending ops reached [`CHUNK_OPS`].
+    full: Vec<usize>,
     last_seq: u64,
     commit_time: Option<Timestamp>,
     last_flush: Instant,
@@ -87,6 +89,7 @@ pub(super) fn run(
     let mut d = Dispatcher {
         links,
         dirty: Vec::new(),
+        full: Vec::new(),
         last_seq: reader.next_seq().saturating_sub(1),
         commit_time: None,
         last_flush: Instant::now(),
@@ -110,6 +113,9 @@ pub(super) fn run(
                 for r in routed.drain(..) {
                     d.push(r);
                 }
+                // Only now, with every op of this change pending: a chunk ends at a change
+                // boundary (a tenant move or key change yields two ops with one seq).
+                d.send_full();
             }
             Some(LogRecord::Commit(ci)) => {
                 d.last_seq = ci.last_seq;
@@ -136,8 +142,17 @@ impl Dispatcher {
             self.dirty.push(i);
         }
         link.pending.push((r.table, r.op));
-        if link.pending.len() >= CHUNK_OPS {
-            self.send(i);
+        if link.pending.len() == CHUNK_OPS {
+            self.full.push(i);
+        }
+    }
+
+    /// Sends the chunks that reached [`CHUNK_OPS`].
+    fn send_full(&mut self) {
+        while let Some(i) = self.full.pop() {
+            if !self.links[i].pending.is_empty() {
+                self.send(i);
+            }
         }
     }
 

@@ -201,6 +201,7 @@ impl Worker {
         p: &mut Pending,
         chunk: Chunk,
     ) -> Result<(), WorkerError> {
+        debug!(destination = %self.name(), from = chunk.from_seq, to = chunk.to_seq, ops = chunk.ops.len(), next_seq = p.next_seq, "chunk");
         if chunk.to_seq < p.next_seq {
             return Ok(());
         }
@@ -256,6 +257,7 @@ impl Worker {
         .await
         .map_err(|_| WorkerError::ReaderGone)?;
         let records = records?;
+        debug!(destination = %self.name(), from = p.next_seq, records = records.len(), at_end, until, "read the log");
         let mut routed: Vec<Routed> = Vec::new();
         for record in records {
             match record {
@@ -303,7 +305,8 @@ impl Worker {
         }
         let last_seq = p.batch.last_seq;
         let batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
-        sink.apply(self.name(), &batch).await?;
+        let outcome = sink.apply(self.name(), &batch).await?;
+        debug!(destination = %self.name(), ops = batch.ops.len(), first_op = ?batch.ops.first().map(|(_, o)| o.seq()), last_op = ?batch.ops.last().map(|(_, o)| o.seq()), last_seq = batch.last_seq, ?outcome, "applied a batch");
         p.written = batch.last_seq;
         p.rows = 0;
         p.started = None;
