@@ -28,7 +28,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// A destination's share of the log from `from_seq` to `to_seq` (inclusive): every change in
-/// that range was routed, and `ops` are all of it that concerns the destination.
+/// that range was routed, and `ops` are all of it that concerns the destination. The chunk
+/// sent at re-attachment is empty (`to_seq = from_seq - 1`): it only marks where the gap the
+/// worker fills from the log ends.
 #[derive(Debug)]
 pub(super) struct Chunk {
     pub from_seq: u64,
@@ -185,6 +187,9 @@ impl Dispatcher {
                     link.covered = self.last_seq;
                     link.shared.detached.store(false, Ordering::SeqCst);
                     info!(destination = %link.name, seq = self.last_seq, "destination attached to the dispatcher");
+                    // An empty chunk starting after `last_seq` tells the worker where the gap
+                    // ends now, even if no change for it ever follows.
+                    self.send(i);
                 }
                 continue;
             }

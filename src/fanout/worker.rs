@@ -6,7 +6,8 @@
 //! batch yet (the watermark + 1 after a flush). A chunk covering seqs `from..=to`:
 //! - `to < next_seq`: already taken; dropped.
 //! - `from > next_seq`: the dispatcher routed `next_seq..from` without this destination
-//!   (it was detached); those changes are read from the log first.
+//!   (it was detached); those changes are read from the log first. The empty chunk sent at
+//!   re-attachment exists for this alone.
 //! - otherwise its ops at or after `next_seq` are taken and `next_seq = to + 1`.
 //!
 //! So a chunk may be dropped or arrive late without losing or repeating anything, and the
