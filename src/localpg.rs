@@ -193,6 +193,31 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// Stops the server cleanly (`pg_ctl -m fast`) but keeps its directory and port, for
+    /// [`LocalPostgres::resume`]: an outage in tests.
+    pub fn pause(&self) -> Result<(), LocalPgError> {
+        self.run(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "stop"]),
+        )
+        .map(|_| ())
+    }
+
+    /// Starts a server stopped by [`LocalPostgres::pause`] again, on the same port.
+    pub fn resume(&self) -> Result<(), LocalPgError> {
+        self.run(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(self.log_file())
+                .args(["-w", "-t", "60", "start"]),
+        )
+        .map(|_| ())
+    }
+
     /// Stops the server now (also done on drop).
     pub fn stop(&mut self) -> Result<(), LocalPgError> {
         if self.stopped {

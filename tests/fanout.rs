@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,38 +17,6 @@ const TENANT_B: &str = "00000000-0000-0000-0000-00000000000b";
 const TENANT_C: &str = "00000000-0000-0000-0000-00000000000c";
 /// No destination serves it.
 const TENANT_D: &str = "00000000-0000-0000-0000-00000000000d";
-
-/// A `pgfanout` process, killed when dropped.
-struct Daemon(Spawned);
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        Daemon(Spawned(
-            Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-                .arg("run")
-                .arg("--config")
-                .arg(config)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        ))
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.0.signal("-TERM");
-        self.0.wait().unwrap()
-    }
-
-    fn kill9(mut self) {
-        self.0.signal("-KILL");
-        let _ = self.0.wait();
-    }
-}
 
 const SOURCE_SCHEMA: &str = "
     CREATE TABLE tenancy (id uuid PRIMARY KEY, project_id text NOT NULL, branch_id text);
@@ -580,61 +547,6 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     assert!(daemon.stop().success());
 }
 
-/// Where PostgreSQL's server programs are (as `LocalPostgres` finds them).
-fn pg_bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PGFANOUT_PG_BIN") {
-        return PathBuf::from(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("pg_ctl").exists().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin"))
-}
-
-/// Runs `pg_ctl -D DATA ARGS` for `pg`, as the user its files belong to (`LocalPostgres` runs
-/// the server as `postgres` when we are root). `LocalPostgres` exposes no restart, so this
-/// stops and starts its server in place: same directory, same port (postgresql.auto.conf).
-fn pg_ctl(pg: &LocalPostgres, args: &[&str]) {
-    use std::os::unix::fs::MetadataExt;
-    let data = pg.socket_dir().join("data");
-    let meta = std::fs::metadata(&data).unwrap();
-    let mut cmd = Command::new(pg_bin_dir().join("pg_ctl"));
-    cmd.arg("-D")
-        .arg(&data)
-        .args(args)
-        .current_dir(pg.socket_dir())
-        .env_remove("PGDATA")
-        .env_remove("PGPORT")
-        .env_remove("PGHOST");
-    if meta.uid() != own_uid() {
-        cmd.uid(meta.uid()).gid(meta.gid());
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pg_ctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// This process's uid (from /proc, without libc).
-fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").unwrap().uid()
-}
-
 /// Inserts rows of about 1.4 kB (not compressed, not TOASTed) for all four tenants until
 /// `stop`: about a megabyte of WAL a second. Returns the rounds done.
 async fn insert_load(db: String, stop: Arc<AtomicBool>) -> i32 {
@@ -728,7 +640,7 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
     // The outage.
     let slot = format!("s_{db}");
     let wal_at_stop = current_wal_lsn(&source).await;
-    pg_ctl(&pg2, &["-m", "fast", "-w", "stop"]);
+    pg2.pause().unwrap();
     let stopped = Instant::now();
     let served = [(TENANT_A, sql(&a).await), (TENANT_B, sql(&b).await)];
     let mut lags = Vec::new();
@@ -777,17 +689,7 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     let wal_during_outage = wal_bytes_since(&source, &wal_at_stop).await;
-    pg_ctl(
-        &pg2,
-        &[
-            "-l",
-            &pg2.log_file().display().to_string(),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-    );
+    pg2.resume().unwrap();
     stop.store(true, Ordering::Relaxed);
     let rounds = load.await.unwrap();
     eprintln!(

@@ -14,39 +14,6 @@ use pgfanout::changelog::{LogReader, LogRecord};
 use pgfanout::lsn::Lsn;
 use support::*;
 
-/// A `pgfanout run` process, killed when dropped.
-struct Daemon(Spawned);
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        Daemon(Spawned(
-            Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-                .arg("run")
-                .arg("--config")
-                .arg(config)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        ))
-    }
-
-    fn signal(&self, sig: &str) {
-        self.0.signal(sig);
-    }
-
-    fn kill9(mut self) {
-        self.signal("-KILL");
-        let _ = self.0.wait();
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.signal("-TERM");
-        self.0.wait().unwrap()
-    }
-}
-
 /// A fresh database's client with the two tables every test here publishes.
 async fn db_with_tables(db: &str) -> tokio_postgres::Client {
     let client = sql(db).await;

@@ -70,7 +70,7 @@ async fn migrate_creates_schema_tables_and_history_then_applies_nothing() {
     assert_eq!(report.current, MIGRATIONS.last().map(|m| m.version));
     assert_eq!(
         tables(&client, DEFAULT_SCHEMA).await,
-        ["checkpoints", "migrations"]
+        ["checkpoints", "destinations", "migrations"]
     );
     let expected: Vec<(i32, String, String)> = MIGRATIONS
         .iter()
@@ -301,10 +301,13 @@ async fn a_hostile_schema_name_is_quoted() {
     let state = StateDb::connect(&server().conninfo(&db), schema)
         .await
         .unwrap();
-    assert_eq!(state.migrations().applied, [1]);
+    assert_eq!(state.migrations().applied, [1, 2]);
     let client = sql(&db).await;
     assert!(schema_exists(&client, schema).await);
-    assert_eq!(tables(&client, schema).await, ["checkpoints", "migrations"]);
+    assert_eq!(
+        tables(&client, schema).await,
+        ["checkpoints", "destinations", "migrations"]
+    );
     assert!(!schema_exists(&client, DEFAULT_SCHEMA).await);
     assert!(!schema_exists(&client, "pg").await);
     assert_eq!(history(&client, schema).await.len(), MIGRATIONS.len());

@@ -274,3 +274,40 @@ pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect()
 }
+
+/// A `pgfanout run` process, killed when dropped. `PGFANOUT_TEST_LOG` sets its log filter
+/// (default `warn`).
+pub struct Daemon(pub Spawned);
+
+impl Daemon {
+    pub fn start(config: &std::path::Path) -> Daemon {
+        Daemon(Spawned(
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+                .arg("run")
+                .arg("--config")
+                .arg(config)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        self.0.signal(sig);
+    }
+
+    pub fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.0.wait();
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        self.0.wait().unwrap()
+    }
+}
