@@ -27,6 +27,7 @@ use crate::changelog::{ChangeLog, CommitInfo, LogError, LogOptions, Retention};
 use crate::config::Config;
 use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
+use crate::retry::Backoff;
 use crate::sequencer::Sequencer;
 use crate::source::{LogicalStream, SlotSpec, SourceError, SourceEvent};
 use crate::state::{Checkpoint, StateDb, StateError};
@@ -131,7 +132,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let runner = async {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_RUN);
         loop {
             let started = Instant::now();
             let mut stop = stop_rx.clone();
@@ -141,17 +142,13 @@ pub async fn run(
             .await;
             match result {
                 Err(e) if e.is_transient() && !*stop_rx.borrow() => {
-                    if started.elapsed() >= HEALTHY_RUN {
-                        backoff = FIRST_BACKOFF;
-                    }
-                    let delay = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    let delay = backoff.next_delay(started.elapsed());
                     warn!(error = %e, retry_in = ?delay, "transient failure; starting over");
                     let mut stop = stop_rx.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.wait_for(|s| *s) => return Err(e),
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 other => return other,
             }

@@ -32,6 +32,42 @@ pub fn pg_error_is_transient(e: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// Capped exponential backoff with jitter: each delay is 50–100% of the current step, the
+/// step doubles up to `max`, and an attempt that ran at least `healthy` starts over at
+/// `first`. One policy for the source's restarts and the destinations' reconnects.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: std::time::Duration,
+    max: std::time::Duration,
+    healthy: std::time::Duration,
+    step: std::time::Duration,
+}
+
+impl Backoff {
+    pub fn new(
+        first: std::time::Duration,
+        max: std::time::Duration,
+        healthy: std::time::Duration,
+    ) -> Self {
+        Backoff {
+            first,
+            max,
+            healthy,
+            step: first,
+        }
+    }
+
+    /// The wait before the next attempt, after one that ran for `ran` and failed.
+    pub fn next_delay(&mut self, ran: std::time::Duration) -> std::time::Duration {
+        if ran >= self.healthy {
+            self.step = self.first;
+        }
+        let delay = self.step.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        self.step = (self.step * 2).min(self.max);
+        delay
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +85,18 @@ mod tests {
         ] {
             assert!(!sqlstate_is_transient(code), "{code}");
         }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_and_resets_after_a_healthy_attempt() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let mut b = super::Backoff::new(ms(100), ms(400), ms(1000));
+        for step in [100, 200, 400, 400] {
+            let d = b.next_delay(ms(0));
+            assert!(d >= ms(step / 2) && d <= ms(step), "{d:?} for step {step}");
+        }
+        let d = b.next_delay(ms(1000));
+        assert!(d >= ms(50) && d <= ms(100), "{d:?} after a healthy attempt");
     }
 }

@@ -364,12 +364,10 @@ impl Reporter {
             })
             .collect();
         // Destinations that need a resync no longer hold the log back: they cannot use it.
-        let floor = self
-            .shared
+        let floor = reports
             .iter()
-            .map(|(_, s)| s.status().clone())
-            .filter(|s| s.state != DestinationState::NeedsResync)
-            .map(|s| s.watermark + 1)
+            .filter(|r| r.state != DestinationState::NeedsResync.as_str())
+            .map(|r| r.watermark + 1)
             .min()
             .unwrap_or(u64::MAX);
         self.keep_from.store(floor, Ordering::Relaxed);

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
+use crate::retry::Backoff;
 use crate::route::{Planned, Routed};
 use crate::sink::{Batch, PostgresSink, SinkError};
 use crate::source::conninfo::SqlConnectError;
@@ -95,7 +96,7 @@ impl Worker {
     }
 
     pub async fn run(mut self) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_SESSION);
         loop {
             let started = Instant::now();
             let result = self.session().await;
@@ -118,10 +119,7 @@ impl Worker {
                 return;
             }
             self.shared.detached.store(true, Ordering::SeqCst);
-            if started.elapsed() >= HEALTHY_SESSION {
-                backoff = FIRST_BACKOFF;
-            }
-            let delay = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            let delay = backoff.next_delay(started.elapsed());
             warn!(destination = %self.name(), error = %e, retry_in = ?delay, "destination failed; retrying from its watermark");
             self.shared
                 .set_state(DestinationState::Retrying, Some(e.to_string()));
@@ -129,7 +127,6 @@ impl Worker {
                 _ = tokio::time::sleep(delay) => {}
                 _ = until_stopped(&mut self.stop) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
