@@ -45,6 +45,7 @@
 //! Values travel as PostgreSQL text ([`Cell`]), the form pgoutput delivers and the transformers
 //! produce; the writer casts them to each column's type on the server.
 
+pub mod clickhouse;
 pub mod postgres;
 
 use std::borrow::Cow;
