@@ -31,6 +31,12 @@ pub const DEFAULT_BATCH_ROWS: usize = 10_000;
 /// …or once its oldest operation has waited this long.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_DESTINATION_SCHEMA: &str = "public";
+/// ClickHouse wants few large inserts: every insert makes a part that merges later.
+pub const DEFAULT_CLICKHOUSE_BATCH_ROWS: usize = 100_000;
+pub const DEFAULT_CLICKHOUSE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "default";
+/// ClickHouse identifiers have no length limit that matters; this only catches mistakes.
+const MAX_CLICKHOUSE_IDENTIFIER_BYTES: usize = 255;
 /// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -104,12 +110,14 @@ pub struct MappingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestinationKind {
     Postgres,
+    ClickHouse,
 }
 
 impl DestinationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DestinationKind::Postgres => "postgres",
+            DestinationKind::ClickHouse => "clickhouse",
         }
     }
 }
@@ -124,19 +132,61 @@ impl fmt::Display for DestinationKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationConfig {
     pub name: String,
-    pub kind: DestinationKind,
-    pub conn: ConnInfo,
     pub tenants: Tenants,
     /// Indexes into [`Config::mappings`], in the order listed.
     pub mappings: Vec<usize>,
-    /// Where the target tables are.
-    pub schema: String,
     pub create_tables: bool,
-    pub soft_delete: bool,
     pub version_column: String,
     /// Flush a batch at this many row operations (at least 1).
     pub batch_rows: usize,
     pub flush_interval: Duration,
+    /// The kind of store and how to reach it.
+    pub store: StoreConfig,
+}
+
+impl DestinationConfig {
+    pub fn kind(&self) -> DestinationKind {
+        match self.store {
+            StoreConfig::Postgres(_) => DestinationKind::Postgres,
+            StoreConfig::ClickHouse(_) => DestinationKind::ClickHouse,
+        }
+    }
+}
+
+/// The settings that differ between kinds of destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Postgres(PostgresStore),
+    ClickHouse(ClickHouseStore),
+}
+
+/// A tenant-owned PostgreSQL database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresStore {
+    pub conn: ConnInfo,
+    /// Where the target tables are.
+    pub schema: String,
+    pub soft_delete: bool,
+}
+
+/// A shared ClickHouse database (HTTP interface).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClickHouseStore {
+    /// `http(s)://host:port`, without credentials (they are `user` and `password`).
+    pub url: String,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// Where the target tables and the watermark table are.
+    pub database: String,
+    /// `UInt8`: 1 marks a deleted row (the version column orders the row's versions).
+    pub deleted_column: String,
+    /// Where FINAL views over the target tables go, without the version and deleted columns.
+    pub views_database: Option<String>,
+    /// A user restricted by row policies to its tenant and granted SELECT on the views only.
+    pub reader_user: Option<String>,
+    /// Columns that identify a row's tenant in every target table: they lead `ORDER BY` and
+    /// the row policies filter on them.
+    pub tenant_columns: Vec<String>,
 }
 
 /// `[log]`: the local change log.
@@ -219,6 +269,14 @@ struct RawDestination {
     create_tables: Option<bool>,
     soft_delete: Option<bool>,
     version_column: Option<String>,
+    // ClickHouse only.
+    user: Option<String>,
+    password: Option<String>,
+    database: Option<String>,
+    deleted_column: Option<String>,
+    views_database: Option<String>,
+    reader_user: Option<String>,
+    tenant_columns: Option<Vec<String>>,
     /// Signed so that `0` and negative values reach `validate` and get a helpful message.
     batch_rows: Option<i64>,
     flush_interval: Option<String>,
@@ -863,26 +921,14 @@ fn validate_destinations(
 
         let kind = match d.kind.as_str() {
             "postgres" => Some(DestinationKind::Postgres),
-            "clickhouse" => {
-                problem(
-                    &at("kind"),
-                    "clickhouse destinations are not supported yet; only kind = \"postgres\" is"
-                        .into(),
-                );
-                None
-            }
+            "clickhouse" => Some(DestinationKind::ClickHouse),
             other => {
                 problem(
                     &at("kind"),
-                    format!("unknown destination kind {other:?}; write kind = \"postgres\""),
+                    format!(
+                        "unknown destination kind {other:?}; write kind = \"postgres\" or kind = \"clickhouse\""
+                    ),
                 );
-                None
-            }
-        };
-        let conn = match d.url.parse::<ConnInfo>() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                problem(&at("url"), e.to_string());
                 None
             }
         };
@@ -940,12 +986,9 @@ fn validate_destinations(
             ids.push(id);
         }
 
-        let schema = d
-            .schema
-            .unwrap_or_else(|| DEFAULT_DESTINATION_SCHEMA.to_owned());
-        identifier(problem, &at("schema"), "schema name", &schema);
         let version_column = d
             .version_column
+            .clone()
             .unwrap_or_else(|| DEFAULT_VERSION_COLUMN.to_owned());
         identifier(
             problem,
@@ -953,19 +996,20 @@ fn validate_destinations(
             "version column name",
             &version_column,
         );
-        let soft_delete = d.soft_delete.unwrap_or(false);
-        if soft_delete && version_column == crate::sink::DELETED_COLUMN {
-            problem(
-                &at("version_column"),
-                format!(
-                    "{version_column:?} is the soft-delete marker column; choose another version column name"
-                ),
-            );
-        }
-        for &id in &ids {
-            let m = &mappings[id];
-            let maps = |c: &str| m.columns.0.iter().any(|(name, _)| name == c);
-            if maps(&version_column) {
+        let listed: Vec<&RawMapping> = ids.iter().map(|&id| &mappings[id]).collect();
+        let store = match kind {
+            Some(DestinationKind::Postgres) => {
+                postgres_store(problem, &at, &d, &version_column, &listed)
+                    .map(StoreConfig::Postgres)
+            }
+            Some(DestinationKind::ClickHouse) => {
+                clickhouse_store(problem, &at, &d, &version_column, &listed)
+                    .map(StoreConfig::ClickHouse)
+            }
+            None => None,
+        };
+        for m in &listed {
+            if m.columns.0.iter().any(|(name, _)| *name == version_column) {
                 problem(
                     &at("version_column"),
                     format!(
@@ -974,19 +1018,11 @@ fn validate_destinations(
                     ),
                 );
             }
-            if soft_delete && maps(crate::sink::DELETED_COLUMN) {
-                problem(
-                    &at("soft_delete"),
-                    format!(
-                        "soft deletes add a {:?} column, but mapping {:?} maps a column of that name; rename it or set soft_delete = false",
-                        crate::sink::DELETED_COLUMN,
-                        m.name
-                    ),
-                );
-            }
         }
 
+        let clickhouse = kind == Some(DestinationKind::ClickHouse);
         let batch_rows = match d.batch_rows {
+            None if clickhouse => DEFAULT_CLICKHOUSE_BATCH_ROWS,
             None => DEFAULT_BATCH_ROWS,
             Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
             Some(_) => {
@@ -998,27 +1034,292 @@ fn validate_destinations(
             problem,
             &at("flush_interval"),
             d.flush_interval.as_deref(),
-            DEFAULT_FLUSH_INTERVAL,
+            if clickhouse {
+                DEFAULT_CLICKHOUSE_FLUSH_INTERVAL
+            } else {
+                DEFAULT_FLUSH_INTERVAL
+            },
         );
 
-        out.push(match (kind, conn, tenants) {
-            (Some(kind), Some(conn), Some(tenants)) if mappings_ok => Some(DestinationConfig {
+        out.push(match (store, tenants) {
+            (Some(store), Some(tenants)) if mappings_ok => Some(DestinationConfig {
                 name: d.name,
-                kind,
-                conn,
                 tenants,
                 mappings: ids,
-                schema,
                 create_tables: d.create_tables.unwrap_or(true),
-                soft_delete,
                 version_column,
                 batch_rows,
                 flush_interval,
+                store,
             }),
             _ => None,
         });
     }
     out
+}
+
+/// Reports each key set on a destination of a kind that does not use it.
+fn not_for_kind(
+    problem: &mut impl FnMut(&str, String),
+    at: &dyn Fn(&str) -> String,
+    kind: DestinationKind,
+    keys: &[(&str, bool, &str)],
+) {
+    for (key, set, instead) in keys {
+        if *set {
+            problem(
+                &at(key),
+                format!("does not apply to {kind} destinations{instead}; remove it"),
+            );
+        }
+    }
+}
+
+fn postgres_store(
+    problem: &mut impl FnMut(&str, String),
+    at: &dyn Fn(&str) -> String,
+    d: &RawDestination,
+    version_column: &str,
+    mappings: &[&RawMapping],
+) -> Option<PostgresStore> {
+    not_for_kind(
+        problem,
+        at,
+        DestinationKind::Postgres,
+        &[
+            ("user", d.user.is_some(), " (put the user in url)"),
+            (
+                "password",
+                d.password.is_some(),
+                " (put the password in url)",
+            ),
+            (
+                "database",
+                d.database.is_some(),
+                " (put the database in url)",
+            ),
+            (
+                "deleted_column",
+                d.deleted_column.is_some(),
+                " (see soft_delete)",
+            ),
+            ("views_database", d.views_database.is_some(), ""),
+            ("reader_user", d.reader_user.is_some(), ""),
+            ("tenant_columns", d.tenant_columns.is_some(), ""),
+        ],
+    );
+    let conn = match d.url.parse::<ConnInfo>() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problem(&at("url"), e.to_string());
+            None
+        }
+    };
+    let schema = d
+        .schema
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DESTINATION_SCHEMA.to_owned());
+    identifier(problem, &at("schema"), "schema name", &schema);
+    let soft_delete = d.soft_delete.unwrap_or(false);
+    if soft_delete && version_column == crate::sink::DELETED_COLUMN {
+        problem(
+            &at("version_column"),
+            format!(
+                "{version_column:?} is the soft-delete marker column; choose another version column name"
+            ),
+        );
+    }
+    for m in mappings {
+        if soft_delete
+            && m.columns
+                .0
+                .iter()
+                .any(|(n, _)| n == crate::sink::DELETED_COLUMN)
+        {
+            problem(
+                &at("soft_delete"),
+                format!(
+                    "soft deletes add a {:?} column, but mapping {:?} maps a column of that name; rename it or set soft_delete = false",
+                    crate::sink::DELETED_COLUMN,
+                    m.name
+                ),
+            );
+        }
+    }
+    Some(PostgresStore {
+        conn: conn?,
+        schema,
+        soft_delete,
+    })
+}
+
+fn clickhouse_store(
+    problem: &mut impl FnMut(&str, String),
+    at: &dyn Fn(&str) -> String,
+    d: &RawDestination,
+    version_column: &str,
+    mappings: &[&RawMapping],
+) -> Option<ClickHouseStore> {
+    not_for_kind(
+        problem,
+        at,
+        DestinationKind::ClickHouse,
+        &[
+            ("schema", d.schema.is_some(), " (use database)"),
+            (
+                "soft_delete",
+                d.soft_delete.is_some(),
+                " (deletes always write a row with the deleted_column flag)",
+            ),
+        ],
+    );
+    let url = clickhouse_url(problem, &at("url"), &d.url);
+    let user = d.user.clone().unwrap_or_else(|| "default".to_owned());
+    ch_identifier(problem, &at("user"), "user name", &user);
+    let database = d
+        .database
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CLICKHOUSE_DATABASE.to_owned());
+    ch_identifier(problem, &at("database"), "database name", &database);
+    let deleted_column = d
+        .deleted_column
+        .clone()
+        .unwrap_or_else(|| crate::sink::DEFAULT_DELETED_COLUMN.to_owned());
+    ch_identifier(
+        problem,
+        &at("deleted_column"),
+        "deleted column name",
+        &deleted_column,
+    );
+    if deleted_column == version_column {
+        problem(
+            &at("deleted_column"),
+            format!("{deleted_column:?} is also the version_column; give them different names"),
+        );
+    }
+    if let Some(v) = &d.views_database {
+        ch_identifier(problem, &at("views_database"), "views database name", v);
+        if *v == database {
+            problem(
+                &at("views_database"),
+                format!("{v:?} is also the database of the tables; the views need a database of their own, since they take the tables' names"),
+            );
+        }
+    }
+    if let Some(r) = &d.reader_user {
+        ch_identifier(problem, &at("reader_user"), "reader user name", r);
+        if d.views_database.is_none() {
+            problem(
+                &at("reader_user"),
+                "needs views_database: the reader is granted SELECT on the views only".into(),
+            );
+        }
+        if d.tenant_columns.as_ref().is_none_or(|t| t.is_empty()) {
+            problem(
+                &at("reader_user"),
+                "needs tenant_columns: the row policies filter on them".into(),
+            );
+        }
+    }
+    let tenant_columns = d.tenant_columns.clone().unwrap_or_default();
+    for (j, c) in tenant_columns.iter().enumerate() {
+        let key = format!("{}[{j}]", at("tenant_columns"));
+        if tenant_columns[..j].contains(c) {
+            problem(
+                &key,
+                format!("{c:?} is listed twice; list each column once"),
+            );
+        }
+        for m in mappings {
+            if !m.columns.0.iter().any(|(n, _)| n == c) {
+                problem(
+                    &key,
+                    format!(
+                        "{c:?} is not a target column of mapping {:?}; every table of a ClickHouse destination must carry the tenant columns, so map it (for example {c} = \"tenant.{c}\")",
+                        m.name
+                    ),
+                );
+            }
+        }
+    }
+    for m in mappings {
+        if m.columns.0.iter().any(|(n, _)| *n == deleted_column) {
+            problem(
+                &at("deleted_column"),
+                format!(
+                    "{deleted_column:?} is also a target column of mapping {:?}; choose another deleted_column or rename the mapped column",
+                    m.name
+                ),
+            );
+        }
+    }
+    Some(ClickHouseStore {
+        url: url?,
+        user,
+        password: d.password.clone().map(Secret::new),
+        database,
+        deleted_column,
+        views_database: d.views_database.clone(),
+        reader_user: d.reader_user.clone(),
+        tenant_columns,
+    })
+}
+
+/// `http(s)://host[:port]` with nothing else: credentials belong in `user`/`password`, where
+/// they cannot leak through a logged URL.
+fn clickhouse_url(problem: &mut impl FnMut(&str, String), key: &str, text: &str) -> Option<String> {
+    let url = match url::Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            problem(
+                key,
+                format!("is not a URL ({e}); write http://host:8123 (the HTTP interface)"),
+            );
+            return None;
+        }
+    };
+    let mut bad = Vec::new();
+    if !matches!(url.scheme(), "http" | "https") {
+        bad.push(format!("the scheme is {:?}, not http or https (pgfanout uses ClickHouse's HTTP interface, port 8123 by default)", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bad.push("there is no host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bad.push(
+            "it holds credentials; move them to user and password (password = \"${CH_PASSWORD}\")"
+                .to_owned(),
+        );
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        bad.push("it has a path, query or fragment; set the database with database".to_owned());
+    }
+    if !bad.is_empty() {
+        // Never echo the text: it may hold a password.
+        problem(key, bad.join("; "));
+        return None;
+    }
+    let mut s = url.to_string();
+    if s.ends_with('/') {
+        s.pop();
+    }
+    Some(s)
+}
+
+fn ch_identifier(problem: &mut impl FnMut(&str, String), key: &str, what: &str, name: &str) {
+    let reason = if name.is_empty() {
+        "is empty; write one".to_owned()
+    } else if name.len() > MAX_CLICKHOUSE_IDENTIFIER_BYTES {
+        format!(
+            "is {} bytes long; shorten it to at most {MAX_CLICKHOUSE_IDENTIFIER_BYTES}",
+            name.len()
+        )
+    } else if name.chars().any(char::is_control) {
+        "contains a control character; remove it".to_owned()
+    } else {
+        return;
+    };
+    problem(key, format!("the {what} {reason}"));
 }
 
 /// `tenants = "*"` or a non-empty list of tenant ids.
@@ -1441,9 +1742,12 @@ mod tests {
         assert_eq!(c.destinations.len(), 2);
         let acme = &c.destinations[0];
         assert_eq!(acme.name, "acme");
-        assert_eq!(acme.kind, DestinationKind::Postgres);
-        assert_eq!(acme.conn.password.as_ref().unwrap().expose(), "s3cret");
-        assert_eq!(acme.conn.dbname, "app");
+        assert_eq!(acme.kind(), DestinationKind::Postgres);
+        let StoreConfig::Postgres(acme_pg) = &acme.store else {
+            panic!("{acme:?}")
+        };
+        assert_eq!(acme_pg.conn.password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(acme_pg.conn.dbname, "app");
         assert_eq!(
             acme.tenants,
             Tenants::Some(
@@ -1455,9 +1759,9 @@ mod tests {
             )
         );
         assert_eq!(acme.mappings, [1, 0], "in the order listed");
-        assert_eq!(acme.schema, "cdc");
+        assert_eq!(acme_pg.schema, "cdc");
         assert!(!acme.create_tables);
-        assert!(acme.soft_delete);
+        assert!(acme_pg.soft_delete);
         assert_eq!(acme.version_column, "_version");
         assert_eq!(acme.batch_rows, 500);
         assert_eq!(acme.flush_interval, Duration::from_secs(1));
@@ -1466,9 +1770,12 @@ mod tests {
         let shared = &c.destinations[1];
         assert_eq!(shared.tenants, Tenants::All);
         assert_eq!(shared.mappings, [0]);
-        assert_eq!(shared.schema, DEFAULT_DESTINATION_SCHEMA);
+        let StoreConfig::Postgres(shared_pg) = &shared.store else {
+            panic!("{shared:?}")
+        };
+        assert_eq!(shared_pg.schema, DEFAULT_DESTINATION_SCHEMA);
         assert!(shared.create_tables);
-        assert!(!shared.soft_delete);
+        assert!(!shared_pg.soft_delete);
         assert_eq!(shared.version_column, DEFAULT_VERSION_COLUMN);
         assert_eq!(shared.batch_rows, DEFAULT_BATCH_ROWS);
         assert_eq!(shared.flush_interval, DEFAULT_FLUSH_INTERVAL);
@@ -1591,7 +1898,6 @@ mod tests {
                 ("mappings[1].columns", "is empty"),
                 ("mappings[1].filter", "tenant.plan"),
                 ("mappings[2].source", "state schema"),
-                ("destinations[0].kind", "not supported yet"),
                 ("destinations[0].url", "mysql"),
                 ("destinations[0].tenants", "is empty"),
                 (
@@ -1610,7 +1916,6 @@ mod tests {
                 ("destinations[1].tenants[2]", "of type integer"),
                 ("destinations[1].tenants[3]", "not a wildcard"),
                 ("destinations[1].mappings", "is empty"),
-                ("destinations[1].schema", "is empty"),
                 ("destinations[2].name", "63 bytes"),
                 ("destinations[2].tenants", "[\"acme\"]"),
                 ("destinations[2].version_column", "soft-delete marker"),
@@ -1618,8 +1923,147 @@ mod tests {
         );
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.contains("test.toml") && e.contains("37 problem(s)"),
+            e.contains("test.toml") && e.contains("35 problem(s)"),
             "{e}"
+        );
+    }
+
+    const CLICKHOUSE: &str = r#"
+        [source]
+        url = "postgres://u@h/db"
+        [tenants]
+        query = "SELECT id, project_id, branch_id FROM tenancy"
+        [[mappings]]
+        name = "users"
+        source = "public.project_user"
+        tenant_key = "tenancy_id"
+        target = "users"
+        key = ["project_id", "branch_id", "id"]
+        [mappings.columns]
+        project_id = "tenant.project_id"
+        branch_id = "tenant.branch_id"
+        id = "project_user_id"
+        [[destinations]]
+        name = "analytics"
+        kind = "clickhouse"
+        url = "http://127.0.0.1:8123"
+        user = "writer"
+        password = "${PGPASS}"
+        database = "analytics_internal"
+        tenants = "*"
+        mappings = ["users"]
+        version_column = "sync_sequence_id"
+        deleted_column = "sync_is_deleted"
+        views_database = "default"
+        reader_user = "limited_user"
+        tenant_columns = ["project_id", "branch_id"]
+    "#;
+
+    #[test]
+    fn clickhouse_destinations() {
+        let c = parse(CLICKHOUSE).unwrap();
+        let d = &c.destinations[0];
+        assert_eq!(d.kind(), DestinationKind::ClickHouse);
+        assert_eq!(d.version_column, "sync_sequence_id");
+        assert_eq!(d.batch_rows, DEFAULT_CLICKHOUSE_BATCH_ROWS);
+        assert_eq!(d.flush_interval, DEFAULT_CLICKHOUSE_FLUSH_INTERVAL);
+        let StoreConfig::ClickHouse(ch) = &d.store else {
+            panic!("{d:?}")
+        };
+        assert_eq!(ch.url, "http://127.0.0.1:8123");
+        assert_eq!(ch.user, "writer");
+        assert_eq!(ch.password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(ch.database, "analytics_internal");
+        assert_eq!(ch.deleted_column, "sync_is_deleted");
+        assert_eq!(ch.views_database.as_deref(), Some("default"));
+        assert_eq!(ch.reader_user.as_deref(), Some("limited_user"));
+        assert_eq!(ch.tenant_columns, ["project_id", "branch_id"]);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        // Defaults.
+        let minimal = CLICKHOUSE
+            .lines()
+            .filter(|l| {
+                ![
+                    "user =",
+                    "password",
+                    "database =",
+                    "_column =",
+                    "views_",
+                    "reader_",
+                    "tenant_columns",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&minimal).unwrap();
+        let d = &c.destinations[0];
+        assert_eq!(d.version_column, DEFAULT_VERSION_COLUMN);
+        let StoreConfig::ClickHouse(ch) = &d.store else {
+            panic!("{d:?}")
+        };
+        assert_eq!(ch.user, "default");
+        assert!(ch.password.is_none());
+        assert_eq!(ch.database, DEFAULT_CLICKHOUSE_DATABASE);
+        assert_eq!(ch.deleted_column, crate::sink::DEFAULT_DELETED_COLUMN);
+        assert!(ch.views_database.is_none() && ch.reader_user.is_none());
+        assert!(ch.tenant_columns.is_empty());
+    }
+
+    #[test]
+    fn clickhouse_problems_are_reported_with_their_keys() {
+        let text = CLICKHOUSE
+            .replace(
+                "http://127.0.0.1:8123",
+                "http://writer:pw@127.0.0.1:8123/db",
+            )
+            .replace(
+                "views_database = \"default\"",
+                "views_database = \"analytics_internal\"\nschema = \"x\"\nsoft_delete = true",
+            )
+            .replace(
+                "deleted_column = \"sync_is_deleted\"",
+                "deleted_column = \"sync_sequence_id\"",
+            )
+            .replace(
+                "[\"project_id\", \"branch_id\"]",
+                "[\"project_id\", \"team\", \"project_id\"]",
+            );
+        let found = problems(&text);
+        assert_problems(
+            &found,
+            &[
+                ("destinations[0].schema", "use database"),
+                ("destinations[0].soft_delete", "deleted_column"),
+                ("destinations[0].url", "credentials"),
+                ("destinations[0].deleted_column", "also the version_column"),
+                ("destinations[0].views_database", "database of their own"),
+                (
+                    "destinations[0].tenant_columns[1]",
+                    "not a target column of mapping \"users\"",
+                ),
+                ("destinations[0].tenant_columns[2]", "listed twice"),
+            ],
+        );
+        assert!(
+            found.iter().all(|p| !p.message.contains("pw@")),
+            "the URL's password is never echoed: {found:?}"
+        );
+        // Postgres-only and ClickHouse-only keys are refused on the other kind.
+        let text = FULL.replacen(
+            "soft_delete = true",
+            "soft_delete = true\ntenant_columns = [\"a\"]",
+            1,
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "destinations[0].tenant_columns");
+        assert!(
+            found[0].message.contains("does not apply to postgres"),
+            "{found:?}"
         );
     }
 

@@ -12,7 +12,8 @@
 use std::fmt;
 
 use crate::changelog;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
+use crate::sink::ClickHouseSink;
 use crate::source::session::Session;
 use crate::source::slot::{self, PublicationState};
 use crate::source::SourceError;
@@ -100,9 +101,26 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
         Err(e) => report.push("mappings", Outcome::Problem(e.to_string())),
     }
     for d in &cfg.destinations {
-        let outcome = match d.conn.connect_sql().await {
-            Ok(_) => Outcome::Ok(format!("{}: reachable", d.name)),
-            Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+        let outcome = match &d.store {
+            StoreConfig::Postgres(pg) => match pg.conn.connect_sql().await {
+                Ok(_) => Outcome::Ok(format!("{}: reachable", d.name)),
+                Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+            },
+            StoreConfig::ClickHouse(ch) => match ClickHouseSink::connect(ch).await {
+                Ok(sink) if ch.reader_user.is_some() && !sink.server_version().has_access_control() => {
+                    Outcome::Problem(format!(
+                        "{}: reader_user needs SQL access control, which ClickHouse {} does not have; remove reader_user",
+                        d.name,
+                        sink.server_version()
+                    ))
+                }
+                Ok(sink) => Outcome::Ok(format!(
+                    "{}: reachable (ClickHouse {})",
+                    d.name,
+                    sink.server_version()
+                )),
+                Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+            },
         };
         report.push("destination", outcome);
     }

@@ -24,7 +24,7 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct DestinationStatus {
     pub name: String,
-    /// `streaming`, `catching up`, `retrying`, `needs resync`, `stopped`, `starting`, or
+    /// `streaming`, `catching up`, `retrying`, `needs resync`, `failed`, `stopped`, `starting`, or
     /// `never reported` (no daemon has run it yet).
     pub state: String,
     pub watermark: u64,

@@ -124,6 +124,8 @@ pub enum DestinationState {
     CatchingUp,
     Retrying,
     NeedsResync,
+    /// Stopped by an error retrying cannot fix (a rejected value); the daemon runs on.
+    Failed,
     Stopped,
 }
 
@@ -135,6 +137,7 @@ impl DestinationState {
             DestinationState::CatchingUp => "catching up",
             DestinationState::Retrying => "retrying",
             DestinationState::NeedsResync => "needs resync",
+            DestinationState::Failed => "failed",
             DestinationState::Stopped => "stopped",
         }
     }

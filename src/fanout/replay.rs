@@ -9,7 +9,7 @@ use tracing::info;
 use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
 use crate::route::{Planned, Routed};
-use crate::sink::{Batch, PostgresSink};
+use crate::sink::{Batch, Writer};
 
 use super::setup::Setup;
 use super::FanoutError;
@@ -55,17 +55,7 @@ pub async fn replay(
         destination: destination.to_owned(),
         message,
     };
-    let client = plan
-        .config
-        .conn
-        .connect_sql()
-        .await
-        .map_err(|source| FanoutError::Connect {
-            what: format!("destination {destination}"),
-            source,
-        })?;
-    let mut sink = PostgresSink::new(client, plan.config.schema.clone());
-    sink.ensure_tables(&plan.tables, plan.config.create_tables)
+    let mut sink = Writer::connect(&plan.config, &plan.tables)
         .await
         .map_err(|e| dest_err(e.to_string()))?;
     let started = Instant::now();

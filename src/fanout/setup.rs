@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::change::Relation;
-use crate::config::{Config, DestinationConfig, MappingConfig};
+use crate::config::{Config, DestinationConfig, MappingConfig, StoreConfig};
 use crate::route::{Destination, DestinationSet, MappingRoute, TenantRegistry, Tenants};
 use crate::sink::{ColumnType, TargetColumn, TargetTable};
 use crate::source::catalog;
@@ -111,6 +111,9 @@ impl Setup {
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        for (i, d) in cfg.destinations.iter().enumerate() {
+            check_tenant_columns(&mut problems, i, d, &cfg.mappings, &routing.keys);
+        }
         if !problems.is_empty() {
             return Err(FanoutError::Setup { problems });
         }
@@ -122,7 +125,7 @@ impl Setup {
                 tables: d
                     .mappings
                     .iter()
-                    .map(|&m| target_table(d, &cfg.mappings[m], &compiled[m].1))
+                    .map(|&m| target_table(d, &cfg.mappings[m], &compiled[m].0, &compiled[m].1))
                     .collect(),
             })
             .collect();
@@ -190,26 +193,67 @@ fn default_key(m: &MappingConfig, rel: &Relation) -> Vec<String> {
 
 /// The target table of mapping `m` in destination `d`: one column per mapped column, typed as
 /// configured or as the expression's type, NOT NULL for key columns.
-fn target_table(d: &DestinationConfig, m: &MappingConfig, route: &MappingRoute) -> TargetTable {
+fn target_table(
+    d: &DestinationConfig,
+    m: &MappingConfig,
+    rel: &Relation,
+    route: &MappingRoute,
+) -> TargetTable {
     let columns = route
         .mapping
         .output_types()
         .iter()
-        .map(|(name, ty)| {
+        .zip(route.mapping.pass_through())
+        .map(|((name, ty), source)| {
             let ty = m
                 .types
                 .iter()
                 .find(|(c, _)| c == name)
                 .map_or_else(|| ColumnType::Known(ty.clone()), |(_, t)| t.clone());
-            TargetColumn::new(name.clone(), ty, !route.key.contains(name))
+            let mut c = TargetColumn::new(name.clone(), ty, !route.key.contains(name));
+            c.typmod = source
+                .and_then(|i| rel.columns.get(i))
+                .map(|c| c.type_modifier)
+                .filter(|&t| t >= 0);
+            c
         })
         .collect();
+    let (schema, soft_delete) = match &d.store {
+        StoreConfig::Postgres(pg) => (pg.schema.clone(), pg.soft_delete),
+        StoreConfig::ClickHouse(ch) => (ch.database.clone(), false),
+    };
     TargetTable {
-        schema: d.schema.clone(),
+        schema,
         name: m.target.clone(),
         columns,
         key: route.key.clone(),
         version_column: d.version_column.clone(),
-        soft_delete: d.soft_delete,
+        soft_delete,
+    }
+}
+
+/// A ClickHouse destination orders each table by its tenant columns, and a delete carries
+/// only the key: so every tenant column must be part of every mapped table's key.
+fn check_tenant_columns(
+    problems: &mut Vec<String>,
+    i: usize,
+    d: &DestinationConfig,
+    mappings: &[MappingConfig],
+    keys: &[Vec<String>],
+) {
+    let StoreConfig::ClickHouse(ch) = &d.store else {
+        return;
+    };
+    for &m in &d.mappings {
+        for c in &ch.tenant_columns {
+            if !keys[m].contains(c) {
+                problems.push(format!(
+                    "destinations[{i}] ({}): tenant column {c:?} is not part of the key of mapping {:?} (key: {}); add it to the mapping's key, so that a delete finds the sort key of the row it hides and a row moving between tenants leaves its old place",
+                    d.name,
+                    mappings[m].name,
+                    keys[m].join(", ")
+                ));
+            }
+        }
     }
 }

@@ -28,8 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
 use crate::retry::Backoff;
 use crate::route::{Planned, Routed};
-use crate::sink::{Batch, PostgresSink, SinkError};
-use crate::source::conninfo::SqlConnectError;
+use crate::sink::{Batch, Writer, WriterError};
 use crate::value::Timestamp;
 
 use super::dispatch::Chunk;
@@ -50,9 +49,7 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub(super) enum WorkerError {
     #[error(transparent)]
-    Connect(#[from] SqlConnectError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
+    Writer(#[from] WriterError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -118,6 +115,15 @@ impl Worker {
                     .set_state(DestinationState::NeedsResync, Some(e.to_string()));
                 return;
             }
+            if let WorkerError::Writer(w) = &e {
+                if w.stops_destination() {
+                    error!(destination = %self.name(), error = %e, "destination stopped: retrying cannot fix this; fix it and restart pgfanout");
+                    self.shared.detached.store(true, Ordering::SeqCst);
+                    self.shared
+                        .set_state(DestinationState::Failed, Some(e.to_string()));
+                    return;
+                }
+            }
             self.shared.detached.store(true, Ordering::SeqCst);
             let delay = backoff.next_delay(started.elapsed());
             warn!(destination = %self.name(), error = %e, retry_in = ?delay, "destination failed; retrying from its watermark");
@@ -132,10 +138,7 @@ impl Worker {
 
     async fn session(&mut self) -> Result<(), WorkerError> {
         let cfg = &self.plan.config;
-        let client = cfg.conn.connect_sql().await?;
-        let mut sink = PostgresSink::new(client, cfg.schema.clone());
-        sink.ensure_tables(&self.plan.tables, cfg.create_tables)
-            .await?;
+        let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
@@ -297,14 +300,14 @@ impl Worker {
         }
     }
 
-    async fn flush(&self, sink: &mut PostgresSink, p: &mut Pending) -> Result<(), WorkerError> {
+    async fn flush(&self, sink: &mut Writer, p: &mut Pending) -> Result<(), WorkerError> {
         if p.batch.last_seq <= p.written {
             return Ok(());
         }
         let last_seq = p.batch.last_seq;
         let batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
-        let outcome = sink.apply(self.name(), &batch).await?;
-        debug!(destination = %self.name(), ops = batch.ops.len(), first_op = ?batch.ops.first().map(|(_, o)| o.seq()), last_op = ?batch.ops.last().map(|(_, o)| o.seq()), last_seq = batch.last_seq, ?outcome, "applied a batch");
+        sink.apply(self.name(), &batch).await?;
+        debug!(destination = %self.name(), ops = batch.ops.len(), first_op = ?batch.ops.first().map(|(_, o)| o.seq()), last_op = ?batch.ops.last().map(|(_, o)| o.seq()), last_seq = batch.last_seq, "applied a batch");
         p.written = batch.last_seq;
         p.rows = 0;
         p.started = None;

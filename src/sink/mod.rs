@@ -53,6 +53,7 @@ use std::borrow::Cow;
 use crate::sql::QualifiedName;
 use crate::value::PgType;
 
+pub use self::clickhouse::{ClickHouseError, ClickHouseSink};
 pub use crate::transform::Cell;
 pub use postgres::{ApplyOutcome, Location, PostgresSink, SinkError};
 
@@ -60,6 +61,8 @@ pub use postgres::{ApplyOutcome, Location, PostgresSink, SinkError};
 pub const DEFAULT_VERSION_COLUMN: &str = "_seq";
 /// The soft-delete marker column (`boolean NOT NULL DEFAULT false`).
 pub const DELETED_COLUMN: &str = "_deleted";
+/// ClickHouse destinations: the deleted-flag column (`UInt8`, 1 = deleted) unless configured.
+pub const DEFAULT_DELETED_COLUMN: &str = "_is_deleted";
 /// The per-destination watermark table, in the destination's schema.
 pub const WATERMARK_TABLE: &str = "_pgfanout_watermarks";
 
@@ -84,6 +87,9 @@ pub struct TargetColumn {
     pub name: String,
     pub ty: ColumnType,
     pub nullable: bool,
+    /// The source column's type modifier when the column is a plain copy of one (numeric
+    /// precision and scale, for ClickHouse's Decimal); `None` otherwise.
+    pub typmod: Option<i32>,
 }
 
 impl TargetColumn {
@@ -92,6 +98,7 @@ impl TargetColumn {
             name: name.into(),
             ty: ty.into(),
             nullable,
+            typmod: None,
         }
     }
 }
@@ -212,4 +219,89 @@ impl<'a> Batch<'a> {
 /// A text cell, for building batches by hand.
 pub fn text(s: impl Into<Cow<'static, str>>) -> Cell<'static> {
     Cell::Text(s.into())
+}
+
+/// A connected destination writer of either kind.
+#[derive(Debug)]
+pub enum Writer {
+    Postgres(PostgresSink),
+    ClickHouse(Box<ClickHouseSink>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error(transparent)]
+    Connect(#[from] crate::source::conninfo::SqlConnectError),
+    #[error(transparent)]
+    Postgres(#[from] SinkError),
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+}
+
+impl WriterError {
+    /// Whether the destination should stop instead of retrying: a ClickHouse error that
+    /// retrying cannot fix (a rejected value, a table that does not match). PostgreSQL
+    /// destinations retry every error, as they always have: a table someone dropped is
+    /// created again at reconnection.
+    pub fn stops_destination(&self) -> bool {
+        matches!(self, WriterError::ClickHouse(e) if !e.is_transient())
+    }
+}
+
+impl Writer {
+    /// Connects to the destination and makes `tables` the tables batches refer to (see each
+    /// kind's `ensure_tables`).
+    pub async fn connect(
+        cfg: &crate::config::DestinationConfig,
+        tables: &[TargetTable],
+    ) -> Result<Writer, WriterError> {
+        use crate::config::StoreConfig;
+        match &cfg.store {
+            StoreConfig::Postgres(pg) => {
+                let client = pg.conn.connect_sql().await?;
+                let mut sink = PostgresSink::new(client, pg.schema.clone());
+                sink.ensure_tables(tables, cfg.create_tables).await?;
+                Ok(Writer::Postgres(sink))
+            }
+            StoreConfig::ClickHouse(ch) => {
+                let mut sink = ClickHouseSink::connect(ch).await?;
+                sink.ensure_tables(&cfg.name, tables, cfg.create_tables)
+                    .await?;
+                Ok(Writer::ClickHouse(Box::new(sink)))
+            }
+        }
+    }
+
+    /// The last seq applied to `destination`; 0 when it has applied nothing yet.
+    pub async fn watermark(&mut self, destination: &str) -> Result<u64, WriterError> {
+        Ok(match self {
+            Writer::Postgres(s) => s.watermark(destination).await?,
+            Writer::ClickHouse(s) => s.watermark(destination).await?,
+        })
+    }
+
+    /// Applies `batch` and moves the watermark to its `last_seq`; skipped when the watermark
+    /// is already there.
+    pub async fn apply(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), WriterError> {
+        match self {
+            Writer::Postgres(s) => {
+                s.apply(destination, batch).await?;
+            }
+            Writer::ClickHouse(s) => s.apply(destination, batch).await?,
+        }
+        Ok(())
+    }
+
+    /// Re-applies history without reading or moving the watermark.
+    pub async fn replay(
+        &mut self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<(), WriterError> {
+        match self {
+            Writer::Postgres(s) => s.replay(destination, batch).await?,
+            Writer::ClickHouse(s) => s.replay(destination, batch).await?,
+        }
+        Ok(())
+    }
 }

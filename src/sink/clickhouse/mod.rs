@@ -1,2 +1,13 @@
+//! The ClickHouse destination: a shared analytics database fed with RowBinary inserts into
+//! `ReplacingMergeTree` tables (see [`sink`] for the write path and its guarantees).
+//!
+//! - [`types`]: which ClickHouse type each PostgreSQL type becomes, by server version.
+//! - [`rowbinary`]: PostgreSQL text → RowBinary, and the lengths of values read back.
+//! - [`ddl`]: tables, views, row policies and grants as SQL text.
+
+pub mod ddl;
 pub mod rowbinary;
+mod sink;
 pub mod types;
+
+pub use sink::{ClickHouseError, ClickHouseSink, RejectedValue};

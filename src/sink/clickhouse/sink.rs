@@ -1,0 +1,1093 @@
+//! The ClickHouse writer: one shared analytics database, `ReplacingMergeTree` tables whose
+//! version column is the change's seq, a deleted flag instead of deletes, and the watermark in
+//! a table of its own written after the data.
+//!
+//! ```text
+//!   Batch ─▶ collapse per (table, key): the last op wins; an upsert's unchanged TOAST cells
+//!            │                           are filled from an earlier upsert of the batch
+//!            ▼
+//!   unchanged cells left ─▶ SELECT key, those columns FROM t FINAL WHERE live AND key IN …
+//!            │               (their current RowBinary bytes, spliced into the new row)
+//!            ▼
+//!   RowBinary per table ─▶ INSERT … FORMAT RowBinary (one insert per table and batch)
+//!            ▼
+//!   truncates ─▶ INSERT … SELECT sort key, seq, 1 FROM t FINAL WHERE live AND version < seq
+//!            ▼
+//!   INSERT INTO _pgfanout_watermarks (destination, seq)
+//! ```
+//!
+//! **Exactly once under `FINAL`.** ClickHouse has no transaction spanning the inserts and the
+//! watermark, so a batch may be written twice (a crash after the data, before the watermark).
+//! That is harmless: every row carries its change's seq as the version, so the copies are the
+//! same version of the same sort key and `FINAL` (or a merge) keeps one. A delete is a row with
+//! the deleted flag at the delete's seq, which hides every older version.
+//!
+//! **Unchanged TOAST values.** PostgreSQL does not send a large value an update left alone.
+//! The value is taken, in this order, from: the old tuple (the router fills it when the table
+//! has REPLICA IDENTITY FULL); an earlier upsert of the same row in the batch; the row's
+//! current live version in ClickHouse. A row none of these knows (it was never synced and the
+//! old tuple is not sent) gets NULL, or the type's default in a non-Nullable column, and a
+//! warning names the table and column.
+//!
+//! **Sort key.** Each table is ordered by the destination's tenant columns, then the rest of
+//! the mapping's key. The tenant columns must be part of the key (checked at start), so a
+//! delete — which carries only the key — lands on the sort key of the row it hides, and a row
+//! moving between tenants is a delete at the old key plus an insert at the new one.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clickhouse::Client;
+use tracing::{debug, info, warn};
+
+use super::ddl::{self, ident, literal, qualified, TableDdl};
+use super::rowbinary::{value_len, ColumnEncoder};
+use super::types::{target_type, ChType, ServerVersion};
+use crate::config::ClickHouseStore;
+use crate::sink::{Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE};
+use crate::value::PgType;
+
+/// How long one statement may take before the session is considered lost.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Keys per lookup of current rows: keeps each statement far below ClickHouse's
+/// `max_query_size` (256 KiB by default).
+const LOOKUP_KEYS: usize = 1000;
+/// Longest piece of a rejected value quoted in an error.
+const MAX_QUOTED_VALUE: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    #[error("the ClickHouse tables of destination {destination:?} do not match their specification:{}", list(.problems))]
+    Schema {
+        destination: String,
+        problems: Vec<String>,
+    },
+
+    #[error("{what}{}: {message}", at(.table))]
+    Server {
+        what: String,
+        table: Option<String>,
+        /// The client's or server's message (ClickHouse quotes no credentials).
+        message: String,
+        /// ClickHouse's exception code, when the server answered with one.
+        code: Option<u32>,
+        transient: bool,
+    },
+
+    #[error(transparent)]
+    Rejected(Box<RejectedValue>),
+
+    #[error("invalid batch for destination {destination:?}, table {table}: {reason}")]
+    InvalidBatch {
+        destination: String,
+        table: String,
+        reason: String,
+    },
+}
+
+/// A value its ClickHouse column cannot hold (found while encoding, before anything is sent).
+#[derive(Debug, thiserror::Error)]
+#[error("ClickHouse cannot hold a value of destination {destination:?}, table {table}, column {column} (seq {seq}): {reason}; the value: {value}\nHINT: change the column's type or the mapping, then restart; this destination stopped at its watermark")]
+pub struct RejectedValue {
+    pub destination: String,
+    pub table: String,
+    pub column: String,
+    pub seq: u64,
+    /// Quoted, cut to a few hundred bytes.
+    pub value: String,
+    pub reason: String,
+}
+
+fn list(problems: &[String]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+fn at(table: &Option<String>) -> String {
+    table
+        .as_ref()
+        .map(|t| format!(" (table {t})"))
+        .unwrap_or_default()
+}
+
+impl ClickHouseError {
+    /// Whether retrying later can succeed: the server unreachable, restarting, overloaded or
+    /// timing out. A rejected value, a schema problem or a refused statement is definite.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClickHouseError::Server {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Exception codes that say "not now" rather than "never".
+fn transient_code(code: u32) -> bool {
+    matches!(
+        code,
+        159 // TIMEOUT_EXCEEDED
+        | 164 // READONLY (a replica starting)
+        | 202 // TOO_MANY_SIMULTANEOUS_QUERIES
+        | 209 // SOCKET_TIMEOUT
+        | 210 // NETWORK_ERROR
+        | 241 // MEMORY_LIMIT_EXCEEDED
+        | 242 // TABLE_IS_READ_ONLY
+        | 252 // TOO_MANY_PARTS
+        | 319 // UNKNOWN_STATUS_OF_INSERT
+        | 394 // QUERY_WAS_CANCELLED (server shutting down)
+    )
+}
+
+fn server_error(
+    what: impl Into<String>,
+    table: Option<&str>,
+    e: clickhouse::error::Error,
+) -> ClickHouseError {
+    use clickhouse::error::Error as E;
+    let message = e.to_string();
+    let code = message
+        .split_once("Code: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok());
+    let transient = match &e {
+        E::Network(_) | E::TimedOut => true,
+        // No exception code: a proxy or a server going away answered.
+        E::BadResponse(_) => code.is_none_or(transient_code),
+        _ => false,
+    };
+    ClickHouseError::Server {
+        what: what.into(),
+        table: table.map(str::to_owned),
+        message,
+        code,
+        transient,
+    }
+}
+
+fn timed_out(what: impl Into<String>, table: Option<&str>) -> ClickHouseError {
+    ClickHouseError::Server {
+        what: what.into(),
+        table: table.map(str::to_owned),
+        message: format!("no answer within {STATEMENT_TIMEOUT:?}"),
+        code: None,
+        transient: true,
+    }
+}
+
+/// One target table as this sink writes it.
+struct Table {
+    spec: TargetTable,
+    ddl: TableDdl,
+    /// `database.table`, for messages.
+    label: String,
+    /// One per mapped column, for the column's type as the server holds it.
+    encoders: Vec<ColumnEncoder>,
+    /// Each column's type as the server holds it.
+    types: Vec<ChType>,
+    /// Positions of the key columns among the mapped columns, in key order.
+    key_idx: Vec<usize>,
+    insert_sql: String,
+}
+
+pub struct ClickHouseSink {
+    client: Client,
+    store: ClickHouseStore,
+    version: ServerVersion,
+    tables: Vec<Table>,
+    /// The watermark as last read or written: this sink is its destination's only writer.
+    watermark: Option<u64>,
+}
+
+impl fmt::Debug for ClickHouseSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseSink")
+            .field("url", &self.store.url)
+            .field("database", &self.store.database)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClickHouseSink {
+    /// Connects (the first statement reads the server version).
+    pub async fn connect(store: &ClickHouseStore) -> Result<ClickHouseSink, ClickHouseError> {
+        let mut client = Client::default()
+            .with_url(&store.url)
+            .with_user(&store.user)
+            // Row-type validation sends a setting servers before 22.x do not know, and pgfanout
+            // writes pre-encoded RowBinary anyway.
+            .with_validation(false);
+        if let Some(p) = &store.password {
+            client = client.with_password(p.expose());
+        }
+        let mut sink = ClickHouseSink {
+            client,
+            store: store.clone(),
+            version: ServerVersion { major: 0, minor: 0 },
+            tables: Vec::new(),
+            watermark: None,
+        };
+        let text = sink
+            .fetch_text("reading the server version", None, "SELECT version()")
+            .await?;
+        sink.version =
+            ServerVersion::parse(text.trim()).ok_or_else(|| ClickHouseError::Server {
+                what: "reading the server version".into(),
+                table: None,
+                message: format!("unrecognised version {:?}", text.trim()),
+                code: None,
+                transient: false,
+            })?;
+        debug!(url = %store.url, version = %sink.version, "connected to ClickHouse");
+        Ok(sink)
+    }
+
+    pub fn server_version(&self) -> ServerVersion {
+        self.version
+    }
+
+    async fn execute(
+        &self,
+        what: &str,
+        table: Option<&str>,
+        sql: &str,
+    ) -> Result<(), ClickHouseError> {
+        let mut q = self.client.query_raw(sql);
+        if self.version.low_cardinality_needs_setting() {
+            q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+        }
+        match tokio::time::timeout(STATEMENT_TIMEOUT, q.execute()).await {
+            Ok(r) => r.map_err(|e| server_error(what, table, e)),
+            Err(_) => Err(timed_out(what, table)),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        what: &str,
+        table: Option<&str>,
+        sql: &str,
+        format: &str,
+    ) -> Result<Bytes, ClickHouseError> {
+        let run = async {
+            let mut cursor = self.client.query_raw(sql).fetch_bytes(format)?;
+            cursor.collect().await
+        };
+        match tokio::time::timeout(STATEMENT_TIMEOUT, run).await {
+            Ok(r) => r.map_err(|e| server_error(what, table, e)),
+            Err(_) => Err(timed_out(what, table)),
+        }
+    }
+
+    async fn fetch_text(
+        &self,
+        what: &str,
+        table: Option<&str>,
+        sql: &str,
+    ) -> Result<String, ClickHouseError> {
+        let bytes = self.fetch(what, table, sql, "TabSeparated").await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn fetch_rows(
+        &self,
+        what: &str,
+        table: Option<&str>,
+        sql: &str,
+    ) -> Result<Vec<Vec<String>>, ClickHouseError> {
+        Ok(tsv_rows(&self.fetch_text(what, table, sql).await?))
+    }
+
+    /// `name → type` of an existing table (empty when it does not exist).
+    async fn columns(
+        &self,
+        db: &str,
+        table: &str,
+    ) -> Result<Vec<(String, String)>, ClickHouseError> {
+        let rows = self
+            .fetch_rows(
+                "reading the table's columns",
+                Some(&qualified(db, table)),
+                &format!(
+                    "SELECT name, type FROM system.columns WHERE database = {} AND table = {}",
+                    literal(db),
+                    literal(table)
+                ),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|mut r| {
+                (r.len() == 2).then(|| {
+                    let ty = r.pop().unwrap_or_default();
+                    (r.pop().unwrap_or_default(), ty)
+                })
+            })
+            .collect())
+    }
+
+    /// Makes `tables` the tables batches refer to (by index). With `create`, creates the
+    /// database and missing tables; then checks every table — each mapped column present
+    /// with a type that holds what pgfanout writes, the version and deleted columns, a
+    /// ReplacingMergeTree engine — and reports every problem at once. Also creates the
+    /// watermark table and, when configured, the FINAL views, the reader's row policies
+    /// and its grants.
+    pub async fn ensure_tables(
+        &mut self,
+        destination: &str,
+        tables: &[TargetTable],
+        create: bool,
+    ) -> Result<(), ClickHouseError> {
+        let db = self.store.database.clone();
+        let schema_err = |problems| ClickHouseError::Schema {
+            destination: destination.to_owned(),
+            problems,
+        };
+        if self.store.reader_user.is_some() && !self.version.has_access_control() {
+            return Err(schema_err(vec![format!(
+                "reader_user needs SQL access control (CREATE USER, CREATE ROW POLICY, GRANT), \
+                 which this ClickHouse server ({}) does not have; remove reader_user and restrict \
+                 the reader in users.xml, or upgrade the server",
+                self.version
+            )]));
+        }
+        if create {
+            self.execute(
+                "creating the database",
+                None,
+                &format!("CREATE DATABASE IF NOT EXISTS {}", ident(&db)),
+            )
+            .await?;
+        }
+        let mut problems = Vec::new();
+        let mut prepared = Vec::with_capacity(tables.len());
+        for t in tables {
+            let ddl = self.table_ddl(t);
+            let label = qualified(&db, &t.name);
+            let mut existing = self.columns(&db, &t.name).await?;
+            if existing.is_empty() && create {
+                info!(destination, table = %label, "creating table");
+                self.execute(
+                    "creating the table",
+                    Some(&label),
+                    &ddl.create(self.version),
+                )
+                .await?;
+                existing = self.columns(&db, &t.name).await?;
+            }
+            if existing.is_empty() {
+                problems.push(format!(
+                    "table {label} does not exist; create it, or set create_tables = true"
+                ));
+                continue;
+            }
+            let before = problems.len();
+            let mut types = Vec::with_capacity(ddl.columns.len());
+            for (name, wanted) in &ddl.columns {
+                match existing.iter().find(|(n, _)| n == name) {
+                    None => problems.push(format!(
+                        "{label}: column {} is missing; add it (ALTER TABLE {label} ADD COLUMN {} {})",
+                        ident(name),
+                        ident(name),
+                        wanted.sql()
+                    )),
+                    Some((_, have)) => match ChType::parse(have) {
+                        Some(h) if h.accepts(wanted) => types.push(h),
+                        _ => problems.push(format!(
+                            "{label}: column {} is {have}, which cannot hold the {} pgfanout writes; \
+                             change its type (ALTER TABLE {label} MODIFY COLUMN {} {}) or drop the \
+                             table and let pgfanout create it",
+                            ident(name),
+                            wanted.sql(),
+                            ident(name),
+                            wanted.sql()
+                        )),
+                    },
+                }
+            }
+            for (name, allowed, want) in [
+                (&ddl.version_column, &["UInt64", "Int64"][..], "UInt64"),
+                (&ddl.deleted_column, &["UInt8", "Int8", "Bool"][..], "UInt8"),
+            ] {
+                match existing.iter().find(|(n, _)| n == name) {
+                    Some((_, have)) if allowed.contains(&have.as_str()) => {}
+                    Some((_, have)) => problems.push(format!(
+                        "{label}: column {} is {have}; pgfanout writes {want} there",
+                        ident(name)
+                    )),
+                    None => problems.push(format!(
+                        "{label}: column {} is missing; add it (ALTER TABLE {label} ADD COLUMN {} {want})",
+                        ident(name),
+                        ident(name)
+                    )),
+                }
+            }
+            let engine = self
+                .fetch_text(
+                    "reading the table's engine",
+                    Some(&label),
+                    &format!(
+                        "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
+                        literal(&db),
+                        literal(&t.name)
+                    ),
+                )
+                .await?;
+            if !engine.trim().ends_with("ReplacingMergeTree") {
+                problems.push(format!(
+                    "{label}: the engine is {}, not ReplacingMergeTree; duplicates and deletes \
+                     collapse only there",
+                    engine.trim()
+                ));
+            }
+            if problems.len() > before {
+                continue;
+            }
+            let pg: Vec<PgType> = t.columns.iter().map(|c| pg_type(&c.ty)).collect();
+            let encoders = pg
+                .iter()
+                .zip(&types)
+                .map(|(p, ch)| ColumnEncoder::new(p, ch))
+                .collect();
+            let key_idx = t
+                .key
+                .iter()
+                .filter_map(|k| t.columns.iter().position(|c| c.name == *k))
+                .collect();
+            prepared.push(Table {
+                insert_sql: ddl.insert(),
+                spec: t.clone(),
+                ddl,
+                label,
+                encoders,
+                types,
+                key_idx,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(schema_err(problems));
+        }
+        self.execute(
+            "creating the watermark table",
+            None,
+            &ddl::watermark_table(&db, WATERMARK_TABLE),
+        )
+        .await?;
+        if let Some(views) = self.store.views_database.clone() {
+            self.ensure_views(&views, &prepared).await?;
+            if let Some(reader) = self.store.reader_user.clone() {
+                for t in &prepared {
+                    for sql in t.ddl.row_policies(&reader, &self.store.tenant_columns) {
+                        self.execute("creating the reader's row policy", Some(&t.label), &sql)
+                            .await?;
+                    }
+                    self.execute(
+                        "granting the reader SELECT",
+                        Some(&t.label),
+                        &t.ddl.grant(&views, &reader),
+                    )
+                    .await?;
+                }
+            }
+        }
+        self.tables = prepared;
+        Ok(())
+    }
+
+    /// Creates each view, or recreates it when its columns no longer match the table's.
+    async fn ensure_views(&self, views: &str, tables: &[Table]) -> Result<(), ClickHouseError> {
+        self.execute(
+            "creating the views database",
+            None,
+            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(views)),
+        )
+        .await?;
+        for t in tables {
+            let label = qualified(views, &t.spec.name);
+            let have = self.columns(views, &t.spec.name).await?;
+            let same = have.len() == t.ddl.columns.len()
+                && t.ddl
+                    .columns
+                    .iter()
+                    .all(|(n, _)| have.iter().any(|(h, _)| h == n));
+            if !have.is_empty() && !same {
+                info!(view = %label, "recreating the view: its columns changed");
+                self.execute(
+                    "dropping the outdated view",
+                    Some(&label),
+                    &format!("DROP TABLE IF EXISTS {label}"),
+                )
+                .await?;
+            }
+            self.execute("creating the view", Some(&label), &t.ddl.view(views))
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn table_ddl(&self, t: &TargetTable) -> TableDdl {
+        let mut order_by: Vec<String> = self.store.tenant_columns.clone();
+        for k in &t.key {
+            if !order_by.contains(k) {
+                order_by.push(k.clone());
+            }
+        }
+        TableDdl {
+            database: self.store.database.clone(),
+            name: t.name.clone(),
+            columns: t
+                .columns
+                .iter()
+                .map(|c| {
+                    let ch = target_type(&pg_type(&c.ty), c.typmod, c.nullable, self.version);
+                    (c.name.clone(), ch)
+                })
+                .collect(),
+            order_by,
+            version_column: t.version_column.clone(),
+            deleted_column: self.store.deleted_column.clone(),
+        }
+    }
+
+    /// The last seq applied to `destination`; 0 when it has applied nothing yet.
+    pub async fn watermark(&mut self, destination: &str) -> Result<u64, ClickHouseError> {
+        let table = qualified(&self.store.database, WATERMARK_TABLE);
+        let text = self
+            .fetch_text(
+                "reading the watermark",
+                Some(&table),
+                &format!(
+                    "SELECT max(seq) FROM {table} WHERE destination = {}",
+                    literal(destination)
+                ),
+            )
+            .await?;
+        let wm = text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| ClickHouseError::Server {
+                what: "reading the watermark".into(),
+                table: Some(table.clone()),
+                message: format!("not a seq: {:?}", text.trim()),
+                code: None,
+                transient: false,
+            })?;
+        self.watermark = Some(wm);
+        Ok(wm)
+    }
+
+    /// Writes `batch` for `destination`, then its watermark. A batch whose `last_seq` is not
+    /// beyond the watermark is skipped.
+    pub async fn apply(
+        &mut self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<(), ClickHouseError> {
+        let current = match self.watermark {
+            Some(w) => w,
+            None => self.watermark(destination).await?,
+        };
+        if batch.last_seq <= current {
+            return Ok(());
+        }
+        self.write(destination, batch).await?;
+        let table = qualified(&self.store.database, WATERMARK_TABLE);
+        self.execute(
+            "advancing the watermark",
+            Some(&table),
+            &format!(
+                "INSERT INTO {table} (destination, seq, written_at) VALUES ({}, {}, now())",
+                literal(destination),
+                batch.last_seq
+            ),
+        )
+        .await?;
+        self.watermark = Some(batch.last_seq);
+        Ok(())
+    }
+
+    /// Writes `batch` without reading or moving the watermark (`pgfanout replay`): older
+    /// versions lose to newer ones under `FINAL`, so history can be re-applied at any time.
+    pub async fn replay(
+        &mut self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<(), ClickHouseError> {
+        self.write(destination, batch).await
+    }
+
+    async fn write(&self, destination: &str, batch: &Batch<'_>) -> Result<(), ClickHouseError> {
+        let plans = self.plan(destination, batch)?;
+        for (ti, plan) in plans.iter().enumerate() {
+            if plan.rows.is_empty() {
+                continue;
+            }
+            let t = &self.tables[ti];
+            let current = self.current_values(t, plan).await?;
+            let data = self.encode(destination, t, plan, &current)?;
+            self.insert(t, data).await?;
+            debug!(destination, table = %t.label, rows = plan.rows.len(), "inserted");
+        }
+        let mut truncates: Vec<(usize, u64)> = batch.truncates.clone();
+        truncates.sort_unstable();
+        truncates.dedup_by(|later, earlier| {
+            later.0 == earlier.0 && {
+                earlier.1 = earlier.1.max(later.1);
+                true
+            }
+        });
+        for (ti, seq) in truncates {
+            let t = self.table(destination, ti)?;
+            self.execute(
+                "hiding the rows of a truncated table",
+                Some(&t.label),
+                &t.ddl.truncate(seq),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn table(&self, destination: &str, ti: usize) -> Result<&Table, ClickHouseError> {
+        self.tables
+            .get(ti)
+            .ok_or_else(|| ClickHouseError::InvalidBatch {
+                destination: destination.to_owned(),
+                table: format!("#{ti}"),
+                reason: format!(
+                    "table index {ti} out of range ({} tables)",
+                    self.tables.len()
+                ),
+            })
+    }
+
+    async fn insert(&self, t: &Table, data: Vec<u8>) -> Result<(), ClickHouseError> {
+        let what = "inserting the batch";
+        let mut insert = self
+            .client
+            .insert_formatted_with(t.insert_sql.clone())
+            .with_timeouts(Some(STATEMENT_TIMEOUT), Some(STATEMENT_TIMEOUT));
+        insert
+            .send(Bytes::from(data))
+            .await
+            .map_err(|e| server_error(what, Some(&t.label), e))?;
+        insert
+            .end()
+            .await
+            .map_err(|e| server_error(what, Some(&t.label), e))
+    }
+
+    /// Collapses the batch per table and key, in seq order, checking every op against its
+    /// table.
+    fn plan<'b, 'a>(
+        &self,
+        destination: &str,
+        batch: &'b Batch<'a>,
+    ) -> Result<Vec<TablePlan<'b, 'a>>, ClickHouseError> {
+        let invalid = |table: &str, reason: String| ClickHouseError::InvalidBatch {
+            destination: destination.to_owned(),
+            table: table.to_owned(),
+            reason,
+        };
+        let mut plans: Vec<TablePlan<'b, 'a>> =
+            self.tables.iter().map(|_| TablePlan::default()).collect();
+        for (ti, op) in &batch.ops {
+            let t = self.table(destination, *ti)?;
+            if op.seq() > batch.last_seq {
+                return Err(invalid(
+                    &t.label,
+                    format!(
+                        "change seq {} is beyond the batch's last_seq {}",
+                        op.seq(),
+                        batch.last_seq
+                    ),
+                ));
+            }
+            let plan = &mut plans[*ti];
+            let key: Vec<&'b str> = match op {
+                RowOp::Upsert { cells, .. } => {
+                    if cells.len() != t.spec.columns.len() {
+                        return Err(invalid(
+                            &t.label,
+                            format!(
+                                "upsert with {} cells for {} columns",
+                                cells.len(),
+                                t.spec.columns.len()
+                            ),
+                        ));
+                    }
+                    key_text(&t.key_idx.iter().map(|&i| &cells[i]).collect::<Vec<_>>())
+                }
+                RowOp::Delete { key, .. } => {
+                    if key.len() != t.key_idx.len() {
+                        return Err(invalid(
+                            &t.label,
+                            format!(
+                                "delete with {} key cells for {} key columns",
+                                key.len(),
+                                t.key_idx.len()
+                            ),
+                        ));
+                    }
+                    key_text(&key.iter().collect::<Vec<_>>())
+                }
+            }
+            .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
+            let row = match op {
+                RowOp::Upsert { seq, cells } => {
+                    let cells: Cow<'b, [Cell<'a>]> =
+                        match plan.index.get(&key).map(|&i| &plan.rows[i]) {
+                            Some(PlannedRow {
+                                op: PlannedOp::Upsert(earlier),
+                                ..
+                            }) if cells.iter().any(|c| matches!(c, Cell::Unchanged)) => Cow::Owned(
+                                cells
+                                    .iter()
+                                    .zip(earlier.iter())
+                                    .map(|(c, e)| {
+                                        if matches!(c, Cell::Unchanged) {
+                                            e.clone()
+                                        } else {
+                                            c.clone()
+                                        }
+                                    })
+                                    .collect(),
+                            ),
+                            _ => Cow::Borrowed(cells.as_slice()),
+                        };
+                    PlannedRow {
+                        seq: *seq,
+                        op: PlannedOp::Upsert(cells),
+                    }
+                }
+                RowOp::Delete { seq, key } => PlannedRow {
+                    seq: *seq,
+                    op: PlannedOp::Delete(key),
+                },
+            };
+            match plan.index.get(&key) {
+                Some(&i) => plan.rows[i] = row,
+                None => {
+                    plan.index.insert(key, plan.rows.len());
+                    plan.rows.push(row);
+                }
+            }
+        }
+        Ok(plans)
+    }
+
+    /// For upserts with unchanged cells left: the current live values of those columns, as
+    /// RowBinary, per row index of the plan.
+    async fn current_values(
+        &self,
+        t: &Table,
+        plan: &TablePlan<'_, '_>,
+    ) -> Result<HashMap<usize, Vec<Option<Bytes>>>, ClickHouseError> {
+        let mut out = HashMap::new();
+        let wanted: Vec<usize> = plan
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(&r.op, PlannedOp::Upsert(c) if c.iter().any(|c| matches!(c, Cell::Unchanged))))
+            .map(|(i, _)| i)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        // The columns any of these rows leaves unchanged.
+        let mut cols: Vec<usize> = Vec::new();
+        for &i in &wanted {
+            if let PlannedOp::Upsert(cells) = &plan.rows[i].op {
+                for (c, cell) in cells.iter().enumerate() {
+                    if matches!(cell, Cell::Unchanged) && !cols.contains(&c) {
+                        cols.push(c);
+                    }
+                }
+            }
+        }
+        cols.sort_unstable();
+        // Encoded key → row index, for matching what comes back.
+        let mut by_key: HashMap<Vec<u8>, usize> = HashMap::with_capacity(wanted.len());
+        for &i in &wanted {
+            if let PlannedOp::Upsert(cells) = &plan.rows[i].op {
+                let mut k = Vec::new();
+                for &ki in &t.key_idx {
+                    // Keys were checked to be text when planning.
+                    let _ = t.encoders[ki].encode(cells[ki].as_str().map(str::as_bytes), &mut k);
+                }
+                by_key.insert(k, i);
+            }
+        }
+        let select: Vec<String> = t
+            .key_idx
+            .iter()
+            .chain(&cols)
+            .map(|&c| ident(&t.spec.columns[c].name))
+            .collect();
+        for chunk in wanted.chunks(LOOKUP_KEYS) {
+            let mut conditions = vec![format!("{} = 0", ident(&t.ddl.deleted_column))];
+            for (j, &ki) in t.key_idx.iter().enumerate() {
+                if !text_matches_to_string(&t.types[ki]) {
+                    continue;
+                }
+                let mut values: Vec<String> = chunk
+                    .iter()
+                    .filter_map(|&i| match &plan.rows[i].op {
+                        PlannedOp::Upsert(cells) => cells[t.key_idx[j]].as_str().map(literal),
+                        PlannedOp::Delete(_) => None,
+                    })
+                    .collect();
+                values.sort_unstable();
+                values.dedup();
+                conditions.push(format!(
+                    "toString({}) IN ({})",
+                    ident(&t.spec.columns[ki].name),
+                    values.join(", ")
+                ));
+            }
+            let sql = format!(
+                "SELECT {} FROM {} FINAL WHERE {}",
+                select.join(", "),
+                t.label,
+                conditions.join(" AND ")
+            );
+            let data = self
+                .fetch(
+                    "reading current values of unchanged TOAST columns",
+                    Some(&t.label),
+                    &sql,
+                    "RowBinary",
+                )
+                .await?;
+            let bad = |reason: String| ClickHouseError::Server {
+                what: "reading current values of unchanged TOAST columns".into(),
+                table: Some(t.label.clone()),
+                message: reason,
+                code: None,
+                transient: false,
+            };
+            let mut pos = 0;
+            while pos < data.len() {
+                let start = pos;
+                for &ki in &t.key_idx {
+                    pos += value_len(&t.types[ki], &data[pos..]).map_err(|e| bad(e.to_string()))?;
+                }
+                let key = data[start..pos].to_vec();
+                let mut values = vec![None; t.spec.columns.len()];
+                for &c in &cols {
+                    let n = value_len(&t.types[c], &data[pos..]).map_err(|e| bad(e.to_string()))?;
+                    values[c] = Some(data.slice(pos..pos + n));
+                    pos += n;
+                }
+                if let Some(&i) = by_key.get(&key) {
+                    out.insert(i, values);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode(
+        &self,
+        destination: &str,
+        t: &Table,
+        plan: &TablePlan<'_, '_>,
+        current: &HashMap<usize, Vec<Option<Bytes>>>,
+    ) -> Result<Vec<u8>, ClickHouseError> {
+        let mut out = Vec::with_capacity(plan.rows.len() * (t.spec.columns.len() * 12 + 9));
+        let mut unknown_warned = false;
+        for (i, row) in plan.rows.iter().enumerate() {
+            let reject = |c: usize, text: Option<&str>, reason: String| {
+                ClickHouseError::Rejected(Box::new(RejectedValue {
+                    destination: destination.to_owned(),
+                    table: t.label.clone(),
+                    column: t.spec.columns[c].name.clone(),
+                    seq: row.seq,
+                    value: quote_value(text),
+                    reason,
+                }))
+            };
+            match &row.op {
+                PlannedOp::Upsert(cells) => {
+                    for (c, cell) in cells.iter().enumerate() {
+                        match cell {
+                            Cell::Unchanged => match current.get(&i).and_then(|v| v[c].as_ref()) {
+                                Some(bytes) => out.extend_from_slice(bytes),
+                                None => {
+                                    if !unknown_warned {
+                                        warn!(destination, table = %t.label, column = %t.spec.columns[c].name, seq = row.seq,
+                                            "an unchanged TOAST value of a row ClickHouse does not hold is unknown; writing NULL or the type's default");
+                                        unknown_warned = true;
+                                    }
+                                    t.encoders[c].encode_default(&mut out);
+                                }
+                            },
+                            _ => {
+                                let text = cell.as_str();
+                                t.encoders[c]
+                                    .encode(text.map(str::as_bytes), &mut out)
+                                    .map_err(|e| reject(c, text, e.to_string()))?;
+                            }
+                        }
+                    }
+                    out.extend_from_slice(&row.seq.to_le_bytes());
+                    out.push(0);
+                }
+                PlannedOp::Delete(key) => {
+                    for c in 0..t.spec.columns.len() {
+                        match t.key_idx.iter().position(|&k| k == c) {
+                            Some(j) => {
+                                let text = key[j].as_str();
+                                t.encoders[c]
+                                    .encode(text.map(str::as_bytes), &mut out)
+                                    .map_err(|e| reject(c, text, e.to_string()))?;
+                            }
+                            None => t.encoders[c].encode_default(&mut out),
+                        }
+                    }
+                    out.extend_from_slice(&row.seq.to_le_bytes());
+                    out.push(1);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+struct TablePlan<'b, 'a> {
+    index: HashMap<Vec<&'b str>, usize>,
+    rows: Vec<PlannedRow<'b, 'a>>,
+}
+
+struct PlannedRow<'b, 'a> {
+    seq: u64,
+    op: PlannedOp<'b, 'a>,
+}
+
+enum PlannedOp<'b, 'a> {
+    Upsert(Cow<'b, [Cell<'a>]>),
+    Delete(&'b [Cell<'a>]),
+}
+
+fn key_text<'b>(cells: &[&'b Cell<'_>]) -> Option<Vec<&'b str>> {
+    cells.iter().map(|c| c.as_str()).collect()
+}
+
+/// The PostgreSQL type whose text a column's cells hold.
+fn pg_type(ty: &ColumnType) -> PgType {
+    match ty {
+        ColumnType::Known(t) => t.clone(),
+        // A configured type name: the cells are that type's text, written as a string.
+        ColumnType::Named(_) => PgType::Text,
+    }
+}
+
+/// Whether `toString(column)` prints exactly the PostgreSQL text of the key, so a lookup can
+/// filter on it (otherwise the lookup matches keys on their RowBinary bytes alone).
+fn text_matches_to_string(ty: &ChType) -> bool {
+    match ty {
+        ChType::Int16
+        | ChType::Int32
+        | ChType::Int64
+        | ChType::UInt64
+        | ChType::String
+        | ChType::Uuid
+        | ChType::Date => true,
+        ChType::LowCardinality(inner) => text_matches_to_string(inner),
+        _ => false,
+    }
+}
+
+fn quote_value(text: Option<&str>) -> String {
+    match text {
+        None => "NULL".to_owned(),
+        Some(s) if s.len() <= MAX_QUOTED_VALUE => format!("{s:?}"),
+        Some(s) => {
+            let mut end = MAX_QUOTED_VALUE;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{:?}… ({} bytes)", &s[..end], s.len())
+        }
+    }
+}
+
+/// Rows of a TabSeparated answer, unescaped.
+fn tsv_rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .map(|line| line.split('\t').map(unescape_tsv).collect())
+        .collect()
+}
+
+fn unescape_tsv(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsv_unescapes_what_clickhouse_escapes() {
+        assert_eq!(
+            tsv_rows("a\\tb\tString\nx\\\\y\tNullable(UInt8)\n"),
+            [
+                vec!["a\tb".to_owned(), "String".to_owned()],
+                vec!["x\\y".to_owned(), "Nullable(UInt8)".to_owned()]
+            ]
+        );
+    }
+
+    #[test]
+    fn server_codes_decide_transience() {
+        let e = server_error(
+            "inserting",
+            Some("t"),
+            clickhouse::error::Error::BadResponse(
+                "Code: 252, e.displayText() = DB::Exception: Too many parts".into(),
+            ),
+        );
+        assert!(e.is_transient(), "{e}");
+        let e = server_error(
+            "inserting",
+            Some("t"),
+            clickhouse::error::Error::BadResponse(
+                "Code: 53, e.displayText() = DB::Exception: Type mismatch".into(),
+            ),
+        );
+        assert!(!e.is_transient(), "{e}");
+        assert!(matches!(e, ClickHouseError::Server { code: Some(53), .. }));
+    }
+
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        let v = "é".repeat(300);
+        let q = quote_value(Some(&v));
+        assert!(q.len() < 260 && q.ends_with("(600 bytes)"), "{q}");
+        assert_eq!(quote_value(None), "NULL");
+    }
+}
