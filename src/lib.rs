@@ -13,6 +13,7 @@ pub mod changelog;
 pub mod config;
 pub mod demo;
 pub mod fanout;
+pub mod localch;
 pub mod localpg;
 pub mod logcli;
 pub mod lsn;

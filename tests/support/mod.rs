@@ -1,5 +1,5 @@
-//! Shared by the integration tests: one private PostgreSQL per test binary, a database per
-//! test, and helpers that read the stream with a deadline (never a fixed sleep).
+//! Shared by the integration tests: one private PostgreSQL (and, on demand, one private
+//! ClickHouse) per test binary, a database per test, and helpers that read the stream with a deadline (never a fixed sleep).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pgfanout::change::RowChange;
 use pgfanout::config::SourceConfig;
+use pgfanout::localch::LocalClickHouse;
 use pgfanout::localpg::{LocalPostgres, Options};
 use pgfanout::source::{LogicalStream, SourceEvent};
 use pgfanout::sql::QualifiedName;
@@ -84,6 +85,25 @@ pub async fn fresh_db(prefix: &str) -> String {
         .create_database(&name)
         .await
         .expect("create test database");
+    name
+}
+
+static CLICKHOUSE: OnceLock<LocalClickHouse> = OnceLock::new();
+
+/// The test binary's ClickHouse server, started on first use (a static is never dropped: its
+/// watchdog stops it and removes its directory when the test binary exits).
+pub fn clickhouse() -> &'static LocalClickHouse {
+    CLICKHOUSE.get_or_init(|| LocalClickHouse::start().expect("start the private ClickHouse"))
+}
+
+/// A new, empty ClickHouse database for one test, on [`clickhouse`]. Blocking (a short HTTP
+/// request).
+pub fn fresh_ch_db(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    clickhouse()
+        .query(&format!("CREATE DATABASE `{name}`"))
+        .unwrap_or_else(|e| panic!("create ClickHouse database {name}: {e}"));
     name
 }
 
