@@ -740,34 +740,43 @@ impl ClickHouseSink {
             .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
             let row = match op {
                 RowOp::Upsert { seq, cells } => {
-                    let cells: Cow<'b, [Cell<'a>]> =
-                        match plan.index.get(&key).map(|&i| &plan.rows[i]) {
-                            Some(PlannedRow {
-                                op: PlannedOp::Upsert(earlier),
-                                ..
-                            }) if cells.iter().any(|c| matches!(c, Cell::Unchanged)) => Cow::Owned(
-                                cells
-                                    .iter()
-                                    .zip(earlier.iter())
-                                    .map(|(c, e)| {
-                                        if matches!(c, Cell::Unchanged) {
-                                            e.clone()
-                                        } else {
-                                            c.clone()
-                                        }
-                                    })
-                                    .collect(),
-                            ),
-                            _ => Cow::Borrowed(cells.as_slice()),
-                        };
+                    let earlier = plan.index.get(&key).map(|&i| &plan.rows[i]);
+                    let after_delete = matches!(
+                        earlier,
+                        Some(PlannedRow {
+                            op: PlannedOp::Delete(_),
+                            ..
+                        })
+                    );
+                    let cells: Cow<'b, [Cell<'a>]> = match earlier {
+                        Some(PlannedRow {
+                            op: PlannedOp::Upsert(earlier),
+                            ..
+                        }) if cells.iter().any(|c| matches!(c, Cell::Unchanged)) => Cow::Owned(
+                            cells
+                                .iter()
+                                .zip(earlier.iter())
+                                .map(|(c, e)| {
+                                    if matches!(c, Cell::Unchanged) {
+                                        e.clone()
+                                    } else {
+                                        c.clone()
+                                    }
+                                })
+                                .collect(),
+                        ),
+                        _ => Cow::Borrowed(cells.as_slice()),
+                    };
                     PlannedRow {
                         seq: *seq,
                         op: PlannedOp::Upsert(cells),
+                        after_delete,
                     }
                 }
                 RowOp::Delete { seq, key } => PlannedRow {
                     seq: *seq,
                     op: PlannedOp::Delete(key),
+                    after_delete: false,
                 },
             };
             match plan.index.get(&key) {
@@ -793,7 +802,10 @@ impl ClickHouseSink {
             .rows
             .iter()
             .enumerate()
-            .filter(|(_, r)| matches!(&r.op, PlannedOp::Upsert(c) if c.iter().any(|c| matches!(c, Cell::Unchanged))))
+            .filter(|(_, r)| {
+                !r.after_delete
+                    && matches!(&r.op, PlannedOp::Upsert(c) if c.iter().any(|c| matches!(c, Cell::Unchanged)))
+            })
             .map(|(i, _)| i)
             .collect();
         if wanted.is_empty() {
@@ -968,6 +980,8 @@ struct TablePlan<'b, 'a> {
 struct PlannedRow<'b, 'a> {
     seq: u64,
     op: PlannedOp<'b, 'a>,
+    /// The batch deleted this key before: ClickHouse's current row is not this row's past.
+    after_delete: bool,
 }
 
 enum PlannedOp<'b, 'a> {
