@@ -2,9 +2,11 @@
 //! ClickHouse) per test binary, a database per test, and helpers that read the stream with a deadline (never a fixed sleep).
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgfanout::change::RowChange;
 use pgfanout::config::SourceConfig;
@@ -317,6 +319,26 @@ impl Daemon {
         ))
     }
 
+    /// With the log filter `filter`, its stderr (the log) appended to `log`.
+    pub fn start_logging(config: &std::path::Path, filter: &str, log: &std::path::Path) -> Daemon {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Daemon(Spawned(
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+                .arg("run")
+                .arg("--config")
+                .arg(config)
+                .env("RUST_LOG", filter)
+                .stdout(std::process::Stdio::null())
+                .stderr(file)
+                .spawn()
+                .unwrap(),
+        ))
+    }
+
     pub fn signal(&self, sig: &str) {
         self.0.signal(sig);
     }
@@ -329,5 +351,102 @@ impl Daemon {
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
         self.0.wait().unwrap()
+    }
+}
+
+/// A `postgres://` URL for `db` on `pg`, over its unix socket.
+pub fn url_on(pg: &LocalPostgres, db: &str) -> String {
+    format!(
+        "postgres://postgres@/{db}?host={}&port={}",
+        pg.socket_dir().display(),
+        pg.port()
+    )
+}
+
+/// `s` as a TOML basic string (also usable as a quoted key).
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The last seq in the change log at `dir`.
+pub async fn log_last_seq(dir: &Path) -> u64 {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || pgfanout::changelog::summary(&dir))
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seq
+}
+
+/// Runs `pgfanout ARGS --config CONFIG` to its end, off the runtime.
+pub async fn cli(args: &[&str], config: &Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgfanout"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `pgfanout status --json`; its destinations by name.
+pub async fn destination_status(config: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let out = cli(&["status", "--json"], config).await;
+    assert!(
+        out.status.success(),
+        "pgfanout status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["destinations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no destinations in {status}"))
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap().to_owned(), d.clone()))
+        .collect()
+}
+
+/// Waits until the daemon streams from its slot: changes from then on reach it. Fails at once
+/// if the daemon exits instead.
+pub async fn wait_streaming(daemon: &mut Daemon, source: &tokio_postgres::Client, db: &str) {
+    let slot = format!("s_{db}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = daemon.0 .0.try_wait().unwrap() {
+            panic!("pgfanout run exited with {status} before streaming");
+        }
+        let row = source
+            .query_opt(
+                // A slot being created is already active but decodes only transactions
+                // that commit after its consistent point: wait for START_REPLICATION, which
+                // comes after creation found that point.
+                "SELECT 1 FROM pg_replication_slots s
+                 JOIN pg_stat_replication r ON r.pid = s.active_pid
+                 WHERE s.slot_name = $1 AND s.confirmed_flush_lsn IS NOT NULL
+                   AND r.state IN ('catchup', 'streaming')",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if row.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the daemon to stream from its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

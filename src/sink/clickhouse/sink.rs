@@ -696,6 +696,8 @@ impl ClickHouseSink {
         };
         let mut plans: Vec<TablePlan<'b, 'a>> =
             self.tables.iter().map(|_| TablePlan::default()).collect();
+        // The delete just planned: an upsert under the same seq may be the same row at a new key.
+        let mut moved_from: Option<MovedFrom<'b, 'a>> = None;
         for (ti, op) in &batch.ops {
             let t = self.table(destination, *ti)?;
             if op.seq() > batch.last_seq {
@@ -738,46 +740,70 @@ impl ClickHouseSink {
                 }
             }
             .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
+            let has_unchanged =
+                |cells: &[Cell<'_>]| cells.iter().any(|c| matches!(c, Cell::Unchanged));
             let row = match op {
                 RowOp::Upsert { seq, cells } => {
                     let earlier = plan.index.get(&key).map(|&i| &plan.rows[i]);
-                    let after_delete = matches!(
-                        earlier,
-                        Some(PlannedRow {
-                            op: PlannedOp::Delete(_),
-                            ..
-                        })
-                    );
-                    let cells: Cow<'b, [Cell<'a>]> = match earlier {
-                        Some(PlannedRow {
-                            op: PlannedOp::Upsert(earlier),
-                            ..
-                        }) if cells.iter().any(|c| matches!(c, Cell::Unchanged)) => Cow::Owned(
-                            cells
-                                .iter()
-                                .zip(earlier.iter())
-                                .map(|(c, e)| {
-                                    if matches!(c, Cell::Unchanged) {
-                                        e.clone()
-                                    } else {
-                                        c.clone()
-                                    }
-                                })
-                                .collect(),
-                        ),
-                        _ => Cow::Borrowed(cells.as_slice()),
+                    let mut row = PlannedRow {
+                        seq: *seq,
+                        op: PlannedOp::Upsert(Cow::Borrowed(cells.as_slice())),
+                        after_delete: false,
+                        lookup: None,
                     };
+                    match (earlier, &moved_from) {
+                        _ if !has_unchanged(cells) => {}
+                        // The same row earlier in the batch: its values are the current ones.
+                        // (Its unchanged cells, if any, come from where the earlier op's do.)
+                        (
+                            Some(PlannedRow {
+                                op: PlannedOp::Upsert(prev),
+                                lookup,
+                                ..
+                            }),
+                            _,
+                        ) => {
+                            row.op = PlannedOp::Upsert(Cow::Owned(fill(cells, prev)));
+                            row.lookup = *lookup;
+                        }
+                        (
+                            Some(PlannedRow {
+                                op: PlannedOp::Delete(_),
+                                ..
+                            }),
+                            _,
+                        ) => {
+                            row.after_delete = true;
+                        }
+                        // A key change (or a move between tenants) deletes the old key under
+                        // the same seq first: the values live there.
+                        (None, Some(m)) if m.table == *ti && m.seq == *seq => match &m.cells {
+                            Some(prev) => row.op = PlannedOp::Upsert(Cow::Owned(fill(cells, prev))),
+                            None => row.lookup = Some(m.key),
+                        },
+                        (None, _) => {}
+                    }
+                    moved_from = None;
+                    row
+                }
+                RowOp::Delete { seq, key: old } => {
+                    let replaced = plan.index.get(&key).and_then(|&i| match &plan.rows[i].op {
+                        PlannedOp::Upsert(cells) => Some(cells.clone()),
+                        PlannedOp::Delete(_) => None,
+                    });
+                    moved_from = Some(MovedFrom {
+                        table: *ti,
+                        seq: *seq,
+                        key: old,
+                        cells: replaced,
+                    });
                     PlannedRow {
                         seq: *seq,
-                        op: PlannedOp::Upsert(cells),
-                        after_delete,
+                        op: PlannedOp::Delete(old),
+                        after_delete: false,
+                        lookup: None,
                     }
                 }
-                RowOp::Delete { seq, key } => PlannedRow {
-                    seq: *seq,
-                    op: PlannedOp::Delete(key),
-                    after_delete: false,
-                },
             };
             match plan.index.get(&key) {
                 Some(&i) => plan.rows[i] = row,
@@ -823,17 +849,28 @@ impl ClickHouseSink {
             }
         }
         cols.sort_unstable();
-        // Encoded key → row index, for matching what comes back.
-        let mut by_key: HashMap<Vec<u8>, usize> = HashMap::with_capacity(wanted.len());
-        for &i in &wanted {
-            if let PlannedOp::Upsert(cells) = &plan.rows[i].op {
-                let mut k = Vec::new();
-                for &ki in &t.key_idx {
-                    // Keys were checked to be text when planning.
-                    let _ = t.encoders[ki].encode(cells[ki].as_str().map(str::as_bytes), &mut k);
-                }
-                by_key.insert(k, i);
+        // The key (in key order) whose current row each wanted upsert reads.
+        let lookup_key = |i: usize| -> Vec<&str> {
+            match (&plan.rows[i].lookup, &plan.rows[i].op) {
+                (Some(k), _) => k.iter().filter_map(Cell::as_str).collect(),
+                (None, PlannedOp::Upsert(cells)) => t
+                    .key_idx
+                    .iter()
+                    .filter_map(|&ki| cells[ki].as_str())
+                    .collect(),
+                (None, PlannedOp::Delete(k)) => k.iter().filter_map(Cell::as_str).collect(),
             }
+        };
+        // Encoded key → row indexes, for matching what comes back.
+        let mut by_key: HashMap<Vec<u8>, Vec<usize>> = HashMap::with_capacity(wanted.len());
+        for &i in &wanted {
+            let mut k = Vec::new();
+            for (&ki, text) in t.key_idx.iter().zip(lookup_key(i)) {
+                // Keys were checked to be text when planning; one that does not encode
+                // matches nothing.
+                let _ = t.encoders[ki].encode(Some(text.as_bytes()), &mut k);
+            }
+            by_key.entry(k).or_default().push(i);
         }
         let select: Vec<String> = t
             .key_idx
@@ -849,10 +886,7 @@ impl ClickHouseSink {
                 }
                 let mut values: Vec<String> = chunk
                     .iter()
-                    .filter_map(|&i| match &plan.rows[i].op {
-                        PlannedOp::Upsert(cells) => cells[t.key_idx[j]].as_str().map(literal),
-                        PlannedOp::Delete(_) => None,
-                    })
+                    .filter_map(|&i| lookup_key(i).get(j).map(|k| literal(k)))
                     .collect();
                 values.sort_unstable();
                 values.dedup();
@@ -896,8 +930,8 @@ impl ClickHouseSink {
                     values[c] = Some(data.slice(pos..pos + n));
                     pos += n;
                 }
-                if let Some(&i) = by_key.get(&key) {
-                    out.insert(i, values);
+                for &i in by_key.get(&key).into_iter().flatten() {
+                    out.insert(i, values.clone());
                 }
             }
         }
@@ -977,9 +1011,36 @@ struct TablePlan<'b, 'a> {
     rows: Vec<PlannedRow<'b, 'a>>,
 }
 
+/// A delete of the batch, remembered for the upsert that may follow it under the same seq.
+struct MovedFrom<'b, 'a> {
+    table: usize,
+    seq: u64,
+    key: &'b [Cell<'a>],
+    /// The row's values when the batch wrote it before deleting it.
+    cells: Option<Cow<'b, [Cell<'a>]>>,
+}
+
+/// `cells` with each unchanged cell taken from `from`.
+fn fill<'a>(cells: &[Cell<'a>], from: &[Cell<'a>]) -> Vec<Cell<'a>> {
+    cells
+        .iter()
+        .zip(from)
+        .map(|(c, f)| {
+            if matches!(c, Cell::Unchanged) {
+                f.clone()
+            } else {
+                c.clone()
+            }
+        })
+        .collect()
+}
+
 struct PlannedRow<'b, 'a> {
     seq: u64,
     op: PlannedOp<'b, 'a>,
+    /// The key whose current row holds this upsert's unchanged values, when not its own (the
+    /// old key of a key change).
+    lookup: Option<&'b [Cell<'a>]>,
     /// The batch deleted this key before: ClickHouse's current row is not this row's past.
     after_delete: bool,
 }
