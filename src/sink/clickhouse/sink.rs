@@ -232,12 +232,14 @@ impl ClickHouseSink {
             tables: Vec::new(),
             watermark: None,
         };
-        let text = sink
-            .fetch_text("reading the server version", None, "SELECT version()")
-            .await?;
+        let what = format!(
+            "connecting to ClickHouse at {} (reading its version)",
+            store.url
+        );
+        let text = sink.fetch_text(&what, None, "SELECT version()").await?;
         sink.version =
             ServerVersion::parse(text.trim()).ok_or_else(|| ClickHouseError::Server {
-                what: "reading the server version".into(),
+                what,
                 table: None,
                 message: format!("unrecognised version {:?}", text.trim()),
                 code: None,
