@@ -437,6 +437,37 @@ async fn every_tenant_equals_its_projection_under_final_and_in_the_views() {
     let counts = wait_equal(&source, ch, &database).await;
     assert_eq!(counts[1], 0);
     assert!(daemon.stop().success());
+
+    // `check` reaches the destination; `replay` rebuilds a wiped table, watermark untouched.
+    let out = cli(&["check"], &config).await;
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        report.contains("analytics: reachable (ClickHouse "),
+        "{report}"
+    );
+    let watermark = |ch: &LocalClickHouse| {
+        ch.query(&format!(
+            "SELECT max(seq) FROM `{database}`._pgfanout_watermarks WHERE destination = 'analytics'"
+        ))
+        .unwrap()
+    };
+    let before = watermark(ch);
+    ch.query(&format!("TRUNCATE TABLE `{database}`.users"))
+        .unwrap();
+    let out = cli(
+        &["replay", "--destination", "analytics", "--from-seq", "1"],
+        &config,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_equal(&source, ch, &database).await;
+    assert_each_key_once(ch, &database);
+    assert_eq!(watermark(ch), before);
 }
 
 /// Rounds of user inserts, updates, deletes and tenant moves until `stop`.
