@@ -19,9 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tracing::{debug, warn};
+
+use crate::transform::sha256_hex;
 
 /// How long [`LocalClickHouse::start`] and [`LocalClickHouse::resume`] wait for `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -528,17 +529,6 @@ fn parse_major_version(text: &str) -> Option<u32> {
         .next()?
         .parse()
         .ok()
-}
-
-fn sha256_hex(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(s.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest.iter() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
 }
 
 fn xml_escape(s: &str) -> String {

@@ -88,6 +88,32 @@ pub enum PgType {
 }
 
 impl PgType {
+    /// Every type but arrays, for tests that go through them all.
+    pub const SCALARS: [PgType; 22] = [
+        PgType::Bool,
+        PgType::Int2,
+        PgType::Int4,
+        PgType::Int8,
+        PgType::Float4,
+        PgType::Float8,
+        PgType::Numeric,
+        PgType::Text,
+        PgType::Uuid,
+        PgType::Json,
+        PgType::Jsonb,
+        PgType::Bytea,
+        PgType::Date,
+        PgType::Time,
+        PgType::TimeTz,
+        PgType::Timestamp,
+        PgType::TimestampTz,
+        PgType::Interval,
+        PgType::Inet,
+        PgType::Cidr,
+        PgType::Enum,
+        PgType::Other,
+    ];
+
     /// Maps builtin type oids to a [`PgType`]; unknown oids give [`PgType::Other`].
     pub fn from_oid(oid: u32) -> PgType {
         match oid {
@@ -2440,30 +2466,7 @@ mod tests {
     }
 
     fn all_types() -> Vec<PgType> {
-        let scalars = vec![
-            PgType::Bool,
-            PgType::Int2,
-            PgType::Int4,
-            PgType::Int8,
-            PgType::Float4,
-            PgType::Float8,
-            PgType::Numeric,
-            PgType::Text,
-            PgType::Uuid,
-            PgType::Json,
-            PgType::Jsonb,
-            PgType::Bytea,
-            PgType::Date,
-            PgType::Time,
-            PgType::TimeTz,
-            PgType::Timestamp,
-            PgType::TimestampTz,
-            PgType::Interval,
-            PgType::Inet,
-            PgType::Cidr,
-            PgType::Enum,
-            PgType::Other,
-        ];
+        let scalars = PgType::SCALARS.to_vec();
         let mut all = scalars.clone();
         all.extend(scalars.into_iter().map(arr));
         all.push(arr(arr(PgType::Int4)));

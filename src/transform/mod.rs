@@ -47,6 +47,7 @@
 
 mod compile;
 mod eval;
+pub(crate) use eval::sha256_hex;
 mod json;
 mod parse;
 #[cfg(test)]

@@ -1206,30 +1206,7 @@ mod tests {
 
     /// Every column type pgfanout creates, for both server generations.
     fn created_types() -> Vec<(PgType, ChType)> {
-        let scalars = [
-            PgType::Bool,
-            PgType::Int2,
-            PgType::Int4,
-            PgType::Int8,
-            PgType::Float4,
-            PgType::Float8,
-            PgType::Numeric,
-            PgType::Text,
-            PgType::Uuid,
-            PgType::Json,
-            PgType::Jsonb,
-            PgType::Bytea,
-            PgType::Date,
-            PgType::Time,
-            PgType::TimeTz,
-            PgType::Timestamp,
-            PgType::TimestampTz,
-            PgType::Interval,
-            PgType::Inet,
-            PgType::Cidr,
-            PgType::Enum,
-            PgType::Other,
-        ];
+        let scalars = PgType::SCALARS;
         let mut out = vec![];
         for v in [ServerVersion::new(18, 16), ServerVersion::new(24, 3)] {
             for pg in scalars
