@@ -168,17 +168,22 @@ async fn unchanged_toast_values_come_from_the_batch_or_the_current_row() {
     // A key change (here a move to another tenant) deletes the old key under the change's
     // seq: the new key's unchanged values come from the old key's row, in ClickHouse or
     // earlier in the batch.
-    let mut b = Batch::new(12);
+    let mut b = Batch::new(14);
     b.delete(0, 9, vec![t("p1"), t("1")])
         .upsert(0, 9, vec![t("p2"), t("1"), t("moved"), Cell::Unchanged])
         .upsert(0, 10, vec![t("p1"), t("4"), t("dd"), t("bio 4")])
         .delete(0, 11, vec![t("p1"), t("4")])
         .upsert(0, 11, vec![t("p3"), t("4"), t("dd2"), Cell::Unchanged])
-        .upsert(0, 12, vec![t("p2"), t("1"), t("moved2"), Cell::Unchanged]);
+        .upsert(0, 12, vec![t("p2"), t("1"), t("moved2"), Cell::Unchanged])
+        // Moved twice in one batch: from ClickHouse's row at the first key.
+        .upsert(0, 13, vec![t("p1"), t("3"), t("cy3"), Cell::Unchanged])
+        .delete(0, 14, vec![t("p1"), t("3")])
+        .upsert(0, 14, vec![t("p5"), t("3"), t("cy4"), Cell::Unchanged]);
     sink.apply("analytics", &b).await.unwrap();
     let rows = live(&db);
     assert!(rows.contains("p2\t1\tmoved2\tlong bio 1\n"), "{rows}");
     assert!(rows.contains("p3\t4\tdd2\tbio 4\n"), "{rows}");
+    assert!(rows.contains("p5\t3\tcy4\tbio 3\n"), "{rows}");
     assert!(
         !rows.contains("p1\t1\t") && !rows.contains("p1\t4\t"),
         "{rows}"

@@ -292,6 +292,44 @@ async fn soft_delete_and_unchanged_cells_keep_existing_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_keeps_unchanged_values_from_the_old_key() {
+    for soft in [false, true] {
+        let db = fresh_db("sink_rekey").await;
+        let client = sql(&db).await;
+        let mut sink = sink(&db, "public").await;
+        sink.ensure_tables(&[kv_table(soft)], true).await.unwrap();
+        let mut b = Batch::new(1);
+        b.upsert(0, 1, kv("1", t("big one"), "1"));
+        sink.apply("d", &b).await.unwrap();
+        // An update of the primary key with the large value untouched: pgoutput sends the old
+        // key and the new row with the value as unchanged TOAST, under one seq.
+        let mut b = Batch::new(5);
+        b.delete(0, 2, vec![t("1")])
+            .upsert(0, 2, kv("2", Cell::Unchanged, "2"))
+            // Written and moved inside one batch, then moved again.
+            .upsert(0, 3, kv("5", t("big five"), "3"))
+            .delete(0, 4, vec![t("5")])
+            .upsert(0, 4, kv("6", Cell::Unchanged, "4"))
+            .delete(0, 5, vec![t("2")])
+            .upsert(0, 5, kv("7", Cell::Unchanged, "5"));
+        sink.apply("d", &b).await.unwrap();
+        let live = if soft {
+            "SELECT id, big, small FROM kv WHERE NOT _deleted ORDER BY id"
+        } else {
+            "SELECT id, big, small FROM kv ORDER BY id"
+        };
+        assert_eq!(
+            rows(&client, live).await,
+            vec![
+                row(&[Some("6"), Some("big five"), Some("4")]),
+                row(&[Some("7"), Some("big one"), Some("5")]),
+            ],
+            "soft delete: {soft}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_without_create_reports_every_problem() {
     let db = fresh_db("sink_validate").await;
     let client = sql(&db).await;

@@ -22,6 +22,10 @@
 //!                                                        run after the row statements)
 //! ```
 //!
+//! A row whose key changed (deleted at its old key under the same seq just before) and that
+//! carries [`Cell::Unchanged`] first goes through `carry`: `INSERT … SELECT` joining the old
+//! key's row, taking the unchanged columns from it (the old row is deleted after).
+//!
 //! Rows carrying [`Cell::Unchanged`] first go through `keep`, which updates an existing row and
 //! keeps those columns; the `upsert` that follows then finds the row at the same `_seq` and
 //! leaves it alone, or inserts it when it did not exist — with NULL in the unchanged columns,
@@ -245,6 +249,8 @@ struct Prepared {
     upsert: Statement,
     /// None when every column is a key column (nothing can be unchanged).
     keep: Option<Statement>,
+    /// Like `keep`, for rows whose key changed; None alike.
+    carry: Option<Statement>,
     delete: Statement,
     truncate: Statement,
 }
@@ -517,6 +523,10 @@ impl PostgresSink {
             Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
             None => None,
         };
+        let carry = match &sql.carry {
+            Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
+            None => None,
+        };
         let delete = self.client.prepare(&sql.delete).await.map_err(prep)?;
         let truncate = self.client.prepare(&sql.truncate).await.map_err(prep)?;
         Ok(Prepared {
@@ -526,6 +536,7 @@ impl PostgresSink {
             casts,
             upsert,
             keep,
+            carry,
             delete,
             truncate,
         })
@@ -855,6 +866,7 @@ fn create_table_sql(t: &TargetTable) -> String {
 struct Sql {
     upsert: String,
     keep: Option<String>,
+    carry: Option<String>,
     delete: String,
     truncate: String,
 }
@@ -943,6 +955,55 @@ fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -> Sql {
         )
     });
 
+    // carry: a row at a new key takes its unchanged values from its old key's row
+    let carry = (!non_key.is_empty()).then(|| {
+        let k = key_idx.len();
+        let mut params: Vec<String> = (1..=n).map(|p| format!("${p}::text[]")).collect();
+        let mut names: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+        for (j, &i) in non_key.iter().enumerate() {
+            params.push(format!("${}::bool[]", n + 1 + j));
+            names.push(format!("k{i}"));
+        }
+        for j in 0..k {
+            params.push(format!("${}::text[]", n + non_key.len() + 1 + j));
+            names.push(format!("o{j}"));
+        }
+        params.push(format!("${}::int8[]", n + non_key.len() + k + 1));
+        names.push("s".into());
+        let mut select: Vec<String> = (0..n)
+            .map(|i| {
+                let v = cast(i, &format!("u.v{i}"));
+                if key_idx.contains(&i) {
+                    v
+                } else {
+                    format!("CASE WHEN u.k{i} THEN o.{} ELSE {v} END", col(i))
+                }
+            })
+            .collect();
+        select.push("u.s".into());
+        let mut on: Vec<String> = key_idx
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| format!("o.{} = {}", col(i), cast(i, &format!("u.o{j}"))))
+            .collect();
+        if t.soft_delete {
+            select.push("false".into());
+            on.push(format!("NOT o.{del}"));
+        }
+        format!(
+            "INSERT INTO {table} AS t ({}) SELECT {} FROM unnest({}) AS u({}) \
+             JOIN {table} AS o ON {} \
+             ON CONFLICT ({}) DO UPDATE SET {} WHERE t.{ver} < excluded.{ver}",
+            target.join(", "),
+            select.join(", "),
+            params.join(", "),
+            names.join(", "),
+            on.join(" AND "),
+            keys.join(", "),
+            set.join(", ")
+        )
+    });
+
     // delete
     let k = key_idx.len();
     let mut params: Vec<String> = (1..=k).map(|p| format!("${p}::text[]")).collect();
@@ -969,6 +1030,7 @@ fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -> Sql {
     Sql {
         upsert,
         keep,
+        carry,
         delete,
         truncate,
     }
@@ -978,6 +1040,9 @@ fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -> Sql {
 struct Upsert<'b, 'a> {
     seq: i64,
     cells: Vec<&'b Cell<'a>>,
+    /// For a row whose key changed (deleted at its old key under the same seq): the old key,
+    /// whose row holds the values of the `Unchanged` cells.
+    moved_from: Option<Vec<&'b Cell<'a>>>,
 }
 
 struct Delete<'b, 'a> {
@@ -1007,6 +1072,42 @@ impl TablePlan<'_, '_> {
         t: &Prepared,
     ) -> Result<(), (&'static str, tokio_postgres::Error)> {
         let n = t.spec.columns.len();
+        let unchanged_flags = |rows: &[&Upsert]| -> Vec<Vec<bool>> {
+            (0..n)
+                .filter(|i| !t.key_idx.contains(i))
+                .map(|i| {
+                    rows.iter()
+                        .map(|u| matches!(u.cells[i], Cell::Unchanged))
+                        .collect()
+                })
+                .collect()
+        };
+        let carry_rows: Vec<&Upsert> = self
+            .upserts
+            .iter()
+            .filter(|u| u.moved_from.is_some())
+            .collect();
+        if let (Some(carry), false) = (&t.carry, carry_rows.is_empty()) {
+            let values = column_arrays(n, &carry_rows);
+            let flags = unchanged_flags(&carry_rows);
+            let old_keys: Vec<Vec<Option<&str>>> = (0..t.key_idx.len())
+                .map(|j| {
+                    carry_rows
+                        .iter()
+                        .map(|u| u.moved_from.as_ref().and_then(|k| k[j].as_str()))
+                        .collect()
+                })
+                .collect();
+            let seqs: Vec<i64> = carry_rows.iter().map(|u| u.seq).collect();
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(3 * n + 1);
+            params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.extend(flags.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.extend(old_keys.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.push(&seqs);
+            tx.execute(carry, &params)
+                .await
+                .map_err(|e| ("moving rows with unchanged values to their new key", e))?;
+        }
         let keep_rows: Vec<&Upsert> = self
             .upserts
             .iter()
@@ -1014,15 +1115,7 @@ impl TablePlan<'_, '_> {
             .collect();
         if let (Some(keep), false) = (&t.keep, keep_rows.is_empty()) {
             let values = column_arrays(n, &keep_rows);
-            let flags: Vec<Vec<bool>> = (0..n)
-                .filter(|i| !t.key_idx.contains(i))
-                .map(|i| {
-                    keep_rows
-                        .iter()
-                        .map(|u| matches!(u.cells[i], Cell::Unchanged))
-                        .collect()
-                })
-                .collect();
+            let flags = unchanged_flags(&keep_rows);
             let seqs: Vec<i64> = keep_rows.iter().map(|u| u.seq).collect();
             let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(2 * n + 1);
             params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
@@ -1154,6 +1247,10 @@ fn plan<'b, 'a>(
     // Per table: key text → slot in `latest`.
     let mut index: Vec<HashMap<Vec<&'b str>, usize>> = vec![HashMap::new(); tables.len()];
     let mut latest: Vec<Vec<Latest<'b, 'a>>> = (0..tables.len()).map(|_| Vec::new()).collect();
+    // The last delete: (table, seq, key, the cells it replaced when the batch wrote the row).
+    type Replaced<'b, 'a> = (Vec<&'b Cell<'a>>, Option<Vec<&'b Cell<'a>>>);
+    type LastDelete<'b, 'a> = (usize, i64, Vec<&'b Cell<'a>>, Option<Replaced<'b, 'a>>);
+    let mut last_delete: Option<LastDelete<'b, 'a>> = None;
     for (ti, op) in &batch.ops {
         let t = table_at(*ti)?;
         let tname = t.name.to_string();
@@ -1202,14 +1299,48 @@ fn plan<'b, 'a>(
             }
         }
         let new = match op {
-            RowOp::Upsert { cells, .. } => Latest::Upsert(Upsert {
-                seq,
-                cells: cells.iter().collect(),
-            }),
-            RowOp::Delete { .. } => Latest::Delete(Delete {
-                seq,
-                key: key_cells,
-            }),
+            RowOp::Upsert { cells, .. } => {
+                let mut u = Upsert {
+                    seq,
+                    cells: cells.iter().collect(),
+                    moved_from: None,
+                };
+                // A key change: the delete of the old key came just before, under this seq.
+                if let Some((dt, dseq, old_key, replaced)) = last_delete.take() {
+                    let unchanged = u.cells.iter().any(|c| matches!(c, Cell::Unchanged));
+                    if dt == *ti && dseq == seq && unchanged && !index[*ti].contains_key(&key_text)
+                    {
+                        match replaced {
+                            // Moved again: still unknown cells come from where the earlier
+                            // write's do.
+                            Some((prev, prev_moved_from)) => {
+                                for (cell, p) in u.cells.iter_mut().zip(prev) {
+                                    if matches!(cell, Cell::Unchanged) {
+                                        *cell = p;
+                                    }
+                                }
+                                u.moved_from = prev_moved_from.or(Some(old_key));
+                            }
+                            None => u.moved_from = Some(old_key),
+                        }
+                    }
+                }
+                Latest::Upsert(u)
+            }
+            RowOp::Delete { .. } => {
+                let replaced =
+                    index[*ti]
+                        .get(&key_text)
+                        .and_then(|&slot| match &latest[*ti][slot] {
+                            Latest::Upsert(u) => Some((u.cells.clone(), u.moved_from.clone())),
+                            _ => None,
+                        });
+                last_delete = Some((*ti, seq, key_cells.clone(), replaced));
+                Latest::Delete(Delete {
+                    seq,
+                    key: key_cells,
+                })
+            }
         };
         match index[*ti].get(&key_text) {
             None => {
@@ -1231,6 +1362,10 @@ fn plan<'b, 'a>(
                         if matches!(cell, Cell::Unchanged) {
                             *cell = prev;
                         }
+                    }
+                    // Cells still unchanged come from where the earlier upsert's do.
+                    if n.moved_from.is_none() {
+                        n.moved_from = o.moved_from.clone();
                     }
                 }
                 *old = new;

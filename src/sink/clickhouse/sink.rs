@@ -780,7 +780,12 @@ impl ClickHouseSink {
                         // A key change (or a move between tenants) deletes the old key under
                         // the same seq first: the values live there.
                         (None, Some(m)) if m.table == *ti && m.seq == *seq => match &m.cells {
-                            Some(prev) => row.op = PlannedOp::Upsert(Cow::Owned(fill(cells, prev))),
+                            Some((prev, prev_lookup)) => {
+                                row.op = PlannedOp::Upsert(Cow::Owned(fill(cells, prev)));
+                                // Cells still unchanged: where the earlier write's come from,
+                                // which is the old key's row unless it moved too.
+                                row.lookup = prev_lookup.or(Some(m.key));
+                            }
                             None => row.lookup = Some(m.key),
                         },
                         (None, _) => {}
@@ -789,9 +794,13 @@ impl ClickHouseSink {
                     row
                 }
                 RowOp::Delete { seq, key: old } => {
-                    let replaced = plan.index.get(&key).and_then(|&i| match &plan.rows[i].op {
-                        PlannedOp::Upsert(cells) => Some(cells.clone()),
-                        PlannedOp::Delete(_) => None,
+                    let replaced = plan.index.get(&key).and_then(|&i| match &plan.rows[i] {
+                        PlannedRow {
+                            op: PlannedOp::Upsert(cells),
+                            lookup,
+                            ..
+                        } => Some((cells.clone(), *lookup)),
+                        _ => None,
                     });
                     moved_from = Some(MovedFrom {
                         table: *ti,
@@ -1018,8 +1027,9 @@ struct MovedFrom<'b, 'a> {
     table: usize,
     seq: u64,
     key: &'b [Cell<'a>],
-    /// The row's values when the batch wrote it before deleting it.
-    cells: Option<Cow<'b, [Cell<'a>]>>,
+    /// The row's values when the batch wrote it before deleting it, and where its own
+    /// unchanged cells come from.
+    cells: Option<(Cow<'b, [Cell<'a>]>, Option<&'b [Cell<'a>]>)>,
 }
 
 /// `cells` with each unchanged cell taken from `from`.
