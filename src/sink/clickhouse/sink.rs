@@ -1022,6 +1022,9 @@ struct TablePlan<'b, 'a> {
     rows: Vec<PlannedRow<'b, 'a>>,
 }
 
+/// Where an upsert's unchanged cells come from when not its own key's row.
+type Lookup<'b, 'a> = Option<&'b [Cell<'a>]>;
+
 /// A delete of the batch, remembered for the upsert that may follow it under the same seq.
 struct MovedFrom<'b, 'a> {
     table: usize,
@@ -1029,7 +1032,7 @@ struct MovedFrom<'b, 'a> {
     key: &'b [Cell<'a>],
     /// The row's values when the batch wrote it before deleting it, and where its own
     /// unchanged cells come from.
-    cells: Option<(Cow<'b, [Cell<'a>]>, Option<&'b [Cell<'a>]>)>,
+    cells: Option<(Cow<'b, [Cell<'a>]>, Lookup<'b, 'a>)>,
 }
 
 /// `cells` with each unchanged cell taken from `from`.
