@@ -89,18 +89,27 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
     if cfg.mappings.is_empty() && cfg.destinations.is_empty() {
         return;
     }
-    match crate::fanout::Setup::load(cfg).await {
-        Ok(setup) => report.push(
-            "mappings",
-            Outcome::Ok(format!(
-                "{} mapping(s) compile against the source tables; {} tenant(s) loaded",
-                cfg.mappings.len(),
-                setup.registry.len()
-            )),
-        ),
-        Err(e) => report.push("mappings", Outcome::Problem(e.to_string())),
-    }
-    for d in &cfg.destinations {
+    let setup = match crate::fanout::Setup::load(cfg).await {
+        Ok(setup) => {
+            report.push(
+                "mappings",
+                Outcome::Ok(format!(
+                    "{} mapping(s) compile against the source tables; {} tenant(s) loaded",
+                    cfg.mappings.len(),
+                    setup.registry.len()
+                )),
+            );
+            Some(setup)
+        }
+        Err(e) => {
+            report.push("mappings", Outcome::Problem(e.to_string()));
+            None
+        }
+    };
+    for (i, d) in cfg.destinations.iter().enumerate() {
+        // The target tables, when the mappings compiled (ClickHouse tables are checked
+        // read-only; PostgreSQL ones when the writer starts, since creating may be part of it).
+        let tables = setup.as_ref().map(|s| &s.destinations[i].tables);
         let outcome = match &d.store {
             StoreConfig::Postgres(pg) => match pg.conn.connect_sql().await {
                 Ok(_) => Outcome::Ok(format!("{}: reachable", d.name)),
@@ -114,11 +123,21 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
                         sink.server_version()
                     ))
                 }
-                Ok(sink) => Outcome::Ok(format!(
-                    "{}: reachable (ClickHouse {})",
-                    d.name,
-                    sink.server_version()
-                )),
+                Ok(mut sink) => {
+                    let checked = match tables {
+                        Some(t) => sink.check_tables(&d.name, t, d.create_tables).await,
+                        None => Ok(()),
+                    };
+                    match checked {
+                        Ok(()) => Outcome::Ok(format!(
+                            "{}: reachable (ClickHouse {}){}",
+                            d.name,
+                            sink.server_version(),
+                            if tables.is_some() { "; its tables match" } else { "" }
+                        )),
+                        Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+                    }
+                }
                 Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
             },
         };

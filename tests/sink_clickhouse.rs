@@ -359,11 +359,18 @@ async fn existing_tables_are_validated_with_every_problem() {
          sync_sequence_id UInt32) ENGINE = MergeTree ORDER BY id"
     ));
     let mut sink = ClickHouseSink::connect(&store(&db)).await.unwrap();
+    // `pgfanout check` reports the same, read-only.
+    let checked = sink
+        .check_tables("analytics", &[users(&db)], true)
+        .await
+        .unwrap_err()
+        .to_string();
     let e = sink
         .ensure_tables("analytics", &[users(&db)], true)
         .await
         .unwrap_err();
     let msg = e.to_string();
+    assert_eq!(checked, msg);
     for part in [
         "column `id` is String, which cannot hold the Int64",
         "column `name` is UInt8",
@@ -374,9 +381,19 @@ async fn existing_tables_are_validated_with_every_problem() {
     ] {
         assert!(msg.contains(part), "{part:?} in {msg}");
     }
-    // Without create_tables a missing table is an error, not created.
+    // Without create_tables a missing table is an error, not created; with it, check is
+    // content and creates nothing.
     let db2 = fresh_ch_db("validate");
     let mut sink = ClickHouseSink::connect(&store(&db2)).await.unwrap();
+    sink.check_tables("analytics", &[users(&db2)], true)
+        .await
+        .unwrap();
+    assert_eq!(ch(&format!("SHOW TABLES FROM `{db2}`")), "");
+    let e = sink
+        .check_tables("analytics", &[users(&db2)], false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
     let e = sink
         .ensure_tables("analytics", &[users(&db2)], false)
         .await

@@ -345,6 +345,28 @@ impl ClickHouseSink {
         tables: &[TargetTable],
         create: bool,
     ) -> Result<(), ClickHouseError> {
+        self.prepare_tables(destination, tables, create, false)
+            .await
+    }
+
+    /// What [`ensure_tables`](Self::ensure_tables) would report, without changing anything
+    /// (`pgfanout check`): a missing table is a problem only when it would not be created.
+    pub async fn check_tables(
+        &mut self,
+        destination: &str,
+        tables: &[TargetTable],
+        create: bool,
+    ) -> Result<(), ClickHouseError> {
+        self.prepare_tables(destination, tables, create, true).await
+    }
+
+    async fn prepare_tables(
+        &mut self,
+        destination: &str,
+        tables: &[TargetTable],
+        create: bool,
+        dry_run: bool,
+    ) -> Result<(), ClickHouseError> {
         let db = self.store.database.clone();
         let schema_err = |problems| ClickHouseError::Schema {
             destination: destination.to_owned(),
@@ -358,7 +380,7 @@ impl ClickHouseSink {
                 self.version
             )]));
         }
-        if create {
+        if create && !dry_run {
             self.execute(
                 "creating the database",
                 None,
@@ -372,6 +394,9 @@ impl ClickHouseSink {
             let ddl = self.table_ddl(t);
             let label = qualified(&db, &t.name);
             let mut existing = self.columns(&db, &t.name).await?;
+            if existing.is_empty() && create && dry_run {
+                continue;
+            }
             if existing.is_empty() && create {
                 info!(destination, table = %label, "creating table");
                 self.execute(
@@ -473,6 +498,9 @@ impl ClickHouseSink {
         }
         if !problems.is_empty() {
             return Err(schema_err(problems));
+        }
+        if dry_run {
+            return Ok(());
         }
         self.execute(
             "creating the watermark table",
