@@ -7,10 +7,12 @@
 //! decodes exactly the same transactions. Rounds rotate which client goes first; the report
 //! gives each client's median rate and the ratios against pg_recvlogical.
 
-use std::path::Path;
+mod bench_common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bench_common::find_recvlogical;
 use pgfanout::localpg::{LocalPostgres, Options};
 
 const ROWS: u64 = 1_000_000;
@@ -190,23 +192,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-fn find_recvlogical() -> Option<String> {
-    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.iter()
-        .rev()
-        .map(|d| d.join("pg_recvlogical"))
-        .find(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .or_else(|| {
-            Path::new("/usr/bin/pg_recvlogical")
-                .exists()
-                .then(|| "/usr/bin/pg_recvlogical".into())
-        })
 }

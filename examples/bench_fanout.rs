@@ -10,34 +10,23 @@
 //! its start until the workload's final marker row is visible in its target — both apply in
 //! commit order, so the marker means everything before it is applied.
 
-use std::process::{Child, Command, Stdio};
+mod bench_common;
+
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use bench_common::{
+    bench_rows, bench_workloads, check_running, pg_conninfo, pg_url, pgfanout_bin, setup_source,
+    source_and_mappings_toml, spawn, stop, write_preload, write_workload, BoxError, MARKER_TIMEOUT,
+    TABLES, TENANT,
+};
 use pgfanout::localpg::{LocalPostgres, Options};
 use tokio_postgres::Client;
 
-const ROWS: u64 = 1_000_000;
-const ROWS_PER_TXN: u64 = 10_000;
-/// Rows present before the update-heavy and mixed workloads.
-const PRELOAD: u64 = 100_000;
-const TENANT: &str = "00000000-0000-0000-0000-000000000001";
-
-const TABLES: &str = "
-    CREATE TABLE bench (id bigint NOT NULL, tenant uuid NOT NULL, email text, name text,
-                        score int, balance numeric(12,2), active bool, created_at timestamptz,
-                        note text, tags text[], PRIMARY KEY (tenant, id));
-    CREATE TABLE marker (id int NOT NULL, tenant uuid NOT NULL, PRIMARY KEY (tenant, id));";
-
-type BoxError = Box<dyn std::error::Error>;
-
 fn main() -> Result<(), BoxError> {
-    let rows: u64 = std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(ROWS);
-    let only = std::env::var("BENCH_WORKLOADS").unwrap_or_else(|_| "insert,update,mixed".into());
-    let pgfanout =
-        std::env::var("PGFANOUT_BIN").unwrap_or_else(|_| "target/release/pgfanout".into());
+    let rows = bench_rows();
+    let only = bench_workloads();
+    let pgfanout = pgfanout_bin();
     let rt = tokio::runtime::Runtime::new()?;
     let pg = LocalPostgres::start(&Options {
         conf: vec![
@@ -90,66 +79,36 @@ async fn bench(
     let source = pg.sql(&src).await?;
     let native_db = pg.sql(&native).await?;
     let fanout_db = pg.sql(&fanout).await?;
-    source
-        .batch_execute(&format!(
-            "{TABLES} CREATE PUBLICATION bench FOR TABLE bench, marker;"
-        ))
-        .await?;
-    // Each in its own transaction: a slot cannot be created after writes in the same one.
-    for slot in [format!("native_{workload}"), format!("pgf_{workload}")] {
-        source
-            .execute(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot],
-            )
-            .await?;
-    }
+    setup_source(
+        &source,
+        &[format!("native_{workload}"), format!("pgf_{workload}")],
+    )
+    .await?;
     native_db.batch_execute(TABLES).await?;
     native_db
         .batch_execute(&format!(
             "CREATE SUBSCRIPTION sub_{workload}
-                 CONNECTION 'host={} port={} dbname={src} user=postgres'
+                 CONNECTION '{}'
                  PUBLICATION bench
                  WITH (create_slot = false, slot_name = 'native_{workload}', copy_data = false,
                        enabled = false)",
-            pg.socket_dir().display(),
-            pg.port()
+            pg_conninfo(pg, &src)
         ))
         .await?;
     let work = tempfile::tempdir()?;
     let config = work.path().join("pgfanout.toml");
-    let url = |db: &str| {
-        format!(
-            "postgres://postgres@/{db}?host={}&port={}",
-            pg.socket_dir().display(),
-            pg.port()
-        )
-    };
     std::fs::write(
         &config,
         format!(
-            "[source]\nurl = \"{}\"\npublication = \"bench\"\nmanage = false\nslot = \"pgf_{workload}\"\n\
-             [log]\ndir = \"{}\"\n\
-             [[mappings]]\nname = \"bench\"\nsource = \"public.bench\"\ntenant_key = \"tenant\"\ntarget = \"bench\"\n\
-             [mappings.columns]\nid = \"id\"\ntenant = \"tenant\"\nemail = \"email\"\nname = \"name\"\nscore = \"score\"\n\
-             balance = \"balance\"\nactive = \"active\"\ncreated_at = \"created_at\"\nnote = \"note\"\ntags = \"tags\"\n\
-             [[mappings]]\nname = \"marker\"\nsource = \"public.marker\"\ntenant_key = \"tenant\"\ntarget = \"marker\"\n\
-             [mappings.columns]\nid = \"id\"\ntenant = \"tenant\"\n\
-             [[destinations]]\nname = \"bench\"\nkind = \"postgres\"\nurl = \"{}\"\ntenants = [\"{TENANT}\"]\n\
+            "{}[[destinations]]\nname = \"bench\"\nkind = \"postgres\"\nurl = \"{}\"\ntenants = [\"{TENANT}\"]\n\
              mappings = [\"bench\", \"marker\"]\n",
-            url(&src),
-            work.path().join("log").display(),
-            url(&fanout),
+            source_and_mappings_toml(&pg_url(pg, &src), &format!("pgf_{workload}"), &work.path().join("log")),
+            pg_url(pg, &fanout),
         ),
     )?;
 
     // Preload (untimed): both targets reach the same starting rows through their consumer.
-    if workload != "insert" {
-        insert(&source, 1, PRELOAD).await?;
-    }
-    source
-        .execute("INSERT INTO marker VALUES (1, $1::text::uuid)", &[&TENANT])
-        .await?;
+    write_preload(&source, workload).await?;
     enable(&native_db, workload, true).await?;
     wait_marker(&native_db, 1, None).await?;
     enable(&native_db, workload, false).await?;
@@ -158,55 +117,7 @@ async fn bench(
     stop(daemon)?;
 
     eprintln!("{workload}: writing {rows} row changes");
-    match workload {
-        "insert" => insert(&source, PRELOAD + 1, rows).await?,
-        "update" => {
-            let mut done = 0;
-            while done < rows {
-                let n = ROWS_PER_TXN.min(rows - done);
-                let from = done % PRELOAD + 1;
-                source
-                    .batch_execute(&format!(
-                        "UPDATE bench SET score = score + 1, note = 'updated ' || id
-                         WHERE id BETWEEN {from} AND {}",
-                        from + n - 1
-                    ))
-                    .await?;
-                done += n;
-            }
-        }
-        "mixed" => {
-            // Per transaction: half inserts of new rows, 30% updates, 20% deletes.
-            let mut done = 0;
-            let mut next_new = PRELOAD + 1;
-            let mut next_old = 1;
-            while done < rows {
-                let n = ROWS_PER_TXN.min(rows - done);
-                let (ins, upd) = (n / 2, n * 3 / 10);
-                let del = n - ins - upd;
-                source
-                    .batch_execute(&format!(
-                        "BEGIN;
-                         {}
-                         UPDATE bench SET score = score + 1, note = 'mixed' WHERE id BETWEEN {next_old} AND {};
-                         DELETE FROM bench WHERE id BETWEEN {} AND {};
-                         COMMIT;",
-                        insert_sql(next_new, ins),
-                        next_old + upd - 1,
-                        next_old + upd,
-                        next_old + upd + del - 1
-                    ))
-                    .await?;
-                next_new += ins;
-                next_old += upd + del;
-                done += n;
-            }
-        }
-        other => return Err(format!("unknown workload {other}").into()),
-    }
-    source
-        .execute("INSERT INTO marker VALUES (2, $1::text::uuid)", &[&TENANT])
-        .await?;
+    write_workload(&source, workload, rows).await?;
 
     let time_native = async {
         enable(&native_db, workload, true).await?;
@@ -262,25 +173,6 @@ async fn bench(
     Ok((native_took, fanout_took))
 }
 
-fn insert_sql(from: u64, n: u64) -> String {
-    format!(
-        "INSERT INTO bench SELECT g, '{TENANT}', 'user' || g || '@example.com', 'User number ' || g,
-                g % 1000, (g % 100000) / 100.0, g % 2 = 0, now(), repeat('n', 20), ARRAY['a', 'b' || (g % 10)]
-         FROM generate_series({from}, {}) g;",
-        from + n - 1
-    )
-}
-
-async fn insert(client: &Client, from: u64, rows: u64) -> Result<(), BoxError> {
-    let mut done = 0;
-    while done < rows {
-        let n = ROWS_PER_TXN.min(rows - done);
-        client.batch_execute(&insert_sql(from + done, n)).await?;
-        done += n;
-    }
-    Ok(())
-}
-
 async fn enable(client: &Client, workload: &str, on: bool) -> Result<(), BoxError> {
     let verb = if on { "ENABLE" } else { "DISABLE" };
     client
@@ -308,7 +200,7 @@ async fn wait_marker(
     id: i32,
     mut daemon: Option<&mut Child>,
 ) -> Result<(), BoxError> {
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    let deadline = Instant::now() + MARKER_TIMEOUT;
     loop {
         let found = client
             .query_opt("SELECT 1 FROM marker WHERE id = $1", &[&id])
@@ -317,35 +209,11 @@ async fn wait_marker(
             return Ok(());
         }
         if let Some(d) = daemon.as_mut() {
-            if let Some(status) = d.try_wait()? {
-                return Err(format!("pgfanout run exited with {status} before marker {id}").into());
-            }
+            check_running(d, &format!("marker {id}"))?;
         }
         if Instant::now() > deadline {
             return Err(format!("marker {id} never arrived").into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn spawn(pgfanout: &str, config: &std::path::Path) -> Result<Child, BoxError> {
-    Ok(Command::new(pgfanout)
-        .args(["run", "--config"])
-        .arg(config)
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .spawn()?)
-}
-
-fn stop(mut daemon: Child) -> Result<(), BoxError> {
-    let pid = daemon.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status()?;
-    let status = daemon.wait()?;
-    if !status.success() {
-        return Err(format!("pgfanout run exited with {status}").into());
-    }
-    Ok(())
 }
