@@ -27,6 +27,14 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for new records before looking at the stop flag and re-attach requests.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// A destination's queue holds two of its batches (and at least [`super::QUEUE_CHUNKS`]
+/// chunks): the dispatcher routes on while the worker writes one batch, so a destination
+/// that keeps up with the log on average never detaches just because one write takes a
+/// while (a ClickHouse insert of 100,000 rows). Memory stays bounded by `batch_rows`.
+pub(super) fn queue_chunks(batch_rows: usize) -> usize {
+    (2 * batch_rows.div_ceil(CHUNK_OPS)).max(super::QUEUE_CHUNKS)
+}
+
 /// A destination's share of the log from `from_seq` to `to_seq` (inclusive): every change in
 /// that range was routed, and `ops` are all of it that concerns the destination. The chunk
 /// sent at re-attachment is empty (`to_seq = from_seq - 1`): it only marks where the gap the

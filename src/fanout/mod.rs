@@ -48,7 +48,8 @@ pub use replay::{replay, ReplayReport};
 pub use router::{Router, Routing, Tenancy};
 pub use setup::{DestinationPlan, Setup};
 
-/// Chunks queued per destination before it is detached.
+/// Chunks queued per destination before it is detached, at least; see
+/// [`dispatch::queue_chunks`].
 const QUEUE_CHUNKS: usize = 64;
 /// Destinations reading the log on their own at the same time.
 const CATCH_UP_CONCURRENCY: usize = 4;
@@ -223,7 +224,7 @@ impl Fanout {
         let permits = Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY));
         let mut shared_all = Vec::new();
         for (index, plan) in setup.destinations.iter().enumerate() {
-            let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+            let (tx, rx) = mpsc::channel(dispatch::queue_chunks(plan.config.batch_rows));
             let shared = Arc::new(DestShared::new());
             links.push(dispatch::Link::new(
                 plan.config.name.clone(),

@@ -43,6 +43,8 @@ const IDLE_WATERMARK_EVERY: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Short enough that a destination back from an outage resumes soon after.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Shortest pause of the stream that flushes a batch early (see `Worker::pause_flush`).
+const PAUSE_FLUSH_MIN: Duration = Duration::from_millis(50);
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
@@ -85,6 +87,8 @@ struct Pending {
     commit_time: Option<Timestamp>,
     written: u64,
     last_write: Instant,
+    /// When the last op was taken: a batch whose stream paused is flushed early.
+    last_push: Instant,
 }
 
 impl Worker {
@@ -150,6 +154,7 @@ impl Worker {
             commit_time: None,
             written: watermark,
             last_write: Instant::now(),
+            last_push: Instant::now(),
         };
         let mut own: Option<OwnReader> = None;
         loop {
@@ -287,14 +292,26 @@ impl Worker {
             return true;
         }
         match p.started {
-            Some(t) => t.elapsed() >= cfg.flush_interval,
+            Some(t) => {
+                t.elapsed() >= cfg.flush_interval || p.last_push.elapsed() >= self.pause_flush()
+            }
             None => p.batch.last_seq > p.written && p.last_write.elapsed() >= IDLE_WATERMARK_EVERY,
         }
     }
 
+    /// A batch whose stream paused this long is written without waiting out the flush
+    /// interval: waiting longer only adds latency. Longer than the dispatcher's own flush
+    /// period, so a steady stream still fills batches.
+    fn pause_flush(&self) -> Duration {
+        (self.plan.config.flush_interval / 10)
+            .max(PAUSE_FLUSH_MIN)
+            .min(self.plan.config.flush_interval)
+            .clamp(PAUSE_FLUSH_MIN, self.plan.config.flush_interval)
+    }
+
     fn deadline(&self, p: &Pending) -> Instant {
         match p.started {
-            Some(t) => t + self.plan.config.flush_interval,
+            Some(t) => (t + self.plan.config.flush_interval).min(p.last_push + self.pause_flush()),
             None if p.batch.last_seq > p.written => p.last_write + IDLE_WATERMARK_EVERY,
             None => Instant::now() + Duration::from_secs(3600),
         }
@@ -330,6 +347,7 @@ impl Pending {
             }
         }
         self.started.get_or_insert_with(Instant::now);
+        self.last_push = Instant::now();
     }
 
     /// Everything up to `seq` is taken.
