@@ -44,7 +44,11 @@
 //!
 //! Errors name tables and columns, never values.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+// Per-change lookups: FxHash is several times cheaper than SipHash on short keys, and the
+// keys (tenant ids, oids, mapping indexes) come from the source, not from an attacker.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::change::{Datum, OldTuple, Op, Relation, RowChange, SequencedChange, Tuple};
 use crate::sink::{Cell, RowOp};
@@ -153,7 +157,7 @@ impl TenantRegistry {
         let unknown = vec![None; attributes.len()];
         TenantRegistry {
             attributes,
-            tenants: HashMap::new(),
+            tenants: HashMap::default(),
             unknown,
         }
     }

@@ -7,7 +7,7 @@
 //! router for every destination; a destination catching up on its own, and `replay`, build
 //! one for that destination alone.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use crate::change::{Relation, SequencedChange};
@@ -121,7 +121,7 @@ impl Router {
             registry,
             destinations,
             slots,
-            by_oid: HashMap::new(),
+            by_oid: HashMap::default(),
             tenancy_oid: None,
             tenancy_columns: None,
         }

@@ -1245,7 +1245,8 @@ fn plan<'b, 'a>(
         to_i64(destination, tname, seq)
     };
     // Per table: key text → slot in `latest`.
-    let mut index: Vec<HashMap<Vec<&'b str>, usize>> = vec![HashMap::new(); tables.len()];
+    let mut index: Vec<rustc_hash::FxHashMap<Vec<&'b str>, usize>> =
+        vec![Default::default(); tables.len()];
     let mut latest: Vec<Vec<Latest<'b, 'a>>> = (0..tables.len()).map(|_| Vec::new()).collect();
     // The last delete: (table, seq, key, the cells it replaced when the batch wrote the row).
     type Replaced<'b, 'a> = (Vec<&'b Cell<'a>>, Option<Vec<&'b Cell<'a>>>);

@@ -34,8 +34,8 @@
 //! delete — which carries only the key — lands on the sort key of the row it hides, and a row
 //! moving between tenants is a delete at the old key plus an insert at the new one.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -862,7 +862,7 @@ impl ClickHouseSink {
         t: &Table,
         plan: &TablePlan<'_, '_>,
     ) -> Result<HashMap<usize, Vec<Option<Bytes>>>, ClickHouseError> {
-        let mut out = HashMap::new();
+        let mut out = HashMap::default();
         let wanted: Vec<usize> = plan
             .rows
             .iter()
@@ -901,7 +901,8 @@ impl ClickHouseSink {
             }
         };
         // Encoded key → row indexes, for matching what comes back.
-        let mut by_key: HashMap<Vec<u8>, Vec<usize>> = HashMap::with_capacity(wanted.len());
+        let mut by_key: HashMap<Vec<u8>, Vec<usize>> =
+            HashMap::with_capacity_and_hasher(wanted.len(), Default::default());
         for &i in &wanted {
             let mut k = Vec::new();
             for (&ki, text) in t.key_idx.iter().zip(lookup_key(i)) {
