@@ -88,8 +88,13 @@ async fn creates_tables_and_applies_versions_deletes_and_the_watermark() {
     sink.apply("analytics", &b).await.unwrap();
     assert_eq!(live(&db), "p1\t1\tann2\thi\np1\t2\tbob\t\\N\n");
     assert_eq!(sink.watermark("analytics").await.unwrap(), 5);
-    // One row per key was written: the batch collapsed before inserting.
-    assert_eq!(ch(&format!("SELECT count() FROM `{db}`.users")), "3\n");
+    // Every version was written (without unchanged cells a batch does not collapse); FINAL
+    // keeps one row per key.
+    assert_eq!(ch(&format!("SELECT count() FROM `{db}`.users")), "5\n");
+    assert_eq!(
+        ch(&format!("SELECT count() FROM `{db}`.users FINAL")),
+        "3\n"
+    );
 
     // A batch at or below the watermark is skipped.
     let mut old = Batch::new(5);

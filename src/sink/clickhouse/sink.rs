@@ -3,8 +3,9 @@
 //! a table of its own written after the data.
 //!
 //! ```text
-//!   Batch ─▶ collapse per (table, key): the last op wins; an upsert's unchanged TOAST cells
-//!            │                           are filled from an earlier upsert of the batch
+//!   Batch ─▶ with unchanged TOAST cells: collapse per (table, key), the last op wins and
+//!            │  takes unchanged cells from an earlier upsert of the row (otherwise every op
+//!            │  is a row: FINAL keeps the last version of a key anyway)
 //!            ▼
 //!   unchanged cells left ─▶ SELECT key, those columns FROM t FINAL WHERE live AND key IN …
 //!            │               (their current RowBinary bytes, spliced into the new row)
@@ -728,6 +729,12 @@ impl ClickHouseSink {
             self.tables.iter().map(|_| TablePlan::default()).collect();
         // The delete just planned: an upsert under the same seq may be the same row at a new key.
         let mut moved_from: Option<MovedFrom<'b, 'a>> = None;
+        // Collapsing per key only saves rows (FINAL keeps the last version anyway), so it is
+        // needed only for unchanged cells, which may come from an earlier op of the batch;
+        // without them every op is a row of its own, with no key hashed or copied.
+        let collapse = batch.ops.iter().any(|(_, op)| {
+            matches!(op, RowOp::Upsert { cells, .. } if cells.iter().any(|c| matches!(c, Cell::Unchanged)))
+        });
         for (ti, op) in &batch.ops {
             let t = self.table(destination, *ti)?;
             if op.seq() > batch.last_seq {
@@ -741,7 +748,29 @@ impl ClickHouseSink {
                 ));
             }
             let plan = &mut plans[*ti];
-            let key: Vec<&'b str> = match op {
+            let well_formed = match op {
+                RowOp::Upsert { cells, .. } => {
+                    cells.len() == t.spec.columns.len()
+                        && t.key_idx.iter().all(|&i| cells[i].as_str().is_some())
+                }
+                RowOp::Delete { key, .. } => {
+                    key.len() == t.key_idx.len() && key.iter().all(|c| c.as_str().is_some())
+                }
+            };
+            // (An op that is not well formed goes on to be reported below.)
+            if !collapse && well_formed {
+                plan.rows.push(PlannedRow {
+                    seq: op.seq(),
+                    op: match op {
+                        RowOp::Upsert { cells, .. } => PlannedOp::Upsert(Cow::Borrowed(cells)),
+                        RowOp::Delete { key, .. } => PlannedOp::Delete(key),
+                    },
+                    after_delete: false,
+                    lookup: None,
+                });
+                continue;
+            }
+            let key_cells: Vec<&'b Cell<'a>> = match op {
                 RowOp::Upsert { cells, .. } => {
                     if cells.len() != t.spec.columns.len() {
                         return Err(invalid(
@@ -753,7 +782,7 @@ impl ClickHouseSink {
                             ),
                         ));
                     }
-                    key_text(&t.key_idx.iter().map(|&i| &cells[i]).collect::<Vec<_>>())
+                    t.key_idx.iter().map(|&i| &cells[i]).collect()
                 }
                 RowOp::Delete { key, .. } => {
                     if key.len() != t.key_idx.len() {
@@ -766,10 +795,11 @@ impl ClickHouseSink {
                             ),
                         ));
                     }
-                    key_text(&key.iter().collect::<Vec<_>>())
+                    key.iter().collect()
                 }
-            }
-            .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
+            };
+            let key = key_text(&key_cells)
+                .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
             let has_unchanged =
                 |cells: &[Cell<'_>]| cells.iter().any(|c| matches!(c, Cell::Unchanged));
             let row = match op {
