@@ -456,21 +456,26 @@ impl ClickHouseSink {
                 }
             }
             let engine = self
-                .fetch_text(
+                .fetch_rows(
                     "reading the table's engine",
                     Some(&label),
                     &format!(
-                        "SELECT engine FROM system.tables WHERE database = {} AND name = {}",
+                        "SELECT engine, engine_full, sorting_key FROM system.tables \
+                         WHERE database = {} AND name = {}",
                         literal(&db),
                         literal(&t.name)
                     ),
                 )
                 .await?;
-            if !engine.trim().ends_with("ReplacingMergeTree") {
-                problems.push(format!(
-                    "{label}: the engine is {}, not ReplacingMergeTree; duplicates and deletes \
-                     collapse only there",
-                    engine.trim()
+            if let [engine, engine_full, sorting_key] =
+                engine.first().map(Vec::as_slice).unwrap_or(&[])
+            {
+                problems.extend(engine_problems(
+                    &label,
+                    &ddl,
+                    engine,
+                    engine_full,
+                    sorting_key,
                 ));
             }
             if problems.len() > before {
@@ -1137,6 +1142,64 @@ fn pg_type(ty: &ColumnType) -> PgType {
     }
 }
 
+/// What is wrong with an existing table's engine for what pgfanout writes: versions collapse
+/// only in a `ReplacingMergeTree` whose version is the version column, and only per sort key,
+/// which must be the tenant columns and the key (in any order).
+fn engine_problems(
+    label: &str,
+    ddl: &TableDdl,
+    engine: &str,
+    engine_full: &str,
+    sorting_key: &str,
+) -> Vec<String> {
+    let list = |text: &str| -> Vec<String> {
+        text.split(',')
+            .map(|c| c.trim().trim_matches('`').to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    let sorted = |text: &str| {
+        let mut v = list(text);
+        v.sort();
+        v
+    };
+    if !engine.ends_with("ReplacingMergeTree") {
+        return vec![format!(
+            "{label}: the engine is {engine}, not ReplacingMergeTree; versions and deletes \
+             collapse only there (ENGINE = ReplacingMergeTree({}))",
+            ident(&ddl.version_column)
+        )];
+    }
+    let mut problems = Vec::new();
+    let args = engine_full
+        .split_once("ReplacingMergeTree(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(args, _)| list(args))
+        .unwrap_or_default();
+    // Replicated engines lead with their ZooKeeper path and replica name, quoted.
+    let version = args.iter().find(|a| !a.starts_with('\''));
+    if version != Some(&ddl.version_column) {
+        problems.push(format!(
+            "{label}: the table's version column is {}, not {}; rows would not collapse by \
+             seq",
+            version.map_or("missing".to_owned(), |v| ident(v)),
+            ident(&ddl.version_column)
+        ));
+    }
+    if sorted(sorting_key) != sorted(&ddl.order_by.join(",")) {
+        problems.push(format!(
+            "{label}: the table is ordered by ({sorting_key}); pgfanout needs ORDER BY ({}) — \
+             the tenant columns and the key — or versions of one row do not collapse",
+            ddl.order_by
+                .iter()
+                .map(|c| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    problems
+}
+
 /// Whether `toString(column)` prints exactly the PostgreSQL text of the key, so a lookup can
 /// filter on it (otherwise the lookup matches keys on their RowBinary bytes alone).
 fn text_matches_to_string(ty: &ChType) -> bool {
@@ -1230,6 +1293,54 @@ mod tests {
         );
         assert!(!e.is_transient(), "{e}");
         assert!(matches!(e, ClickHouseError::Server { code: Some(53), .. }));
+    }
+
+    #[test]
+    fn engines_are_checked_for_version_and_sort_key() {
+        let ddl = TableDdl {
+            database: "d".into(),
+            name: "t".into(),
+            columns: vec![],
+            order_by: vec!["project_id".into(), "id".into()],
+            version_column: "v".into(),
+            deleted_column: "del".into(),
+        };
+        let check =
+            |engine: &str, full: &str, key: &str| engine_problems("d.t", &ddl, engine, full, key);
+        assert!(check(
+            "ReplacingMergeTree",
+            "ReplacingMergeTree(v) ORDER BY (project_id, id)",
+            "project_id, id"
+        )
+        .is_empty());
+        assert!(check(
+            "ReplacingMergeTree",
+            "ReplacingMergeTree(v, del) ORDER BY (id, project_id)",
+            "id, project_id"
+        )
+        .is_empty());
+        assert!(check(
+            "ReplicatedReplacingMergeTree",
+            "ReplicatedReplacingMergeTree('/ch/{shard}/t', '{replica}', v) ORDER BY (project_id, id)",
+            "project_id, id"
+        )
+        .is_empty());
+        let p = check("MergeTree", "MergeTree ORDER BY id", "id");
+        assert!(p[0].contains("not ReplacingMergeTree"), "{p:?}");
+        let p = check(
+            "ReplacingMergeTree",
+            "ReplacingMergeTree(w) ORDER BY id",
+            "id",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("version column is `w`, not `v`"), "{p:?}");
+        assert!(p[1].contains("ordered by (id)"), "{p:?}");
+        let p = check(
+            "ReplacingMergeTree",
+            "ReplacingMergeTree ORDER BY id",
+            "project_id, id",
+        );
+        assert!(p[0].contains("version column is missing"), "{p:?}");
     }
 
     #[test]
