@@ -150,7 +150,18 @@ fn server_error(
     e: clickhouse::error::Error,
 ) -> ClickHouseError {
     use clickhouse::error::Error as E;
-    let message = e.to_string();
+    // The client's messages stop at "client error (Connect)"; the causes (refused, TLS
+    // certificate not trusted, …) are in the source chain. None of them holds credentials.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
     let code = message
         .split_once("Code: ")
         .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
