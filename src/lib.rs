@@ -15,6 +15,7 @@ pub mod demo;
 pub mod fanout;
 pub mod localch;
 pub mod localpg;
+pub mod localtls;
 pub mod logcli;
 pub mod lsn;
 pub mod pipeline;

@@ -51,6 +51,8 @@ pub enum LocalChError {
     Query { status: u16, message: String },
     #[error("malformed HTTP response from ClickHouse: {0}")]
     Http(String),
+    #[error("making the server's TLS certificate: {0}")]
+    Certificates(#[source] crate::localtls::CertError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LocalChError {
@@ -79,6 +81,8 @@ pub struct LocalClickHouse {
     dir: TempDir,
     bin: ServerBin,
     http_port: u16,
+    /// HTTPS with a throw-away CA ([`LocalClickHouse::ca_cert`]), certificate for `localhost`.
+    https_port: u16,
     tcp_port: u16,
     child: Mutex<Option<Child>>,
     watchdog: Mutex<Option<Child>>,
@@ -102,16 +106,19 @@ impl LocalClickHouse {
             dir,
             bin,
             http_port: 0,
+            https_port: 0,
             tcp_port: 0,
             child: Mutex::new(None),
             watchdog: Mutex::new(None),
         };
         fs::create_dir(ch.log_dir()).map_err(io_err("creating the log directory"))?;
+        crate::localtls::make(ch.dir.path()).map_err(LocalChError::Certificates)?;
         ch.write_users(root)?;
         // A port that was free a moment ago can be taken before the server binds it: retry.
         let mut last_err = None;
         for _ in 0..5 {
-            (ch.http_port, ch.tcp_port) = free_ports().map_err(io_err("finding free ports"))?;
+            [ch.http_port, ch.https_port, ch.tcp_port] =
+                free_ports().map_err(io_err("finding free ports"))?;
             ch.write_config(root)?;
             match ch.spawn_and_wait() {
                 Ok(()) => {
@@ -127,6 +134,16 @@ impl LocalClickHouse {
 
     pub fn http_port(&self) -> u16 {
         self.http_port
+    }
+
+    /// `https://localhost:PORT`: the certificate names `localhost`, signed by [`Self::ca_cert`].
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.https_port)
+    }
+
+    /// The throw-away CA that signed the HTTPS certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// The native-protocol port (`clickhouse-client --port`).
@@ -331,7 +348,7 @@ impl LocalClickHouse {
     fn write_config(&self, root: &str) -> Result<(), LocalChError> {
         let d = xml_escape(&self.dir.path().display().to_string());
         let log = xml_escape(&self.log_dir().display().to_string());
-        // Only the HTTP and native ports: no interserver, MySQL or PostgreSQL listeners.
+        // Only the HTTP(S) and native ports: no interserver, MySQL or PostgreSQL listeners.
         let config = format!(
             "<?xml version=\"1.0\"?>
 <{root}>
@@ -342,7 +359,17 @@ impl LocalClickHouse {
     <console>0</console>
   </logger>
   <http_port>{http}</http_port>
+  <https_port>{https}</https_port>
   <tcp_port>{tcp}</tcp_port>
+  <openSSL>
+    <server>
+      <certificateFile>{d}/server.crt</certificateFile>
+      <privateKeyFile>{d}/server.key</privateKeyFile>
+      <verificationMode>none</verificationMode>
+      <loadDefaultCAFile>false</loadDefaultCAFile>
+      <disableProtocols>sslv2,sslv3</disableProtocols>
+    </server>
+  </openSSL>
   <listen_host>127.0.0.1</listen_host>
   <path>{d}/data/</path>
   <tmp_path>{d}/tmp/</tmp_path>
@@ -356,6 +383,7 @@ impl LocalClickHouse {
 </{root}>
 ",
             http = self.http_port,
+            https = self.https_port,
             tcp = self.tcp_port,
         );
         let path = self.config_file();
@@ -467,10 +495,18 @@ fn stop_child(child: &mut Child) -> Result<(), LocalChError> {
 }
 
 /// Two distinct free ports on 127.0.0.1 (held together so they differ, then released).
-fn free_ports() -> io::Result<(u16, u16)> {
-    let a = TcpListener::bind("127.0.0.1:0")?;
-    let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+/// Three distinct free ports (held open together while they are picked).
+fn free_ports() -> io::Result<[u16; 3]> {
+    let held = [
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+    ];
+    Ok([
+        held[0].local_addr()?.port(),
+        held[1].local_addr()?.port(),
+        held[2].local_addr()?.port(),
+    ])
 }
 
 /// `PGFANOUT_CLICKHOUSE_BIN` (a `clickhouse-server` or a single `clickhouse` binary), else

@@ -339,64 +339,14 @@ impl LocalPostgres {
         self.write_file(&self.data.join("pg_hba.conf"), &hba, 0o600)
     }
 
-    /// A throw-away CA and a server certificate for the name `localhost` (not for 127.0.0.1, so
-    /// tests can tell verify-full from verify-ca), made with openssl.
+    /// The throw-away CA and server certificate ([`crate::localtls`]), readable by the server.
     fn make_certificates(&self) -> Result<(), LocalPgError> {
         let dir = self.dir.path();
-        self.write_file(
-            &dir.join("san.ext"),
-            "subjectAltName=DNS:localhost\n",
-            0o644,
-        )?;
-        let openssl = |args: &[&str]| {
-            let mut c = Command::new("openssl");
-            c.args(args).current_dir(dir);
-            self.run(&mut c)
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pgfanout test CA",
-        ])?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ])?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ])?;
+        crate::localtls::make(dir).map_err(|e| LocalPgError::Command {
+            command: "openssl".into(),
+            status: e.step.into(),
+            output: e.output,
+        })?;
         for (file, mode) in [
             ("server.key", 0o600),
             ("server.crt", 0o644),

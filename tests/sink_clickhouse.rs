@@ -529,3 +529,22 @@ async fn a_password_user_connects_and_a_wrong_password_is_a_clear_error() {
     assert!(!e.is_transient(), "{msg}");
     assert!(!msg.contains(password) && !msg.contains("wrong"), "{msg}");
 }
+
+#[tokio::test]
+async fn https_needs_a_trusted_certificate() {
+    let db = fresh_ch_db("https");
+    let mut st = store(&db);
+    st.url = clickhouse().https_url();
+    // Not trusted: the system's roots do not know the tests' CA.
+    let e = ClickHouseSink::connect(&st).await.unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    // Trusted through SSL_CERT_FILE, as rustls' native roots read it. Only this test speaks
+    // HTTPS, so setting it here changes nothing for the others.
+    std::env::set_var("SSL_CERT_FILE", clickhouse().ca_cert());
+    let mut sink = ClickHouseSink::connect(&st).await.unwrap();
+    sink.ensure_tables("analytics", &[users(&db)], true).await.unwrap();
+    let mut b = Batch::new(1);
+    b.upsert(0, 1, vec![t("p1"), t("1"), t("over tls"), Cell::Null]);
+    sink.apply("analytics", &b).await.unwrap();
+    assert_eq!(live(&db), "p1\t1\tover tls\t\\N\n");
+}
