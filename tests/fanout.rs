@@ -419,17 +419,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let writers: Vec<_> = (0..2)
         .map(|w| tokio::spawn(churn(db.clone(), w, stop.clone(), i32::MAX)))
         .collect();
-    for _ in 0..KILLS {
-        let ms = 100 + rand::random::<u64>() % 600;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        daemon.kill9();
-        daemon = Daemon::start(&config);
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut rounds = 0;
-    for w in writers {
-        rounds += w.await.unwrap();
-    }
+    let daemon = kill_at_random_moments(daemon, &config, KILLS, 100).await;
+    let rounds = stop_workload(&stop, writers).await;
     eprintln!("{KILLS} kills during {rounds} workload rounds");
     assert!(rounds >= 50, "the workload ran only {rounds} rounds");
 

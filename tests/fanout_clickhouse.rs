@@ -516,17 +516,8 @@ async fn sigkill_during_inserts_loses_and_duplicates_nothing() {
     let writers: Vec<_> = (0..2)
         .map(|w| tokio::spawn(churn(db.clone(), w, stop.clone())))
         .collect();
-    for _ in 0..KILLS {
-        let ms = 150 + rand::random::<u64>() % 600;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        daemon.kill9();
-        daemon = Daemon::start(&config);
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut rounds = 0;
-    for w in writers {
-        rounds += w.await.unwrap();
-    }
+    let daemon = kill_at_random_moments(daemon, &config, KILLS, 150).await;
+    let rounds = stop_workload(&stop, writers).await;
     eprintln!("{KILLS} kills during {rounds} workload rounds");
     assert!(rounds >= 30, "the workload ran only {rounds} rounds");
     let counts = wait_equal(&source, ch, &database).await;

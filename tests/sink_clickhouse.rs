@@ -542,7 +542,9 @@ async fn https_needs_a_trusted_certificate() {
     // HTTPS, so setting it here changes nothing for the others.
     std::env::set_var("SSL_CERT_FILE", clickhouse().ca_cert());
     let mut sink = ClickHouseSink::connect(&st).await.unwrap();
-    sink.ensure_tables("analytics", &[users(&db)], true).await.unwrap();
+    sink.ensure_tables("analytics", &[users(&db)], true)
+        .await
+        .unwrap();
     let mut b = Batch::new(1);
     b.upsert(0, 1, vec![t("p1"), t("1"), t("over tls"), Cell::Null]);
     sink.apply("analytics", &b).await.unwrap();

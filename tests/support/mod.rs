@@ -450,3 +450,33 @@ pub async fn wait_streaming(daemon: &mut Daemon, source: &tokio_postgres::Client
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SIGKILLs the daemon `kills` times at random moments (`min_ms` to `min_ms + 600` ms apart),
+/// starting it again each time; returns the last one, running.
+pub async fn kill_at_random_moments(
+    mut daemon: Daemon,
+    config: &Path,
+    kills: u32,
+    min_ms: u64,
+) -> Daemon {
+    for _ in 0..kills {
+        let ms = min_ms + rand::random::<u64>() % 600;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        daemon.kill9();
+        daemon = Daemon::start(config);
+    }
+    daemon
+}
+
+/// Stops the workload tasks and returns the rounds they ran, in all.
+pub async fn stop_workload<T: std::iter::Sum<T>>(
+    stop: &std::sync::atomic::AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+) -> T {
+    stop.store(true, Ordering::Relaxed);
+    let mut rounds = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        rounds.push(t.await.unwrap());
+    }
+    rounds.into_iter().sum()
+}
