@@ -216,6 +216,28 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// The key cells of `op` for a table of `columns` columns keyed by the columns at `key_idx`,
+/// or why the op does not fit that table.
+fn key_cells<'b, 'a>(
+    op: &'b RowOp<'a>,
+    columns: usize,
+    key_idx: &[usize],
+) -> Result<Vec<&'b Cell<'a>>, String> {
+    match op {
+        RowOp::Upsert { cells, .. } if cells.len() != columns => Err(format!(
+            "upsert with {} cells for {columns} columns",
+            cells.len()
+        )),
+        RowOp::Upsert { cells, .. } => Ok(key_idx.iter().map(|&i| &cells[i]).collect()),
+        RowOp::Delete { key, .. } if key.len() != key_idx.len() => Err(format!(
+            "delete with {} key cells for {} key columns",
+            key.len(),
+            key_idx.len()
+        )),
+        RowOp::Delete { key, .. } => Ok(key.iter().collect()),
+    }
+}
+
 /// A text cell, for building batches by hand.
 pub fn text(s: impl Into<Cow<'static, str>>) -> Cell<'static> {
     Cell::Text(s.into())

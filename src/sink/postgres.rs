@@ -1256,34 +1256,8 @@ fn plan<'b, 'a>(
         let t = table_at(*ti)?;
         let tname = t.name.to_string();
         let seq = checked_seq(&tname, "change", op.seq())?;
-        let key_cells: Vec<&'b Cell<'a>> = match op {
-            RowOp::Upsert { cells, .. } => {
-                if cells.len() != t.spec.columns.len() {
-                    return Err(invalid(
-                        &tname,
-                        format!(
-                            "upsert with {} cells for {} columns",
-                            cells.len(),
-                            t.spec.columns.len()
-                        ),
-                    ));
-                }
-                t.key_idx.iter().map(|&i| &cells[i]).collect()
-            }
-            RowOp::Delete { key, .. } => {
-                if key.len() != t.key_idx.len() {
-                    return Err(invalid(
-                        &tname,
-                        format!(
-                            "delete with {} key cells for {} key columns",
-                            key.len(),
-                            t.key_idx.len()
-                        ),
-                    ));
-                }
-                key.iter().collect()
-            }
-        };
+        let key_cells = super::key_cells(op, t.spec.columns.len(), &t.key_idx)
+            .map_err(|reason| invalid(&tname, reason))?;
         let mut key_text = Vec::with_capacity(key_cells.len());
         for (j, c) in key_cells.iter().enumerate() {
             match c {

@@ -786,34 +786,8 @@ impl ClickHouseSink {
                 });
                 continue;
             }
-            let key_cells: Vec<&'b Cell<'a>> = match op {
-                RowOp::Upsert { cells, .. } => {
-                    if cells.len() != t.spec.columns.len() {
-                        return Err(invalid(
-                            &t.label,
-                            format!(
-                                "upsert with {} cells for {} columns",
-                                cells.len(),
-                                t.spec.columns.len()
-                            ),
-                        ));
-                    }
-                    t.key_idx.iter().map(|&i| &cells[i]).collect()
-                }
-                RowOp::Delete { key, .. } => {
-                    if key.len() != t.key_idx.len() {
-                        return Err(invalid(
-                            &t.label,
-                            format!(
-                                "delete with {} key cells for {} key columns",
-                                key.len(),
-                                t.key_idx.len()
-                            ),
-                        ));
-                    }
-                    key.iter().collect()
-                }
-            };
+            let key_cells = crate::sink::key_cells(op, t.spec.columns.len(), &t.key_idx)
+                .map_err(|reason| invalid(&t.label, reason))?;
             let key = key_text(&key_cells)
                 .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
             let has_unchanged =
