@@ -327,3 +327,30 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_op_is_checked_against_its_table() {
+        let upsert = RowOp::Upsert {
+            seq: 1,
+            cells: vec![text("k"), Cell::Null, text("v")],
+        };
+        assert_eq!(key_cells(&upsert, 3, &[0]), Ok(vec![&text("k")]));
+        assert_eq!(
+            key_cells(&upsert, 2, &[0]).unwrap_err(),
+            "upsert with 3 cells for 2 columns"
+        );
+        let delete = RowOp::Delete {
+            seq: 2,
+            key: vec![text("a"), text("b")],
+        };
+        assert_eq!(key_cells(&delete, 3, &[0, 2]).unwrap().len(), 2);
+        assert_eq!(
+            key_cells(&delete, 3, &[0]).unwrap_err(),
+            "delete with 2 key cells for 1 key columns"
+        );
+    }
+}
