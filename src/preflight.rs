@@ -116,9 +116,9 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
                 Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
             },
             StoreConfig::ClickHouse(ch) => match ClickHouseSink::connect(ch).await {
-                Ok(sink) if ch.reader_user.is_some() && !sink.server_version().has_access_control() => {
+                Ok(sink) if ch.reader_user.is_some() && !sink.server_version().supports_reader_policies() => {
                     Outcome::Problem(format!(
-                        "{}: reader_user needs SQL access control, which ClickHouse {} does not have; remove reader_user",
+                        "{}: reader_user needs SQL access control and getSetting (ClickHouse 20.7+), which ClickHouse {} does not have; remove reader_user",
                         d.name,
                         sink.server_version()
                     ))

@@ -384,11 +384,11 @@ impl ClickHouseSink {
             destination: destination.to_owned(),
             problems,
         };
-        if self.store.reader_user.is_some() && !self.version.has_access_control() {
+        if self.store.reader_user.is_some() && !self.version.supports_reader_policies() {
             return Err(schema_err(vec![format!(
-                "reader_user needs SQL access control (CREATE USER, CREATE ROW POLICY, GRANT), \
-                 which this ClickHouse server ({}) does not have; remove reader_user and restrict \
-                 the reader in users.xml, or upgrade the server",
+                "reader_user needs SQL access control (CREATE ROW POLICY, GRANT) and getSetting \
+                 (ClickHouse 20.7 and later), which this ClickHouse server ({}) does not have; \
+                 remove reader_user and restrict the reader in users.xml, or upgrade the server",
                 self.version
             )]));
         }

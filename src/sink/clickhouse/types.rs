@@ -102,6 +102,12 @@ impl ServerVersion {
     pub fn has_access_control(self) -> bool {
         self >= ServerVersion::new(20, 5)
     }
+
+    /// Whether `reader_user` can be served: SQL access control, and `getSetting` (20.7), which
+    /// the row policies use to read the reader's tenant from its settings.
+    pub fn supports_reader_policies(self) -> bool {
+        self.has_access_control() && self >= ServerVersion::new(20, 7)
+    }
 }
 
 impl fmt::Display for ServerVersion {
@@ -418,6 +424,15 @@ pub fn target_type(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reader_policies_need_access_control_and_get_setting() {
+        assert!(!ServerVersion::new(18, 16).supports_reader_policies());
+        assert!(!ServerVersion::new(20, 5).supports_reader_policies());
+        assert!(ServerVersion::new(20, 7).supports_reader_policies());
+        assert!(ServerVersion::new(24, 3).supports_reader_policies());
+    }
+
     use super::*;
 
     const OLD: ServerVersion = ServerVersion::new(18, 16);
