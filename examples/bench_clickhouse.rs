@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use bench_common::{
     bench_rows, bench_workloads, check_running, find_recvlogical, pg_conninfo, pg_url,
-    pgfanout_bin, setup_source, source_and_mappings_toml, spawn, stop, write_preload,
+    pgfanout_bin, setup_source, source_and_mappings_toml, spawn, start_source, stop, write_preload,
     write_workload, BoxError, MARKER_TIMEOUT, TENANT,
 };
 use pgfanout::localch::LocalClickHouse;
-use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout::localpg::LocalPostgres;
 use tokio::runtime::Runtime;
 
 /// How often the marker is looked for in ClickHouse.
@@ -57,15 +57,7 @@ fn main() -> Result<(), BoxError> {
     let recvlogical =
         find_recvlogical().ok_or("pg_recvlogical not found (apt-get install postgresql-client)")?;
     let rt = Runtime::new()?;
-    let pg = LocalPostgres::start(&Options {
-        conf: vec![
-            "max_wal_size = '8GB'".into(),
-            "logical_decoding_work_mem = '64MB'".into(),
-            "max_replication_slots = 20".into(),
-            "max_wal_senders = 20".into(),
-        ],
-        ..Default::default()
-    })?;
+    let pg = start_source(&[])?;
     let ch = LocalClickHouse::start()?;
     let version = ch.query("SELECT version()")?;
     eprintln!("ClickHouse {} at {}", version.trim(), ch.url());

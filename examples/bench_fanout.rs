@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use bench_common::{
     bench_rows, bench_workloads, check_running, pg_conninfo, pg_url, pgfanout_bin, setup_source,
-    source_and_mappings_toml, spawn, stop, write_preload, write_workload, BoxError, MARKER_TIMEOUT,
-    TABLES, TENANT,
+    source_and_mappings_toml, spawn, start_source, stop, write_preload, write_workload, BoxError,
+    MARKER_TIMEOUT, TABLES, TENANT,
 };
-use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout::localpg::LocalPostgres;
 use tokio_postgres::Client;
 
 fn main() -> Result<(), BoxError> {
@@ -28,18 +28,11 @@ fn main() -> Result<(), BoxError> {
     let only = bench_workloads();
     let pgfanout = pgfanout_bin();
     let rt = tokio::runtime::Runtime::new()?;
-    let pg = LocalPostgres::start(&Options {
-        conf: vec![
-            "max_wal_size = '8GB'".into(),
-            "logical_decoding_work_mem = '64MB'".into(),
-            "max_replication_slots = 20".into(),
-            "max_wal_senders = 20".into(),
-            "max_logical_replication_workers = 8".into(),
-            // The launcher starts an enabled subscription's worker on this cycle (default 5s).
-            "wal_retrieve_retry_interval = '100ms'".into(),
-        ],
-        ..Default::default()
-    })?;
+    let pg = start_source(&[
+        "max_logical_replication_workers = 8",
+        // The launcher starts an enabled subscription's worker on this cycle (default 5s).
+        "wal_retrieve_retry_interval = '100ms'",
+    ])?;
     let mut results = Vec::new();
     for (i, workload) in only.split(',').enumerate() {
         let r = rt.block_on(bench(&pg, &pgfanout, workload, rows, i % 2 == 1))?;

@@ -257,6 +257,34 @@ async fn wait_watermarks(log_dir: &Path, targets: &[(&tokio_postgres::Client, &s
     }
 }
 
+/// A source database with the schema and the tenancies; its name and a connection.
+async fn seeded_source(prefix: &str) -> (String, tokio_postgres::Client) {
+    let db = fresh_db(prefix).await;
+    let source = sql(&db).await;
+    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
+    seed(&source).await;
+    (db, source)
+}
+
+/// Databases `PREFIX_a`, `_b`, `_c`, each a destination of one tenant (A, B, C), and the
+/// configuration streaming `db` into them.
+async fn three_tenant_databases(
+    prefix: &str,
+    dir: &Path,
+    db: &str,
+) -> (String, String, String, PathBuf) {
+    let (a, b, c) = (
+        fresh_db(&format!("{prefix}_a")).await,
+        fresh_db(&format!("{prefix}_b")).await,
+        fresh_db(&format!("{prefix}_c")).await,
+    );
+    let destinations = destination_toml("a", &a, &[TENANT_A])
+        + &destination_toml("b", &b, &[TENANT_B])
+        + &destination_toml("c", &c, &[TENANT_C]);
+    let config = write_config(dir, db, &destinations);
+    (a, b, c, config)
+}
+
 async fn seed(source: &tokio_postgres::Client) {
     source
         .batch_execute(&format!(
@@ -318,20 +346,9 @@ async fn mixed_workload(source: &tokio_postgres::Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_database_equals_its_projection() {
-    let db = fresh_db("fan_src").await;
-    let source = sql(&db).await;
-    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
-    seed(&source).await;
-    let (a, b, c) = (
-        fresh_db("fan_a").await,
-        fresh_db("fan_b").await,
-        fresh_db("fan_c").await,
-    );
+    let (db, source) = seeded_source("fan_src").await;
     let dir = tempfile::tempdir().unwrap();
-    let destinations = destination_toml("a", &a, &[TENANT_A])
-        + &destination_toml("b", &b, &[TENANT_B])
-        + &destination_toml("c", &c, &[TENANT_C]);
-    let config = write_config(dir.path(), &db, &destinations);
+    let (a, b, c, config) = three_tenant_databases("fan", dir.path(), &db).await;
     let mut daemon = Daemon::start(&config);
     wait_streaming(&mut daemon, &source, &db).await;
     mixed_workload(&source).await;
@@ -398,20 +415,9 @@ async fn churn(db: String, worker: i32, stop: Arc<AtomicBool>, max_rounds: i32) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     const KILLS: u32 = 12;
-    let db = fresh_db("fan_kill").await;
-    let source = sql(&db).await;
-    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
-    seed(&source).await;
-    let (a, b, c) = (
-        fresh_db("fan_kill_a").await,
-        fresh_db("fan_kill_b").await,
-        fresh_db("fan_kill_c").await,
-    );
+    let (db, source) = seeded_source("fan_kill").await;
     let dir = tempfile::tempdir().unwrap();
-    let destinations = destination_toml("a", &a, &[TENANT_A])
-        + &destination_toml("b", &b, &[TENANT_B])
-        + &destination_toml("c", &c, &[TENANT_C]);
-    let config = write_config(dir.path(), &db, &destinations);
+    let (a, b, c, config) = three_tenant_databases("fan_kill", dir.path(), &db).await;
     let mut daemon = Daemon::start(&config);
     wait_streaming(&mut daemon, &source, &db).await;
 
@@ -513,10 +519,7 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
     })
     .await
     .unwrap();
-    let db = fresh_db("fan_stall").await;
-    let source = sql(&db).await;
-    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
-    seed(&source).await;
+    let (db, source) = seeded_source("fan_stall").await;
     let (a, b) = (fresh_db("fan_stall_a").await, fresh_db("fan_stall_b").await);
     let c = "fan_stall_c";
     pg2.create_database(c).await.unwrap();
@@ -643,10 +646,7 @@ async fn a_stopped_target_does_not_hold_back_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rebuilds_a_wiped_target() {
-    let db = fresh_db("fan_replay").await;
-    let source = sql(&db).await;
-    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
-    seed(&source).await;
+    let (db, source) = seeded_source("fan_replay").await;
     let (a, bc) = (
         fresh_db("fan_replay_a").await,
         fresh_db("fan_replay_bc").await,
@@ -1011,10 +1011,7 @@ async fn cli_within(args: &[&str], config: &Path, limit: Duration) -> std::proce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapping_naming_a_missing_column_fails_at_start_listing_every_problem() {
-    let db = fresh_db("fan_badmap").await;
-    let source = sql(&db).await;
-    source.batch_execute(SOURCE_SCHEMA).await.unwrap();
-    seed(&source).await;
+    let (db, _source) = seeded_source("fan_badmap").await;
     let target_db = fresh_db("fan_badmap_t").await;
     let dir = tempfile::tempdir().unwrap();
     let rest = format!(

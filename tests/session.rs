@@ -134,27 +134,8 @@ async fn tls_per_sslmode() {
     );
 
     // A CA that did not sign the server's certificate is refused.
-    let other_ca =
-        std::env::temp_dir().join(format!("pgfanout-other-ca-{}.pem", std::process::id()));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "/dev/null",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-out")
-        .arg(&other_ca)
-        .output()
-        .unwrap();
-    assert!(status.status.success());
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = pgfanout::localtls::make(other.path()).unwrap().ca;
     let info = tcp_url(
         SCRAM_USER,
         Some(PASSWORD),
@@ -165,7 +146,6 @@ async fn tls_per_sslmode() {
         .err()
         .unwrap();
     assert!(matches!(err, SessionError::Tls { .. }), "{err}");
-    let _ = std::fs::remove_file(other_ca);
 }
 
 #[tokio::test]

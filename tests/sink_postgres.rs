@@ -174,16 +174,24 @@ fn kv_table(soft_delete: bool) -> TargetTable {
     }
 }
 
+/// A fresh database with the `kv` table (see [`kv_table`]) and a sink on it.
+async fn kv_fixture(prefix: &str, soft_delete: bool) -> (tokio_postgres::Client, PostgresSink) {
+    let db = fresh_db(prefix).await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(soft_delete)], true)
+        .await
+        .unwrap();
+    (client, sink)
+}
+
 fn kv(id: &'static str, big: Cell<'static>, small: &'static str) -> Vec<Cell<'static>> {
     vec![t(id), big, t(small)]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_changes_never_win_and_applied_batches_are_no_ops() {
-    let db = fresh_db("sink_guard").await;
-    let client = sql(&db).await;
-    let mut sink = sink(&db, "public").await;
-    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    let (client, mut sink) = kv_fixture("sink_guard", false).await;
     const KV: &str = "SELECT id, big, small, _seq FROM kv ORDER BY id";
 
     let mut a = Batch::new(10);
@@ -237,10 +245,7 @@ async fn older_changes_never_win_and_applied_batches_are_no_ops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_delete_and_unchanged_cells_keep_existing_values() {
-    let db = fresh_db("sink_soft").await;
-    let client = sql(&db).await;
-    let mut sink = sink(&db, "public").await;
-    sink.ensure_tables(&[kv_table(true)], true).await.unwrap();
+    let (client, mut sink) = kv_fixture("sink_soft", true).await;
     const KV: &str = "SELECT id, big, small, _deleted, _seq FROM kv ORDER BY id";
 
     let mut b = Batch::new(2);
@@ -294,10 +299,7 @@ async fn soft_delete_and_unchanged_cells_keep_existing_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_change_keeps_unchanged_values_from_the_old_key() {
     for soft in [false, true] {
-        let db = fresh_db("sink_rekey").await;
-        let client = sql(&db).await;
-        let mut sink = sink(&db, "public").await;
-        sink.ensure_tables(&[kv_table(soft)], true).await.unwrap();
+        let (client, mut sink) = kv_fixture("sink_rekey", soft).await;
         let mut b = Batch::new(1);
         b.upsert(0, 1, kv("1", t("big one"), "1"));
         sink.apply("d", &b).await.unwrap();
@@ -556,10 +558,7 @@ async fn a_value_of_the_wrong_type_is_a_definite_error_that_names_the_table_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_removes_older_rows_and_keeps_newer_ones_of_the_same_batch() {
-    let db = fresh_db("sink_truncate").await;
-    let client = sql(&db).await;
-    let mut sink = sink(&db, "public").await;
-    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    let (client, mut sink) = kv_fixture("sink_truncate", false).await;
     const KV: &str = "SELECT id, big, small, _seq FROM kv ORDER BY id";
 
     let mut b = Batch::new(3);
@@ -612,10 +611,7 @@ async fn truncate_removes_older_rows_and_keeps_newer_ones_of_the_same_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_delete_truncate_marks_rows_deleted_and_an_upsert_revives_them() {
-    let db = fresh_db("sink_truncate_soft").await;
-    let client = sql(&db).await;
-    let mut sink = sink(&db, "public").await;
-    sink.ensure_tables(&[kv_table(true)], true).await.unwrap();
+    let (client, mut sink) = kv_fixture("sink_truncate_soft", true).await;
     const KV: &str = "SELECT id, big, small, _deleted, _seq FROM kv ORDER BY id";
 
     let mut b = Batch::new(3);
@@ -733,10 +729,7 @@ const WATERMARKS: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rebuilds_a_wiped_table_and_leaves_the_watermark_alone() {
-    let db = fresh_db("sink_replay").await;
-    let client = sql(&db).await;
-    let mut sink = sink(&db, "public").await;
-    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    let (client, mut sink) = kv_fixture("sink_replay", false).await;
     const KV: &str = "SELECT id, big, small, _seq FROM kv ORDER BY id";
 
     let mut b1 = Batch::new(5);
@@ -804,10 +797,7 @@ async fn replay_rebuilds_a_wiped_table_and_leaves_the_watermark_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_an_old_batch_over_soft_deleted_rows_changes_nothing() {
-    let db = fresh_db("sink_replay_soft").await;
-    let client = sql(&db).await;
-    let mut sink = sink(&db, "public").await;
-    sink.ensure_tables(&[kv_table(true)], true).await.unwrap();
+    let (client, mut sink) = kv_fixture("sink_replay_soft", true).await;
     const KV: &str = "SELECT id, big, small, _deleted, _seq FROM kv ORDER BY id";
 
     let mut b1 = Batch::new(5);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgfanout::localpg::LocalPostgres;
+use pgfanout::localpg::{LocalPostgres, Options};
 use tokio_postgres::Client;
 
 pub const ROWS: u64 = 1_000_000;
@@ -29,6 +29,25 @@ pub const TABLES: &str = "
 pub type BoxError = Box<dyn std::error::Error>;
 
 /// `BENCH_ROWS`, default [`ROWS`].
+/// The source server's settings both benchmarks need: room for a million-row workload's WAL
+/// and several slots; `extra` adds a benchmark's own.
+pub fn start_source(extra: &[&str]) -> Result<LocalPostgres, BoxError> {
+    let conf: Vec<String> = [
+        "max_wal_size = '8GB'",
+        "logical_decoding_work_mem = '64MB'",
+        "max_replication_slots = 20",
+        "max_wal_senders = 20",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
+    Ok(LocalPostgres::start(&Options {
+        conf,
+        ..Default::default()
+    })?)
+}
+
 pub fn bench_rows() -> u64 {
     std::env::var("BENCH_ROWS")
         .ok()

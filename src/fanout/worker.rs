@@ -87,7 +87,7 @@ struct Pending {
     commit_time: Option<Timestamp>,
     written: u64,
     last_write: Instant,
-    /// When the last op was taken: a batch whose stream paused is flushed early.
+    /// When ops were last taken: a batch whose stream paused is flushed early.
     last_push: Instant,
 }
 
@@ -215,11 +215,13 @@ impl Worker {
             debug!(destination = %self.name(), from = p.next_seq, to = chunk.from_seq - 1, "filling a gap from the change log");
             self.read_own(own, p, Some(chunk.from_seq)).await?;
         }
+        let rows_before = p.rows;
         for (table, op) in chunk.ops {
             if op.seq() >= p.next_seq {
                 p.push(table, op);
             }
         }
+        p.took(rows_before);
         p.advance(chunk.to_seq, chunk.commit_time);
         Ok(())
     }
@@ -265,6 +267,7 @@ impl Worker {
         let records = records?;
         debug!(destination = %self.name(), from = p.next_seq, records = records.len(), at_end, until, "read the log");
         let mut routed: Vec<Routed> = Vec::new();
+        let rows_before = p.rows;
         for record in records {
             match record {
                 LogRecord::Change(c) => {
@@ -277,6 +280,7 @@ impl Worker {
                 LogRecord::Commit(ci) => p.advance(ci.last_seq, Some(ci.commit_time)),
             }
         }
+        p.took(rows_before);
         if until.is_some_and(|u| reader.next_seq() < u) && at_end {
             // The dispatcher routed up to `until`, so the log holds it durably: only a reader
             // of a closed log ends early. Nothing more can come.
@@ -346,8 +350,16 @@ impl Pending {
                 self.rows += 1;
             }
         }
-        self.started.get_or_insert_with(Instant::now);
-        self.last_push = Instant::now();
+    }
+
+    /// Notes when ops were last taken (once per chunk or log read, not per op: a clock read per
+    /// op is measurable on the hot path); `rows_before` is the count before taking them.
+    fn took(&mut self, rows_before: usize) {
+        if self.rows > rows_before {
+            let now = Instant::now();
+            self.started.get_or_insert(now);
+            self.last_push = now;
+        }
     }
 
     /// Everything up to `seq` is taken.

@@ -214,6 +214,19 @@ impl<'a> Batch<'a> {
         self.truncates.push((table, seq));
         self
     }
+
+    /// The truncates that matter: per table, the one with the highest seq (it removes all an
+    /// earlier one would), in the order tables were first truncated.
+    pub fn last_truncates(&self) -> Vec<(usize, u64)> {
+        let mut last: Vec<(usize, u64)> = Vec::new();
+        for &(table, seq) in &self.truncates {
+            match last.iter_mut().find(|(t, _)| *t == table) {
+                Some((_, s)) => *s = (*s).max(seq),
+                None => last.push((table, seq)),
+            }
+        }
+        last
+    }
 }
 
 /// The key cells of `op` for a table of `columns` columns keyed by the columns at `key_idx`,

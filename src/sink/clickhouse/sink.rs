@@ -456,7 +456,9 @@ impl ClickHouseSink {
                 match existing.iter().find(|(n, _)| n == name) {
                     Some((_, have)) if allowed.contains(&have.as_str()) => {}
                     Some((_, have)) => problems.push(format!(
-                        "{label}: column {} is {have}; pgfanout writes {want} there",
+                        "{label}: column {} is {have}; pgfanout writes {want} there (ALTER TABLE \
+                         {label} MODIFY COLUMN {} {want})",
+                        ident(name),
                         ident(name)
                     )),
                     None => problems.push(format!(
@@ -680,15 +682,7 @@ impl ClickHouseSink {
             self.insert(t, data).await?;
             debug!(destination, table = %t.label, rows = plan.rows.len(), "inserted");
         }
-        let mut truncates: Vec<(usize, u64)> = batch.truncates.clone();
-        truncates.sort_unstable();
-        truncates.dedup_by(|later, earlier| {
-            later.0 == earlier.0 && {
-                earlier.1 = earlier.1.max(later.1);
-                true
-            }
-        });
-        for (ti, seq) in truncates {
+        for (ti, seq) in batch.last_truncates() {
             let t = self.table(destination, ti)?;
             self.execute(
                 "hiding the rows of a truncated table",
@@ -1166,7 +1160,7 @@ fn engine_problems(
     if version != Some(&ddl.version_column) {
         problems.push(format!(
             "{label}: the table's version column is {}, not {}; rows would not collapse by \
-             seq",
+             seq — set version_column to it, or drop the table and let pgfanout create it",
             version.map_or("missing".to_owned(), |v| ident(v)),
             ident(&ddl.version_column)
         ));
