@@ -30,12 +30,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bench_common::{
-    bench_rows, bench_workloads, check_running, find_recvlogical, pg_conninfo, pg_url,
-    pgfanout_bin, setup_source, source_and_mappings_toml, spawn, start_source, stop, write_preload,
-    write_workload, BoxError, MARKER_TIMEOUT, TENANT,
+    bench_rows, bench_workloads, check_running, find_recvlogical, pgfanout_bin, setup_source,
+    source_and_mappings_toml, spawn, start_source, stop, write_preload, write_workload, BoxError,
+    MARKER_TIMEOUT, TENANT,
 };
-use pgfanout::localch::LocalClickHouse;
-use pgfanout::localpg::LocalPostgres;
+use pgfanout_testkit::localch::LocalClickHouse;
+use pgfanout_testkit::localpg::LocalPostgres;
 use tokio::runtime::Runtime;
 
 /// How often the marker is looked for in ClickHouse.
@@ -128,7 +128,7 @@ fn bench(
         format!(
             "{}[[destinations]]\nname = \"ch\"\nkind = \"clickhouse\"\nurl = \"{}\"\ndatabase = \"{ch_db}\"\n\
              tenants = [\"{TENANT}\"]\nmappings = [\"bench\", \"marker\"]\ncreate_tables = true\n{}\n",
-            source_and_mappings_toml(&pg_url(pg, &src), &pgf_slot, &work.path().join("log")),
+            source_and_mappings_toml(&pg.socket_url(&src), &pgf_slot, &work.path().join("log")),
             ch.url(),
             // For experiments only (e.g. `batch_rows = 50000`): the reported runs use none.
             std::env::var("BENCH_CH_SETTINGS").unwrap_or_default(),
@@ -163,7 +163,7 @@ fn bench(
     // Neither consumer should meet the checkpoint of the workload's writes.
     rt.block_on(source.batch_execute("CHECKPOINT"))?;
 
-    let conninfo = pg_conninfo(pg, &src);
+    let conninfo = pg.conninfo_string(&src);
     let time_recv = || -> Result<Duration, BoxError> {
         quiesce(ch)?;
         let start = Instant::now();

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bench_common::find_recvlogical;
-use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout_testkit::localpg::{LocalPostgres, Options};
 
 const ROWS: u64 = 1_000_000;
 const ROWS_PER_TXN: u64 = 10_000;

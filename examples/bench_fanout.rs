@@ -16,11 +16,11 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bench_common::{
-    bench_rows, bench_workloads, check_running, pg_conninfo, pg_url, pgfanout_bin, setup_source,
+    bench_rows, bench_workloads, check_running, pgfanout_bin, setup_source,
     source_and_mappings_toml, spawn, start_source, stop, write_preload, write_workload, BoxError,
     MARKER_TIMEOUT, TABLES, TENANT,
 };
-use pgfanout::localpg::LocalPostgres;
+use pgfanout_testkit::localpg::LocalPostgres;
 use tokio_postgres::Client;
 
 fn main() -> Result<(), BoxError> {
@@ -85,7 +85,7 @@ async fn bench(
                  PUBLICATION bench
                  WITH (create_slot = false, slot_name = 'native_{workload}', copy_data = false,
                        enabled = false)",
-            pg_conninfo(pg, &src)
+            pg.conninfo_string(&src)
         ))
         .await?;
     let work = tempfile::tempdir()?;
@@ -95,8 +95,8 @@ async fn bench(
         format!(
             "{}[[destinations]]\nname = \"bench\"\nkind = \"postgres\"\nurl = \"{}\"\ntenants = [\"{TENANT}\"]\n\
              mappings = [\"bench\", \"marker\"]\n",
-            source_and_mappings_toml(&pg_url(pg, &src), &format!("pgf_{workload}"), &work.path().join("log")),
-            pg_url(pg, &fanout),
+            source_and_mappings_toml(&pg.socket_url(&src), &format!("pgf_{workload}"), &work.path().join("log")),
+            pg.socket_url(&fanout),
         ),
     )?;
 

@@ -5,7 +5,7 @@
 #   - openssl (the tests make a throw-away CA for TLS): package openssl
 #   - kill(1) for the crash tests: package procps
 #   - ClickHouse (the ClickHouse destination's tests, demo and benchmarks start private servers,
-#     src/localch.rs): packages clickhouse-server clickhouse-client
+#     testkit/src/localch.rs): packages clickhouse-server clickhouse-client
 set -euo pipefail
 
 need=()

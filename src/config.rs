@@ -1,16 +1,18 @@
 //! Configuration: one TOML file, `${ENV}` interpolation for secrets, and a `validate` step that
 //! turns the raw file into checked types and reports every problem with its key path.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::route::Tenants;
-use crate::sink::{ColumnType, DEFAULT_VERSION_COLUMN};
-use crate::source::conninfo::ConnInfo;
+use crate::pgconn::ConnInfo;
+pub use crate::pgconn::Secret;
+use crate::problems::Problems;
 use crate::sql::QualifiedName;
+use crate::target::{ColumnType, DEFAULT_VERSION_COLUMN};
 use crate::transform::{parse_expr, parse_filter, Expr, Filter};
 
 pub const DEFAULT_SLOT: &str = "pgfanout";
@@ -38,33 +40,6 @@ pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "default";
 /// ClickHouse identifiers have no length limit that matters; this only catches mistakes.
 const MAX_CLICKHOUSE_IDENTIFIER_BYTES: usize = 255;
 /// PostgreSQL truncates longer identifiers (NAMEDATALEN - 1).
-const MAX_IDENTIFIER_BYTES: usize = 63;
-
-/// A value that must never reach logs: `Debug` and `Display` print `****`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("****")
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -129,6 +104,14 @@ impl fmt::Display for DestinationKind {
 }
 
 /// One `[[destinations]]` entry: a store that receives some mappings for some tenants.
+/// Which tenants a destination serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tenants {
+    /// `tenants = "*"`: every tenant (a shared store).
+    All,
+    Some(HashSet<String>),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationConfig {
     pub name: String,
@@ -363,11 +346,11 @@ pub enum ConfigError {
 }
 
 fn format_problems(problems: &[Problem]) -> String {
-    let mut s = format!("{} problem(s) in the configuration", problems.len());
-    for p in problems {
-        s.push_str(&format!("\n  {}: {}", p.key, p.message));
-    }
-    s
+    let list: Problems = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.message))
+        .collect();
+    format!("{} problem(s) in the configuration{list}", problems.len())
 }
 
 impl Config {
@@ -532,7 +515,7 @@ impl RawConfig {
         let publication = s
             .publication
             .unwrap_or_else(|| DEFAULT_PUBLICATION.to_owned());
-        if publication.is_empty() || publication.len() > 63 {
+        if publication.is_empty() || publication.len() > crate::sql::MAX_IDENTIFIER_BYTES {
             problem("source.publication", "must be 1 to 63 bytes long".into());
         }
         let listed_tables = s.tables.as_ref().map(Vec::len);
@@ -612,7 +595,7 @@ impl RawConfig {
             },
         };
         let schema = st.schema.unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
-        if schema.is_empty() || schema.len() > 63 {
+        if schema.is_empty() || schema.len() > crate::sql::MAX_IDENTIFIER_BYTES {
             problem("state.schema", "must be 1 to 63 bytes long".into());
         }
         if let Some(tables) = &tables {
@@ -1121,7 +1104,7 @@ fn postgres_store(
         .unwrap_or_else(|| DEFAULT_DESTINATION_SCHEMA.to_owned());
     identifier(problem, &at("schema"), "schema name", &schema);
     let soft_delete = d.soft_delete.unwrap_or(false);
-    if soft_delete && version_column == crate::sink::DELETED_COLUMN {
+    if soft_delete && version_column == crate::target::DELETED_COLUMN {
         problem(
             &at("version_column"),
             format!(
@@ -1134,13 +1117,13 @@ fn postgres_store(
             && m.columns
                 .0
                 .iter()
-                .any(|(n, _)| n == crate::sink::DELETED_COLUMN)
+                .any(|(n, _)| n == crate::target::DELETED_COLUMN)
         {
             problem(
                 &at("soft_delete"),
                 format!(
                     "soft deletes add a {:?} column, but mapping {:?} maps a column of that name; rename it or set soft_delete = false",
-                    crate::sink::DELETED_COLUMN,
+                    crate::target::DELETED_COLUMN,
                     m.name
                 ),
             );
@@ -1184,7 +1167,7 @@ fn clickhouse_store(
     let deleted_column = d
         .deleted_column
         .clone()
-        .unwrap_or_else(|| crate::sink::DEFAULT_DELETED_COLUMN.to_owned());
+        .unwrap_or_else(|| crate::target::DEFAULT_DELETED_COLUMN.to_owned());
     ch_identifier(
         problem,
         &at("deleted_column"),
@@ -1386,21 +1369,11 @@ fn validate_tenant_list(
     }
 }
 
-/// A PostgreSQL identifier: quoted later, so any characters, but 1 to 63 bytes and no NUL.
+/// A PostgreSQL identifier ([`crate::sql::identifier_problem`]).
 fn identifier(problem: &mut impl FnMut(&str, String), key: &str, what: &str, name: &str) {
-    let reason = if name.is_empty() {
-        "is empty; write one".to_owned()
-    } else if name.len() > MAX_IDENTIFIER_BYTES {
-        format!(
-            "is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes, so shorten it",
-            name.len()
-        )
-    } else if name.contains('\0') {
-        "contains a NUL character; remove it".to_owned()
-    } else {
-        return;
-    };
-    problem(key, format!("the {what} {reason}"));
+    if let Some(reason) = crate::sql::identifier_problem(name) {
+        problem(key, format!("the {what} {reason}"));
+    }
 }
 
 /// A minimal screen of a configured SQL type name, so that the key path comes with the
@@ -2008,7 +1981,7 @@ mod tests {
         assert_eq!(ch.user, "default");
         assert!(ch.password.is_none());
         assert_eq!(ch.database, DEFAULT_CLICKHOUSE_DATABASE);
-        assert_eq!(ch.deleted_column, crate::sink::DEFAULT_DELETED_COLUMN);
+        assert_eq!(ch.deleted_column, crate::target::DEFAULT_DELETED_COLUMN);
         assert!(ch.views_database.is_none() && ch.reader_user.is_none());
         assert!(ch.tenant_columns.is_empty());
     }

@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use pgfanout::cmd::tail::{tail, TailOptions};
 use pgfanout::config::{validate_slot_name, Config};
 use pgfanout::source::SlotSpec;
-use pgfanout::tail::{tail, TailOptions};
+
+// Compiled into the binary, not the library: the demo starts the testkit's private servers.
+#[path = "cmd/demo.rs"]
+mod demo;
 
 /// Rows are many small allocations made on one thread and freed on another (the dispatcher
 /// routes, a destination writer drops its batch); glibc's allocator spent a third of the
@@ -186,7 +190,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
-            let report = pgfanout::preflight::check(&config).await;
+            let report = pgfanout::cmd::check::check(&config).await;
             print!("{report}");
             if report.problems() > 0 {
                 return Err(format!("{} problem(s) found", report.problems()).into());
@@ -194,7 +198,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Status { config, json } => {
             let config = Config::load(&config)?;
-            let status = pgfanout::status::status(&config).await?;
+            let status = pgfanout::cmd::status::status(&config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -235,7 +239,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 },
         } => {
             let config = Config::load(&config)?;
-            pgfanout::logcli::read(&config.log.dir, from_seq, to_seq, limit, &mut stdout)?;
+            pgfanout::cmd::log::read(&config.log.dir, from_seq, to_seq, limit, &mut stdout)?;
         }
         Command::Log {
             command: LogCommand::Verify { config },
@@ -258,7 +262,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Demo { limit } => {
-            pgfanout::demo::run(&mut stdout, limit, ctrl_c()).await?;
+            demo::run(&mut stdout, limit, ctrl_c()).await?;
         }
     }
     Ok(())

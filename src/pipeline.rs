@@ -25,9 +25,9 @@ use tracing::{debug, info, warn};
 use crate::change::SequencedChange;
 use crate::changelog::{ChangeLog, CommitInfo, LogError, LogOptions, Retention};
 use crate::config::Config;
+use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
 use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
-use crate::retry::Backoff;
 use crate::sequencer::Sequencer;
 use crate::source::{LogicalStream, SlotSpec, SourceError, SourceEvent};
 use crate::state::{Checkpoint, StateDb, StateError};
@@ -89,16 +89,16 @@ impl From<FanoutError> for RunError {
     }
 }
 
-impl RunError {
-    /// Whether starting over (reconnect, reopen the log) can succeed; see the source's and
-    /// the state layer's own policies. The change log's errors are never transient: a failed
+impl Classify for RunError {
+    /// Starting over (reconnect, reopen the log) can help only where the source, the state
+    /// database or the fan-out's start-up say so. The change log's errors never are: a failed
     /// fsync or a corrupt record needs a human.
-    pub fn is_transient(&self) -> bool {
+    fn kind(&self) -> ErrorKind {
         match self {
-            RunError::Source(e) => e.is_transient(),
-            RunError::State(e) => e.is_transient(),
-            RunError::Fanout(e) => e.is_transient(),
-            RunError::Log(_) | RunError::WriterGone => false,
+            RunError::Source(e) => e.kind(),
+            RunError::State(e) => e.kind(),
+            RunError::Fanout(e) => e.kind(),
+            RunError::Log(_) | RunError::WriterGone => ErrorKind::Definite,
         }
     }
 }
@@ -141,7 +141,10 @@ pub async fn run(
             })
             .await;
             match result {
-                Err(e) if e.is_transient() && !*stop_rx.borrow() => {
+                Err(e)
+                    if disposition(e.kind(), Scope::Source) == Disposition::Retry
+                        && !*stop_rx.borrow() =>
+                {
                     let delay = backoff.next_delay(started.elapsed());
                     warn!(error = %e, retry_in = ?delay, "transient failure; starting over");
                     let mut stop = stop_rx.clone();
@@ -448,7 +451,7 @@ impl Drop for AbortOnDrop {
 
 /// Writes a non-transactional logical message every `every`: WAL of our own database that the
 /// slot decodes, so its position moves even when the published tables are idle.
-async fn heartbeat(conn: crate::source::conninfo::ConnInfo, every: Duration) {
+async fn heartbeat(conn: crate::pgconn::ConnInfo, every: Duration) {
     let mut client = None;
     let mut tick = tokio::time::interval(every);
     loop {

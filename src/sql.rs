@@ -3,36 +3,41 @@
 
 use std::fmt;
 
-/// `"name"`, with embedded double quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    let mut s = String::with_capacity(name.len() + 2);
-    s.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            s.push('"');
-        }
-        s.push(c);
+/// PostgreSQL truncates longer identifiers, which would silently address another object.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Why `name` cannot name a PostgreSQL object as given, or `None` when it can. Names are
+/// always quoted, so any characters will do, but 1 to [`MAX_IDENTIFIER_BYTES`] bytes and no
+/// NUL. The one check for every identifier from configuration or a specification.
+pub fn identifier_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("is empty; write one".to_owned())
+    } else if name.len() > MAX_IDENTIFIER_BYTES {
+        Some(format!(
+            "is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes (it would truncate it), so shorten it",
+            name.len()
+        ))
+    } else if name.contains('\0') {
+        Some("contains a NUL character; remove it".to_owned())
+    } else {
+        None
     }
-    s.push('"');
-    s
 }
 
-/// `'text'` with quotes doubled; uses the `E''` form when backslashes are present so the result
+/// `"name"`, with embedded double quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// `'text'` with quotes doubled; the `E''` form when backslashes are present, so the result
 /// means the same whatever `standard_conforming_strings` is.
 pub fn quote_literal(text: &str) -> String {
-    let mut s = String::with_capacity(text.len() + 3);
-    if text.contains('\\') {
-        s.push('E');
+    let quoted = postgres_protocol::escape::escape_literal(text);
+    // The E form comes with a leading space (for splicing after a keyword); ours never needs it.
+    match quoted.strip_prefix(' ') {
+        Some(rest) => rest.to_owned(),
+        None => quoted,
     }
-    s.push('\'');
-    for c in text.chars() {
-        if c == '\'' || c == '\\' {
-            s.push(c);
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
 }
 
 /// A schema-qualified table name.
@@ -128,6 +133,17 @@ impl fmt::Display for QualifiedName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_are_one_to_63_bytes_without_nul() {
+        assert_eq!(identifier_problem("a \"b\"; c"), None);
+        assert_eq!(identifier_problem(&"x".repeat(63)), None);
+        assert!(identifier_problem("").unwrap().starts_with("is empty"));
+        assert!(identifier_problem(&"x".repeat(64))
+            .unwrap()
+            .starts_with("is 64 bytes long"));
+        assert!(identifier_problem("a\0b").unwrap().contains("NUL"));
+    }
 
     #[test]
     fn quoting_neutralises_hostile_names() {

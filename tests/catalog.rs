@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgfanout::change::{Relation, ReplicaIdentity};
-use pgfanout::route::TenantRegistry;
+use pgfanout::disposition::Classify;
+use pgfanout::fanout::route::TenantRegistry;
 use pgfanout::source::catalog::{self, CatalogError};
 use pgfanout::source::{LogicalStream, SlotSpec, SourceEvent};
 use pgfanout::sql::QualifiedName;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout_testkit::localpg::{LocalPostgres, Options};
 use support::*;
 
 const TENANT_A: &str = "00000000-0000-0000-0000-00000000000a";

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgfanout::localch::LocalClickHouse;
+use pgfanout_testkit::localch::LocalClickHouse;
 use support::*;
 
 const TENANCIES: [(&str, &str, &str); 4] = [

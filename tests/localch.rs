@@ -1,10 +1,10 @@
-//! The private ClickHouse server (`pgfanout::localch`) against the real binary.
+//! The private ClickHouse server (`pgfanout_testkit::localch`) against the real binary.
 
 mod support;
 
 use std::path::Path;
 
-use pgfanout::localch::{LocalChError, LocalClickHouse};
+use pgfanout_testkit::localch::{LocalChError, LocalClickHouse};
 
 fn start() -> LocalClickHouse {
     LocalClickHouse::start().unwrap_or_else(|e| panic!("start the private ClickHouse: {e}"))

@@ -3,7 +3,8 @@
 
 mod support;
 
-use pgfanout::source::conninfo::{ConnInfo, Host};
+use pgfanout::disposition::Classify;
+use pgfanout::pgconn::{ConnInfo, Host};
 use pgfanout::source::session::{Session, SessionError};
 use support::*;
 
@@ -88,7 +89,7 @@ async fn wrong_or_missing_passwords_fail_with_clear_errors() {
 
 #[tokio::test]
 async fn unix_socket_with_trust() {
-    let info = server().conninfo("postgres");
+    let info = conninfo("postgres");
     assert_eq!(identify(&info).await.unwrap(), "postgres");
 }
 
@@ -135,7 +136,7 @@ async fn tls_per_sslmode() {
 
     // A CA that did not sign the server's certificate is refused.
     let other = tempfile::tempdir().unwrap();
-    let other_ca = pgfanout::localtls::make(other.path()).unwrap().ca;
+    let other_ca = pgfanout_testkit::localtls::make(other.path()).unwrap().ca;
     let info = tcp_url(
         SCRAM_USER,
         Some(PASSWORD),
@@ -150,7 +151,7 @@ async fn tls_per_sslmode() {
 
 #[tokio::test]
 async fn server_errors_carry_sqlstate_message_and_hint() {
-    let mut s = Session::connect(&server().conninfo("postgres"), Some("database"))
+    let mut s = Session::connect(&conninfo("postgres"), Some("database"))
         .await
         .unwrap();
     let err = s
@@ -169,7 +170,7 @@ async fn server_errors_carry_sqlstate_message_and_hint() {
     assert_eq!(err.server_code(), Some("42704"), "{err}");
     s.close(false).await.unwrap();
 
-    let mut info = server().conninfo("no_such_database");
+    let mut info = conninfo("no_such_database");
     info.dbname = "no_such_database".into();
     let err = Session::connect(&info, None).await.err().unwrap();
     assert_eq!(err.server_code(), Some("3D000"), "{err}");

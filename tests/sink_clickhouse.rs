@@ -6,9 +6,10 @@
 mod support;
 
 use pgfanout::config::{ClickHouseStore, Secret};
+use pgfanout::disposition::{disposition, Classify, Disposition, Scope};
 use pgfanout::sink::clickhouse::types::ServerVersion;
 use pgfanout::sink::{
-    text, Batch, Cell, ClickHouseError, ClickHouseSink, TargetColumn, TargetTable, WriterError,
+    text, Batch, Cell, ClickHouseError, ClickHouseSink, SinkError, TargetColumn, TargetTable,
 };
 use pgfanout::value::PgType;
 use support::*;
@@ -440,7 +441,10 @@ async fn a_value_the_column_cannot_hold_is_rejected_with_table_column_and_value(
         assert!(msg.contains(part), "{part:?} in {msg}");
     }
     assert!(!e.is_transient());
-    assert!(WriterError::from(e).stops_destination());
+    assert_eq!(
+        disposition(SinkError::from(e).kind(), Scope::Destination),
+        Disposition::StopDestination
+    );
     assert_eq!(
         sink.watermark("analytics").await.unwrap(),
         0,
@@ -515,7 +519,7 @@ async fn reader_user_is_refused_on_servers_without_access_control() {
 #[tokio::test]
 async fn a_password_user_connects_and_a_wrong_password_is_a_clear_error() {
     let db = fresh_ch_db("auth");
-    let (user, password) = pgfanout::localch::LocalClickHouse::PASSWORD_USER;
+    let (user, password) = pgfanout_testkit::localch::LocalClickHouse::PASSWORD_USER;
     let mut st = store(&db);
     st.user = user.into();
     st.password = Some(Secret::new(password));

@@ -4,15 +4,16 @@
 
 mod support;
 
+use pgfanout::disposition::Classify;
 use pgfanout::sink::{
-    text, ApplyOutcome, Batch, Cell, PostgresSink, SinkError, TargetColumn, TargetTable,
+    text, ApplyOutcome, Batch, Cell, PostgresError, PostgresSink, TargetColumn, TargetTable,
 };
 use pgfanout::sql::quote_ident;
 use pgfanout::value::PgType;
 use support::*;
 
 async fn sink(db: &str, schema: &str) -> PostgresSink {
-    let client = server().conninfo(db).connect_sql().await.unwrap();
+    let client = conninfo(db).connect_sql().await.unwrap();
     PostgresSink::new(client, schema)
 }
 
@@ -238,7 +239,7 @@ async fn older_changes_never_win_and_applied_batches_are_no_ops() {
     bad.upsert(0, 32, kv("1", t("x"), "1"));
     assert!(matches!(
         sink.apply("d", &bad).await,
-        Err(SinkError::InvalidBatch { .. })
+        Err(PostgresError::InvalidBatch { .. })
     ));
     assert_eq!(sink.watermark("d").await.unwrap(), 30);
 }
@@ -371,7 +372,7 @@ async fn validation_without_create_reports_every_problem() {
         .unwrap_err();
     assert!(!err.is_transient());
     let msg = err.to_string();
-    let SinkError::Schema { problems } = &err else {
+    let PostgresError::Schema { problems } = &err else {
         panic!("{err:?}")
     };
     assert_eq!(problems.len(), 4, "{msg}");
@@ -595,7 +596,7 @@ async fn truncate_removes_older_rows_and_keeps_newer_ones_of_the_same_batch() {
     let mut b = Batch::new(20);
     b.upsert(0, 13, kv("6", t("f"), "6")).truncate(1, 14);
     let err = sink.apply("d", &b).await.unwrap_err();
-    assert!(matches!(err, SinkError::InvalidBatch { .. }), "{err}");
+    assert!(matches!(err, PostgresError::InvalidBatch { .. }), "{err}");
     assert!(err.to_string().contains("out of range"), "{err}");
     let mut b = Batch::new(20);
     b.upsert(0, 13, kv("6", t("f"), "6")).truncate(0, 21);
@@ -789,7 +790,7 @@ async fn replay_rebuilds_a_wiped_table_and_leaves_the_watermark_alone() {
     bad.upsert(0, 20, kv("1", t("x"), "1"));
     assert!(matches!(
         sink.replay("d", &bad).await,
-        Err(SinkError::InvalidBatch { .. })
+        Err(PostgresError::InvalidBatch { .. })
     ));
     assert_eq!(rows(&client, KV).await, applied);
     assert_eq!(rows(&client, WATERMARKS).await, watermarks);

@@ -5,6 +5,7 @@
 mod support;
 
 use pgfanout::change::{Datum, OldTuple, Op, ReplicaIdentity};
+use pgfanout::disposition::Classify;
 use pgfanout::lsn::Lsn;
 use pgfanout::sequencer::Sequencer;
 use pgfanout::source::{LogicalStream, SlotSpec, SourceError, SourceEvent};
@@ -613,7 +614,7 @@ async fn management_creates_what_is_missing_and_refuses_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_below_logical_is_refused() {
     let pg = tokio::task::spawn_blocking(|| {
-        pgfanout::localpg::LocalPostgres::start(&pgfanout::localpg::Options {
+        pgfanout_testkit::localpg::LocalPostgres::start(&pgfanout_testkit::localpg::Options {
             conf: vec!["wal_level = replica".into()],
             ..Default::default()
         })
@@ -622,7 +623,7 @@ async fn wal_level_below_logical_is_refused() {
     .unwrap()
     .unwrap();
     let mut cfg = source_config("postgres", None);
-    cfg.conn = pg.conninfo("postgres");
+    cfg.conn = pg_conninfo(&pg, "postgres");
     let err = LogicalStream::start(&cfg, SlotSpec::Temporary)
         .await
         .err()

@@ -6,8 +6,9 @@ mod support;
 use std::sync::Arc;
 
 use pgfanout::config::Secret;
+use pgfanout::disposition::Classify;
 use pgfanout::lsn::Lsn;
-use pgfanout::source::conninfo::{Host, SslMode};
+use pgfanout::pgconn::{Host, SslMode};
 use pgfanout::state::{
     migrate, Checkpoint, Migration, StateDb, StateError, DEFAULT_SCHEMA, MIGRATIONS,
 };
@@ -85,7 +86,7 @@ async fn migrate_creates_schema_tables_and_history_then_applies_nothing() {
         .unwrap();
     assert!(again.applied.is_empty());
     assert_eq!(again.current, report.current);
-    let state = StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+    let state = StateDb::connect(&conninfo(&db), DEFAULT_SCHEMA)
         .await
         .unwrap();
     assert!(state.migrations().applied.is_empty());
@@ -235,7 +236,7 @@ async fn a_database_newer_than_the_binary_is_refused() {
         )
         .await
         .unwrap();
-    let e = StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+    let e = StateDb::connect(&conninfo(&db), DEFAULT_SCHEMA)
         .await
         .err()
         .expect("refused");
@@ -298,9 +299,7 @@ async fn a_failing_migration_leaves_nothing_behind() {
 async fn a_hostile_schema_name_is_quoted() {
     let db = fresh_db("state_hostile").await;
     let schema = "pg\"fanout; drop";
-    let state = StateDb::connect(&server().conninfo(&db), schema)
-        .await
-        .unwrap();
+    let state = StateDb::connect(&conninfo(&db), schema).await.unwrap();
     assert_eq!(state.migrations().applied, [1, 2]);
     let client = sql(&db).await;
     assert!(schema_exists(&client, schema).await);
@@ -326,7 +325,7 @@ async fn a_hostile_schema_name_is_quoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_round_trip_and_never_move_backwards() {
     let db = fresh_db("state_checkpoints").await;
-    let state = StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+    let state = StateDb::connect(&conninfo(&db), DEFAULT_SCHEMA)
         .await
         .unwrap();
     let store = state.checkpoints().clone();
@@ -372,7 +371,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
         .local_addr()
         .unwrap()
         .port();
-    let mut refused = server().conninfo(&db);
+    let mut refused = conninfo(&db);
     refused.host = Host::Tcp("127.0.0.1".into());
     refused.port = port;
     refused.password = Some(Secret::new("hunter2"));
@@ -389,7 +388,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
     // against the certificate's name works, against another name fails, and a missing CA file
     // is a definite configuration error.
     let tls_db = fresh_db("state_tls").await;
-    let mut tls = server().conninfo(&tls_db);
+    let mut tls = conninfo(&tls_db);
     tls.host = Host::Tcp("localhost".into());
     tls.sslmode = SslMode::VerifyFull;
     tls.sslrootcert = Some(server().ca_cert());
@@ -410,7 +409,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
     assert!(!e.is_transient());
 
     // A role without CREATE on the database: permission denied is definite.
-    let mut unprivileged = server().conninfo(&db);
+    let mut unprivileged = conninfo(&db);
     unprivileged.user = "no_repl".into();
     let e = StateDb::connect(&unprivileged, DEFAULT_SCHEMA)
         .await
@@ -425,7 +424,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
     );
 
     // Once an owner has migrated the schema, the same role only needs to use it.
-    StateDb::connect(&server().conninfo(&db), DEFAULT_SCHEMA)
+    StateDb::connect(&conninfo(&db), DEFAULT_SCHEMA)
         .await
         .unwrap();
     sql(&db)
@@ -447,7 +446,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
     assert_eq!(state.checkpoints().load("s").await.unwrap(), Some(cp));
 
     // Invalid schema names never reach the server.
-    let e = StateDb::connect(&server().conninfo(&db), "")
+    let e = StateDb::connect(&conninfo(&db), "")
         .await
         .err()
         .expect("refused");

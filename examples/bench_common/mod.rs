@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout_testkit::localpg::{LocalPostgres, Options};
 use tokio_postgres::Client;
 
 pub const ROWS: u64 = 1_000_000;
@@ -63,24 +63,6 @@ pub fn bench_workloads() -> String {
 /// `PGFANOUT_BIN`, default `target/release/pgfanout`.
 pub fn pgfanout_bin() -> String {
     std::env::var("PGFANOUT_BIN").unwrap_or_else(|_| "target/release/pgfanout".into())
-}
-
-/// A libpq URL of database `db` on the private server, over its unix socket.
-pub fn pg_url(pg: &LocalPostgres, db: &str) -> String {
-    format!(
-        "postgres://postgres@/{db}?host={}&port={}",
-        pg.socket_dir().display(),
-        pg.port()
-    )
-}
-
-/// A libpq conninfo string of database `db` (for `pg_recvlogical -d` and subscriptions).
-pub fn pg_conninfo(pg: &LocalPostgres, db: &str) -> String {
-    format!(
-        "host={} port={} dbname={db} user=postgres",
-        pg.socket_dir().display(),
-        pg.port()
-    )
 }
 
 /// Creates the tables and publication `bench` in the (empty) source database, then one

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::changelog::{LogReader, LogRecord};
-use crate::route::{Planned, Routed};
+use crate::fanout::route::{Planned, Routed};
 use crate::value::Timestamp;
 
 use super::router::Router;

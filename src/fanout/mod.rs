@@ -25,6 +25,7 @@
 
 mod dispatch;
 mod replay;
+pub mod route;
 mod router;
 mod setup;
 mod worker;
@@ -38,9 +39,11 @@ use tracing::{info, warn};
 
 use crate::changelog::{LogError, Readers};
 use crate::config::Config;
-use crate::route::{RouteError, SetupError};
+use crate::disposition::{Classify, ErrorKind};
+use crate::fanout::route::{RouteError, SetupError};
+use crate::pgconn::SqlConnectError;
+use crate::problems::Problems;
 use crate::source::catalog::CatalogError;
-use crate::source::conninfo::SqlConnectError;
 use crate::state::{DestinationReport, StateDb};
 use crate::value::Timestamp;
 
@@ -58,8 +61,8 @@ const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    #[error("the destinations cannot be set up:{}", problems.iter().map(|p| format!("\n  - {}", p.replace('\n', "\n    "))).collect::<String>())]
-    Setup { problems: Vec<String> },
+    #[error("the destinations cannot be set up:{problems}")]
+    Setup { problems: Problems },
     #[error("could not connect to {what}: {source}")]
     Connect {
         what: String,
@@ -86,27 +89,24 @@ pub enum FanoutError {
     Log(#[from] LogError),
     #[error("no destination named {name:?}; configured: {known}")]
     UnknownDestination { name: String, known: String },
-    #[error("destination {destination}: {message}")]
+    #[error("destination {destination}")]
     Destination {
         destination: String,
-        message: String,
+        #[source]
+        source: crate::sink::SinkError,
     },
     #[error("the fan-out thread stopped unexpectedly")]
     Gone,
 }
 
-impl FanoutError {
-    /// Whether starting over can help (the source database was unreachable at start-up).
-    pub fn is_transient(&self) -> bool {
+impl Classify for FanoutError {
+    /// Starting over helps when the source database was unreachable at start-up.
+    fn kind(&self) -> ErrorKind {
         match self {
-            FanoutError::Connect { source, .. } => match source {
-                SqlConnectError::Connect { source, .. } => {
-                    crate::retry::pg_error_is_transient(source)
-                }
-                SqlConnectError::Tls(_) => false,
-            },
-            FanoutError::Catalog(e) => e.is_transient(),
-            _ => false,
+            FanoutError::Connect { source, .. } => source.kind(),
+            FanoutError::Catalog(e) => e.kind(),
+            FanoutError::Destination { source, .. } => source.kind(),
+            _ => ErrorKind::Definite,
         }
     }
 }
@@ -344,7 +344,7 @@ impl Drop for Fanout {
 /// Publishes the workers' states: retention's floor, and the state database when it is
 /// reachable (a status view must not stop the writers).
 struct Reporter {
-    state_conn: (crate::source::conninfo::ConnInfo, String),
+    state_conn: (crate::pgconn::ConnInfo, String),
     state: Option<StateDb>,
     shared: Vec<(String, Arc<DestShared>)>,
     keep_from: Arc<AtomicU64>,

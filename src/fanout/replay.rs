@@ -8,7 +8,7 @@ use tracing::info;
 
 use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
-use crate::route::{Planned, Routed};
+use crate::fanout::route::{Planned, Routed};
 use crate::sink::{Batch, Writer};
 
 use super::setup::Setup;
@@ -51,13 +51,13 @@ pub async fn replay(
     let setup = Setup::load(cfg).await?;
     let plan = &setup.destinations[index];
     let mut router = setup.router(Some(index), tenant);
-    let dest_err = |message: String| FanoutError::Destination {
+    let dest_err = |source| FanoutError::Destination {
         destination: destination.to_owned(),
-        message,
+        source,
     };
     let mut sink = Writer::connect(&plan.config, &plan.tables)
         .await
-        .map_err(|e| dest_err(e.to_string()))?;
+        .map_err(dest_err)?;
     let started = Instant::now();
     let mut report = ReplayReport {
         changes: 0,
@@ -105,9 +105,7 @@ pub async fn replay(
             batch.last_seq = c.seq;
         }
         if rows >= plan.config.batch_rows || (done && rows > 0) {
-            sink.replay(destination, &batch)
-                .await
-                .map_err(|e| dest_err(e.to_string()))?;
+            sink.replay(destination, &batch).await.map_err(dest_err)?;
             report.ops += rows as u64;
             batch = Batch::new(batch.last_seq);
             rows = 0;

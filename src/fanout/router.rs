@@ -1,6 +1,6 @@
 //! Log records → per-destination operations, for one set of destinations.
 //!
-//! A [`Router`] owns what [`crate::route::plan`] needs and keeps it current as the log goes
+//! A [`Router`] owns what [`crate::fanout::route::plan`] needs and keeps it current as the log goes
 //! by: mappings compiled against the relation each change carries (recompiled when a source
 //! table's description changes — a failure stops routing: fail fast on schema), and the
 //! tenant registry, updated from the tenancy table's own changes. The dispatcher has one
@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::change::{Relation, SequencedChange};
 use crate::config::MappingConfig;
-use crate::route::{self, DestinationSet, MappingRoute, MappingSpec, Routed, TenantRegistry};
+use crate::fanout::route::{
+    self, DestinationSet, MappingRoute, MappingSpec, Routed, TenantRegistry,
+};
 use crate::source::TypeRegistry;
 use crate::value::PgType;
 

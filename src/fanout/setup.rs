@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use crate::change::Relation;
+use crate::config::Tenants;
 use crate::config::{Config, DestinationConfig, MappingConfig, StoreConfig};
-use crate::route::{Destination, DestinationSet, MappingRoute, TenantRegistry, Tenants};
+use crate::fanout::route::{Destination, DestinationSet, MappingRoute, TenantRegistry};
 use crate::sink::{ColumnType, TargetColumn, TargetTable};
 use crate::source::catalog;
 
@@ -115,7 +116,9 @@ impl Setup {
             check_tenant_columns(&mut problems, i, d, &cfg.mappings, &routing.keys);
         }
         if !problems.is_empty() {
-            return Err(FanoutError::Setup { problems });
+            return Err(FanoutError::Setup {
+                problems: problems.into(),
+            });
         }
         let destinations = cfg
             .destinations

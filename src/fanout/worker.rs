@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
-use crate::retry::Backoff;
-use crate::route::{Planned, Routed};
-use crate::sink::{Batch, Writer, WriterError};
+use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
+use crate::fanout::route::{Planned, Routed};
+use crate::sink::{Batch, SinkError, Writer};
 use crate::value::Timestamp;
 
 use super::dispatch::Chunk;
@@ -48,10 +48,25 @@ const PAUSE_FLUSH_MIN: Duration = Duration::from_millis(50);
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
+impl Classify for WorkerError {
+    /// A change log that no longer holds the destination's next seq needs a resync; a failed
+    /// log read (I/O, corruption) or a mapping that no longer compiles is definite; a
+    /// writer's error is what its sink says; a lost reader thread is worth another attempt.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            WorkerError::Writer(e) => e.kind(),
+            WorkerError::Log(LogError::SeqTooOld { .. }) => ErrorKind::LogGone,
+            WorkerError::Log(_) => ErrorKind::Definite,
+            WorkerError::Route(e) => e.kind(),
+            WorkerError::ReaderGone => ErrorKind::Transient,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(super) enum WorkerError {
     #[error(transparent)]
-    Writer(#[from] WriterError),
+    Writer(#[from] SinkError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -113,20 +128,21 @@ impl Worker {
                 }
                 Err(e) => e,
             };
-            if let WorkerError::Log(LogError::SeqTooOld { requested, oldest }) = &e {
-                error!(destination = %self.name(), watermark = requested - 1, oldest_retained = oldest, "destination needs a resync: the change log no longer holds the changes after its watermark");
-                self.shared
-                    .set_state(DestinationState::NeedsResync, Some(e.to_string()));
-                return;
-            }
-            if let WorkerError::Writer(w) = &e {
-                if w.stops_destination() {
+            match disposition(e.kind(), Scope::Destination) {
+                Disposition::NeedsResync => {
+                    error!(destination = %self.name(), error = %e, "destination needs a resync: the change log no longer holds the changes after its watermark");
+                    self.shared
+                        .set_state(DestinationState::NeedsResync, Some(e.to_string()));
+                    return;
+                }
+                Disposition::StopDestination | Disposition::Fatal => {
                     error!(destination = %self.name(), error = %e, "destination stopped: retrying cannot fix this; fix it and restart pgfanout");
                     self.shared.detached.store(true, Ordering::SeqCst);
                     self.shared
                         .set_state(DestinationState::Failed, Some(e.to_string()));
                     return;
                 }
+                Disposition::Retry => {}
             }
             self.shared.detached.store(true, Ordering::SeqCst);
             let delay = backoff.next_delay(started.elapsed());

@@ -50,97 +50,14 @@ pub mod postgres;
 
 use std::borrow::Cow;
 
-use crate::sql::QualifiedName;
-use crate::value::PgType;
-
 pub use self::clickhouse::{ClickHouseError, ClickHouseSink};
+use crate::disposition::{Classify, ErrorKind};
+pub use crate::target::{
+    ColumnType, TargetColumn, TargetTable, DEFAULT_DELETED_COLUMN, DEFAULT_VERSION_COLUMN,
+    DELETED_COLUMN, WATERMARK_TABLE,
+};
 pub use crate::transform::Cell;
-pub use postgres::{ApplyOutcome, Location, PostgresSink, SinkError};
-
-/// Default name of the row-version column.
-pub const DEFAULT_VERSION_COLUMN: &str = "_seq";
-/// The soft-delete marker column (`boolean NOT NULL DEFAULT false`).
-pub const DELETED_COLUMN: &str = "_deleted";
-/// ClickHouse destinations: the deleted-flag column (`UInt8`, 1 = deleted) unless configured.
-pub const DEFAULT_DELETED_COLUMN: &str = "_is_deleted";
-/// The per-destination watermark table, in the destination's schema.
-pub const WATERMARK_TABLE: &str = "_pgfanout_watermarks";
-
-/// A target column's type: one [`PgType`] pgfanout knows, or a SQL type name written in the
-/// configuration (`varchar(20)`, `"My Enum"`, `numeric(12,2)`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ColumnType {
-    Known(PgType),
-    /// Checked before use: a single type name, no statement separators or comments.
-    Named(String),
-}
-
-impl From<PgType> for ColumnType {
-    fn from(t: PgType) -> Self {
-        ColumnType::Known(t)
-    }
-}
-
-/// One column of a target table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetColumn {
-    pub name: String,
-    pub ty: ColumnType,
-    pub nullable: bool,
-    /// The source column's type modifier when the column is a plain copy of one (numeric
-    /// precision and scale, for ClickHouse's Decimal); `None` otherwise.
-    pub typmod: Option<i32>,
-}
-
-impl TargetColumn {
-    pub fn new(name: impl Into<String>, ty: impl Into<ColumnType>, nullable: bool) -> Self {
-        TargetColumn {
-            name: name.into(),
-            ty: ty.into(),
-            nullable,
-            typmod: None,
-        }
-    }
-}
-
-/// A table a destination writes: its columns in the order of [`RowOp::Upsert`] cells, the key
-/// (a primary or unique key of the target), the version column, and how deletes are applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetTable {
-    pub schema: String,
-    pub name: String,
-    pub columns: Vec<TargetColumn>,
-    /// Key column names, each one of `columns`.
-    pub key: Vec<String>,
-    /// `bigint NOT NULL`; [`DEFAULT_VERSION_COLUMN`] unless configured.
-    pub version_column: String,
-    /// Deletes set [`DELETED_COLUMN`] to true (and `_seq`) instead of deleting the row; an
-    /// upsert clears it again.
-    pub soft_delete: bool,
-}
-
-impl TargetTable {
-    /// A table with the default version column and hard deletes.
-    pub fn new(
-        schema: impl Into<String>,
-        name: impl Into<String>,
-        columns: Vec<TargetColumn>,
-        key: Vec<String>,
-    ) -> Self {
-        TargetTable {
-            schema: schema.into(),
-            name: name.into(),
-            columns,
-            key,
-            version_column: DEFAULT_VERSION_COLUMN.to_owned(),
-            soft_delete: false,
-        }
-    }
-
-    pub fn qualified_name(&self) -> QualifiedName {
-        QualifiedName::new(&self.schema, &self.name)
-    }
-}
+pub use postgres::{ApplyOutcome, Location, PostgresError, PostgresSink};
 
 /// One row change for one target table.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,22 +181,22 @@ pub enum Writer {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WriterError {
+pub enum SinkError {
     #[error(transparent)]
-    Connect(#[from] crate::source::conninfo::SqlConnectError),
+    Connect(#[from] crate::pgconn::SqlConnectError),
     #[error(transparent)]
-    Postgres(#[from] SinkError),
+    Postgres(#[from] PostgresError),
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
 }
 
-impl WriterError {
-    /// Whether the destination should stop instead of retrying: a ClickHouse error that
-    /// retrying cannot fix (a rejected value, a table that does not match). PostgreSQL
-    /// destinations retry every error, as they always have: a table someone dropped is
-    /// created again at reconnection.
-    pub fn stops_destination(&self) -> bool {
-        matches!(self, WriterError::ClickHouse(e) if !e.is_transient())
+impl Classify for SinkError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SinkError::Connect(e) => e.kind(),
+            SinkError::Postgres(e) => e.kind(),
+            SinkError::ClickHouse(e) => e.kind(),
+        }
     }
 }
 
@@ -289,7 +206,7 @@ impl Writer {
     pub async fn connect(
         cfg: &crate::config::DestinationConfig,
         tables: &[TargetTable],
-    ) -> Result<Writer, WriterError> {
+    ) -> Result<Writer, SinkError> {
         use crate::config::StoreConfig;
         match &cfg.store {
             StoreConfig::Postgres(pg) => {
@@ -308,7 +225,7 @@ impl Writer {
     }
 
     /// The last seq applied to `destination`; 0 when it has applied nothing yet.
-    pub async fn watermark(&mut self, destination: &str) -> Result<u64, WriterError> {
+    pub async fn watermark(&mut self, destination: &str) -> Result<u64, SinkError> {
         Ok(match self {
             Writer::Postgres(s) => s.watermark(destination).await?,
             Writer::ClickHouse(s) => s.watermark(destination).await?,
@@ -317,7 +234,7 @@ impl Writer {
 
     /// Applies `batch` and moves the watermark to its `last_seq`; skipped when the watermark
     /// is already there.
-    pub async fn apply(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), WriterError> {
+    pub async fn apply(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), SinkError> {
         match self {
             Writer::Postgres(s) => {
                 s.apply(destination, batch).await?;
@@ -328,11 +245,7 @@ impl Writer {
     }
 
     /// Re-applies history without reading or moving the watermark.
-    pub async fn replay(
-        &mut self,
-        destination: &str,
-        batch: &Batch<'_>,
-    ) -> Result<(), WriterError> {
+    pub async fn replay(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), SinkError> {
         match self {
             Writer::Postgres(s) => s.replay(destination, batch).await?,
             Writer::ClickHouse(s) => s.replay(destination, batch).await?,

@@ -6,7 +6,7 @@
 //! - [`types`]: the enum registry, the same as the replication session loads.
 //! - [`tenants`]: the rows of the `[tenants].query`, as text, and (given the tenancy table)
 //!   which table column each output column reads, so the stream's changes of that table can
-//!   keep the registry current ([`crate::route::TenantRegistry::apply`]).
+//!   keep the registry current ([`crate::fanout::route::TenantRegistry::apply`]).
 //!
 //! Names are always bound as parameters, never spliced into SQL. Errors name what was being
 //! done and the table or `[tenants].query`; they never carry row values (server messages of
@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::change::{Column, Relation, ReplicaIdentity};
-use crate::retry::pg_error_is_transient;
+use crate::disposition::pg_error_is_transient;
+use crate::disposition::{sqlstate_message_is_safe, Classify, ErrorKind};
 use crate::source::{TypeRegistry, ENUM_TYPES_QUERY};
 use crate::sql::QualifiedName;
 
@@ -63,19 +64,20 @@ pub enum CatalogError {
     ColumnsChanged,
 }
 
-impl CatalogError {
-    /// Whether the same lookup can succeed later: a lost connection, a server starting up or
-    /// shutting down, exhausted resources (see [`crate::retry`]).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+impl Classify for CatalogError {
+    /// A lost connection, a server starting up or shutting down, exhausted resources are
+    /// transient; a missing table, column or privilege is not.
+    fn kind(&self) -> ErrorKind {
+        match self {
             CatalogError::Query {
-                transient: true,
-                ..
-            }
-        )
+                transient: true, ..
+            } => ErrorKind::Transient,
+            _ => ErrorKind::Definite,
+        }
     }
+}
 
+impl CatalogError {
     /// The SQLSTATE of the server error behind this one, if any.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -83,32 +85,6 @@ impl CatalogError {
             _ => None,
         }
     }
-}
-
-/// SQLSTATE classes whose messages name objects and settings but never quote a row value:
-/// connection, feature not supported, cardinality, transaction state, authorization, catalog
-/// and schema names, rollback, syntax and access rules, resources, program limits, object
-/// state, operator intervention, system errors. Everything else (data exceptions, constraint
-/// violations, raised exceptions, …) may quote a value and is reported by SQLSTATE only.
-fn message_is_safe(code: &str) -> bool {
-    matches!(
-        code.get(..2),
-        Some(
-            "08" | "0A"
-                | "21"
-                | "25"
-                | "28"
-                | "3D"
-                | "3F"
-                | "40"
-                | "42"
-                | "53"
-                | "54"
-                | "55"
-                | "57"
-                | "58"
-        )
-    )
 }
 
 fn query_error(
@@ -119,7 +95,7 @@ fn query_error(
     let transient = pg_error_is_transient(&e);
     let code = e.code().map(|c| c.code().to_owned());
     let (message, source) = match e.as_db_error() {
-        Some(db) if message_is_safe(db.code().code()) => {
+        Some(db) if sqlstate_message_is_safe(db.code().code()) => {
             (format!("{db} (SQLSTATE {})", db.code().code()), Some(e))
         }
         Some(db) => (
@@ -431,10 +407,10 @@ mod tests {
     #[test]
     fn messages_that_may_quote_values_are_withheld() {
         for code in ["42601", "42P01", "08006", "57014", "53300", "0A000"] {
-            assert!(message_is_safe(code), "{code}");
+            assert!(sqlstate_message_is_safe(code), "{code}");
         }
         for code in ["22P02", "22003", "23505", "P0001", "XX000", "2F000"] {
-            assert!(!message_is_safe(code), "{code}");
+            assert!(!sqlstate_message_is_safe(code), "{code}");
         }
     }
 }

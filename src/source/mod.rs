@@ -14,11 +14,9 @@
 //! (so an idle slot does not hold WAL).
 
 pub mod catalog;
-pub mod conninfo;
 pub mod pgoutput;
 pub mod session;
 pub mod slot;
-pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -30,6 +28,7 @@ use tracing::{debug, info};
 
 use crate::change::{Op, Relation, RowChange, TupleShapeError};
 use crate::config::SourceConfig;
+use crate::disposition::{Classify, ErrorKind};
 use crate::lsn::Lsn;
 use crate::value::{PgType, Timestamp};
 use pgoutput::{DecodeError, PgOutput, ReplicationMessage};
@@ -75,13 +74,14 @@ pub enum SourceError {
     StreamEnded,
 }
 
-impl SourceError {
-    /// Whether reconnecting and resuming from the last confirmed position can succeed.
-    pub fn is_transient(&self) -> bool {
+impl Classify for SourceError {
+    /// Reconnecting and resuming from the last confirmed position can succeed after trouble
+    /// with the session or a stream the server ended; not after a malformed stream.
+    fn kind(&self) -> ErrorKind {
         match self {
-            SourceError::Session(e) => e.is_transient(),
-            SourceError::StreamEnded => true,
-            _ => false,
+            SourceError::Session(e) => e.kind(),
+            SourceError::StreamEnded => ErrorKind::Transient,
+            _ => ErrorKind::Definite,
         }
     }
 }

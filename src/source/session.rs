@@ -20,9 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, warn};
 
-use super::conninfo::{ConnInfo, Host, SslMode};
-use super::tls;
+use crate::disposition::{sqlstate_kind, Classify, ErrorKind};
 use crate::lsn::Lsn;
+use crate::pgconn::tls;
+use crate::pgconn::{ConnInfo, Host, SslMode};
 
 /// Read granularity: large enough that a busy stream costs few syscalls.
 const READ_CHUNK: usize = 256 * 1024;
@@ -117,21 +118,24 @@ pub enum SessionError {
     Protocol(String),
 }
 
-impl SessionError {
-    /// Whether retrying the same operation later can succeed: connection-level trouble and
-    /// server shutdowns are transient; authentication, permissions and bad requests are not.
-    pub fn is_transient(&self) -> bool {
+impl Classify for SessionError {
+    /// Connection-level trouble and server shutdowns are transient; authentication,
+    /// permissions and bad requests are not.
+    fn kind(&self) -> ErrorKind {
         match self {
-            SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => true,
-            SessionError::Io(_) => true,
-            SessionError::Server { error, .. } => {
-                // 55006, object in use: a slot still held by a session that is going away.
-                crate::retry::sqlstate_is_transient(&error.code) || error.code == "55006"
+            SessionError::Connect { .. } | SessionError::ConnectTimeout { .. } => {
+                ErrorKind::Transient
             }
-            _ => false,
+            SessionError::Io(_) => ErrorKind::Transient,
+            // 55006, object in use: a slot still held by a session that is going away.
+            SessionError::Server { error, .. } if error.code == "55006" => ErrorKind::Transient,
+            SessionError::Server { error, .. } => sqlstate_kind(&error.code),
+            _ => ErrorKind::Definite,
         }
     }
+}
 
+impl SessionError {
     pub fn server_code(&self) -> Option<&str> {
         match self {
             SessionError::Server { error, .. } => Some(&error.code),

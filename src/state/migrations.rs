@@ -15,9 +15,9 @@
 //! after it includes the previous holder's work. (At REPEATABLE READ the snapshot would date
 //! from the lock statement, taken before the wait ended.)
 
-use std::fmt::Write as _;
-
 use sha2::{Digest, Sha256};
+
+use crate::digest::sha256_hex;
 use tokio_postgres::{Client, IsolationLevel};
 use tracing::info;
 
@@ -259,18 +259,10 @@ pub(super) fn lock_key(schema: &str) -> i64 {
     i64::from_be_bytes(key)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in digest.iter() {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disposition::Classify;
 
     #[test]
     fn embedded_migrations_are_numbered_in_order_and_named_after_their_version() {

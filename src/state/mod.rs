@@ -28,8 +28,8 @@ mod migrations;
 
 use std::sync::Arc;
 
-use crate::retry::pg_error_is_transient;
-use crate::source::conninfo::{ConnInfo, SqlConnectError};
+use crate::disposition::{pg_error_kind, Classify, ErrorKind};
+use crate::pgconn::{ConnInfo, SqlConnectError};
 use crate::sql::quote_ident;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
@@ -38,9 +38,6 @@ pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
 
 /// The schema pgfanout keeps its state in unless configured otherwise.
 pub const DEFAULT_SCHEMA: &str = "pgfanout";
-
-/// PostgreSQL truncates identifiers longer than this (NAMEDATALEN - 1 bytes).
-const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// A connection to the state database with its schema migrated.
 ///
@@ -95,13 +92,10 @@ impl StateDb {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("invalid state schema name {}: {reason}\nHINT: use a non-empty name of at most 63 bytes, for example \"pgfanout\"", quote_ident(.schema))]
-    InvalidSchema {
-        schema: String,
-        reason: &'static str,
-    },
+    InvalidSchema { schema: String, reason: String },
 
     #[error("TLS setup for the state database failed: {0}")]
-    Tls(#[source] crate::source::tls::TlsConfigError),
+    Tls(#[source] crate::pgconn::tls::TlsConfigError),
 
     #[error("could not connect to the state database {target}: {}", pg_message(.source))]
     Connect {
@@ -160,25 +154,27 @@ pub enum StateError {
     },
 }
 
-impl StateError {
-    /// Whether retrying the same operation later can succeed: a lost or refused connection, a
-    /// server shutting down or starting up, a serialization failure or deadlock, exhausted
-    /// resources. Not: permissions, a changed or unknown migration, bad SQL, bad values.
-    pub fn is_transient(&self) -> bool {
+impl Classify for StateError {
+    /// A lost or refused connection, a server shutting down or starting up, a serialization
+    /// failure or deadlock, exhausted resources are transient. Not: permissions, a changed or
+    /// unknown migration, bad SQL, bad values.
+    fn kind(&self) -> ErrorKind {
         match self {
             StateError::Connect { source, .. }
             | StateError::Query { source, .. }
-            | StateError::Apply { source, .. } => pg_error_is_transient(source),
+            | StateError::Apply { source, .. } => pg_error_kind(source),
             StateError::InvalidSchema { .. }
             | StateError::Tls(_)
             | StateError::ChecksumMismatch { .. }
             | StateError::UnknownMigration { .. }
             | StateError::OutOfOrder { .. }
             | StateError::InvalidMigrations(_)
-            | StateError::InvalidValue { .. } => false,
+            | StateError::InvalidValue { .. } => ErrorKind::Definite,
         }
     }
+}
 
+impl StateError {
     /// The SQLSTATE of the server error behind this one, if any.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -203,19 +199,13 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
 }
 
 fn validate_schema(schema: &str) -> Result<(), StateError> {
-    let reason = if schema.is_empty() {
-        "empty"
-    } else if schema.len() > MAX_IDENTIFIER_BYTES {
-        "longer than 63 bytes (PostgreSQL would truncate it)"
-    } else if schema.contains('\0') {
-        "contains a NUL character"
-    } else {
-        return Ok(());
-    };
-    Err(StateError::InvalidSchema {
-        schema: schema.to_owned(),
-        reason,
-    })
+    match crate::sql::identifier_problem(schema) {
+        None => Ok(()),
+        Some(reason) => Err(StateError::InvalidSchema {
+            schema: schema.to_owned(),
+            reason,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-use sha2::{Digest, Sha256};
+use crate::digest::sha256_hex;
 
 use crate::change::{Datum, Tuple};
 use crate::value::{parse_value, Date, Numeric, PgType, Time, Timestamp, Value, ValueError};
@@ -593,17 +593,6 @@ fn upper(s: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-pub(crate) fn sha256_hex(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(s.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest.iter() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
-}
-
 fn json_step<'d>(doc: &'d str, key: &JsonKey, as_text: bool) -> Result<Cell<'d>, Fail> {
     let found = match key {
         JsonKey::Field(k) => json::field(doc, k),
@@ -665,7 +654,9 @@ impl<'a, T: AsRef<str>> Ctx<'a, T> {
             }
             CExpr::Lower(inner) => map_text(self.value(inner)?, |s| Ok(lower(s)))?,
             CExpr::Upper(inner) => map_text(self.value(inner)?, |s| Ok(upper(s)))?,
-            CExpr::Hash(inner) => map_text(self.value(inner)?, |s| Ok(Cow::Owned(sha256_hex(&s))))?,
+            CExpr::Hash(inner) => map_text(self.value(inner)?, |s| {
+                Ok(Cow::Owned(sha256_hex(s.as_bytes())))
+            })?,
             CExpr::Concat(args) => {
                 let mut out = String::new();
                 for a in args {

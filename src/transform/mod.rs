@@ -47,7 +47,6 @@
 
 mod compile;
 mod eval;
-pub(crate) use eval::sha256_hex;
 mod json;
 mod parse;
 #[cfg(test)]

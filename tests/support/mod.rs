@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use pgfanout::change::RowChange;
 use pgfanout::config::SourceConfig;
-use pgfanout::localch::LocalClickHouse;
-use pgfanout::localpg::{LocalPostgres, Options};
+use pgfanout::pgconn::ConnInfo;
 use pgfanout::source::{LogicalStream, SourceEvent};
 use pgfanout::sql::QualifiedName;
+use pgfanout_testkit::localch::LocalClickHouse;
+use pgfanout_testkit::localpg::{LocalPostgres, Options};
 
 /// Deadline for anything the tests wait on.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -109,6 +110,18 @@ pub fn fresh_ch_db(prefix: &str) -> String {
     name
 }
 
+/// pgfanout's connection info for `db` on the shared test server, over its unix socket.
+pub fn conninfo(db: &str) -> ConnInfo {
+    pg_conninfo(server(), db)
+}
+
+/// pgfanout's connection info for `db` on `pg`, over its unix socket.
+pub fn pg_conninfo(pg: &LocalPostgres, db: &str) -> ConnInfo {
+    pg.socket_url(db)
+        .parse()
+        .expect("the private server's URL parses")
+}
+
 pub async fn sql(db: &str) -> tokio_postgres::Client {
     server()
         .sql(db)
@@ -119,7 +132,7 @@ pub async fn sql(db: &str) -> tokio_postgres::Client {
 /// Source configuration for `db` over the unix socket; `tables` None publishes all tables.
 pub fn source_config(db: &str, tables: Option<&[&str]>) -> SourceConfig {
     SourceConfig {
-        conn: server().conninfo(db),
+        conn: conninfo(db),
         slot: format!("slot_{db}"),
         publication: "pgfanout".into(),
         tables: tables.map(|t| t.iter().map(|n| QualifiedName::parse(n).unwrap()).collect()),

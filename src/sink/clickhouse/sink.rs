@@ -48,6 +48,8 @@ use super::ddl::{self, ident, literal, qualified, TableDdl};
 use super::rowbinary::{value_len, ColumnEncoder};
 use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
+use crate::disposition::{Classify, ErrorKind};
+use crate::problems::Problems;
 use crate::sink::{Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE};
 use crate::value::PgType;
 
@@ -61,10 +63,10 @@ const MAX_QUOTED_VALUE: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
-    #[error("the ClickHouse tables of destination {destination:?} do not match their specification:{}", list(.problems))]
+    #[error("the ClickHouse tables of destination {destination:?} do not match their specification:{problems}")]
     Schema {
         destination: String,
-        problems: Vec<String>,
+        problems: Problems,
     },
 
     #[error("{what}{}: {message}", at(.table))]
@@ -102,10 +104,6 @@ pub struct RejectedValue {
     pub reason: String,
 }
 
-fn list(problems: &[String]) -> String {
-    problems.iter().map(|p| format!("\n  - {p}")).collect()
-}
-
 fn at(table: &Option<String>) -> String {
     table
         .as_ref()
@@ -113,17 +111,20 @@ fn at(table: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-impl ClickHouseError {
-    /// Whether retrying later can succeed: the server unreachable, restarting, overloaded or
-    /// timing out. A rejected value, a schema problem or a refused statement is definite.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+impl Classify for ClickHouseError {
+    /// The server unreachable, restarting, overloaded or timing out is transient. A rejected
+    /// value, a schema problem or a refused statement is the destination's refusal; a batch
+    /// that does not fit its tables is a bug.
+    fn kind(&self) -> ErrorKind {
+        match self {
             ClickHouseError::Server {
-                transient: true,
-                ..
-            }
-        )
+                transient: true, ..
+            } => ErrorKind::Transient,
+            ClickHouseError::Server { .. }
+            | ClickHouseError::Schema { .. }
+            | ClickHouseError::Rejected(_) => ErrorKind::Rejected,
+            ClickHouseError::InvalidBatch { .. } => ErrorKind::Definite,
+        }
     }
 }
 
@@ -385,12 +386,12 @@ impl ClickHouseSink {
             problems,
         };
         if self.store.reader_user.is_some() && !self.version.supports_reader_policies() {
-            return Err(schema_err(vec![format!(
+            return Err(schema_err(Problems::from(vec![format!(
                 "reader_user needs SQL access control (CREATE ROW POLICY, GRANT) and getSetting \
                  (ClickHouse 20.7 and later), which this ClickHouse server ({}) does not have; \
                  remove reader_user and restrict the reader in users.xml, or upgrade the server",
                 self.version
-            )]));
+            )])));
         }
         if create && !dry_run {
             self.execute(
@@ -516,7 +517,7 @@ impl ClickHouseSink {
             });
         }
         if !problems.is_empty() {
-            return Err(schema_err(problems));
+            return Err(schema_err(problems.into()));
         }
         if dry_run {
             return Ok(());

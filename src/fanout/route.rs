@@ -44,13 +44,13 @@
 //!
 //! Errors name tables and columns, never values.
 
-use std::collections::HashSet;
-
 // Per-change lookups: FxHash is several times cheaper than SipHash on short keys, and the
 // keys (tenant ids, oids, mapping indexes) come from the source, not from an attacker.
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::change::{Datum, OldTuple, Op, Relation, RowChange, SequencedChange, Tuple};
+use crate::config::Tenants;
+use crate::problems::Problems;
 use crate::sink::{Cell, RowOp};
 use crate::transform::{CompileError, CompiledMapping, EvalError, Expr, Filter};
 use crate::value::PgType;
@@ -58,14 +58,6 @@ use crate::value::PgType;
 /// Index of a destination in the list given to [`DestinationSet::new`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DestinationId(pub usize);
-
-/// Which tenants a destination serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tenants {
-    /// `tenants = "*"`: every tenant (a shared store).
-    All,
-    Some(HashSet<String>),
-}
 
 /// One destination as routing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,15 +275,11 @@ pub struct MappingRoute {
 pub enum SetupError {
     #[error(transparent)]
     Compile(#[from] CompileError),
-    #[error("the mapping of {relation} cannot be routed:{}", list(problems))]
+    #[error("the mapping of {relation} cannot be routed:{problems}")]
     Problems {
         relation: String,
-        problems: Vec<String>,
+        problems: Problems,
     },
-}
-
-fn list(problems: &[String]) -> String {
-    problems.iter().map(|p| format!("\n  - {p}")).collect()
 }
 
 impl MappingRoute {
@@ -366,7 +354,7 @@ impl MappingRoute {
         else {
             return Err(SetupError::Problems {
                 relation: name,
-                problems,
+                problems: problems.into(),
             });
         };
         let key_mapping =

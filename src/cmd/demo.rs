@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::config::{SourceConfig, DEFAULT_PUBLICATION};
-use crate::localpg::{LocalPgError, LocalPostgres, Options};
-use crate::source::SlotSpec;
-use crate::tail::{tail, TailError, TailOptions, TailSummary};
+use pgfanout::cmd::tail::{tail, TailError, TailOptions, TailSummary};
+use pgfanout::config::{SourceConfig, DEFAULT_PUBLICATION};
+use pgfanout::pgconn::ConnInfoError;
+use pgfanout::source::SlotSpec;
+use pgfanout_testkit::localpg::{LocalPgError, LocalPostgres, Options};
 
 const DATABASE: &str = "demo";
 
@@ -44,8 +45,8 @@ pub enum DemoError {
     Server(#[from] LocalPgError),
     #[error("demo database setup failed: {0}")]
     Sql(#[from] tokio_postgres::Error),
-    #[error("cannot connect to the demo database: {0}")]
-    Connect(#[from] crate::source::conninfo::SqlConnectError),
+    #[error("the demo server's URL is not valid: {0}")]
+    Url(#[from] ConnInfoError),
     #[error(transparent)]
     Tail(#[from] TailError),
     #[error("the demo's server task failed: {0}")]
@@ -68,7 +69,7 @@ pub async fn run<W: std::io::Write>(
     );
 
     let source = SourceConfig {
-        conn: pg.conninfo(DATABASE),
+        conn: pg.socket_url(DATABASE).parse()?,
         slot: String::new(),
         publication: DEFAULT_PUBLICATION.to_owned(),
         tables: None,

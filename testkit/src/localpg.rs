@@ -12,10 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use postgres_protocol::escape::escape_identifier;
 use tempfile::TempDir;
 use tracing::{debug, warn};
-
-use crate::source::conninfo::{ConnInfo, Host, SqlConnectError, SslMode};
 
 /// The superuser `initdb` creates.
 pub const SUPERUSER: &str = "postgres";
@@ -26,8 +25,6 @@ pub enum LocalPgError {
     NoBinaries,
     #[error("running as root, but there is no 'postgres' system user to run the server as\nHINT: apt-get install postgresql creates it (or: useradd --system postgres)")]
     NoPostgresUser,
-    #[error("cannot connect to the private server: {0}")]
-    Connect(#[from] SqlConnectError),
     #[error("SQL on the private server failed: {0}")]
     Sql(#[from] tokio_postgres::Error),
     #[error("{what} failed: {source}")]
@@ -161,34 +158,48 @@ impl LocalPostgres {
         )
     }
 
-    /// Unix-socket connection info for the superuser on `db`.
-    pub fn conninfo(&self, db: &str) -> ConnInfo {
-        ConnInfo {
-            host: Host::Unix(self.socket_dir().to_owned()),
-            port: self.port,
-            user: SUPERUSER.to_owned(),
-            password: None,
-            dbname: db.to_owned(),
-            sslmode: SslMode::Disable,
-            sslrootcert: None,
-            application_name: "pgfanout".to_owned(),
-            connect_timeout: None,
-        }
+    /// A libpq URL for the superuser on `db` over the unix socket (parse it into pgfanout's
+    /// `ConnInfo` where a product API wants one).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@/{db}?host={}&port={}&sslmode=disable",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// A libpq key/value conninfo string for `db` over the unix socket (for `pg_recvlogical -d`
+    /// and `CREATE SUBSCRIPTION`).
+    pub fn conninfo_string(&self, db: &str) -> String {
+        format!(
+            "host={} port={} dbname={db} user={SUPERUSER}",
+            self.socket_dir().display(),
+            self.port
+        )
     }
 
     /// An ordinary SQL connection (tokio-postgres) as the superuser over the unix socket.
-    pub async fn sql(&self, db: &str) -> Result<tokio_postgres::Client, SqlConnectError> {
-        self.conninfo(db).connect_sql().await
+    pub async fn sql(&self, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(self.socket_dir())
+            .port(self.port)
+            .user(SUPERUSER)
+            .dbname(db)
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "connection to the private server ended");
+            }
+        });
+        Ok(client)
     }
 
     /// Creates a database (for one test each).
     pub async fn create_database(&self, name: &str) -> Result<(), LocalPgError> {
         let client = self.sql("postgres").await?;
         client
-            .batch_execute(&format!(
-                "CREATE DATABASE {}",
-                crate::sql::quote_ident(name)
-            ))
+            .batch_execute(&format!("CREATE DATABASE {}", escape_identifier(name)))
             .await?;
         Ok(())
     }

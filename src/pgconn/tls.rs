@@ -19,7 +19,7 @@ use rustls::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::conninfo::{ConnInfo, SslMode};
+use super::{ConnInfo, SslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::config::Secret;
+use super::Secret;
+use crate::disposition::{pg_error_kind, Classify, ErrorKind};
 
 const DEFAULT_PORT: u16 = 5432;
 /// Debian's (and most distributions') compiled-in socket directory.
@@ -79,6 +80,17 @@ pub enum SqlConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+impl Classify for SqlConnectError {
+    /// A refused, lost or timed-out connection is transient; a TLS configuration that cannot
+    /// be built, a refused password or an unknown database is not.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SqlConnectError::Connect { source, .. } => pg_error_kind(source),
+            SqlConnectError::Tls(_) => ErrorKind::Definite,
+        }
+    }
 }
 
 impl SqlConnectError {

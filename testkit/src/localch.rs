@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tracing::{debug, warn};
 
-use crate::transform::sha256_hex;
-
 /// How long [`LocalClickHouse::start`] and [`LocalClickHouse::resume`] wait for `SELECT 1`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping server gets after SIGTERM before SIGKILL.
@@ -89,7 +87,7 @@ pub struct LocalClickHouse {
 }
 
 impl LocalClickHouse {
-    /// A user other than `default`, with a password (stored as SHA-256 in users.xml): `(user,
+    /// A user other than `default`, with a password (plain text in users.xml, markup escaped): `(user,
     /// password)`. The password has a space and quotes, like `support::PASSWORD` for PostgreSQL.
     pub const PASSWORD_USER: (&'static str, &'static str) = ("pgfanout", "ch p@ss word'\"&<");
 
@@ -399,12 +397,12 @@ impl LocalClickHouse {
   <profiles><default></default></profiles>
   <users>
     <default><password></password>{networks}<profile>default</profile><quota>default</quota></default>
-    <{user}><password_sha256_hex>{hash}</password_sha256_hex>{networks}<profile>default</profile><quota>default</quota></{user}>
+    <{user}><password>{password}</password>{networks}<profile>default</profile><quota>default</quota></{user}>
   </users>
   <quotas><default></default></quotas>
 </{root}>
 ",
-            hash = sha256_hex(password),
+            password = xml_escape(password),
         );
         let path = self.dir.path().join("users.xml");
         fs::write(&path, users).map_err(io_err(format!("writing {}", path.display())))
@@ -578,6 +576,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn markup_in_the_password_is_escaped() {
+        assert_eq!(xml_escape("a&<>\"'b"), "a&amp;&lt;&gt;\"'b");
+    }
+
+    #[test]
     fn parses_the_major_version() {
         let parse = parse_major_version;
         assert_eq!(
@@ -586,13 +589,5 @@ mod tests {
         );
         assert_eq!(parse("ClickHouse client version 18.16.1."), Some(18));
         assert_eq!(parse("Unknown option specified: version"), None);
-    }
-
-    #[test]
-    fn sha256_of_the_password_is_lower_hex() {
-        assert_eq!(
-            sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::changelog::{self, LogError};
 use crate::config::Config;
-use crate::source::conninfo::SqlConnectError;
+use crate::pgconn::SqlConnectError;
 use crate::sql::quote_ident;
 use crate::state::{DestinationStore, StateError};
 

@@ -1,0 +1,170 @@
+//! What can go wrong writing to a PostgreSQL destination, and which server errors may be
+//! quoted (never a row value).
+
+use std::fmt;
+
+use tokio_postgres::error::SqlState;
+
+use crate::disposition::{
+    pg_error_is_transient, sqlstate_description, sqlstate_message_is_safe, Classify, ErrorKind,
+};
+use crate::problems::Problems;
+use crate::sql::{quote_ident, QualifiedName};
+
+/// What went wrong writing to a destination. Messages name the destination, the table and
+/// column where known, and what was being done; they never contain row values (server errors
+/// that may quote a value are reduced to their SQLSTATE and the identifiers they name).
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("the destination tables do not match their specification:{problems}")]
+    Schema { problems: Problems },
+
+    #[error("{what}{at}: {message}")]
+    Query {
+        what: &'static str,
+        at: Box<Location>,
+        /// Safe to log: no row values.
+        message: String,
+        code: Option<SqlState>,
+        transient: bool,
+        /// The driver error, kept only when its text cannot hold row values.
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+
+    #[error("invalid batch for destination {destination:?}, table {table}: {reason}")]
+    InvalidBatch {
+        destination: String,
+        table: String,
+        reason: String,
+    },
+
+    #[error("the watermark of destination {destination:?} in {table} is {value}, not a seq\nHINT: the watermark table was changed by hand; restore it or resync the destination")]
+    BadWatermark {
+        destination: String,
+        table: QualifiedName,
+        value: i64,
+    },
+}
+
+impl Classify for PostgresError {
+    /// A lost or refused connection, a server shutting down or starting, a serialization
+    /// failure or deadlock, exhausted resources: transient. So is a target table, column or
+    /// schema that vanished under a running writer: starting over validates the tables again
+    /// (and creates them, with `create_tables`), which either heals it or reports a schema
+    /// problem. Everything else the destination refuses (a value that does not fit its
+    /// column, a table that does not match, a bad watermark) is rejected, and a batch that
+    /// does not fit its tables is a bug.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PostgresError::Query {
+                transient: true, ..
+            } => ErrorKind::Transient,
+            PostgresError::Query { code: Some(c), .. }
+                if [
+                    SqlState::UNDEFINED_TABLE,
+                    SqlState::UNDEFINED_COLUMN,
+                    SqlState::INVALID_SCHEMA_NAME,
+                ]
+                .contains(c) =>
+            {
+                ErrorKind::Transient
+            }
+            PostgresError::Query { .. }
+            | PostgresError::Schema { .. }
+            | PostgresError::BadWatermark { .. } => ErrorKind::Rejected,
+            PostgresError::InvalidBatch { .. } => ErrorKind::Definite,
+        }
+    }
+}
+
+impl PostgresError {
+    /// The SQLSTATE of the server error behind this one, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PostgresError::Query { code, .. } => code.as_ref().map(SqlState::code),
+            _ => None,
+        }
+    }
+
+    /// The column a value error was traced to, if any.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            PostgresError::Query { at, .. } => at.column.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Where a query failed: the destination, table and column, as far as known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    pub destination: Option<String>,
+    pub table: Option<QualifiedName>,
+    pub column: Option<String>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.destination {
+            write!(f, " for destination {d:?}")?;
+        }
+        if let Some(t) = &self.table {
+            write!(f, ", table {t}")?;
+        }
+        if let Some(c) = &self.column {
+            write!(f, ", column {c}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn query_error(
+    what: &'static str,
+    destination: Option<&str>,
+    table: Option<&QualifiedName>,
+    e: tokio_postgres::Error,
+) -> PostgresError {
+    let code = e.code().cloned();
+    let transient = pg_error_is_transient(&e);
+    let (message, source) = match e.as_db_error() {
+        Some(db) if sqlstate_message_is_safe(db.code().code()) => {
+            (format!("{db} (SQLSTATE {})", db.code().code()), Some(e))
+        }
+        Some(db) => {
+            // Data exceptions, constraint violations, raised exceptions: their text and detail
+            // may quote the offending value. Keep the SQLSTATE and the identifiers.
+            let mut m = format!(
+                "{} (SQLSTATE {})",
+                sqlstate_description(db.code().code()),
+                db.code().code()
+            );
+            if let Some(c) = db.column() {
+                m.push_str(&format!(", column {}", quote_ident(c)));
+            }
+            if let Some(c) = db.constraint() {
+                m.push_str(&format!(", constraint {}", quote_ident(c)));
+            }
+            if db.code().code().starts_with("22") {
+                m.push_str("\nHINT: a value does not fit its target column's type; check the mapping's type for this column");
+            }
+            (m, None)
+        }
+        None => match std::error::Error::source(&e) {
+            Some(cause) => (format!("{e}: {cause}"), Some(e)),
+            None => (e.to_string(), Some(e)),
+        },
+    };
+    PostgresError::Query {
+        what,
+        at: Box::new(Location {
+            destination: destination.map(str::to_owned),
+            table: table.cloned(),
+            column: None,
+        }),
+        message,
+        code,
+        transient,
+        source,
+    }
+}

@@ -1,0 +1,354 @@
+//! A batch planned per table (collapse per key, unchanged cells, key changes) and written with
+//! the prepared statements.
+
+use tokio_postgres::types::ToSql;
+
+use super::error::PostgresError;
+use super::sink::{to_i64, Prepared};
+use crate::sink::{Batch, Cell, RowOp};
+use crate::sql::quote_ident;
+
+/// One collapsed upsert: a seq and one cell per column.
+pub(super) struct Upsert<'b, 'a> {
+    pub(super) seq: i64,
+    pub(super) cells: Vec<&'b Cell<'a>>,
+    /// For a row whose key changed (deleted at its old key under the same seq): the old key,
+    /// whose row holds the values of the `Unchanged` cells.
+    pub(super) moved_from: Option<Vec<&'b Cell<'a>>>,
+}
+
+pub(super) struct Delete<'b, 'a> {
+    pub(super) seq: i64,
+    pub(super) key: Vec<&'b Cell<'a>>,
+}
+
+/// What a batch writes, after checking and collapsing.
+pub(super) struct BatchPlan<'b, 'a> {
+    /// Row changes, one entry per table that has any.
+    pub(super) tables: Vec<TablePlan<'b, 'a>>,
+    /// `(table, seq)`: at most one per table, its highest-seq truncate in the batch.
+    pub(super) truncates: Vec<(usize, i64)>,
+}
+
+/// What one table gets from a batch, after collapsing.
+pub(super) struct TablePlan<'b, 'a> {
+    pub(super) table: usize,
+    pub(super) upserts: Vec<Upsert<'b, 'a>>,
+    pub(super) deletes: Vec<Delete<'b, 'a>>,
+}
+
+impl TablePlan<'_, '_> {
+    async fn run(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        t: &Prepared,
+    ) -> Result<(), (&'static str, tokio_postgres::Error)> {
+        let n = t.spec.columns.len();
+        let unchanged_flags = |rows: &[&Upsert]| -> Vec<Vec<bool>> {
+            (0..n)
+                .filter(|i| !t.key_idx.contains(i))
+                .map(|i| {
+                    rows.iter()
+                        .map(|u| matches!(u.cells[i], Cell::Unchanged))
+                        .collect()
+                })
+                .collect()
+        };
+        let carry_rows: Vec<&Upsert> = self
+            .upserts
+            .iter()
+            .filter(|u| u.moved_from.is_some())
+            .collect();
+        if let (Some(carry), false) = (&t.carry, carry_rows.is_empty()) {
+            let values = column_arrays(n, &carry_rows);
+            let flags = unchanged_flags(&carry_rows);
+            let old_keys: Vec<Vec<Option<&str>>> = (0..t.key_idx.len())
+                .map(|j| {
+                    carry_rows
+                        .iter()
+                        .map(|u| u.moved_from.as_ref().and_then(|k| k[j].as_str()))
+                        .collect()
+                })
+                .collect();
+            let seqs: Vec<i64> = carry_rows.iter().map(|u| u.seq).collect();
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(3 * n + 1);
+            params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.extend(flags.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.extend(old_keys.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.push(&seqs);
+            tx.execute(carry, &params)
+                .await
+                .map_err(|e| ("moving rows with unchanged values to their new key", e))?;
+        }
+        let keep_rows: Vec<&Upsert> = self
+            .upserts
+            .iter()
+            .filter(|u| u.cells.iter().any(|c| matches!(c, Cell::Unchanged)))
+            .collect();
+        if let (Some(keep), false) = (&t.keep, keep_rows.is_empty()) {
+            let values = column_arrays(n, &keep_rows);
+            let flags = unchanged_flags(&keep_rows);
+            let seqs: Vec<i64> = keep_rows.iter().map(|u| u.seq).collect();
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(2 * n + 1);
+            params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.extend(flags.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.push(&seqs);
+            tx.execute(keep, &params)
+                .await
+                .map_err(|e| ("updating rows with unchanged values", e))?;
+        }
+        if !self.upserts.is_empty() {
+            let rows: Vec<&Upsert> = self.upserts.iter().collect();
+            let values = column_arrays(n, &rows);
+            let seqs: Vec<i64> = rows.iter().map(|u| u.seq).collect();
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(n + 1);
+            params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.push(&seqs);
+            tx.execute(&t.upsert, &params)
+                .await
+                .map_err(|e| ("upserting rows", e))?;
+        }
+        if !self.deletes.is_empty() {
+            let keys: Vec<Vec<Option<&str>>> = (0..t.key_idx.len())
+                .map(|j| self.deletes.iter().map(|d| d.key[j].as_str()).collect())
+                .collect();
+            let seqs: Vec<i64> = self.deletes.iter().map(|d| d.seq).collect();
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(keys.len() + 1);
+            params.extend(keys.iter().map(|v| v as &(dyn ToSql + Sync)));
+            params.push(&seqs);
+            tx.execute(&t.delete, &params)
+                .await
+                .map_err(|e| ("deleting rows", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A statement of a batch that failed.
+pub(super) struct WriteFailure {
+    /// Index of the table written.
+    pub(super) table: usize,
+    /// Index into [`BatchPlan::tables`] when the table's row changes failed, None for a truncate.
+    pub(super) rows: Option<usize>,
+    pub(super) what: &'static str,
+    pub(super) error: tokio_postgres::Error,
+}
+
+/// Writes a batch's row changes, then its truncates, in `tx`: the statements both
+/// [`PostgresSink::apply`] and [`PostgresSink::replay`] run.
+pub(super) async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    tables: &[Prepared],
+    plan: &BatchPlan<'_, '_>,
+) -> Result<(), WriteFailure> {
+    for (i, p) in plan.tables.iter().enumerate() {
+        p.run(tx, &tables[p.table])
+            .await
+            .map_err(|(what, error)| WriteFailure {
+                table: p.table,
+                rows: Some(i),
+                what,
+                error,
+            })?;
+    }
+    // Truncates run after all row changes, although in the batch they may sit between them.
+    // The seq guard makes that equivalent to seq order: a row last written by a change newer
+    // than the truncate has a higher `_seq` and survives it; one written by an older change
+    // has a lower `_seq` and is removed, as it would have been had the truncate come later.
+    for &(ti, seq) in &plan.truncates {
+        tx.execute(&tables[ti].truncate, &[&seq])
+            .await
+            .map_err(|error| WriteFailure {
+                table: ti,
+                rows: None,
+                what: "truncating rows",
+                error,
+            })?;
+    }
+    Ok(())
+}
+
+/// Column-major text arrays (NULL for both NULL and unchanged cells).
+pub(super) fn column_arrays<'c>(
+    n: usize,
+    rows: &[&'c Upsert<'_, '_>],
+) -> Vec<Vec<Option<&'c str>>> {
+    (0..n)
+        .map(|i| rows.iter().map(|u| u.cells[i].as_str()).collect())
+        .collect()
+}
+
+pub(super) enum Latest<'b, 'a> {
+    Upsert(Upsert<'b, 'a>),
+    Delete(Delete<'b, 'a>),
+}
+
+/// Checks a batch against the tables and collapses repeated changes to one key into the last
+/// one (an upsert over an upsert inherits the earlier cells where it has `Unchanged`), and the
+/// truncates of one table into the last one (a truncate removes everything an earlier one
+/// would, and its seq is the newer tombstone for soft deletes).
+pub(super) fn plan<'b, 'a>(
+    destination: &str,
+    tables: &[Prepared],
+    batch: &'b Batch<'a>,
+) -> Result<BatchPlan<'b, 'a>, PostgresError> {
+    let invalid = |table: &str, reason: String| PostgresError::InvalidBatch {
+        destination: destination.to_owned(),
+        table: table.to_owned(),
+        reason,
+    };
+    // The table at an index, and a seq checked against the batch's last_seq and the bigint
+    // range; the same rules for row changes and truncates.
+    let table_at = |ti: usize| {
+        tables.get(ti).ok_or_else(|| {
+            invalid(
+                &format!("#{ti}"),
+                format!("table index {ti} out of range ({} tables)", tables.len()),
+            )
+        })
+    };
+    let checked_seq = |tname: &str, what: &str, seq: u64| {
+        if seq > batch.last_seq {
+            return Err(invalid(
+                tname,
+                format!(
+                    "{what} seq {seq} is beyond the batch's last_seq {}",
+                    batch.last_seq
+                ),
+            ));
+        }
+        to_i64(destination, tname, seq)
+    };
+    // Per table: key text → slot in `latest`.
+    let mut index: Vec<rustc_hash::FxHashMap<Vec<&'b str>, usize>> =
+        vec![Default::default(); tables.len()];
+    let mut latest: Vec<Vec<Latest<'b, 'a>>> = (0..tables.len()).map(|_| Vec::new()).collect();
+    // The last delete: (table, seq, key, the cells it replaced when the batch wrote the row).
+    type Replaced<'b, 'a> = (Vec<&'b Cell<'a>>, Option<Vec<&'b Cell<'a>>>);
+    type LastDelete<'b, 'a> = (usize, i64, Vec<&'b Cell<'a>>, Option<Replaced<'b, 'a>>);
+    let mut last_delete: Option<LastDelete<'b, 'a>> = None;
+    for (ti, op) in &batch.ops {
+        let t = table_at(*ti)?;
+        let tname = t.name.to_string();
+        let seq = checked_seq(&tname, "change", op.seq())?;
+        let key_cells = crate::sink::key_cells(op, t.spec.columns.len(), &t.key_idx)
+            .map_err(|reason| invalid(&tname, reason))?;
+        let mut key_text = Vec::with_capacity(key_cells.len());
+        for (j, c) in key_cells.iter().enumerate() {
+            match c {
+                Cell::Text(s) => key_text.push(s.as_ref()),
+                _ => {
+                    return Err(invalid(
+                        &tname,
+                        format!(
+                            "key column {} is NULL or unchanged",
+                            quote_ident(&t.spec.key[j])
+                        ),
+                    ))
+                }
+            }
+        }
+        let new = match op {
+            RowOp::Upsert { cells, .. } => {
+                let mut u = Upsert {
+                    seq,
+                    cells: cells.iter().collect(),
+                    moved_from: None,
+                };
+                // A key change: the delete of the old key came just before, under this seq.
+                if let Some((dt, dseq, old_key, replaced)) = last_delete.take() {
+                    let unchanged = u.cells.iter().any(|c| matches!(c, Cell::Unchanged));
+                    if dt == *ti && dseq == seq && unchanged && !index[*ti].contains_key(&key_text)
+                    {
+                        match replaced {
+                            // Moved again: still unknown cells come from where the earlier
+                            // write's do.
+                            Some((prev, prev_moved_from)) => {
+                                for (cell, p) in u.cells.iter_mut().zip(prev) {
+                                    if matches!(cell, Cell::Unchanged) {
+                                        *cell = p;
+                                    }
+                                }
+                                u.moved_from = prev_moved_from.or(Some(old_key));
+                            }
+                            None => u.moved_from = Some(old_key),
+                        }
+                    }
+                }
+                Latest::Upsert(u)
+            }
+            RowOp::Delete { .. } => {
+                let replaced =
+                    index[*ti]
+                        .get(&key_text)
+                        .and_then(|&slot| match &latest[*ti][slot] {
+                            Latest::Upsert(u) => Some((u.cells.clone(), u.moved_from.clone())),
+                            _ => None,
+                        });
+                last_delete = Some((*ti, seq, key_cells.clone(), replaced));
+                Latest::Delete(Delete {
+                    seq,
+                    key: key_cells,
+                })
+            }
+        };
+        match index[*ti].get(&key_text) {
+            None => {
+                index[*ti].insert(key_text, latest[*ti].len());
+                latest[*ti].push(new);
+            }
+            Some(&slot) => {
+                let old = &mut latest[*ti][slot];
+                let old_seq = match old {
+                    Latest::Upsert(u) => u.seq,
+                    Latest::Delete(d) => d.seq,
+                };
+                if seq < old_seq {
+                    continue;
+                }
+                let mut new = new;
+                if let (Latest::Upsert(n), Latest::Upsert(o)) = (&mut new, &*old) {
+                    for (cell, prev) in n.cells.iter_mut().zip(&o.cells) {
+                        if matches!(cell, Cell::Unchanged) {
+                            *cell = prev;
+                        }
+                    }
+                    // Cells still unchanged come from where the earlier upsert's do.
+                    if n.moved_from.is_none() {
+                        n.moved_from = o.moved_from.clone();
+                    }
+                }
+                *old = new;
+            }
+        }
+    }
+    let mut truncates: Vec<(usize, i64)> = Vec::new();
+    for &(ti, seq) in &batch.truncates {
+        let t = table_at(ti)?;
+        let seq = checked_seq(&t.name.to_string(), "truncate", seq)?;
+        match truncates.iter_mut().find(|(other, _)| *other == ti) {
+            Some((_, last)) => *last = (*last).max(seq),
+            None => truncates.push((ti, seq)),
+        }
+    }
+    let tables = latest
+        .into_iter()
+        .enumerate()
+        .filter(|(_, ops)| !ops.is_empty())
+        .map(|(table, ops)| {
+            let mut p = TablePlan {
+                table,
+                upserts: Vec::new(),
+                deletes: Vec::new(),
+            };
+            for op in ops {
+                match op {
+                    Latest::Upsert(u) => p.upserts.push(u),
+                    Latest::Delete(d) => p.deletes.push(d),
+                }
+            }
+            p
+        })
+        .collect();
+    Ok(BatchPlan { tables, truncates })
+}

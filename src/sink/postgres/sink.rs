@@ -1,0 +1,511 @@
+//! [`PostgresSink`]: validates or creates the target tables, then applies batches in one
+//! transaction with the destination's watermark.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use tokio_postgres::{Client, Statement};
+
+use super::ddl::{check_identifier, check_spec, create_table_sql, type_sql};
+use super::error::{query_error, PostgresError};
+use super::plan::{plan, write, BatchPlan, TablePlan, WriteFailure};
+use super::statements::statements;
+use crate::sink::{Batch, ColumnType, TargetTable, DELETED_COLUMN, WATERMARK_TABLE};
+use crate::sql::{quote_ident, QualifiedName};
+use crate::value::PgType;
+
+/// What [`PostgresSink::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Written; the watermark is now the batch's `last_seq`.
+    Applied,
+    /// The watermark was already at or beyond the batch's `last_seq`; nothing was written.
+    AlreadyApplied { watermark: u64 },
+}
+
+/// A validated table with its prepared statements.
+pub(super) struct Prepared {
+    pub(super) spec: TargetTable,
+    pub(super) name: QualifiedName,
+    /// Column indexes of the key columns, in key order.
+    pub(super) key_idx: Vec<usize>,
+    /// Per column, the type to cast text to, as `format_type` spells the catalog's type.
+    pub(super) casts: Vec<String>,
+    pub(super) upsert: Statement,
+    /// None when every column is a key column (nothing can be unchanged).
+    pub(super) keep: Option<Statement>,
+    /// Like `keep`, for rows whose key changed; None alike.
+    pub(super) carry: Option<Statement>,
+    pub(super) delete: Statement,
+    pub(super) truncate: Statement,
+}
+
+/// Writes batches into one PostgreSQL database. The watermark table lives in `schema`.
+pub struct PostgresSink {
+    pub(super) client: Client,
+    pub(super) schema: String,
+    pub(super) tables: Vec<Prepared>,
+}
+
+impl fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("schema", &self.schema)
+            .field("tables", &self.tables.len())
+            .finish()
+    }
+}
+
+impl PostgresSink {
+    /// A sink over an open connection (see [`crate::pgconn::ConnInfo::connect_sql`]).
+    /// `schema` holds the watermark table.
+    pub fn new(client: Client, schema: impl Into<String>) -> Self {
+        PostgresSink {
+            client,
+            schema: schema.into(),
+            tables: Vec::new(),
+        }
+    }
+
+    fn watermark_table(&self) -> QualifiedName {
+        QualifiedName::new(&self.schema, WATERMARK_TABLE)
+    }
+
+    /// Makes `tables` the tables batches refer to (by index). With `create`, creates missing
+    /// schemas and tables from the specification; then checks every table against the catalog —
+    /// columns present with compatible types, the version (and soft-delete) column, the key a
+    /// primary key or unique index — and reports every problem at once. Also creates the
+    /// watermark table.
+    pub async fn ensure_tables(
+        &mut self,
+        tables: &[TargetTable],
+        create: bool,
+    ) -> Result<(), PostgresError> {
+        let mut problems = Vec::new();
+        check_identifier(&mut problems, "watermark schema", &self.schema);
+        for t in tables {
+            check_spec(&mut problems, t);
+        }
+        if !problems.is_empty() {
+            return Err(PostgresError::Schema {
+                problems: problems.into(),
+            });
+        }
+        let wm = self.watermark_table();
+        let mut ddl = Vec::new();
+        if create {
+            let mut schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+            schemas.push(&self.schema);
+            schemas.sort_unstable();
+            schemas.dedup();
+            for s in schemas {
+                ddl.push(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(s)));
+            }
+            for t in tables {
+                ddl.push(create_table_sql(t));
+            }
+        } else if !self.schema_exists(&self.schema).await? {
+            return Err(PostgresError::Schema {
+                problems: vec![format!(
+                    "schema {} does not exist (it holds the watermark table {WATERMARK_TABLE}); create it or set create_tables = true",
+                    quote_ident(&self.schema)
+                )]
+                .into(),
+            });
+        }
+        ddl.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (destination text PRIMARY KEY, seq bigint NOT NULL, \
+             updated_at timestamptz NOT NULL DEFAULT now())",
+            wm.quoted()
+        ));
+        for stmt in &ddl {
+            self.client
+                .batch_execute(stmt)
+                .await
+                .map_err(|e| query_error("creating destination tables", None, None, e))?;
+        }
+
+        let mut checked = Vec::new();
+        for t in tables {
+            if let Some(c) = self.check_table(&mut problems, t).await? {
+                checked.push(c);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PostgresError::Schema {
+                problems: problems.into(),
+            });
+        }
+        let mut prepared = Vec::with_capacity(checked.len());
+        for (spec, casts) in checked {
+            prepared.push(self.prepare(spec, casts).await?);
+        }
+        self.tables = prepared;
+        Ok(())
+    }
+
+    async fn schema_exists(&self, schema: &str) -> Result<bool, PostgresError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&schema],
+            )
+            .await
+            .map_err(|e| query_error("reading the catalog", None, None, e))?;
+        Ok(row.get(0))
+    }
+
+    /// Compares one table with the catalog; returns the spec and the cast types when it fits.
+    async fn check_table(
+        &self,
+        problems: &mut Vec<String>,
+        t: &TargetTable,
+    ) -> Result<Option<(TargetTable, Vec<String>)>, PostgresError> {
+        let name = t.qualified_name();
+        let catalog = |e| query_error("reading the catalog", None, Some(&name), e);
+        let rel = self
+            .client
+            .query_opt(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&t.schema, &t.name],
+            )
+            .await
+            .map_err(catalog)?;
+        let Some(rel) = rel else {
+            problems.push(format!(
+                "table {} does not exist; create it or set create_tables = true",
+                name.quoted()
+            ));
+            return Ok(None);
+        };
+        let oid: u32 = rel.get(0);
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid, format_type(atttypid, NULL) FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(catalog)?;
+        let actual: HashMap<String, (u32, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let before = problems.len();
+        let col_ref = |c: &str| format!("{}.{}", name.quoted(), quote_ident(c));
+        let mut casts = Vec::with_capacity(t.columns.len());
+        for c in &t.columns {
+            let Some((typid, typname)) = actual.get(&c.name) else {
+                problems.push(format!(
+                    "column {} does not exist; add it (ALTER TABLE {} ADD COLUMN {} {}) or remove it from the mapping",
+                    col_ref(&c.name),
+                    name.quoted(),
+                    quote_ident(&c.name),
+                    type_sql(&c.ty)
+                ));
+                continue;
+            };
+            let fits = match &c.ty {
+                ColumnType::Known(ty) => PgType::from_oid(*typid) == *ty,
+                ColumnType::Named(sql) => self.resolve_type(sql, &name).await? == Some(*typid),
+            };
+            if !fits {
+                problems.push(format!(
+                    "column {} has type {typname} but the mapping writes {}; change the column's type or the mapping's type for it",
+                    col_ref(&c.name),
+                    type_sql(&c.ty)
+                ));
+            }
+            casts.push(typname.clone());
+        }
+        let mut special = vec![(t.version_column.as_str(), PgType::Int8, "bigint NOT NULL")];
+        if t.soft_delete {
+            special.push((
+                DELETED_COLUMN,
+                PgType::Bool,
+                "boolean NOT NULL DEFAULT false",
+            ));
+        }
+        for (col, ty, decl) in special {
+            match actual.get(col) {
+                None => problems.push(format!(
+                    "column {} does not exist; add it (ALTER TABLE {} ADD COLUMN {} {decl}) or set create_tables = true on a new table",
+                    col_ref(col),
+                    name.quoted(),
+                    quote_ident(col)
+                )),
+                Some((typid, typname)) if PgType::from_oid(*typid) != ty => problems.push(format!(
+                    "column {} has type {typname} but must be {decl}",
+                    col_ref(col)
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.len() == before {
+            let unique: bool = self
+                .client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_index i \
+                       WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate \
+                         AND i.indpred IS NULL AND i.indexprs IS NULL \
+                         AND i.indnkeyatts = cardinality($2::text[]) \
+                         AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+                                FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                               WHERE k.n <= i.indnkeyatts) \
+                           = (SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) AS x))",
+                    &[&oid, &t.key],
+                )
+                .await
+                .map_err(catalog)?
+                .get(0);
+            if !unique {
+                let key: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
+                problems.push(format!(
+                    "table {} has no primary key or unique index on exactly ({}); add one (ALTER TABLE {} ADD PRIMARY KEY ({})) or change the mapping's key",
+                    name.quoted(),
+                    key.join(", "),
+                    name.quoted(),
+                    key.join(", ")
+                ));
+            }
+        }
+        Ok((problems.len() == before).then(|| (t.clone(), casts)))
+    }
+
+    /// The oid of a configured type name, None when the server knows no such type.
+    async fn resolve_type(
+        &self,
+        sql: &str,
+        table: &QualifiedName,
+    ) -> Result<Option<u32>, PostgresError> {
+        match self
+            .client
+            .query_one("SELECT to_regtype($1)::oid", &[&sql])
+            .await
+        {
+            Ok(row) => Ok(row.get(0)),
+            // Before PostgreSQL 16, to_regtype raises on a syntax error instead of NULL.
+            Err(e) if e.code().is_some_and(|c| c.code().starts_with("42")) => Ok(None),
+            Err(e) => Err(query_error("resolving a type name", None, Some(table), e)),
+        }
+    }
+
+    async fn prepare(
+        &self,
+        spec: TargetTable,
+        casts: Vec<String>,
+    ) -> Result<Prepared, PostgresError> {
+        let name = spec.qualified_name();
+        let key_idx: Vec<usize> = spec
+            .key
+            .iter()
+            .map(|k| {
+                spec.columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .expect("key columns were checked against the columns")
+            })
+            .collect();
+        let sql = statements(&spec, &key_idx, &casts);
+        let prep = |e| query_error("preparing statements", None, Some(&name), e);
+        let upsert = self.client.prepare(&sql.upsert).await.map_err(prep)?;
+        let keep = match &sql.keep {
+            Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
+            None => None,
+        };
+        let carry = match &sql.carry {
+            Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
+            None => None,
+        };
+        let delete = self.client.prepare(&sql.delete).await.map_err(prep)?;
+        let truncate = self.client.prepare(&sql.truncate).await.map_err(prep)?;
+        Ok(Prepared {
+            spec,
+            name,
+            key_idx,
+            casts,
+            upsert,
+            keep,
+            carry,
+            delete,
+            truncate,
+        })
+    }
+
+    /// The last seq applied to `destination`; 0 when it has applied nothing yet.
+    pub async fn watermark(&self, destination: &str) -> Result<u64, PostgresError> {
+        let wm = self.watermark_table();
+        let row = self
+            .client
+            .query_opt(
+                &format!("SELECT seq FROM {} WHERE destination = $1", wm.quoted()),
+                &[&destination],
+            )
+            .await
+            .map_err(|e| query_error("reading the watermark", Some(destination), Some(&wm), e))?;
+        match row {
+            None => Ok(0),
+            Some(r) => watermark_value(destination, &wm, r.get(0)),
+        }
+    }
+
+    /// Applies `batch` for `destination` in one transaction together with its watermark. A
+    /// batch whose `last_seq` is not beyond the watermark is skipped.
+    pub async fn apply(
+        &mut self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<ApplyOutcome, PostgresError> {
+        let plan = plan(destination, &self.tables, batch)?;
+        let last_seq = to_i64(destination, "(batch)", batch.last_seq)?;
+        let wm = self.watermark_table();
+        let wm_ref = &wm;
+        let wm_err = |what| move |e| query_error(what, Some(destination), Some(wm_ref), e);
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(wm_err("starting the batch transaction"))?;
+        let current: i64 = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO {} AS w (destination, seq) VALUES ($1, 0) \
+                     ON CONFLICT (destination) DO UPDATE SET seq = w.seq RETURNING seq",
+                    wm.quoted()
+                ),
+                &[&destination],
+            )
+            .await
+            .map_err(wm_err("locking the watermark"))?
+            .get(0);
+        let current = watermark_value(destination, &wm, current)?;
+        if batch.last_seq <= current {
+            tx.rollback()
+                .await
+                .map_err(wm_err("ending the batch transaction"))?;
+            return Ok(ApplyOutcome::AlreadyApplied { watermark: current });
+        }
+        if let Err(failure) = write(&tx, &self.tables, &plan).await {
+            drop(tx);
+            return Err(self.write_error(destination, &plan, failure).await);
+        }
+        tx.execute(
+            &format!(
+                "UPDATE {} SET seq = $2, updated_at = now() WHERE destination = $1 AND seq < $2",
+                wm.quoted()
+            ),
+            &[&destination, &last_seq],
+        )
+        .await
+        .map_err(wm_err("advancing the watermark"))?;
+        tx.commit().await.map_err(wm_err("committing the batch"))?;
+        Ok(ApplyOutcome::Applied)
+    }
+
+    /// Writes `batch` for `destination` in one transaction without reading, locking or moving
+    /// its watermark: for re-applying history at or below the watermark, which
+    /// [`apply`](Self::apply) would skip. The batch's changes and truncates are written exactly
+    /// as `apply` writes them, so the `_seq` guard still keeps every newer row as it is.
+    pub async fn replay(
+        &mut self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<(), PostgresError> {
+        let plan = plan(destination, &self.tables, batch)?;
+        let tx_err = |what| move |e| query_error(what, Some(destination), None, e);
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(tx_err("starting the replay transaction"))?;
+        if let Err(failure) = write(&tx, &self.tables, &plan).await {
+            drop(tx);
+            return Err(self.write_error(destination, &plan, failure).await);
+        }
+        tx.commit()
+            .await
+            .map_err(tx_err("committing the replayed batch"))?;
+        Ok(())
+    }
+
+    /// The error for a failed [`write`], once its transaction is gone: after a data exception
+    /// in a table's row changes, with the column whose values do not fit.
+    async fn write_error(
+        &self,
+        destination: &str,
+        plan: &BatchPlan<'_, '_>,
+        failure: WriteFailure,
+    ) -> PostgresError {
+        let table = &self.tables[failure.table];
+        let data_error = failure
+            .error
+            .code()
+            .is_some_and(|c| c.code().starts_with("22"));
+        let mut err = query_error(
+            failure.what,
+            Some(destination),
+            Some(&table.name),
+            failure.error,
+        );
+        if let (true, Some(rows)) = (data_error, failure.rows) {
+            if let PostgresError::Query { at, .. } = &mut err {
+                at.column = self.find_bad_column(table, &plan.tables[rows]).await;
+            }
+        }
+        err
+    }
+
+    /// After a data exception: the first column whose values do not cast to its type. Runs
+    /// outside the failed transaction; None when no single column explains it.
+    async fn find_bad_column(&self, table: &Prepared, plan: &TablePlan<'_, '_>) -> Option<String> {
+        for (i, col) in table.spec.columns.iter().enumerate() {
+            let values: Vec<Option<&str>> = plan
+                .upserts
+                .iter()
+                .map(|u| u.cells[i].as_str())
+                .chain(
+                    table
+                        .key_idx
+                        .iter()
+                        .position(|&k| k == i)
+                        .into_iter()
+                        .flat_map(|j| plan.deletes.iter().map(move |d| d.key[j].as_str())),
+                )
+                .collect();
+            let sql = format!(
+                "SELECT count(CAST(v AS {})) FROM unnest($1::text[]) AS v",
+                table.casts[i]
+            );
+            if let Err(e) = self.client.query_one(&sql, &[&values]).await {
+                if e.code().is_some_and(|c| c.code().starts_with("22")) {
+                    return Some(col.name.clone());
+                }
+            }
+        }
+        None
+    }
+}
+
+pub(super) fn watermark_value(
+    destination: &str,
+    table: &QualifiedName,
+    value: i64,
+) -> Result<u64, PostgresError> {
+    u64::try_from(value).map_err(|_| PostgresError::BadWatermark {
+        destination: destination.to_owned(),
+        table: table.clone(),
+        value,
+    })
+}
+
+pub(super) fn to_i64(destination: &str, table: &str, seq: u64) -> Result<i64, PostgresError> {
+    i64::try_from(seq).map_err(|_| PostgresError::InvalidBatch {
+        destination: destination.to_owned(),
+        table: table.to_owned(),
+        reason: format!("seq {seq} does not fit a bigint"),
+    })
+}
