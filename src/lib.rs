@@ -1,12 +1,19 @@
-//! pgfanout: change-data-capture from one PostgreSQL logical replication slot.
+//! pgfanout: change-data-capture from one PostgreSQL logical replication slot, fanned out per
+//! tenant into PostgreSQL and ClickHouse destinations.
 //!
 //! The stages, in the order a change flows through them (see ARCHITECTURE.md):
 //!
 //! ```text
-//! PostgreSQL ──pgoutput──▶ source ──▶ sequencer ──▶ (changelog, sinks: later issues)
-//!     ▲   standby status: flushed = last commit the consumer made durable │
-//!     └─────────────────────────────────────────────────────────────────────┘
+//! PostgreSQL ──pgoutput──▶ source ──▶ sequencer ──▶ changelog (segments, fsync'd)
+//!     ▲   standby status: flushed = last commit durable in the change log │
+//!     └──────────────────────────────────────────────────────────────────┘
+//! changelog ──▶ fanout (dispatch, route by tenant, transform) ──▶ sink: postgres / clickhouse
 //! ```
+//!
+//! The modules are layered, lowest first; a module uses only lower layers (`tests/layers.rs`):
+//! core types and rules (`lsn`, `value`, `sql`, `digest`, `problems`, `disposition`, then
+//! `change`, `target`) → `pgconn` → `config` → stages (`source`, `sequencer`, `changelog`,
+//! `state`, `transform`, then `sink`) → `fanout` → `pipeline` → `cmd` → the binary.
 
 pub mod change;
 pub mod changelog;
@@ -19,6 +26,7 @@ pub mod lsn;
 pub mod pgconn;
 pub mod pipeline;
 pub mod problems;
+pub mod report;
 pub mod sequencer;
 pub mod sink;
 pub mod source;

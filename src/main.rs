@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use pgfanout::cmd::load_config;
 use pgfanout::cmd::tail::{tail, TailOptions};
-use pgfanout::config::{validate_slot_name, Config};
+use pgfanout::config::validate_slot_name;
+use pgfanout::report::Chain;
 use pgfanout::source::SlotSpec;
 
 // Compiled into the binary, not the library: the demo starts the testkit's private servers.
@@ -145,15 +147,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command.unwrap_or(Command::Demo { limit: None }))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                // thiserror's `transparent` and `{0}` messages already include the cause.
-                if !e.to_string().contains(&s.to_string()) {
-                    eprintln!("  caused by: {s}");
-                }
-                source = s.source();
-            }
+            // The one place an error reaches a person on the command line: its message, then
+            // each cause once.
+            eprintln!("error: {:#}", Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -167,7 +163,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             limit,
             slot,
         } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let slot = match slot {
                 Some(name) => {
                     validate_slot_name(&name).map_err(|m| format!("--slot: {m}"))?;
@@ -184,12 +180,12 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         }
         Command::Run { config, endpos } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let opts = pgfanout::pipeline::RunOptions { endpos };
             pgfanout::pipeline::run(&config, opts, ctrl_c()).await?;
         }
         Command::Check { config } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let report = pgfanout::cmd::check::check(&config).await;
             print!("{report}");
             if report.problems() > 0 {
@@ -197,7 +193,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Status { config, json } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let status = pgfanout::cmd::status::status(&config).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -211,7 +207,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             from_seq,
             tenant,
         } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let r = pgfanout::fanout::replay(&config, &destination, from_seq, tenant.as_deref())
                 .await?;
             eprintln!(
@@ -220,7 +216,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         Command::Migrate { config } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let state =
                 pgfanout::state::StateDb::connect(&config.state.conn, &config.state.schema).await?;
             eprintln!(
@@ -238,13 +234,13 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                     limit,
                 },
         } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             pgfanout::cmd::log::read(&config.log.dir, from_seq, to_seq, limit, &mut stdout)?;
         }
         Command::Log {
             command: LogCommand::Verify { config },
         } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let r = pgfanout::changelog::verify(&config.log.dir)?;
             let range = match (r.first_seq, r.last_seq) {
                 (Some(a), Some(b)) => format!(" (seq {a} to {b})"),

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
 use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
+use crate::report::Chain;
 use crate::sequencer::Sequencer;
 use crate::source::{LogicalStream, SlotSpec, SourceError, SourceEvent};
 use crate::state::{Checkpoint, StateDb, StateError};
@@ -146,7 +147,7 @@ pub async fn run(
                         && !*stop_rx.borrow() =>
                 {
                     let delay = backoff.next_delay(started.elapsed());
-                    warn!(error = %e, retry_in = ?delay, "transient failure; starting over");
+                    warn!(error = %Chain(&e), retry_in = ?delay, "transient failure; starting over");
                     let mut stop = stop_rx.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -297,7 +298,7 @@ async fn run_once(
     let durable = *durable_rx.borrow();
     if flushed {
         if let Err(e) = stream.close().await {
-            warn!(error = %e, "could not report the final position to PostgreSQL; it resends from the last report");
+            warn!(error = %Chain(&e), "could not report the final position to PostgreSQL; it resends from the last report");
         }
         save_checkpoint(&state, &slot, durable).await;
     }
@@ -460,7 +461,7 @@ async fn heartbeat(conn: crate::pgconn::ConnInfo, every: Duration) {
             match conn.connect_sql().await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    warn!(error = %e, "heartbeat: cannot connect; retrying at the next tick");
+                    warn!(error = %Chain(&e), "heartbeat: cannot connect; retrying at the next tick");
                     continue;
                 }
             }
@@ -470,7 +471,7 @@ async fn heartbeat(conn: crate::pgconn::ConnInfo, every: Duration) {
                 .batch_execute("SELECT pg_logical_emit_message(false, 'pgfanout_heartbeat', '')")
                 .await
             {
-                warn!(error = %e, "heartbeat failed; reconnecting at the next tick");
+                warn!(error = %Chain(&e), "heartbeat failed; reconnecting at the next tick");
                 client = None;
             }
         }
@@ -489,7 +490,7 @@ async fn save_checkpoint(state: &StateDb, slot: &str, durable: Durable) {
     // A failed checkpoint costs only a longer replay after a crash with a lost log; keep going.
     match state.checkpoints().save(slot, &cp).await {
         Ok(_) => debug!(seq = cp.last_seq, lsn = %cp.commit_end_lsn, "checkpoint saved"),
-        Err(e) => warn!(error = %e, "could not save the checkpoint"),
+        Err(e) => warn!(error = %Chain(&e), "could not save the checkpoint"),
     }
 }
 
@@ -603,6 +604,6 @@ fn apply_retention(log: &mut ChangeLog, retention: &Retention, keep_from_seq: Op
             info!(segments = r.deleted_segments.len(), bytes = r.deleted_bytes, oldest_seq = ?r.oldest_seq, "retention deleted old segments")
         }
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "retention failed"),
+        Err(e) => warn!(error = %Chain(&e), "retention failed"),
     }
 }

@@ -368,6 +368,68 @@ async fn each_tenant_database_equals_its_projection() {
     assert!(daemon.stop().success());
 }
 
+/// A PostgreSQL destination that refuses a value (here a CHECK constraint added to its table)
+/// stops with the constraint named, like a ClickHouse one: retrying the same change cannot
+/// succeed. The other destinations keep streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_value_stops_only_its_postgres_destination() {
+    let (db, source) = seeded_source("fan_rej_src").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, config) = three_tenant_databases("fan_rej", dir.path(), &db).await;
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    source
+        .execute(
+            "INSERT INTO project_user (tenancy_id, id, display_name) VALUES ($1::text::uuid, 1, 'first')",
+            &[&TENANT_A],
+        )
+        .await
+        .unwrap();
+    wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B), (&c, TENANT_C)]).await;
+    sql(&a)
+        .await
+        .batch_execute(
+            "ALTER TABLE users ADD CONSTRAINT short_names CHECK (length(display_name) < 40)",
+        )
+        .await
+        .unwrap();
+
+    source
+        .execute(
+            "INSERT INTO project_user (tenancy_id, id, display_name) VALUES ($1::text::uuid, 2, repeat('x', 50))",
+            &[&TENANT_A],
+        )
+        .await
+        .unwrap();
+    let status = wait_for("destination a to fail", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "failed").then_some(s)
+    })
+    .await;
+    let error = status["a"]["last_error"].as_str().unwrap().to_owned();
+    for part in ["short_names", "23514", "users"] {
+        assert!(error.contains(part), "{part:?} in {error}");
+    }
+    assert!(
+        !error.contains("xxxxx"),
+        "the value is not in the error: {error}"
+    );
+
+    for (tenant, id) in [(TENANT_B, 3), (TENANT_C, 4)] {
+        source
+            .execute(
+                "INSERT INTO project_user (tenancy_id, id, display_name) VALUES ($1::text::uuid, $2, 'after')",
+                &[&tenant, &id],
+            )
+            .await
+            .unwrap();
+    }
+    wait_converged(&source, &[(&b, TENANT_B), (&c, TENANT_C)]).await;
+    let s = destination_status(&config).await;
+    assert_eq!(s["a"]["state"], "failed", "{s:?}");
+    assert!(daemon.stop().success());
+}
+
 const TENANTS: [&str; 4] = [TENANT_A, TENANT_B, TENANT_C, TENANT_D];
 
 /// Rounds of inserts, updates, deletes, filter flips, key changes and tenant moves across all

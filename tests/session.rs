@@ -5,6 +5,7 @@ mod support;
 
 use pgfanout::disposition::Classify;
 use pgfanout::pgconn::{ConnInfo, Host};
+use pgfanout::report::Chain;
 use pgfanout::source::session::{Session, SessionError};
 use support::*;
 
@@ -61,7 +62,7 @@ async fn wrong_or_missing_passwords_fail_with_clear_errors() {
         let err = identify(&tcp_url(user, Some("wrong"), "sslmode=disable"))
             .await
             .unwrap_err();
-        let msg = err.to_string();
+        let msg = Chain(&err).to_string();
         // SCRAM can fail on the client side (server signature) or the server's 28P01.
         assert!(
             err.server_code() == Some("28P01") || matches!(err, SessionError::Scram(_)),

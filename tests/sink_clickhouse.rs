@@ -7,6 +7,7 @@ mod support;
 
 use pgfanout::config::{ClickHouseStore, Secret};
 use pgfanout::disposition::{disposition, Classify, Disposition, Scope};
+use pgfanout::report::Chain;
 use pgfanout::sink::clickhouse::types::ServerVersion;
 use pgfanout::sink::{
     text, Batch, Cell, ClickHouseError, ClickHouseSink, SinkError, TargetColumn, TargetTable,
@@ -529,7 +530,7 @@ async fn a_password_user_connects_and_a_wrong_password_is_a_clear_error() {
         .unwrap();
     st.password = Some(Secret::new("wrong"));
     let e = ClickHouseSink::connect(&st).await.unwrap_err();
-    let msg = e.to_string();
+    let msg = Chain(&e).to_string();
     assert!(!e.is_transient(), "{msg}");
     assert!(!msg.contains(password) && !msg.contains("wrong"), "{msg}");
 }

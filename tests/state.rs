@@ -9,6 +9,7 @@ use pgfanout::config::Secret;
 use pgfanout::disposition::Classify;
 use pgfanout::lsn::Lsn;
 use pgfanout::pgconn::{Host, SslMode};
+use pgfanout::report::Chain;
 use pgfanout::state::{
     migrate, Checkpoint, Migration, StateDb, StateError, DEFAULT_SCHEMA, MIGRATIONS,
 };
@@ -286,7 +287,7 @@ async fn a_failing_migration_leaves_nothing_behind() {
     assert!(matches!(e, StateError::Apply { .. }), "{e:?}");
     assert_eq!(e.sqlstate(), Some("22012"));
     assert!(!e.is_transient());
-    let msg = e.to_string();
+    let msg = Chain(&e).to_string();
     assert!(
         msg.contains("0002_broken.sql") && msg.contains("division by zero"),
         "{msg}"
@@ -381,7 +382,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
         .expect("refused");
     assert!(matches!(e, StateError::Connect { .. }), "{e:?}");
     assert!(e.is_transient(), "{e}");
-    assert!(!e.to_string().contains("hunter2") && !format!("{e:?}").contains("hunter2"));
+    assert!(!Chain(&e).to_string().contains("hunter2") && !format!("{e:?}").contains("hunter2"));
     assert!(e.to_string().contains("could not connect"), "{e}");
 
     // TLS per sslmode, with the same rustls setup as the replication session: verify-full
@@ -405,7 +406,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
         .err()
         .expect("missing CA file");
     assert!(matches!(e, StateError::Tls(_)), "{e:?}");
-    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    assert!(Chain(&e).to_string().contains("/nonexistent/ca.pem"), "{e}");
     assert!(!e.is_transient());
 
     // A role without CREATE on the database: permission denied is definite.
@@ -417,7 +418,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
         .expect("refused");
     assert_eq!(e.sqlstate(), Some("42501"), "{e}");
     assert!(!e.is_transient());
-    let msg = e.to_string();
+    let msg = Chain(&e).to_string();
     assert!(
         msg.contains("creating the state schema") && msg.contains("permission denied"),
         "{msg}"

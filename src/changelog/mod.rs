@@ -168,7 +168,7 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    #[error("change log is corrupt at {path}, byte offset {offset}: {problem}\nHINT: run `verify`; the log cannot be read past this point")]
+    #[error("change log is corrupt at {path}, byte offset {offset}\nHINT: run `verify`; the log cannot be read past this point")]
     Corrupt {
         path: PathBuf,
         offset: u64,

@@ -42,7 +42,7 @@ pub enum RecordError {
         texts: usize,
         text_states: usize,
     },
-    #[error("change {seq}: {source}")]
+    #[error("change {seq}")]
     Shape {
         seq: u64,
         #[source]

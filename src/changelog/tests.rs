@@ -318,7 +318,7 @@ fn a_flipped_bit_in_a_middle_record_is_an_error_naming_file_and_offset() {
             other => panic!("{other:?}"),
         }
     }
-    let msg = verify(dir.path()).unwrap_err().to_string();
+    let msg = crate::report::Chain(&verify(dir.path()).unwrap_err()).to_string();
     assert!(
         msg.contains(&format!("byte offset {len}")) && msg.contains("CRC"),
         "{msg}"

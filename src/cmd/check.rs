@@ -13,6 +13,7 @@ use std::fmt;
 
 use crate::changelog;
 use crate::config::{Config, StoreConfig};
+use crate::report::Chain;
 use crate::sink::ClickHouseSink;
 use crate::source::session::Session;
 use crate::source::slot::{self, PublicationState};
@@ -102,7 +103,7 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
             Some(setup)
         }
         Err(e) => {
-            report.push("mappings", Outcome::Problem(e.to_string()));
+            report.push("mappings", Outcome::Problem(Chain(&e).to_string()));
             None
         }
     };
@@ -161,7 +162,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
                     "{e}\nHINT: ALTER ROLE {} WITH REPLICATION (or use a role that has it)",
                     src.conn.user
                 ),
-                _ => e.to_string(),
+                _ => Chain(&e).to_string(),
             };
             report.push("source", Outcome::Problem(text));
             return;
@@ -173,7 +174,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
             "wal_level",
             Outcome::Problem(SourceError::WalLevel { actual }.to_string()),
         ),
-        Err(e) => report.push("wal_level", Outcome::Problem(e.to_string())),
+        Err(e) => report.push("wal_level", Outcome::Problem(Chain(&e).to_string())),
     }
     if let Some(tables) = &src.tables {
         let mut missing = Vec::new();
@@ -186,7 +187,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
             match session.simple_query(&sql).await {
                 Ok(rows) if rows.is_empty() => missing.push(t.to_string()),
                 Ok(_) => {}
-                Err(e) => report.push("tables", Outcome::Problem(e.to_string())),
+                Err(e) => report.push("tables", Outcome::Problem(Chain(&e).to_string())),
             }
         }
         if missing.is_empty() {
@@ -236,7 +237,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
                 ))
             }
         }
-        Err(e) => Outcome::Problem(e.to_string()),
+        Err(e) => Outcome::Problem(Chain(&e).to_string()),
     };
     report.push("publication", publication);
     let slot_outcome = match slot::slot_state(&mut session, &src.slot).await {
@@ -245,7 +246,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
                 "{} (pgoutput, database {})",
                 src.slot, row.database
             )),
-            Err(e) => Outcome::Problem(e.to_string()),
+            Err(e) => Outcome::Problem(Chain(&e).to_string()),
         },
         Ok(None) if src.manage => Outcome::Note(format!(
             "{} does not exist; pgfanout run creates it",
@@ -257,7 +258,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
             }
             .to_string(),
         ),
-        Err(e) => Outcome::Problem(e.to_string()),
+        Err(e) => Outcome::Problem(Chain(&e).to_string()),
     };
     report.push("slot", slot_outcome);
     let _ = session.close(false).await;
@@ -268,7 +269,7 @@ async fn check_state(cfg: &Config, report: &mut Report) {
     let client = match st.conn.connect_sql().await {
         Ok(c) => c,
         Err(e) => {
-            report.push("state database", Outcome::Problem(e.to_string()));
+            report.push("state database", Outcome::Problem(Chain(&e).to_string()));
             return;
         }
     };
@@ -325,7 +326,7 @@ async fn check_log(cfg: &Config, report: &mut Report) {
             s.segments
         )),
         Ok(Ok(_)) => Outcome::Note(format!("{}: empty or not created yet", dir.display())),
-        Ok(Err(e)) => Outcome::Problem(e.to_string()),
+        Ok(Err(e)) => Outcome::Problem(Chain(&e).to_string()),
         Err(e) => Outcome::Problem(format!("reading the change log failed: {e}")),
     };
     report.push("change log", outcome);

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use pgfanout::cmd::tail::{tail, TailError, TailOptions, TailSummary};
 use pgfanout::config::{SourceConfig, DEFAULT_PUBLICATION};
 use pgfanout::pgconn::ConnInfoError;
+use pgfanout::report::Chain;
 use pgfanout::source::SlotSpec;
 use pgfanout_testkit::localpg::{LocalPgError, LocalPostgres, Options};
 
@@ -41,15 +42,15 @@ INSERT INTO tenancy (project_id) VALUES ('acme'), ('globex'), ('initech');
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot start the demo's PostgreSQL: {0}")]
+    #[error("cannot start the demo's PostgreSQL")]
     Server(#[from] LocalPgError),
-    #[error("demo database setup failed: {0}")]
+    #[error("demo database setup failed")]
     Sql(#[from] tokio_postgres::Error),
-    #[error("the demo server's URL is not valid: {0}")]
+    #[error("the demo server's URL is not valid")]
     Url(#[from] ConnInfoError),
     #[error(transparent)]
     Tail(#[from] TailError),
-    #[error("the demo's server task failed: {0}")]
+    #[error("the demo's server task failed")]
     Join(#[from] tokio::task::JoinError),
 }
 
@@ -80,7 +81,7 @@ pub async fn run<W: std::io::Write>(
     let writer = pg.sql(DATABASE).await?;
     let workload = tokio::spawn(async move {
         if let Err(e) = write_changes(&writer).await {
-            warn!(error = %e, "demo workload stopped");
+            warn!(error = %Chain(&e), "demo workload stopped");
         }
     });
     let result = tail(

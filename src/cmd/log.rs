@@ -10,9 +10,9 @@ use crate::changelog::{LogError, LogReader, LogRecord};
 pub enum LogReadError {
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("cannot format a change: {0}")]
+    #[error("cannot format a change")]
     Json(#[from] JsonError),
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Output(#[from] std::io::Error),
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::changelog::{self, LogError};
 use crate::config::Config;
-use crate::pgconn::SqlConnectError;
+use crate::pgconn::{PgError, SqlConnectError};
 use crate::sql::quote_ident;
 use crate::state::{DestinationStore, StateError};
 
@@ -70,19 +70,19 @@ pub struct CheckpointStatus {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot reach the source database: {0}")]
+    #[error("cannot reach the source database")]
     Source(#[source] SqlConnectError),
-    #[error("cannot reach the state database: {0}")]
+    #[error("cannot reach the state database")]
     State(#[source] SqlConnectError),
-    #[error("querying {what} failed: {source}")]
+    #[error("querying {what} failed")]
     Query {
         what: &'static str,
         #[source]
-        source: tokio_postgres::Error,
+        source: PgError,
     },
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("reading destination status: {0}")]
+    #[error("reading destination status")]
     Destinations(#[source] StateError),
 }
 
@@ -105,7 +105,7 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         .await
         .map_err(|source| StatusError::Query {
             what: "the replication slot",
-            source,
+            source: source.into(),
         })?
         .map(|r| SlotStatus {
             name: cfg.source.slot.clone(),
@@ -156,7 +156,12 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         }),
         // Not migrated yet: no checkpoint was ever written.
         Err(e) if e.code().is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") => None,
-        Err(source) => return Err(StatusError::Query { what: "the checkpoint", source }),
+        Err(source) => {
+            return Err(StatusError::Query {
+                what: "the checkpoint",
+                source: source.into(),
+            })
+        }
     };
     let reports = match DestinationStore::new(Arc::new(state), &cfg.state.schema)
         .load_all()
@@ -165,6 +170,7 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         Ok(r) => r,
         Err(StateError::Query { source, .. })
             if source
+                .inner()
                 .code()
                 .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") =>
         {

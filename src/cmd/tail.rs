@@ -36,9 +36,9 @@ pub struct TailSummary {
 pub enum TailError {
     #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("cannot format a change: {0}")]
+    #[error("cannot format a change")]
     Json(#[from] JsonError),
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Output(#[source] std::io::Error),
 }
 

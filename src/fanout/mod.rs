@@ -37,12 +37,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::changelog::{LogError, Readers};
+use crate::changelog::{LogError, LogReader, LogRecord, Readers};
 use crate::config::Config;
 use crate::disposition::{Classify, ErrorKind};
 use crate::fanout::route::{RouteError, SetupError};
 use crate::pgconn::SqlConnectError;
 use crate::problems::Problems;
+use crate::report::Chain;
 use crate::source::catalog::CatalogError;
 use crate::state::{DestinationReport, StateDb};
 use crate::value::Timestamp;
@@ -63,7 +64,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(2);
 pub enum FanoutError {
     #[error("the destinations cannot be set up:{problems}")]
     Setup { problems: Problems },
-    #[error("could not connect to {what}: {source}")]
+    #[error("could not connect to {what}")]
     Connect {
         what: String,
         #[source]
@@ -71,13 +72,13 @@ pub enum FanoutError {
     },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("mapping {mapping}{}: {source}", seq.map(|s| format!(" (at change {s})")).unwrap_or_default())]
+    #[error("mapping {mapping}{}", seq.map(|s| format!(" (at change {s})")).unwrap_or_default())]
     Mapping {
         mapping: String,
         seq: Option<u64>,
         source: SetupError,
     },
-    #[error("change {seq}, mapping {mapping}: {source}\nHINT: fix the mapping (a filter or coalesce) and restart; routing resumes at this change")]
+    #[error("change {seq}, mapping {mapping}\nHINT: fix the mapping (a filter or coalesce) and restart; routing resumes at this change")]
     Route {
         seq: u64,
         mapping: String,
@@ -113,6 +114,31 @@ impl Classify for FanoutError {
 
 /// Resolves once the stop flag is set. (Holds no borrow of the value across awaits, unlike
 /// `wait_for`'s guard.)
+/// Reads up to `max` records off the runtime (the log is synchronous file I/O), stopping
+/// early before seq `until` or at the log's end. Returns the reader to continue with, the
+/// records, and whether the end was reached. The one read loop of the workers catching up and
+/// of `replay`.
+async fn read_step(
+    mut reader: LogReader,
+    max: usize,
+    until: Option<u64>,
+) -> Result<Result<(LogReader, Vec<LogRecord>, bool), LogError>, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let mut records = Vec::new();
+        while records.len() < max {
+            if until.is_some_and(|u| reader.next_seq() >= u) {
+                return Ok((reader, records, false));
+            }
+            match reader.next_record()? {
+                Some(r) => records.push(r),
+                None => return Ok((reader, records, true)),
+            }
+        }
+        Ok((reader, records, false))
+    })
+    .await
+}
+
 async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
@@ -264,7 +290,7 @@ impl Fanout {
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        warn!(error = %e, "could not start the destination writers' runtime");
+                        warn!(error = %Chain(&e), "could not start the destination writers' runtime");
                         return;
                     }
                 };
@@ -379,13 +405,13 @@ impl Reporter {
             match StateDb::connect(&self.state_conn.0, &self.state_conn.1).await {
                 Ok(s) => self.state = Some(s),
                 Err(e) => {
-                    warn!(error = %e, "cannot report destination status to the state database")
+                    warn!(error = %Chain(&e), "cannot report destination status to the state database")
                 }
             }
         }
         if let Some(s) = &self.state {
             if let Err(e) = s.destinations().save(&reports).await {
-                warn!(error = %e, "cannot report destination status to the state database");
+                warn!(error = %Chain(&e), "cannot report destination status to the state database");
                 self.state = None;
             }
         }

@@ -8,11 +8,14 @@ use tracing::info;
 
 use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
-use crate::fanout::route::{Planned, Routed};
+use crate::fanout::route::Routed;
 use crate::sink::{Batch, Writer};
 
 use super::setup::Setup;
-use super::FanoutError;
+use super::{read_step, FanoutError};
+
+/// Records read from the log per step.
+const REPLAY_READ: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -69,24 +72,10 @@ pub async fn replay(
     let mut routed: Vec<Routed> = Vec::new();
     loop {
         // The log is read in steps off the runtime; each step is routed, then applied.
-        let (r, records) = tokio::task::spawn_blocking(move || {
-            let mut records = Vec::new();
-            let result = loop {
-                if records.len() >= 4096 {
-                    break Ok(());
-                }
-                match reader.next_record() {
-                    Ok(Some(rec)) => records.push(rec),
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
-                }
-            };
-            (reader, result.map(|()| records))
-        })
-        .await
-        .map_err(|_| FanoutError::Gone)?;
+        let (r, records, _) = read_step(reader, REPLAY_READ, None)
+            .await
+            .map_err(|_| FanoutError::Gone)??;
         reader = r;
-        let records = records?;
         let done = records.is_empty();
         for rec in records {
             let LogRecord::Change(c) = rec else { continue };
@@ -94,12 +83,7 @@ pub async fn replay(
             report.last_seq = c.seq;
             router.route(&c, &mut routed)?;
             for r in routed.drain(..) {
-                match r.op {
-                    Planned::Row(op) => batch.ops.push((r.table, op)),
-                    Planned::Truncate { seq } => {
-                        batch.truncate(r.table, seq);
-                    }
-                }
+                r.op.add_to(r.table, &mut batch);
                 rows += 1;
             }
             batch.last_seq = c.seq;

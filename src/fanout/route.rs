@@ -51,7 +51,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::change::{Datum, OldTuple, Op, Relation, RowChange, SequencedChange, Tuple};
 use crate::config::Tenants;
 use crate::problems::Problems;
-use crate::sink::{Cell, RowOp};
+use crate::sink::{Batch, Cell, RowOp};
 use crate::transform::{CompileError, CompiledMapping, EvalError, Expr, Filter};
 use crate::value::PgType;
 
@@ -392,6 +392,16 @@ impl Planned {
         match self {
             Planned::Row(op) => op.seq(),
             Planned::Truncate { seq } => *seq,
+        }
+    }
+
+    /// Adds this operation on destination table `table` to `batch`.
+    pub fn add_to(self, table: usize, batch: &mut Batch<'static>) {
+        match self {
+            Planned::Row(op) => batch.ops.push((table, op)),
+            Planned::Truncate { seq } => {
+                batch.truncate(table, seq);
+            }
         }
     }
 }

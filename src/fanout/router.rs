@@ -16,9 +16,40 @@ use crate::fanout::route::{
     self, DestinationSet, MappingRoute, MappingSpec, Routed, TenantRegistry,
 };
 use crate::source::TypeRegistry;
+use crate::transform::{parse_expr, parse_filter, Expr, Filter};
 use crate::value::PgType;
 
 use super::FanoutError;
+
+/// A mapping's column expressions and filter, parsed from the configuration's text.
+#[derive(Debug, Clone)]
+pub struct MappingExpressions {
+    pub columns: Vec<(String, Expr)>,
+    pub filter: Option<Filter>,
+}
+
+impl MappingExpressions {
+    /// Parses `m`'s texts. Loading the configuration already checked them
+    /// (`transform::check_expression`); an error here names the key all the same.
+    pub fn parse(i: usize, m: &MappingConfig) -> Result<Self, String> {
+        let columns = m
+            .columns
+            .iter()
+            .map(|(name, text)| {
+                parse_expr(text).map(|e| (name.clone(), e)).map_err(|e| {
+                    format!("mappings[{i}].columns.{name}: cannot parse the expression {e}")
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let filter = m
+            .filter
+            .as_deref()
+            .map(parse_filter)
+            .transpose()
+            .map_err(|e| format!("mappings[{i}].filter: cannot parse the filter {e}"))?;
+        Ok(MappingExpressions { columns, filter })
+    }
+}
 
 /// The tenancy table whose changes keep the registry current.
 #[derive(Debug, Clone)]
@@ -34,6 +65,8 @@ pub struct Tenancy {
 #[derive(Debug)]
 pub struct Routing {
     pub mappings: Vec<MappingConfig>,
+    /// Per mapping, its column expressions and filter, parsed once.
+    pub expressions: Vec<MappingExpressions>,
     /// Per mapping, the target key (configured, or derived from the source's replica
     /// identity at start).
     pub keys: Vec<Vec<String>>,
@@ -60,8 +93,8 @@ impl Routing {
         let spec = MappingSpec {
             id: m,
             tenant_key: &mapping.tenant_key,
-            columns: &mapping.columns,
-            filter: mapping.filter.as_ref(),
+            columns: &self.expressions[m].columns,
+            filter: self.expressions[m].filter.as_ref(),
             key: &self.keys[m],
         };
         MappingRoute::compile(spec, relation, &|oid| self.types.pg_type(oid), &attrs).map_err(

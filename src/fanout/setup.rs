@@ -7,10 +7,11 @@ use crate::change::Relation;
 use crate::config::Tenants;
 use crate::config::{Config, DestinationConfig, MappingConfig, StoreConfig};
 use crate::fanout::route::{Destination, DestinationSet, MappingRoute, TenantRegistry};
+use crate::report::Chain;
 use crate::sink::{ColumnType, TargetColumn, TargetTable};
 use crate::source::catalog;
 
-use super::router::{Router, Routing, Tenancy};
+use super::router::{MappingExpressions, Router, Routing, Tenancy};
 use super::FanoutError;
 
 /// One destination, ready to connect: its configuration and its target tables, in the order
@@ -62,6 +63,15 @@ impl Setup {
                 (registry, snapshot.attributes, tenancy)
             }
         };
+        let expressions = cfg
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MappingExpressions::parse(i, m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|problem| FanoutError::Setup {
+                problems: vec![problem].into(),
+            })?;
         let mut problems = Vec::new();
         let mut relations = Vec::with_capacity(cfg.mappings.len());
         for (i, m) in cfg.mappings.iter().enumerate() {
@@ -84,7 +94,7 @@ impl Setup {
             .map(|(i, (m, rel))| match (&m.key, rel) {
                 (Some(k), _) => k.clone(),
                 (None, Some(rel)) => {
-                    let key = default_key(m, rel);
+                    let key = default_key(&expressions[i], rel);
                     if key.is_empty() {
                         problems.push(format!(
                             "mappings[{i}] ({}): no target key: no replica-identity column of {} \
@@ -99,6 +109,7 @@ impl Setup {
             .collect();
         let routing = Arc::new(Routing {
             mappings: cfg.mappings.clone(),
+            expressions,
             keys,
             types,
             tenant_attributes,
@@ -109,7 +120,7 @@ impl Setup {
             let Some(rel) = rel else { continue };
             match routing.compile(m, rel, None) {
                 Ok(route) => compiled.push((rel.clone(), route)),
-                Err(e) => problems.push(e.to_string()),
+                Err(e) => problems.push(Chain(&e).to_string()),
             }
         }
         for (i, d) in cfg.destinations.iter().enumerate() {
@@ -183,7 +194,7 @@ impl Setup {
 
 /// The target key when none is configured: the mapped columns that are plain copies of the
 /// source's replica-identity columns, in mapping order.
-fn default_key(m: &MappingConfig, rel: &Relation) -> Vec<String> {
+fn default_key(m: &MappingExpressions, rel: &Relation) -> Vec<String> {
     m.columns
         .iter()
         .filter(|(_, e)| {

@@ -28,13 +28,14 @@ use tracing::{debug, error, info, warn};
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
 use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
 use crate::fanout::route::{Planned, Routed};
+use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
 use crate::value::Timestamp;
 
 use super::dispatch::Chunk;
 use super::router::Router;
 use super::setup::{DestinationPlan, Setup};
-use super::{until_stopped, DestShared, DestinationState, FanoutError};
+use super::{read_step, until_stopped, DestShared, DestinationState, FanoutError};
 
 /// Records read from the log per step while catching up.
 const CATCH_UP_READ: usize = 4096;
@@ -130,25 +131,25 @@ impl Worker {
             };
             match disposition(e.kind(), Scope::Destination) {
                 Disposition::NeedsResync => {
-                    error!(destination = %self.name(), error = %e, "destination needs a resync: the change log no longer holds the changes after its watermark");
+                    error!(destination = %self.name(), error = %Chain(&e), "destination needs a resync: the change log no longer holds the changes after its watermark");
                     self.shared
-                        .set_state(DestinationState::NeedsResync, Some(e.to_string()));
+                        .set_state(DestinationState::NeedsResync, Some(Chain(&e).to_string()));
                     return;
                 }
                 Disposition::StopDestination | Disposition::Fatal => {
-                    error!(destination = %self.name(), error = %e, "destination stopped: retrying cannot fix this; fix it and restart pgfanout");
+                    error!(destination = %self.name(), error = %Chain(&e), "destination stopped: retrying cannot fix this; fix it and restart pgfanout");
                     self.shared.detached.store(true, Ordering::SeqCst);
                     self.shared
-                        .set_state(DestinationState::Failed, Some(e.to_string()));
+                        .set_state(DestinationState::Failed, Some(Chain(&e).to_string()));
                     return;
                 }
                 Disposition::Retry => {}
             }
             self.shared.detached.store(true, Ordering::SeqCst);
             let delay = backoff.next_delay(started.elapsed());
-            warn!(destination = %self.name(), error = %e, retry_in = ?delay, "destination failed; retrying from its watermark");
+            warn!(destination = %self.name(), error = %Chain(&e), retry_in = ?delay, "destination failed; retrying from its watermark");
             self.shared
-                .set_state(DestinationState::Retrying, Some(e.to_string()));
+                .set_state(DestinationState::Retrying, Some(Chain(&e).to_string()));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = until_stopped(&mut self.stop) => {}
@@ -255,32 +256,14 @@ impl Worker {
             reader: None,
             router: self.setup.router(Some(self.index), None),
         });
-        let mut reader = match o.reader.take() {
+        let reader = match o.reader.take() {
             Some(r) if r.next_seq() == p.next_seq => r,
             _ => self.readers.open(p.next_seq)?,
         };
         let _permit = self.catch_up_permits.acquire().await;
-        let (reader, records, at_end) = tokio::task::spawn_blocking(move || {
-            let mut records = Vec::new();
-            let mut at_end = false;
-            while records.len() < CATCH_UP_READ {
-                if until.is_some_and(|u| reader.next_seq() >= u) {
-                    break;
-                }
-                match reader.next_record() {
-                    Ok(Some(r)) => records.push(r),
-                    Ok(None) => {
-                        at_end = true;
-                        break;
-                    }
-                    Err(e) => return (reader, Err(e), false),
-                }
-            }
-            (reader, Ok(records), at_end)
-        })
-        .await
-        .map_err(|_| WorkerError::ReaderGone)?;
-        let records = records?;
+        let (reader, records, at_end) = read_step(reader, CATCH_UP_READ, until)
+            .await
+            .map_err(|_| WorkerError::ReaderGone)??;
         debug!(destination = %self.name(), from = p.next_seq, records = records.len(), at_end, until, "read the log");
         let mut routed: Vec<Routed> = Vec::new();
         let rows_before = p.rows;
@@ -356,16 +339,8 @@ impl Worker {
 
 impl Pending {
     fn push(&mut self, table: usize, op: Planned) {
-        match op {
-            Planned::Row(op) => {
-                self.batch.ops.push((table, op));
-                self.rows += 1;
-            }
-            Planned::Truncate { seq } => {
-                self.batch.truncate(table, seq);
-                self.rows += 1;
-            }
-        }
+        op.add_to(table, &mut self.batch);
+        self.rows += 1;
     }
 
     /// Notes when ops were last taken (once per chunk or log read, not per op: a clock read per

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::Secret;
+use super::{PgError, Secret};
 use crate::disposition::{pg_error_kind, Classify, ErrorKind};
 
 const DEFAULT_PORT: u16 = 5432;
@@ -74,11 +74,11 @@ pub struct ConnInfo {
 pub enum SqlConnectError {
     #[error(transparent)]
     Tls(#[from] super::tls::TlsConfigError),
-    #[error("could not connect to {target}: {source}")]
+    #[error("could not connect to {target}")]
     Connect {
         target: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: PgError,
     },
 }
 
@@ -87,7 +87,7 @@ impl Classify for SqlConnectError {
     /// be built, a refused password or an unknown database is not.
     fn kind(&self) -> ErrorKind {
         match self {
-            SqlConnectError::Connect { source, .. } => pg_error_kind(source),
+            SqlConnectError::Connect { source, .. } => pg_error_kind(source.inner()),
             SqlConnectError::Tls(_) => ErrorKind::Definite,
         }
     }
@@ -97,7 +97,7 @@ impl SqlConnectError {
     /// The driver error, when the failure came from the connection attempt itself.
     pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            SqlConnectError::Connect { source, .. } => Some(source),
+            SqlConnectError::Connect { source, .. } => Some(source.inner()),
             SqlConnectError::Tls(_) => None,
         }
     }
@@ -289,9 +289,9 @@ impl ConnInfo {
         use tokio_postgres::config::SslMode as PgSslMode;
         let mut config = self.sql_config();
         let tls_wanted = matches!(self.host, Host::Tcp(_)) && self.sslmode != SslMode::Disable;
-        let connect_err = |source| SqlConnectError::Connect {
+        let connect_err = |source: tokio_postgres::Error| SqlConnectError::Connect {
             target: self.to_string(),
-            source,
+            source: source.into(),
         };
         let client = if tls_wanted {
             config.ssl_mode(if self.sslmode == SslMode::Prefer {

@@ -5,8 +5,10 @@
 //! nothing of pgfanout's above it.
 
 mod conninfo;
+mod error;
 mod secret;
 pub mod tls;
 
 pub use conninfo::{ConnInfo, ConnInfoError, Host, SqlConnectError, SslMode};
+pub use error::PgError;
 pub use secret::Secret;

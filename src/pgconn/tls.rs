@@ -29,7 +29,7 @@ pub enum TlsConfigError {
     NoRoots,
     #[error("{0:?} is not a valid TLS server name for sslmode=verify-full")]
     ServerName(String),
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS setup failed")]
     Rustls(#[from] TlsError),
 }
 

@@ -51,6 +51,7 @@ pub mod postgres;
 use std::borrow::Cow;
 
 pub use self::clickhouse::{ClickHouseError, ClickHouseSink};
+use crate::config::{StoreConfig, StoreSettings};
 use crate::disposition::{Classify, ErrorKind};
 pub use crate::target::{
     ColumnType, TargetColumn, TargetTable, DEFAULT_DELETED_COLUMN, DEFAULT_VERSION_COLUMN,
@@ -165,6 +166,14 @@ fn key_cells<'b, 'a>(
             key_idx.len()
         )),
         RowOp::Delete { key, .. } => Ok(key.iter().collect()),
+    }
+}
+
+/// Reports each problem of a destination's store block (see each kind's `config` module).
+pub fn check_store(settings: &StoreSettings<'_>, problem: &mut dyn FnMut(&str, String)) {
+    match settings.store {
+        StoreConfig::Postgres(store) => postgres::config::check(store, settings, problem),
+        StoreConfig::ClickHouse(store) => clickhouse::config::check(store, settings, problem),
     }
 }
 

@@ -37,9 +37,6 @@ pub enum CatalogError {
         /// The SQLSTATE, when the server reported the error.
         code: Option<String>,
         transient: bool,
-        /// The driver error, kept only when its text cannot hold row values.
-        #[source]
-        source: Option<tokio_postgres::Error>,
     },
     #[error("the catalog describes {table} with replica identity {value:?}, which pgfanout does not know")]
     UnknownReplicaIdentity { table: String, value: char },
@@ -94,26 +91,22 @@ fn query_error(
 ) -> CatalogError {
     let transient = pg_error_is_transient(&e);
     let code = e.code().map(|c| c.code().to_owned());
-    let (message, source) = match e.as_db_error() {
+    // The message holds what is safe of the driver's error; the error itself is not chained
+    // (its text is "db error", and its server message may quote row values).
+    let message = match e.as_db_error() {
         Some(db) if sqlstate_message_is_safe(db.code().code()) => {
-            (format!("{db} (SQLSTATE {})", db.code().code()), Some(e))
+            format!("{db} (SQLSTATE {})", db.code().code())
         }
-        Some(db) => (
-            format!(
-                "the server reported SQLSTATE {} (message withheld: it may quote row values)",
-                db.code().code()
-            ),
-            None,
+        Some(db) => format!(
+            "the server reported SQLSTATE {} (message withheld: it may quote row values)",
+            db.code().code()
         ),
         // Not from the server: I/O, a closed connection, a value the driver could not read.
         // tokio-postgres's own text omits the cause, so it is added here.
-        None => {
-            let message = match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            };
-            (message, Some(e))
-        }
+        None => match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     };
     CatalogError::Query {
         action,
@@ -121,7 +114,6 @@ fn query_error(
         message,
         code,
         transient,
-        source,
     }
 }
 

@@ -42,7 +42,7 @@ pub enum SourceError {
     Session(#[from] SessionError),
     #[error("wal_level is {actual}, but logical decoding needs logical\nHINT: set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart the server")]
     WalLevel { actual: String },
-    #[error("user {user} may not open a replication connection: {source}\nHINT: ALTER ROLE {user} WITH REPLICATION (or use a role that has it)")]
+    #[error("user {user} may not open a replication connection\nHINT: ALTER ROLE {user} WITH REPLICATION (or use a role that has it)")]
     NoReplicationPrivilege {
         user: String,
         #[source]
@@ -62,7 +62,7 @@ pub enum SourceError {
     SlotMissing { slot: String },
     #[error("publication {publication} does not exist\nHINT: set source.manage = true to create it, or CREATE PUBLICATION {publication} FOR TABLE …")]
     PublicationMissing { publication: String },
-    #[error("cannot read the replication stream: {0}")]
+    #[error("cannot read the replication stream")]
     Decode(#[from] DecodeError),
     #[error("pgoutput sent a {message} for relation oid {oid} before describing it with a Relation message")]
     UnknownRelation { message: &'static str, oid: u32 },

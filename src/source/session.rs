@@ -82,7 +82,7 @@ impl ServerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("could not connect to {target}: {source}")]
+    #[error("could not connect to {target}")]
     Connect {
         target: String,
         #[source]
@@ -92,7 +92,7 @@ pub enum SessionError {
     ConnectTimeout { target: String, timeout: Duration },
     #[error("server {target} refused TLS, but sslmode={} requires it\nHINT: enable ssl on the server or use sslmode=prefer", mode.as_str())]
     TlsRefused { target: String, mode: SslMode },
-    #[error("TLS handshake with {target} failed: {source}")]
+    #[error("TLS handshake with {target} failed")]
     Tls {
         target: String,
         #[source]
@@ -104,7 +104,7 @@ pub enum SessionError {
     PasswordRequired { user: String },
     #[error("server requested an authentication method pgfanout does not support ({0}); configure pg_hba.conf for scram-sha-256, md5, password or trust")]
     UnsupportedAuth(&'static str),
-    #[error("SCRAM authentication failed: {0}")]
+    #[error("SCRAM authentication failed")]
     Scram(#[source] io::Error),
     #[error("{context}: {error}")]
     // Boxed: keeps every Result of the session small on the hot path.
@@ -112,7 +112,7 @@ pub enum SessionError {
         context: String,
         error: Box<ServerError>,
     },
-    #[error("connection to the server was lost: {0}")]
+    #[error("connection to the server was lost")]
     Io(#[from] io::Error),
     #[error("protocol violation: {0}")]
     Protocol(String),

@@ -131,7 +131,7 @@ impl CheckpointStore {
         StateError::Query {
             what,
             schema: self.schema.clone(),
-            source,
+            source: source.into(),
         }
     }
 }

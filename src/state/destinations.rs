@@ -66,10 +66,10 @@ impl DestinationStore {
                     &[&r.name, &r.state, &watermark, &commit, &r.last_error],
                 )
                 .await
-                .map_err(|source| StateError::Query {
+                .map_err(|source: tokio_postgres::Error| StateError::Query {
                     what: format!("saving the status of destination {:?}", r.name),
                     schema: self.schema.clone(),
-                    source,
+                    source: source.into(),
                 })?;
         }
         Ok(())
@@ -90,17 +90,17 @@ impl DestinationStore {
                 &[],
             )
             .await
-            .map_err(|source| StateError::Query {
+            .map_err(|source: tokio_postgres::Error| StateError::Query {
                 what: format!("reading destination status from {}", self.table),
                 schema: self.schema.clone(),
-                source,
+                source: source.into(),
             })?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let get_err = |source| StateError::Query {
+            let get_err = |source: tokio_postgres::Error| StateError::Query {
                 what: format!("reading destination status from {}", self.table),
                 schema: self.schema.clone(),
-                source,
+                source: source.into(),
             };
             let watermark: i64 = row.try_get(2).map_err(get_err)?;
             let commit: Option<f64> = row.try_get(3).map_err(get_err)?;

@@ -77,10 +77,10 @@ pub async fn migrate(
     let query = |what: &str| {
         let what = what.to_owned();
         let schema = schema.to_owned();
-        move |source| StateError::Query {
+        move |source: tokio_postgres::Error| StateError::Query {
             what,
             schema,
-            source,
+            source: source.into(),
         }
     };
     let q_schema = quote_ident(schema);
@@ -171,10 +171,10 @@ pub async fn migrate(
         current: latest_applied,
     };
     for m in pending {
-        let apply = |source| StateError::Apply {
+        let apply = |source: tokio_postgres::Error| StateError::Apply {
             name: m.name.to_owned(),
             schema: schema.to_owned(),
-            source,
+            source: source.into(),
         };
         // Again before each file, so one migration's settings do not leak into the next.
         tx.batch_execute(&format!(

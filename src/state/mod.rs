@@ -29,7 +29,7 @@ mod migrations;
 use std::sync::Arc;
 
 use crate::disposition::{pg_error_kind, Classify, ErrorKind};
-use crate::pgconn::{ConnInfo, SqlConnectError};
+use crate::pgconn::{ConnInfo, PgError, SqlConnectError};
 use crate::sql::quote_ident;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
@@ -94,30 +94,30 @@ pub enum StateError {
     #[error("invalid state schema name {}: {reason}\nHINT: use a non-empty name of at most 63 bytes, for example \"pgfanout\"", quote_ident(.schema))]
     InvalidSchema { schema: String, reason: String },
 
-    #[error("TLS setup for the state database failed: {0}")]
+    #[error("TLS setup for the state database failed")]
     Tls(#[source] crate::pgconn::tls::TlsConfigError),
 
-    #[error("could not connect to the state database {target}: {}", pg_message(.source))]
+    #[error("could not connect to the state database {target}")]
     Connect {
         target: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: PgError,
     },
 
-    #[error("{what} (state schema {}): {}", quote_ident(.schema), pg_message(.source))]
+    #[error("{what} (state schema {})", quote_ident(.schema))]
     Query {
         what: String,
         schema: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: PgError,
     },
 
-    #[error("applying migration {name} to state schema {} failed: {}\nHINT: nothing of it was kept (the migration transaction rolled back)", quote_ident(.schema), pg_message(.source))]
+    #[error("applying migration {name} to state schema {} failed\nHINT: nothing of it was kept (the migration transaction rolled back)", quote_ident(.schema))]
     Apply {
         name: String,
         schema: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: PgError,
     },
 
     #[error("migration {name} was changed after it was applied to state schema {} (recorded checksum {recorded}, file checksum {file})\nHINT: restore the file as it was when applied and put the change in a new migration, or use a fresh state schema", quote_ident(.schema))]
@@ -162,7 +162,7 @@ impl Classify for StateError {
         match self {
             StateError::Connect { source, .. }
             | StateError::Query { source, .. }
-            | StateError::Apply { source, .. } => pg_error_kind(source),
+            | StateError::Apply { source, .. } => pg_error_kind(source.inner()),
             StateError::InvalidSchema { .. }
             | StateError::Tls(_)
             | StateError::ChecksumMismatch { .. }
@@ -180,7 +180,7 @@ impl StateError {
         match self {
             StateError::Connect { source, .. }
             | StateError::Query { source, .. }
-            | StateError::Apply { source, .. } => source.code().map(|c| c.code()),
+            | StateError::Apply { source, .. } => source.inner().code().map(|c| c.code()),
             _ => None,
         }
     }
@@ -188,16 +188,6 @@ impl StateError {
 
 /// A server error in PostgreSQL's own layout (`ERROR: …`, DETAIL, HINT) with its SQLSTATE;
 /// otherwise tokio-postgres's description with its cause (which tokio-postgres's Display omits).
-fn pg_message(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{db} (SQLSTATE {})", db.code().code());
-    }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
-}
-
 fn validate_schema(schema: &str) -> Result<(), StateError> {
     match crate::sql::identifier_problem(schema) {
         None => Ok(()),

@@ -5,8 +5,8 @@
 use crate::change::Relation;
 use crate::value::PgType;
 
-use super::eval::{convert, key, Key, Kind};
 use super::parse::{char_pos, CmpOp, Func, JsonKey, Lit, Node};
+use super::typed::{convert, is_texty, key, Key, Kind};
 
 /// A compiled value expression. Evaluates to PostgreSQL text for its static type.
 #[derive(Debug, Clone)]
@@ -83,10 +83,6 @@ impl Ty {
             Ty::Known(t) => t,
         }
     }
-}
-
-pub(crate) fn is_texty(t: &PgType) -> bool {
-    matches!(t, PgType::Text | PgType::Enum | PgType::Other)
 }
 
 fn int_rank(t: &PgType) -> Option<u8> {

@@ -51,6 +51,7 @@ mod json;
 mod parse;
 #[cfg(test)]
 mod tests;
+mod typed;
 
 use std::fmt;
 use std::str::FromStr;
@@ -126,6 +127,25 @@ pub fn parse_expr(text: &str) -> Result<Expr, ParseError> {
         columns,
         tenant_attributes,
     })
+}
+
+/// Why `text` cannot be a mapping's column expression (`filter`: its row filter) while
+/// loading the configuration, or `Ok`: it must parse, and it may read `tenant.x` only when
+/// there is a `[tenants]` section (`has_tenants`) to supply the attributes. What needs the
+/// source's catalog (columns, types) is checked when the mapping is compiled.
+pub fn check_expression(text: &str, filter: bool, has_tenants: bool) -> Result<(), String> {
+    let what = if filter { "filter" } else { "expression" };
+    let expr = parse_expr(text).map_err(|e| format!("cannot parse the {what} {e}"))?;
+    let attributes: Vec<&str> = expr.tenant_attributes().collect();
+    if has_tenants || attributes.is_empty() {
+        return Ok(());
+    }
+    let read: Vec<String> = attributes.iter().map(|a| format!("tenant.{a}")).collect();
+    Err(format!(
+        "reads {}, but there is no [tenants] section to supply tenant attributes; add one whose query returns {}, or remove the reference",
+        read.join(", "),
+        attributes.join(", ")
+    ))
 }
 
 /// Parses a row filter such as `is_anonymous = false AND tenancy_id IN ('a', 'b')`. That it
@@ -213,7 +233,7 @@ impl fmt::Display for Place {
 /// A row the mapping could not transform. Names columns and types, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    #[error("{place} of {relation}: {source}")]
+    #[error("{place} of {relation}")]
     Value {
         relation: String,
         place: Place,

@@ -593,7 +593,7 @@ fn a_failed_cast_names_the_target_column_but_not_the_value() {
     let m = compile(&[("id", "id"), ("age", "email::int")], None).unwrap();
     let tuple = row(&[("email", t("secret@example.com"))]);
     let err = m.eval(&tuple, &tenant()).unwrap_err();
-    let msg = err.to_string();
+    let msg = crate::report::Chain(&err).to_string();
     assert!(
         msg.contains("mapped column age of public.project_user"),
         "{msg}"
@@ -603,7 +603,7 @@ fn a_failed_cast_names_the_target_column_but_not_the_value() {
     assert!(matches!(err, EvalError::Value { place: Place::Column(ref c), .. } if c == "age"));
 
     let tuple = row(&[("email", t("99999999999"))]);
-    let msg = m.eval(&tuple, &tenant()).unwrap_err().to_string();
+    let msg = crate::report::Chain(&m.eval(&tuple, &tenant()).unwrap_err()).to_string();
     assert!(
         msg.contains("out of range") && !msg.contains("9999"),
         "{msg}"

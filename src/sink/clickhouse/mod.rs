@@ -4,7 +4,9 @@
 //! - [`types`]: which ClickHouse type each PostgreSQL type becomes, by server version.
 //! - [`rowbinary`]: PostgreSQL text → RowBinary, and the lengths of values read back.
 //! - [`ddl`]: tables, views, row policies and grants as SQL text.
+//! - [`config`]: the rules of its store block, and the one reading of its URL.
 
+pub mod config;
 pub mod ddl;
 pub mod rowbinary;
 mod sink;

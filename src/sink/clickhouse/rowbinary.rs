@@ -181,65 +181,30 @@ pub fn value_len(ty: &ChType, bytes: &[u8]) -> Result<usize, DecodeError> {
     }
 }
 
-/// How one column's values are written, below any Nullable wrapper.
-#[derive(Debug, Clone)]
-enum Kind {
-    UInt8,
-    Bool,
-    Int16,
-    Int32,
-    Int64,
-    UInt64,
-    Float32,
-    Float64,
-    Decimal {
-        precision: u8,
-        scale: u8,
-    },
-    /// `bytea` text is hex-decoded to raw bytes; anything else is copied verbatim.
-    String {
-        bytea: bool,
-    },
-    Uuid,
-    Date,
-    DateTime,
-    DateTime64,
-    Array {
-        elem: Box<ColumnEncoder>,
-        /// `text[]`: arrays are split into element texts, each then encoded by `elem`.
-        as_text: PgType,
-    },
-}
-
-impl Kind {
-    /// Bytes of the value's zero / empty default.
-    fn default_bytes(&self, out: &mut Vec<u8>) {
-        let zeros = match self {
-            Kind::UInt8 | Kind::Bool => 1,
-            Kind::Int16 | Kind::Date => 2,
-            Kind::Int32 | Kind::Float32 | Kind::DateTime => 4,
-            Kind::Int64 | Kind::UInt64 | Kind::Float64 | Kind::DateTime64 => 8,
-            Kind::Uuid => 16,
-            Kind::Decimal { precision, .. } => decimal_width(*precision).unwrap_or(0),
-            // An empty string, an empty array: a zero length.
-            Kind::String { .. } | Kind::Array { .. } => 1,
-        };
-        out.resize(out.len() + zeros, 0);
-    }
-}
-
 /// Compiled per target column: how to turn PostgreSQL text into RowBinary for one ClickHouse
 /// column. Built with the column's actual ClickHouse type (see [`ChType::accepts`]).
 #[derive(Debug, Clone)]
 pub struct ColumnEncoder {
     pg: PgType,
-    /// The column type below any Nullable / LowCardinality, for error messages.
+    /// The column type below any Nullable / LowCardinality: what a value is written as.
     ch: ChType,
     nullable: bool,
-    kind: Kind,
+    /// A `bytea` value into a `String` column: its text is hex-decoded to the raw bytes;
+    /// anything else goes to `String` verbatim.
+    bytea: bool,
+    /// For an `Array` column: how each element is written.
+    array: Option<Box<ArrayEncoder>>,
     /// Set when `pg` cannot be converted to this column type; every non-NULL value then fails
     /// with this error.
     unsupported: Option<EncodeError>,
+}
+
+/// The elements of an array column.
+#[derive(Debug, Clone)]
+struct ArrayEncoder {
+    elem: ColumnEncoder,
+    /// `text[]`: arrays are split into element texts, each then encoded by `elem`.
+    as_text: PgType,
 }
 
 impl ColumnEncoder {
@@ -258,19 +223,19 @@ impl ColumnEncoder {
             },
             ChType::LowCardinality(inner) => ColumnEncoder::new(pg, inner),
             ChType::Array(inner) => {
-                let (kind, unsupported) = match pg {
+                let (array, unsupported) = match pg {
                     PgType::Array(elem_pg) => {
                         let elem = ColumnEncoder::new(elem_pg, inner);
                         let unsupported = elem.unsupported.clone();
-                        let kind = Kind::Array {
-                            elem: Box::new(elem),
+                        let array = ArrayEncoder {
+                            elem,
                             as_text: PgType::Array(Box::new(PgType::Text)),
                         };
-                        (kind, unsupported)
+                        (Some(Box::new(array)), unsupported)
                     }
-                    // Never used: every non-NULL value fails with `unsupported`.
+                    // Every non-NULL value fails with `unsupported`.
                     _ => (
-                        Kind::String { bytea: false },
+                        None,
                         Some(EncodeError::Unsupported {
                             pg: pg.name(),
                             ch: ch.sql(),
@@ -281,34 +246,13 @@ impl ColumnEncoder {
                     pg: pg.clone(),
                     ch: ch.clone(),
                     nullable: false,
-                    kind,
+                    bytea: false,
+                    array,
                     unsupported,
                 }
             }
             scalar => {
-                let kind = match scalar {
-                    ChType::UInt8 => Kind::UInt8,
-                    ChType::Bool => Kind::Bool,
-                    ChType::Int16 => Kind::Int16,
-                    ChType::Int32 => Kind::Int32,
-                    ChType::Int64 => Kind::Int64,
-                    ChType::UInt64 => Kind::UInt64,
-                    ChType::Float32 => Kind::Float32,
-                    ChType::Float64 => Kind::Float64,
-                    ChType::Decimal { precision, scale } => Kind::Decimal {
-                        precision: *precision,
-                        scale: *scale,
-                    },
-                    ChType::Uuid => Kind::Uuid,
-                    ChType::Date => Kind::Date,
-                    ChType::DateTime => Kind::DateTime,
-                    ChType::DateTime64 => Kind::DateTime64,
-                    // String, and the wrappers handled above.
-                    _ => Kind::String {
-                        bytea: *pg == PgType::Bytea,
-                    },
-                };
-                let unsupported = (!convertible(pg, &kind)).then(|| EncodeError::Unsupported {
+                let unsupported = (!convertible(pg, scalar)).then(|| EncodeError::Unsupported {
                     pg: pg.name(),
                     ch: scalar.sql(),
                 });
@@ -316,7 +260,8 @@ impl ColumnEncoder {
                     pg: pg.clone(),
                     ch: scalar.clone(),
                     nullable: false,
-                    kind,
+                    bytea: *scalar == ChType::String && *pg == PgType::Bytea,
+                    array: None,
                     unsupported,
                 }
             }
@@ -351,9 +296,22 @@ impl ColumnEncoder {
     pub fn encode_default(&self, out: &mut Vec<u8>) {
         if self.nullable {
             out.push(1);
-        } else {
-            self.kind.default_bytes(out);
+            return;
         }
+        let zeros = match &self.ch {
+            ChType::UInt8 | ChType::Bool => 1,
+            ChType::Int16 | ChType::Date => 2,
+            ChType::Int32 | ChType::Float32 | ChType::DateTime => 4,
+            ChType::Int64 | ChType::UInt64 | ChType::Float64 | ChType::DateTime64 => 8,
+            ChType::Uuid => 16,
+            ChType::Decimal { precision, .. } => decimal_width(*precision).unwrap_or(0),
+            // An empty string, an empty array: a zero length. (The wrappers never reach
+            // here: `ch` is below them.)
+            ChType::String | ChType::Array(_) | ChType::LowCardinality(_) | ChType::Nullable(_) => {
+                1
+            }
+        };
+        out.resize(out.len() + zeros, 0);
     }
 
     /// [`ColumnEncoder::encode`] without restoring `out` on error.
@@ -363,7 +321,7 @@ impl ColumnEncoder {
                 out.push(1);
                 return Ok(());
             }
-            if matches!(self.kind, Kind::Array { .. }) {
+            if matches!(self.ch, ChType::Array(_)) {
                 out.push(0);
                 return Ok(());
             }
@@ -375,39 +333,39 @@ impl ColumnEncoder {
         if self.nullable {
             out.push(0);
         }
-        match &self.kind {
+        match &self.ch {
             // The hot path: a plain copy.
-            Kind::String { bytea: false } => write_bytes(text, out),
-            Kind::String { bytea: true } => match self.parse(text)? {
+            ChType::String if !self.bytea => write_bytes(text, out),
+            ChType::String => match self.parse(text)? {
                 Value::Bytea(b) => write_bytes(&b, out),
                 _ => return Err(self.mismatch()),
             },
-            Kind::UInt8 => {
+            ChType::UInt8 => {
                 let v = u8::try_from(self.integer(text)?)
                     .map_err(|_| EncodeError::OutOfRange("integer out of range for UInt8"))?;
                 out.push(v);
             }
-            Kind::Bool => match self.integer(text)? {
+            ChType::Bool => match self.integer(text)? {
                 v @ (0 | 1) => out.push(v as u8),
                 _ => return Err(EncodeError::OutOfRange(BOOL_NOT_0_OR_1)),
             },
-            Kind::Int16 => {
+            ChType::Int16 => {
                 let v = i16::try_from(self.integer(text)?)
                     .map_err(|_| EncodeError::OutOfRange("integer out of range for Int16"))?;
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            Kind::Int32 => {
+            ChType::Int32 => {
                 let v = i32::try_from(self.integer(text)?)
                     .map_err(|_| EncodeError::OutOfRange("integer out of range for Int32"))?;
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            Kind::Int64 => out.extend_from_slice(&self.integer(text)?.to_le_bytes()),
-            Kind::UInt64 => {
+            ChType::Int64 => out.extend_from_slice(&self.integer(text)?.to_le_bytes()),
+            ChType::UInt64 => {
                 let v = u64::try_from(self.integer(text)?)
                     .map_err(|_| EncodeError::OutOfRange("negative integer for UInt64"))?;
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            Kind::Float32 => {
+            ChType::Float32 => {
                 // Narrowing a float8 rounds; float4 and integers come through as parsed.
                 let v = match self.parse(text)? {
                     Value::Float4(v) => v,
@@ -416,7 +374,7 @@ impl ColumnEncoder {
                 };
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            Kind::Float64 => {
+            ChType::Float64 => {
                 let v = match self.parse(text)? {
                     Value::Float4(v) => f64::from(v),
                     Value::Float8(v) => v,
@@ -424,7 +382,7 @@ impl ColumnEncoder {
                 };
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            Kind::Decimal { precision, scale } => {
+            ChType::Decimal { precision, scale } => {
                 let unscaled = match self.parse(text)? {
                     Value::Numeric(n) => numeric_unscaled(&n, *scale)?,
                     v => {
@@ -436,15 +394,15 @@ impl ColumnEncoder {
                 };
                 write_decimal(unscaled, *precision, out)?;
             }
-            Kind::Uuid => match self.parse(text)? {
+            ChType::Uuid => match self.parse(text)? {
                 Value::Uuid(b) => write_uuid(&b, out),
                 _ => return Err(self.mismatch()),
             },
-            Kind::Date => match self.parse(text)? {
+            ChType::Date => match self.parse(text)? {
                 Value::Date(d) => out.extend_from_slice(&date_days(d)?.to_le_bytes()),
                 _ => return Err(self.mismatch()),
             },
-            Kind::DateTime => {
+            ChType::DateTime => {
                 let micros = self.timestamp_micros(text, DATETIME_TOO_LATE)?;
                 // Whole seconds, rounding down: the sub-second part is dropped.
                 let secs = micros.div_euclid(1_000_000);
@@ -455,7 +413,7 @@ impl ColumnEncoder {
                 };
                 out.extend_from_slice(&secs.to_le_bytes());
             }
-            Kind::DateTime64 => {
+            ChType::DateTime64 => {
                 let micros = self.timestamp_micros(text, DATETIME64_TOO_LATE)?;
                 if micros < DATETIME64_MIN_MICROS {
                     return Err(EncodeError::OutOfRange(DATETIME64_TOO_EARLY));
@@ -465,7 +423,10 @@ impl ColumnEncoder {
                 }
                 out.extend_from_slice(&micros.to_le_bytes());
             }
-            Kind::Array { elem, as_text } => {
+            ChType::Array(_) => {
+                let Some(ArrayEncoder { elem, as_text }) = self.array.as_deref() else {
+                    return Err(self.mismatch());
+                };
                 // Split as text[] so each element keeps its exact text (a jsonb or numeric
                 // element is written as PostgreSQL printed it), then encode element-wise.
                 let items = match parse_value(as_text, text) {
@@ -489,6 +450,8 @@ impl ColumnEncoder {
                     elem.encode_unchecked(item, out)?;
                 }
             }
+            // `ch` is below the wrappers; nothing is ever encoded as one.
+            ChType::LowCardinality(_) | ChType::Nullable(_) => return Err(self.mismatch()),
         }
         Ok(())
     }
@@ -536,24 +499,27 @@ impl ColumnEncoder {
     }
 }
 
-/// Whether text of PostgreSQL type `pg` can be written as `kind` (arrays are checked
-/// element-wise by the caller).
-fn convertible(pg: &PgType, kind: &Kind) -> bool {
+/// Whether text of PostgreSQL type `pg` can be written as column type `ch`, below any
+/// wrapper (arrays are checked element-wise by the caller).
+fn convertible(pg: &PgType, ch: &ChType) -> bool {
     let integer = matches!(pg, PgType::Int2 | PgType::Int4 | PgType::Int8);
-    match kind {
-        Kind::UInt8 | Kind::Bool => integer || *pg == PgType::Bool,
-        Kind::Int16 | Kind::Int32 | Kind::Int64 | Kind::UInt64 => integer,
-        Kind::Float32 | Kind::Float64 => integer || matches!(pg, PgType::Float4 | PgType::Float8),
-        Kind::Decimal { precision, .. } => {
+    match ch {
+        ChType::UInt8 | ChType::Bool => integer || *pg == PgType::Bool,
+        ChType::Int16 | ChType::Int32 | ChType::Int64 | ChType::UInt64 => integer,
+        ChType::Float32 | ChType::Float64 => {
+            integer || matches!(pg, PgType::Float4 | PgType::Float8)
+        }
+        ChType::Decimal { precision, .. } => {
             decimal_width(*precision).is_some() && (integer || *pg == PgType::Numeric)
         }
-        Kind::String { .. } => true,
-        Kind::Uuid => *pg == PgType::Uuid,
-        Kind::Date => *pg == PgType::Date,
-        Kind::DateTime | Kind::DateTime64 => {
+        ChType::String => true,
+        ChType::Uuid => *pg == PgType::Uuid,
+        ChType::Date => *pg == PgType::Date,
+        ChType::DateTime | ChType::DateTime64 => {
             matches!(pg, PgType::Timestamp | PgType::TimestampTz)
         }
-        Kind::Array { .. } => matches!(pg, PgType::Array(_)),
+        ChType::Array(_) => matches!(pg, PgType::Array(_)),
+        ChType::LowCardinality(_) | ChType::Nullable(_) => false,
     }
 }
 

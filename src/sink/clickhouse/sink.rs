@@ -229,8 +229,16 @@ impl fmt::Debug for ClickHouseSink {
 impl ClickHouseSink {
     /// Connects (the first statement reads the server version).
     pub async fn connect(store: &ClickHouseStore) -> Result<ClickHouseSink, ClickHouseError> {
+        let url =
+            super::config::server_url(&store.url).map_err(|message| ClickHouseError::Server {
+                what: "reading the ClickHouse URL".to_owned(),
+                table: None,
+                message: format!("url {message}"),
+                code: None,
+                transient: false,
+            })?;
         let mut client = Client::default()
-            .with_url(&store.url)
+            .with_url(&url)
             .with_user(&store.user)
             // Row-type validation sends a setting servers before 22.x do not know, and pgfanout
             // writes pre-encoded RowBinary anyway.
@@ -245,10 +253,7 @@ impl ClickHouseSink {
             tables: Vec::new(),
             watermark: None,
         };
-        let what = format!(
-            "connecting to ClickHouse at {} (reading its version)",
-            store.url
-        );
+        let what = format!("connecting to ClickHouse at {url} (reading its version)");
         let text = sink.fetch_text(&what, None, "SELECT version()").await?;
         sink.version =
             ServerVersion::parse(text.trim()).ok_or_else(|| ClickHouseError::Server {
@@ -258,7 +263,7 @@ impl ClickHouseSink {
                 code: None,
                 transient: false,
             })?;
-        debug!(url = %store.url, version = %sink.version, "connected to ClickHouse");
+        debug!(url = %url, version = %sink.version, "connected to ClickHouse");
         Ok(sink)
     }
 

@@ -27,9 +27,6 @@ pub enum PostgresError {
         message: String,
         code: Option<SqlState>,
         transient: bool,
-        /// The driver error, kept only when its text cannot hold row values.
-        #[source]
-        source: Option<tokio_postgres::Error>,
     },
 
     #[error("invalid batch for destination {destination:?}, table {table}: {reason}")]
@@ -127,9 +124,11 @@ pub(super) fn query_error(
 ) -> PostgresError {
     let code = e.code().cloned();
     let transient = pg_error_is_transient(&e);
-    let (message, source) = match e.as_db_error() {
+    // The message holds what is safe of the driver's error; the error itself is not chained
+    // (its text is "db error", and its server message may quote row values).
+    let message = match e.as_db_error() {
         Some(db) if sqlstate_message_is_safe(db.code().code()) => {
-            (format!("{db} (SQLSTATE {})", db.code().code()), Some(e))
+            format!("{db} (SQLSTATE {})", db.code().code())
         }
         Some(db) => {
             // Data exceptions, constraint violations, raised exceptions: their text and detail
@@ -148,11 +147,11 @@ pub(super) fn query_error(
             if db.code().code().starts_with("22") {
                 m.push_str("\nHINT: a value does not fit its target column's type; check the mapping's type for this column");
             }
-            (m, None)
+            m
         }
         None => match std::error::Error::source(&e) {
-            Some(cause) => (format!("{e}: {cause}"), Some(e)),
-            None => (e.to_string(), Some(e)),
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
         },
     };
     PostgresError::Query {
@@ -165,6 +164,13 @@ pub(super) fn query_error(
         message,
         code,
         transient,
-        source,
     }
+}
+
+pub(super) fn to_i64(destination: &str, table: &str, seq: u64) -> Result<i64, PostgresError> {
+    i64::try_from(seq).map_err(|_| PostgresError::InvalidBatch {
+        destination: destination.to_owned(),
+        table: table.to_owned(),
+        reason: format!("seq {seq} does not fit a bigint"),
+    })
 }

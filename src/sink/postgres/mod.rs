@@ -40,6 +40,7 @@
 //! values have equal text. Target tables must not reference each other with immediate foreign
 //! keys: a batch writes table by table.
 
+pub mod config;
 mod ddl;
 mod error;
 mod plan;

@@ -3,8 +3,8 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::error::PostgresError;
-use super::sink::{to_i64, Prepared};
+use super::error::{to_i64, PostgresError};
+use super::statements::Prepared;
 use crate::sink::{Batch, Cell, RowOp};
 use crate::sql::quote_ident;
 

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use super::ddl::{check_identifier, check_spec, create_table_sql, type_sql};
-use super::error::{query_error, PostgresError};
+use super::error::{query_error, to_i64, PostgresError};
 use super::plan::{plan, write, BatchPlan, TablePlan, WriteFailure};
-use super::statements::statements;
+use super::statements::{statements, Prepared};
 use crate::sink::{Batch, ColumnType, TargetTable, DELETED_COLUMN, WATERMARK_TABLE};
 use crate::sql::{quote_ident, QualifiedName};
 use crate::value::PgType;
@@ -21,23 +21,6 @@ pub enum ApplyOutcome {
     Applied,
     /// The watermark was already at or beyond the batch's `last_seq`; nothing was written.
     AlreadyApplied { watermark: u64 },
-}
-
-/// A validated table with its prepared statements.
-pub(super) struct Prepared {
-    pub(super) spec: TargetTable,
-    pub(super) name: QualifiedName,
-    /// Column indexes of the key columns, in key order.
-    pub(super) key_idx: Vec<usize>,
-    /// Per column, the type to cast text to, as `format_type` spells the catalog's type.
-    pub(super) casts: Vec<String>,
-    pub(super) upsert: Statement,
-    /// None when every column is a key column (nothing can be unchanged).
-    pub(super) keep: Option<Statement>,
-    /// Like `keep`, for rows whose key changed; None alike.
-    pub(super) carry: Option<Statement>,
-    pub(super) delete: Statement,
-    pub(super) truncate: Statement,
 }
 
 /// Writes batches into one PostgreSQL database. The watermark table lives in `schema`.
@@ -499,13 +482,5 @@ pub(super) fn watermark_value(
         destination: destination.to_owned(),
         table: table.clone(),
         value,
-    })
-}
-
-pub(super) fn to_i64(destination: &str, table: &str, seq: u64) -> Result<i64, PostgresError> {
-    i64::try_from(seq).map_err(|_| PostgresError::InvalidBatch {
-        destination: destination.to_owned(),
-        table: table.to_owned(),
-        reason: format!("seq {seq} does not fit a bigint"),
     })
 }

@@ -1,7 +1,10 @@
 //! The statements each target table is written with, as text (see the diagram in `mod.rs`).
 
+use tokio_postgres::Statement;
+
 use crate::sink::{TargetTable, DELETED_COLUMN};
 use crate::sql::quote_ident;
+use crate::sql::QualifiedName;
 
 pub(super) struct Sql {
     pub(super) upsert: String,
@@ -174,6 +177,23 @@ pub(super) fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -
         delete,
         truncate,
     }
+}
+
+/// A validated table with its prepared statements.
+pub(super) struct Prepared {
+    pub(super) spec: TargetTable,
+    pub(super) name: QualifiedName,
+    /// Column indexes of the key columns, in key order.
+    pub(super) key_idx: Vec<usize>,
+    /// Per column, the type to cast text to, as `format_type` spells the catalog's type.
+    pub(super) casts: Vec<String>,
+    pub(super) upsert: Statement,
+    /// None when every column is a key column (nothing can be unchanged).
+    pub(super) keep: Option<Statement>,
+    /// Like `keep`, for rows whose key changed; None alike.
+    pub(super) carry: Option<Statement>,
+    pub(super) delete: Statement,
+    pub(super) truncate: Statement,
 }
 
 #[cfg(test)]

@@ -1,0 +1,46 @@
+//! How an error is shown: its own message, then each cause in its chain, once. Every error
+//! type prints only its own text (what was being done, and a hint); the causes are joined
+//! here, at the edges that show errors to a person: the command line, the logs, and the
+//! `last_error` that `status` reports.
+
+use std::error::Error;
+use std::fmt;
+
+/// `error: cause: cause …` on one line (logs, status), or with `{:#}` one cause per line
+/// under the message (the command line).
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            if f.alternate() {
+                write!(f, "\n  caused by: {c}")?;
+            } else {
+                write!(f, ": {c}")?;
+            }
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the segment")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_once() {
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(Chain(&e).to_string(), "reading the segment: disk on fire");
+        assert_eq!(
+            format!("{:#}", Chain(&e)),
+            "reading the segment\n  caused by: disk on fire"
+        );
+    }
+}
