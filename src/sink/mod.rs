@@ -53,6 +53,7 @@ use std::borrow::Cow;
 pub use self::clickhouse::{ClickHouseError, ClickHouseSink};
 use crate::config::{StoreConfig, StoreSettings};
 use crate::disposition::{Classify, ErrorKind};
+use crate::sql::quote_ident;
 pub use crate::target::{
     ColumnType, TargetColumn, TargetTable, DEFAULT_DELETED_COLUMN, DEFAULT_VERSION_COLUMN,
     DELETED_COLUMN, WATERMARK_TABLE,
@@ -145,6 +146,40 @@ impl<'a> Batch<'a> {
         }
         last
     }
+}
+
+/// The one check of a batch's seqs (both writers call it): a change or truncate (`what`) at
+/// `seq` must not pass the batch's `last_seq`, the watermark the batch moves to.
+pub(crate) fn seq_in_batch(what: &str, seq: u64, batch: &Batch<'_>) -> Result<(), String> {
+    if seq > batch.last_seq {
+        return Err(format!(
+            "{what} seq {seq} is beyond the batch's last_seq {}",
+            batch.last_seq
+        ));
+    }
+    Ok(())
+}
+
+/// The one check of an op against its table (both writers call it): the cell counts fit the
+/// table, and every key cell is text. Returns the key cells and their texts, in key order;
+/// `key_idx` are the key columns' indexes in `table.columns`.
+pub(crate) fn checked_key<'b, 'a>(
+    op: &'b RowOp<'a>,
+    table: &TargetTable,
+    key_idx: &[usize],
+) -> Result<(Vec<&'b Cell<'a>>, Vec<&'b str>), String> {
+    let cells = key_cells(op, table.columns.len(), key_idx)?;
+    let texts = cells
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            c.as_str().ok_or_else(|| {
+                let name = table.key.get(j).map_or("?", String::as_str);
+                format!("key column {} is NULL or unchanged", quote_ident(name))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((cells, texts))
 }
 
 /// The key cells of `op` for a table of `columns` columns keyed by the columns at `key_idx`,
@@ -266,6 +301,39 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_cells_must_be_text_and_seqs_within_the_batch() {
+        use crate::value::PgType;
+        let table = TargetTable::new(
+            "s",
+            "t",
+            vec![
+                TargetColumn::new("k", PgType::Text, false),
+                TargetColumn::new("v", PgType::Text, true),
+            ],
+            vec!["k".into()],
+        );
+        let ok = RowOp::Upsert {
+            seq: 1,
+            cells: vec![text("a"), Cell::Null],
+        };
+        assert_eq!(checked_key(&ok, &table, &[0]).unwrap().1, ["a"]);
+        let null_key = RowOp::Delete {
+            seq: 2,
+            key: vec![Cell::Null],
+        };
+        assert_eq!(
+            checked_key(&null_key, &table, &[0]).unwrap_err(),
+            "key column \"k\" is NULL or unchanged"
+        );
+        let batch = Batch::new(5);
+        assert!(seq_in_batch("change", 5, &batch).is_ok());
+        assert_eq!(
+            seq_in_batch("truncate", 6, &batch).unwrap_err(),
+            "truncate seq 6 is beyond the batch's last_seq 5"
+        );
+    }
 
     #[test]
     fn an_op_is_checked_against_its_table() {

@@ -50,7 +50,9 @@ use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
 use crate::disposition::{Classify, ErrorKind};
 use crate::problems::Problems;
-use crate::sink::{Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE};
+use crate::sink::{
+    checked_key, seq_in_batch, Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE,
+};
 use crate::value::PgType;
 
 /// How long one statement may take before the session is considered lost.
@@ -753,16 +755,7 @@ impl ClickHouseSink {
         });
         for (ti, op) in &batch.ops {
             let t = self.table(destination, *ti)?;
-            if op.seq() > batch.last_seq {
-                return Err(invalid(
-                    &t.label,
-                    format!(
-                        "change seq {} is beyond the batch's last_seq {}",
-                        op.seq(),
-                        batch.last_seq
-                    ),
-                ));
-            }
+            seq_in_batch("change", op.seq(), batch).map_err(|reason| invalid(&t.label, reason))?;
             let plan = &mut plans[*ti];
             let well_formed = match op {
                 RowOp::Upsert { cells, .. } => {
@@ -786,10 +779,8 @@ impl ClickHouseSink {
                 });
                 continue;
             }
-            let key_cells = crate::sink::key_cells(op, t.spec.columns.len(), &t.key_idx)
-                .map_err(|reason| invalid(&t.label, reason))?;
-            let key = key_text(&key_cells)
-                .ok_or_else(|| invalid(&t.label, "a key column is NULL or unchanged".into()))?;
+            let (_, key) =
+                checked_key(op, &t.spec, &t.key_idx).map_err(|reason| invalid(&t.label, reason))?;
             let has_unchanged =
                 |cells: &[Cell<'_>]| cells.iter().any(|c| matches!(c, Cell::Unchanged));
             let row = match op {
@@ -1112,10 +1103,6 @@ struct PlannedRow<'b, 'a> {
 enum PlannedOp<'b, 'a> {
     Upsert(Cow<'b, [Cell<'a>]>),
     Delete(&'b [Cell<'a>]),
-}
-
-fn key_text<'b>(cells: &[&'b Cell<'_>]) -> Option<Vec<&'b str>> {
-    cells.iter().map(|c| c.as_str()).collect()
 }
 
 /// The PostgreSQL type whose text a column's cells hold.

@@ -5,8 +5,7 @@ use tokio_postgres::types::ToSql;
 
 use super::error::{to_i64, PostgresError};
 use super::statements::Prepared;
-use crate::sink::{Batch, Cell, RowOp};
-use crate::sql::quote_ident;
+use crate::sink::{checked_key, seq_in_batch, Batch, Cell, RowOp};
 
 /// One collapsed upsert: a seq and one cell per column.
 pub(super) struct Upsert<'b, 'a> {
@@ -208,15 +207,7 @@ pub(super) fn plan<'b, 'a>(
         })
     };
     let checked_seq = |tname: &str, what: &str, seq: u64| {
-        if seq > batch.last_seq {
-            return Err(invalid(
-                tname,
-                format!(
-                    "{what} seq {seq} is beyond the batch's last_seq {}",
-                    batch.last_seq
-                ),
-            ));
-        }
+        seq_in_batch(what, seq, batch).map_err(|reason| invalid(tname, reason))?;
         to_i64(destination, tname, seq)
     };
     // Per table: key text → slot in `latest`.
@@ -231,23 +222,8 @@ pub(super) fn plan<'b, 'a>(
         let t = table_at(*ti)?;
         let tname = t.name.to_string();
         let seq = checked_seq(&tname, "change", op.seq())?;
-        let key_cells = crate::sink::key_cells(op, t.spec.columns.len(), &t.key_idx)
-            .map_err(|reason| invalid(&tname, reason))?;
-        let mut key_text = Vec::with_capacity(key_cells.len());
-        for (j, c) in key_cells.iter().enumerate() {
-            match c {
-                Cell::Text(s) => key_text.push(s.as_ref()),
-                _ => {
-                    return Err(invalid(
-                        &tname,
-                        format!(
-                            "key column {} is NULL or unchanged",
-                            quote_ident(&t.spec.key[j])
-                        ),
-                    ))
-                }
-            }
-        }
+        let (key_cells, key_text) =
+            checked_key(op, &t.spec, &t.key_idx).map_err(|reason| invalid(&tname, reason))?;
         let new = match op {
             RowOp::Upsert { cells, .. } => {
                 let mut u = Upsert {
