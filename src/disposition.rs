@@ -79,6 +79,15 @@ pub fn disposition(kind: ErrorKind, scope: Scope) -> Disposition {
     }
 }
 
+/// Whether this SQLSTATE says an object a statement named is gone: 42P01 undefined table,
+/// 42703 undefined column, 3F000 invalid schema name. For a destination writer that validated
+/// its tables at connection, that is something changed under it: starting over validates the
+/// tables again (and creates them, with `create_tables`), which heals it or reports a schema
+/// problem.
+pub fn sqlstate_object_vanished(code: &str) -> bool {
+    matches!(code, "42P01" | "42703" | "3F000")
+}
+
 /// The kind of a server error with this SQLSTATE: [`sqlstate_is_transient`] ones are
 /// transient, every other is definite.
 pub fn sqlstate_kind(code: &str) -> ErrorKind {

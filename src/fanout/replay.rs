@@ -2,20 +2,27 @@
 //! whether the daemon runs or not. Replayed batches neither read nor move the watermark; the
 //! per-row version guard keeps rows the destination already has at a newer version.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
+use crate::disposition::{disposition, Backoff, Classify, Disposition, Scope};
 use crate::fanout::route::Routed;
-use crate::sink::{Batch, Writer};
+use crate::report::Chain;
+use crate::sink::{Batch, SinkError, Writer};
 
-use super::setup::Setup;
+use super::setup::{DestinationPlan, Setup};
 use super::{read_step, FanoutError};
 
 /// Records read from the log per step.
 const REPLAY_READ: usize = 4096;
+/// Attempts at connecting or at one batch while the destination's error is one a retry can
+/// fix: a command waits out a blip, not an outage.
+const REPLAY_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -58,7 +65,9 @@ pub async fn replay(
         destination: destination.to_owned(),
         source,
     };
-    let mut sink = Writer::connect(&plan.config, &plan.tables)
+    // Connected (and the tables checked) before anything is read.
+    let mut sink: Option<Writer> = None;
+    apply_retrying(&mut sink, plan, destination, None)
         .await
         .map_err(dest_err)?;
     let started = Instant::now();
@@ -89,7 +98,9 @@ pub async fn replay(
             batch.last_seq = c.seq;
         }
         if rows >= plan.config.batch_rows || (done && rows > 0) {
-            sink.replay(destination, &batch).await.map_err(dest_err)?;
+            apply_retrying(&mut sink, plan, destination, Some(&batch))
+                .await
+                .map_err(dest_err)?;
             report.ops += rows as u64;
             batch = Batch::new(batch.last_seq);
             rows = 0;
@@ -100,4 +111,45 @@ pub async fn replay(
     }
     info!(destination, from_seq, changes = report.changes, ops = report.ops, elapsed = ?started.elapsed(), "replay finished");
     Ok(report)
+}
+
+/// Connects when not connected, then replays `batch` (if any), asking the error policy what
+/// to do after a failure: a transient one reconnects and tries again, up to
+/// [`REPLAY_ATTEMPTS`]; anything else ends the replay with that error. Replaying a batch
+/// twice is harmless: the version guard keeps what is newer.
+async fn apply_retrying(
+    sink: &mut Option<Writer>,
+    plan: &DestinationPlan,
+    destination: &str,
+    batch: Option<&Batch<'_>>,
+) -> Result<(), SinkError> {
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, MAX_BACKOFF);
+    let mut attempt = 1;
+    loop {
+        let result = async {
+            let writer = match sink {
+                Some(w) => w,
+                None => sink.insert(Writer::connect(&plan.config, &plan.tables).await?),
+            };
+            match batch {
+                Some(b) => writer.replay(destination, b).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if attempt < REPLAY_ATTEMPTS
+                    && disposition(e.kind(), Scope::Destination) == Disposition::Retry =>
+            {
+                let delay = backoff.next_delay(Duration::ZERO);
+                warn!(destination, attempt, error = %Chain(&e), retry_in = ?delay, "replay: retrying");
+                *sink = None;
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

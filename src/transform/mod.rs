@@ -57,6 +57,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::change::{Relation, Tuple};
+use crate::problems::Problems;
 use crate::value::{PgType, ValueError};
 
 use compile::{CExpr, CPred, Compiler, Scope, Ty};
@@ -207,10 +208,8 @@ impl fmt::Display for CompileError {
             self.relation,
             if n == 1 { "" } else { "s" }
         )?;
-        for p in &self.problems {
-            write!(f, "\n  - {p}")?;
-        }
-        Ok(())
+        let list: Problems = self.problems.iter().map(Problem::to_string).collect();
+        write!(f, "{list}")
     }
 }
 

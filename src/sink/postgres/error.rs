@@ -6,7 +6,8 @@ use std::fmt;
 use tokio_postgres::error::SqlState;
 
 use crate::disposition::{
-    pg_error_is_transient, sqlstate_description, sqlstate_message_is_safe, Classify, ErrorKind,
+    pg_error_is_transient, sqlstate_description, sqlstate_message_is_safe,
+    sqlstate_object_vanished, Classify, ErrorKind,
 };
 use crate::problems::Problems;
 use crate::sql::{quote_ident, QualifiedName};
@@ -57,14 +58,7 @@ impl Classify for PostgresError {
             PostgresError::Query {
                 transient: true, ..
             } => ErrorKind::Transient,
-            PostgresError::Query { code: Some(c), .. }
-                if [
-                    SqlState::UNDEFINED_TABLE,
-                    SqlState::UNDEFINED_COLUMN,
-                    SqlState::INVALID_SCHEMA_NAME,
-                ]
-                .contains(c) =>
-            {
+            PostgresError::Query { code: Some(c), .. } if sqlstate_object_vanished(c.code()) => {
                 ErrorKind::Transient
             }
             PostgresError::Query { .. }
