@@ -612,24 +612,9 @@ fn write_decimal(v: i128, precision: u8, out: &mut Vec<u8>) -> Result<(), Encode
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::clickhouse::types::tests::{arr, dec, lc, n, parr};
     use crate::sink::clickhouse::types::{target_type, ServerVersion};
     use proptest::prelude::*;
-
-    fn n(t: ChType) -> ChType {
-        ChType::Nullable(Box::new(t))
-    }
-    fn lc(t: ChType) -> ChType {
-        ChType::LowCardinality(Box::new(t))
-    }
-    fn arr(t: ChType) -> ChType {
-        ChType::Array(Box::new(t))
-    }
-    fn parr(t: PgType) -> PgType {
-        PgType::Array(Box::new(t))
-    }
-    fn dec(precision: u8, scale: u8) -> ChType {
-        ChType::Decimal { precision, scale }
-    }
 
     fn enc(pg: &PgType, ch: &ChType, text: Option<&str>) -> Result<Vec<u8>, EncodeError> {
         let e = ColumnEncoder::new(pg, ch);

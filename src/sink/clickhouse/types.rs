@@ -423,7 +423,7 @@ pub fn target_type(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
 
     #[test]
     fn reader_policies_need_access_control_and_get_setting() {
@@ -438,19 +438,20 @@ mod tests {
     const OLD: ServerVersion = ServerVersion::new(18, 16);
     const NEW: ServerVersion = ServerVersion::new(24, 3);
 
-    fn n(t: ChType) -> ChType {
+    // Shorthands for types, shared with rowbinary's tests.
+    pub(crate) fn n(t: ChType) -> ChType {
         ChType::Nullable(Box::new(t))
     }
-    fn lc(t: ChType) -> ChType {
+    pub(crate) fn lc(t: ChType) -> ChType {
         ChType::LowCardinality(Box::new(t))
     }
-    fn arr(t: ChType) -> ChType {
+    pub(crate) fn arr(t: ChType) -> ChType {
         ChType::Array(Box::new(t))
     }
-    fn parr(t: PgType) -> PgType {
+    pub(crate) fn parr(t: PgType) -> PgType {
         PgType::Array(Box::new(t))
     }
-    fn dec(precision: u8, scale: u8) -> ChType {
+    pub(crate) fn dec(precision: u8, scale: u8) -> ChType {
         ChType::Decimal { precision, scale }
     }
     /// `atttypmod` of `numeric(p, s)`.
