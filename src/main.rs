@@ -1,5 +1,6 @@
 //! The `pgfanout` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -131,7 +132,8 @@ enum LogCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let log_format = cli.log_format;
+    init_logging(log_format);
     let runtime = match // One thread: the stream is a single sequential pipeline, and cross-thread wake-ups cost
     // more than they give (measured with scripts/bench-e2e.sh).
     tokio::runtime::Builder::new_current_thread()
@@ -148,8 +150,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The one place an error reaches a person on the command line: its message, then
-            // each cause once.
-            eprintln!("error: {:#}", Chain(e.as_ref()));
+            // each cause once; under --log-format json, as one JSON line like every other.
+            match log_format {
+                LogFormat::Text => eprintln!("error: {:#}", Chain(e.as_ref())),
+                LogFormat::Json => tracing::error!(error = %Chain(e.as_ref()), "pgfanout stopped"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -280,10 +285,15 @@ async fn ctrl_c() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs every server NOTICE at INFO ("relation … already exists, skipping"):
+    // noise for an operator, so only its warnings show unless RUST_LOG says otherwise.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never into a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -280,3 +280,47 @@ fn clickhouse_problems_are_reported_with_their_keys() {
         "the URL's password is never echoed: {found:?}"
     );
 }
+
+/// The command line is where an error reaches a person: its message, then each cause once,
+/// without colour codes when stderr is not a terminal; under `--log-format json`, one JSON
+/// line like every other log line.
+#[test]
+fn a_missing_file_is_reported_once_per_cause_as_text_or_json() {
+    let missing = std::env::temp_dir().join("pgfanout-no-such-config.toml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+            .args(args)
+            .arg("--config")
+            .arg(&missing)
+            .output()
+            .expect("run pgfanout")
+    };
+
+    let out = run(&["check"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.starts_with(&format!(
+            "error: cannot read config file {}\n  caused by: No such file",
+            missing.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("No such file").count(), 1, "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour codes into a pipe: {text:?}");
+
+    let out = run(&["--log-format", "json", "check"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    let error = last["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot read config file") && error.contains("No such file"),
+        "{last}"
+    );
+}
