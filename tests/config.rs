@@ -307,7 +307,10 @@ fn a_missing_file_is_reported_once_per_cause_as_text_or_json() {
         "{text}"
     );
     assert_eq!(text.matches("No such file").count(), 1, "{text}");
-    assert!(!text.contains('\u{1b}'), "no colour codes into a pipe: {text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes into a pipe: {text:?}"
+    );
 
     let out = run(&["--log-format", "json", "check"]);
     assert!(!out.status.success());
