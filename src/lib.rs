@@ -11,10 +11,11 @@
 //! ```
 //!
 //! The modules are layered, lowest first; a module uses only lower layers (`tests/layers.rs`):
-//! core types and rules (`lsn`, `value`, `sql`, `digest`, `problems`, `disposition`, then
+//! core types and rules (`lsn`, `binding`, `value`, `sql`, `digest`, `problems`, `disposition`, then
 //! `change`, `target`) → `pgconn` → `config` → stages (`source`, `sequencer`, `changelog`,
 //! `state`, `transform`, then `sink`) → `fanout` → `pipeline` → `cmd` → the binary.
 
+pub mod binding;
 pub mod change;
 pub mod changelog;
 pub mod cmd;

@@ -64,6 +64,12 @@ enum Command {
         /// Stop once everything up to this LSN (e.g. 0/1A2B3C8) is in the change log.
         #[arg(long)]
         endpos: Option<pgfanout::lsn::Lsn>,
+        /// Create the replication slot again when it is missing or was confirmed past what the
+        /// change log holds: numbering continues after the highest seq ever confirmed, and
+        /// every destination is marked needs resync (what happened in between is not in the
+        /// log). Without it, start-up refuses.
+        #[arg(long)]
+        recreate_slot: bool,
     },
     /// Check every start-up precondition (read-only) and report all problems; exit 1 if any.
     Check {
@@ -184,9 +190,16 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             )
             .await?;
         }
-        Command::Run { config, endpos } => {
+        Command::Run {
+            config,
+            endpos,
+            recreate_slot,
+        } => {
             let config = load_config(&config)?;
-            let opts = pgfanout::pipeline::RunOptions { endpos };
+            let opts = pgfanout::pipeline::RunOptions {
+                endpos,
+                recreate_slot,
+            };
             pgfanout::pipeline::run(&config, opts, ctrl_c()).await?;
         }
         Command::Check { config } => {

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     // Core types and rules: imports nothing of pgfanout's.
     &[
         "lsn",
+        "binding",
         "value",
         "sql",
         "digest",

@@ -5,13 +5,14 @@ mod support;
 
 use std::sync::Arc;
 
+use pgfanout::binding::{Lineage, SourceId};
 use pgfanout::config::Secret;
 use pgfanout::disposition::Classify;
 use pgfanout::lsn::Lsn;
 use pgfanout::pgconn::{Host, SslMode};
 use pgfanout::report::Chain;
 use pgfanout::state::{
-    migrate, Checkpoint, Migration, StateDb, StateError, DEFAULT_SCHEMA, MIGRATIONS,
+    migrate, Binding, Checkpoint, Migration, StateDb, StateError, DEFAULT_SCHEMA, MIGRATIONS,
 };
 use support::*;
 
@@ -301,7 +302,8 @@ async fn a_hostile_schema_name_is_quoted() {
     let db = fresh_db("state_hostile").await;
     let schema = "pg\"fanout; drop";
     let state = StateDb::connect(&conninfo(&db), schema).await.unwrap();
-    assert_eq!(state.migrations().applied, [1, 2]);
+    let every: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(state.migrations().applied, every);
     let client = sql(&db).await;
     assert!(schema_exists(&client, schema).await);
     assert_eq!(
@@ -312,14 +314,43 @@ async fn a_hostile_schema_name_is_quoted() {
     assert!(!schema_exists(&client, "pg").await);
     assert_eq!(history(&client, schema).await.len(), MIGRATIONS.len());
 
-    let cp = Checkpoint {
-        commit_end_lsn: Lsn(0x1_0000_0A00),
-        last_seq: 5,
+    // The binding round-trips too, with a system identifier beyond bigint's range.
+    let bound = |lsn: u64, seq: u64, lineage: Lineage| Checkpoint {
+        commit_end_lsn: Lsn(lsn),
+        last_seq: seq,
+        binding: Some(Binding {
+            lineage,
+            source: SourceId {
+                system_identifier: u64::MAX,
+                timeline: 3,
+                database: "app".into(),
+                slot: "slot'; --".into(),
+            },
+        }),
     };
+    let first = Lineage::random();
+    let cp = bound(0x1_0000_0A00, 5, first);
     assert!(state.checkpoints().save("slot'; --", &cp).await.unwrap());
     assert_eq!(
         state.checkpoints().load("slot'; --").await.unwrap(),
         Some(cp)
+    );
+    // An older checkpoint of the same numbering is refused; one of a new numbering (started
+    // on purpose, after start-up's checks) replaces it whatever its numbers.
+    assert!(!state
+        .checkpoints()
+        .save("slot'; --", &bound(0x10, 1, first))
+        .await
+        .unwrap());
+    let renumbered = bound(0x10, 1, Lineage::random());
+    assert!(state
+        .checkpoints()
+        .save("slot'; --", &renumbered)
+        .await
+        .unwrap());
+    assert_eq!(
+        state.checkpoints().load("slot'; --").await.unwrap(),
+        Some(renumbered)
     );
 }
 
@@ -335,31 +366,32 @@ async fn checkpoints_round_trip_and_never_move_backwards() {
     let cp = |lsn: u64, seq: u64| Checkpoint {
         commit_end_lsn: Lsn(lsn),
         last_seq: seq,
+        binding: None,
     };
     let first = cp(0x16_B374_D848, 100);
     assert!(store.save("s1", &first).await.unwrap());
-    assert_eq!(store.load("s1").await.unwrap(), Some(first));
+    assert_eq!(store.load("s1").await.unwrap(), Some(first.clone()));
     assert_eq!(store.load("s2").await.unwrap(), None, "slots are separate");
 
     // Older seq: ignored.
     assert!(!store.save("s1", &cp(0x17_0000_0000, 99)).await.unwrap());
-    assert_eq!(store.load("s1").await.unwrap(), Some(first));
+    assert_eq!(store.load("s1").await.unwrap(), Some(first.clone()));
     // Same seq, older LSN: ignored. Same seq, later LSN: progress (an empty transaction).
     assert!(!store.save("s1", &cp(0x16_B374_D847, 100)).await.unwrap());
     let later = cp(0x16_B374_D900, 100);
     assert!(store.save("s1", &later).await.unwrap());
-    assert_eq!(store.load("s1").await.unwrap(), Some(later));
+    assert_eq!(store.load("s1").await.unwrap(), Some(later.clone()));
     // The same checkpoint again is fine.
     assert!(store.save("s1", &later).await.unwrap());
     // Newer: written. LSNs above 32 bits and seqs up to i64::MAX survive the round trip.
     let newest = cp(0xFFFF_FFFE_0000_0001, i64::MAX as u64);
     assert!(store.save("s1", &newest).await.unwrap());
-    assert_eq!(store.load("s1").await.unwrap(), Some(newest));
+    assert_eq!(store.load("s1").await.unwrap(), Some(newest.clone()));
 
     let e = store.save("s1", &cp(1, u64::MAX)).await.unwrap_err();
     assert!(matches!(e, StateError::InvalidValue { .. }), "{e:?}");
     assert!(!e.is_transient());
-    assert_eq!(store.load("s1").await.unwrap(), Some(newest));
+    assert_eq!(store.load("s1").await.unwrap(), Some(newest.clone()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +474,7 @@ async fn errors_say_whether_a_retry_can_help_and_hide_the_password() {
     let cp = Checkpoint {
         commit_end_lsn: Lsn(42),
         last_seq: 1,
+        binding: None,
     };
     assert!(state.checkpoints().save("s", &cp).await.unwrap());
     assert_eq!(state.checkpoints().load("s").await.unwrap(), Some(cp));

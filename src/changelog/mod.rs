@@ -63,6 +63,7 @@
 //! like one (`Recovered::truncated_bytes` reports how much).
 
 mod frame;
+mod meta;
 mod reader;
 pub mod record;
 mod segment;
@@ -72,6 +73,7 @@ mod tests;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -81,6 +83,7 @@ use crate::lsn::Lsn;
 use crate::value::Timestamp;
 
 pub use frame::{decode_frame, Frame, FrameError};
+pub use meta::{read_meta, LogMeta, Position};
 pub use reader::{verify, LogReader, VerifyReport};
 pub use record::{LogRecord, RecordDecoder, RecordError};
 pub use segment::Problem;
@@ -133,8 +136,11 @@ pub struct Recovered {
     /// Seq of the last change in the log (that of `last_commit`), 0 for an empty log.
     pub last_seq: u64,
     pub last_commit: Option<CommitInfo>,
-    /// Bytes removed from the end of the last segment (torn frame, uncommitted transaction).
+    /// Bytes removed from the end of the last segment (torn frame, uncommitted transaction);
+    /// for [`ChangeLog::open_checked`]'s check, the bytes recovery is about to remove.
     pub truncated_bytes: u64,
+    /// The META file: the source the log is bound to and its position (`None` for a new log).
+    pub meta: Option<LogMeta>,
 }
 
 /// What the log may delete.
@@ -195,6 +201,10 @@ pub enum LogError {
     RecordTooLarge { seq: u64, bytes: usize },
     #[error("the change log writer failed earlier and must be reopened (which recovers from what is on disk)")]
     Poisoned,
+    #[error("the change log's META file {path} is damaged: {detail}\nHINT: it binds the log to its source; restore it from a backup of the log directory, or move the directory aside and start a new log")]
+    BadMeta { path: PathBuf, detail: String },
+    #[error("cannot record a position in a change log that is not bound to a source yet")]
+    Unbound,
 }
 
 /// The durable state shared between the writer and its readers.
@@ -297,6 +307,7 @@ pub struct ChangeLog {
     roll_pending: bool,
     dir_dirty: bool,
     poisoned: bool,
+    meta: Option<LogMeta>,
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LogError {
@@ -306,6 +317,16 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LogErr
         path,
         source,
     }
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only: the log holds row values.
+fn create_private_dir(dir: &Path) -> Result<(), LogError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("creating the change log directory", dir))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
@@ -422,6 +443,7 @@ pub struct LogSummary {
     /// 0 for an empty log.
     pub last_seq: u64,
     pub last_commit: Option<CommitInfo>,
+    pub meta: Option<LogMeta>,
 }
 
 /// Summarises the log in `dir` (an absent directory is an empty log).
@@ -440,19 +462,32 @@ pub fn summary(dir: &Path) -> Result<LogSummary, LogError> {
             .map(|s| s.first_seq),
         last_seq: state.durable.map_or(0, |c| c.last_seq),
         last_commit: state.durable,
+        meta: read_meta(dir)?,
     })
 }
 
 impl ChangeLog {
     /// Opens the log in `dir` (created if needed) and recovers it; see the module comment.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(ChangeLog, Recovered), LogError> {
-        fs::create_dir_all(dir).map_err(io_err("creating the change log directory", dir))?;
+        Self::open_checked(dir, opts, |_| Ok::<(), LogError>(()))
+    }
+
+    /// Like [`ChangeLog::open`], but shows `check` what recovery found before it changes
+    /// anything on disk: an error from `check` leaves the log as it was (a tail that recovery
+    /// would cut as torn may be evidence of damage; see `pipeline::recovery`).
+    pub fn open_checked<E: From<LogError>>(
+        dir: &Path,
+        opts: LogOptions,
+        check: impl FnOnce(&Recovered) -> Result<(), E>,
+    ) -> Result<(ChangeLog, Recovered), E> {
+        create_private_dir(dir)?;
         // A second writer would "recover" (truncate) the tail the first is still appending.
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(io_err("opening the change log's lock file", &lock_path))?;
         match lock.try_lock() {
@@ -460,12 +495,21 @@ impl ChangeLog {
             Err(fs::TryLockError::WouldBlock) => {
                 return Err(LogError::Locked {
                     dir: dir.to_owned(),
-                })
+                }
+                .into())
             }
             Err(fs::TryLockError::Error(e)) => {
-                return Err(io_err("locking the change log", &lock_path)(e))
+                return Err(io_err("locking the change log", &lock_path)(e).into())
             }
         }
+        let meta = read_meta(dir)?;
+        let (state, would_truncate) = load(dir, opts.index_every, false)?;
+        check(&Recovered {
+            last_seq: state.durable.map_or(0, |c| c.last_seq),
+            last_commit: state.durable,
+            truncated_bytes: would_truncate,
+            meta: meta.clone(),
+        })?;
         let (state, truncated_bytes) = load(dir, opts.index_every, true)?;
         let last_commit = state.durable;
         let last_seq = last_commit.map_or(0, |c| c.last_seq);
@@ -479,6 +523,11 @@ impl ChangeLog {
                     .append(true)
                     .open(&path)
                     .map_err(io_err("opening the last segment for appending", &path))?;
+                // What recovery read may have come from the page cache only (the process died
+                // before its fsync, or an fsync failed and the kernel kept the pages): make it
+                // durable before anything is confirmed from it, or fail here.
+                file.sync_all()
+                    .map_err(io_err("syncing the recovered last segment", &path))?;
                 Some(Active {
                     file,
                     path,
@@ -491,6 +540,8 @@ impl ChangeLog {
             }
             None => None,
         };
+        // The segment list recovery trusts must itself be durable.
+        sync_dir(dir)?;
         let roll_pending = active
             .as_ref()
             .is_some_and(|a| a.written >= opts.segment_bytes);
@@ -509,6 +560,7 @@ impl ChangeLog {
             roll_pending,
             dir_dirty: false,
             poisoned: false,
+            meta: meta.clone(),
         };
         Ok((
             log,
@@ -516,8 +568,44 @@ impl ChangeLog {
                 last_seq,
                 last_commit,
                 truncated_bytes,
+                meta,
             },
         ))
+    }
+
+    /// The META file's contents (`None` until [`ChangeLog::bind`]).
+    pub fn meta(&self) -> Option<&LogMeta> {
+        self.meta.as_ref()
+    }
+
+    /// Binds the log to `meta` (written durably before this returns).
+    pub fn bind(&mut self, meta: LogMeta) -> Result<(), LogError> {
+        self.check()?;
+        meta::write_meta(&self.dir, &meta)?;
+        self.meta = Some(meta);
+        Ok(())
+    }
+
+    /// Records durably that the log holds everything with row changes up to `position`; only
+    /// then may the slot be confirmed that far past the last commit. The caller must have
+    /// made every change up to `position.last_seq` durable ([`ChangeLog::sync`]).
+    pub fn record_position(&mut self, position: Position) -> Result<(), LogError> {
+        self.check()?;
+        let Some(meta) = &self.meta else {
+            return Err(LogError::Unbound);
+        };
+        if position.lsn <= meta.position.lsn {
+            return Ok(());
+        }
+        let next = LogMeta {
+            position,
+            ..meta.clone()
+        };
+        self.guard(|log| {
+            meta::write_meta(&log.dir, &next)?;
+            log.meta = Some(next);
+            Ok(())
+        })
     }
 
     fn check(&self) -> Result<(), LogError> {
@@ -537,8 +625,44 @@ impl ChangeLog {
         let r = f(self);
         if r.is_err() {
             self.poisoned = true;
+            self.heal();
         }
         r
+    }
+
+    /// After a failed write or fsync the kernel may keep pages it could not write, marked
+    /// clean, and serve them to a later read that recovery would trust. Cut the active
+    /// segment back to its last durable length (dropping those pages) and sync that, so a
+    /// restart sees only what was fsync'd; PostgreSQL resends the rest, never confirmed.
+    fn heal(&mut self) {
+        let Some(a) = self.active.as_ref() else {
+            return;
+        };
+        let durable_len = {
+            let st = self.shared.lock();
+            match st.segments.last() {
+                Some(seg) if seg.first_seq == a.first_seq => seg.len,
+                _ => return,
+            }
+        };
+        self.buf.clear();
+        let healed = OpenOptions::new()
+            .write(true)
+            .open(&a.path)
+            .and_then(|f| f.set_len(durable_len).and_then(|()| f.sync_all()));
+        match healed {
+            Ok(()) => tracing::warn!(
+                path = %a.path.display(),
+                durable_bytes = durable_len,
+                "change log write failed: cut the segment back to what was fsync'd"
+            ),
+            Err(e) => tracing::error!(
+                path = %a.path.display(),
+                durable_bytes = durable_len,
+                error = %e,
+                "change log write failed and the segment could not be cut back to what was fsync'd; the next start syncs it again before trusting it"
+            ),
+        }
     }
 
     /// Buffers a change. Its seq must follow the last appended one (any seq for an empty log).
@@ -667,10 +791,7 @@ impl ChangeLog {
             }
         }
         let path = segment::segment_path(&self.dir, first_seq);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)
+        let file = segment::create_private(&path, false)
             .map_err(io_err("creating a new segment", &path))?;
         self.active = Some(Active {
             file,

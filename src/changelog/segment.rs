@@ -1,7 +1,7 @@
 //! Segment files: naming, sequential frame reading, scanning (recovery and verification) and
 //! the sealed-segment index file.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -361,21 +361,48 @@ pub fn write_index(dir: &Path, info: &SegmentInfo) -> Result<(), LogError> {
     };
     let mut out = Vec::new();
     frame::encode_frame(&msg.encode_to_vec(), &mut out);
-    let path = index_path(dir, info.first_seq);
-    let tmp = path.with_extension("idx.tmp");
-    let io = |action| {
-        let p = tmp.clone();
+    // An index only saves a scan (a missing one is rebuilt), so the directory is not synced.
+    replace_file(dir, &index_path(dir, info.first_seq), &out, false)
+}
+
+/// Replaces `path` (in `dir`) with `bytes` as a whole: a temporary file, fsync, rename, and
+/// with `sync_dir` an fsync of the directory, so a crash leaves the old file or the new one.
+pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8], sync_dir: bool) -> Result<(), LogError> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let io = |action, p: &Path| {
+        let p = p.to_owned();
         move |source| LogError::Io {
             action,
             path: p,
             source,
         }
     };
-    let mut f = File::create(&tmp).map_err(io("creating a segment index"))?;
-    f.write_all(&out).map_err(io("writing a segment index"))?;
-    f.sync_data().map_err(io("syncing a segment index"))?;
-    fs::rename(&tmp, &path).map_err(io("renaming a segment index into place"))?;
+    let mut f = create_private(&tmp, true).map_err(io("creating a file", &tmp))?;
+    f.write_all(bytes).map_err(io("writing a file", &tmp))?;
+    f.sync_data().map_err(io("syncing a file", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("renaming a file into place", path))?;
+    if sync_dir {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the change log directory", dir))?;
+    }
     Ok(())
+}
+
+/// Opens `path` for writing, created readable by its owner only (row values live here).
+/// `truncate` replaces an existing file; otherwise the file must not exist yet.
+pub fn create_private(path: &Path, truncate: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.write(true).mode(0o600);
+    if truncate {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true).append(true);
+    }
+    o.open(path)
 }
 
 /// Reads the index file of the sealed segment `first_seq`, if there is a valid one that

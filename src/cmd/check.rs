@@ -280,13 +280,17 @@ async fn check_state(cfg: &Config, report: &mut Report) {
     let outcome = match client.query_one(&sql, &[]).await {
         Ok(row) => {
             let version: Option<i32> = row.get(0);
-            let known = crate::state::MIGRATIONS.len();
+            // Versions may skip numbers: compare with the latest, not the count.
+            let known = crate::state::MIGRATIONS
+                .last()
+                .map_or(0, |m| i64::from(m.version));
+            let version = version.map(i64::from);
             match version {
-                Some(v) if v as usize > known => Outcome::Problem(format!(
+                Some(v) if v > known => Outcome::Problem(format!(
                     "schema {} is at migration {v}, newer than this pgfanout knows ({known}); run the newer pgfanout",
                     st.schema
                 )),
-                Some(v) if (v as usize) < known => Outcome::Note(format!(
+                Some(v) if v < known => Outcome::Note(format!(
                     "schema {} is at migration {v} of {known}; pgfanout run applies the rest",
                     st.schema
                 )),

@@ -34,7 +34,7 @@ use crate::value::{PgType, Timestamp};
 use pgoutput::{DecodeError, PgOutput, ReplicationMessage};
 use session::{CopyFrame, Session, SessionError};
 
-pub use slot::SlotSpec;
+pub use slot::{ServerIdentity, SlotPlan, SlotRow, SlotSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -203,6 +203,32 @@ impl LogicalStream {
     /// Connects, checks the server, ensures publication and slot as configured, and starts
     /// streaming from the slot's confirmed position.
     pub async fn start(cfg: &SourceConfig, slot: SlotSpec) -> Result<LogicalStream, SourceError> {
+        let name = match &slot {
+            SlotSpec::Named(n) => Some(n.as_str()),
+            SlotSpec::Temporary => None,
+        };
+        let preflight = Preflight::connect(cfg, name).await?;
+        let plan = slot::default_plan(cfg, &slot, preflight.slot.as_ref())?;
+        preflight.stream(cfg, plan).await
+    }
+}
+
+/// A replication session that has checked the server and read what start-up decides on (the
+/// server's identity, the slot), before anything is created or streamed.
+pub struct Preflight {
+    session: Session,
+    pub server: ServerIdentity,
+    /// The named slot as it is now (`None`: missing, or no slot was named).
+    pub slot: Option<SlotRow>,
+}
+
+impl Preflight {
+    /// Connects, checks `wal_level`, ensures the publication as configured, identifies the
+    /// system and reads the slot `slot_name`.
+    pub async fn connect(
+        cfg: &SourceConfig,
+        slot_name: Option<&str>,
+    ) -> Result<Preflight, SourceError> {
         let mut session = Session::connect(&cfg.conn, Some("database"))
             .await
             .map_err(|e| match e.server_code() {
@@ -214,7 +240,43 @@ impl LogicalStream {
             })?;
         slot::check_wal_level(&mut session).await?;
         slot::ensure_publication(&mut session, cfg).await?;
-        let (slot_name, start_lsn) = slot::prepare_slot(&mut session, cfg, &slot).await?;
+        let server = slot::identify_system(&mut session).await?;
+        let slot = match slot_name {
+            Some(name) => slot::slot_state(&mut session, name).await?,
+            None => None,
+        };
+        Ok(Preflight {
+            session,
+            server,
+            slot,
+        })
+    }
+
+    /// The server's timeline history file for its current timeline (`TIMELINE_HISTORY`); `None`
+    /// on timeline 1, which has none.
+    pub async fn timeline_history(&mut self) -> Result<Option<String>, SourceError> {
+        if self.server.timeline <= 1 {
+            return Ok(None);
+        }
+        let rows = self
+            .session
+            .simple_query(&format!("TIMELINE_HISTORY {}", self.server.timeline))
+            .await?;
+        // Columns: filename, content.
+        Ok(rows.first().and_then(|r| r.get(1)).map(str::to_owned))
+    }
+
+    /// Prepares the slot per `plan` and starts streaming.
+    pub async fn stream(
+        self,
+        cfg: &SourceConfig,
+        plan: SlotPlan,
+    ) -> Result<LogicalStream, SourceError> {
+        let Preflight {
+            mut session, slot, ..
+        } = self;
+        let (slot_name, start_lsn) =
+            slot::prepare_slot(&mut session, cfg, &plan, slot.as_ref()).await?;
         let types = load_types(&mut session).await?;
         let command = format!(
             "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
@@ -240,7 +302,9 @@ impl LogicalStream {
             frames_since_check: 0,
         })
     }
+}
 
+impl LogicalStream {
     pub fn slot(&self) -> &str {
         &self.slot
     }
@@ -347,8 +411,13 @@ impl LogicalStream {
                     self.received = self.received.max(wal_end);
                     self.refresh_confirmed();
                     // Nothing in flight and everything handed out confirmed: the WAL up to the
-                    // server's end holds nothing for us, so the slot may move past it.
-                    if self.txn.is_none() && self.flushed >= self.last_commit_end {
+                    // server's end holds nothing for us, so the slot may move past it. A consumer
+                    // that publishes its durable position (`confirm_from`) decides that itself:
+                    // it must record how far it vouches for the stream before the slot moves.
+                    if self.durable.is_none()
+                        && self.txn.is_none()
+                        && self.flushed >= self.last_commit_end
+                    {
                         self.flushed = self.flushed.max(wal_end);
                     }
                     if reply_requested {

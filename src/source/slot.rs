@@ -3,7 +3,7 @@
 //! inspectors (`wal_level`, `publication_state`, `slot_state`) serve both start-up and
 //! `pgfanout check`; only `ensure_publication` and `prepare_slot` change anything.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::session::Session;
 use super::SourceError;
@@ -36,6 +36,31 @@ pub struct SlotRow {
     pub slot_type: String,
     pub plugin: String,
     pub database: String,
+    /// Where streaming resumes: transactions ending at or before it are not sent again.
+    pub confirmed_flush_lsn: Option<Lsn>,
+}
+
+/// The server as `IDENTIFY_SYSTEM` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub system_identifier: u64,
+    pub timeline: u32,
+    pub database: String,
+    /// The server's current WAL flush position.
+    pub wal_position: Lsn,
+}
+
+/// What to do with the slot before streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotPlan {
+    /// A slot that lives only as long as this session.
+    Temporary,
+    /// Stream from the existing slot's confirmed position.
+    Resume(String),
+    /// Create the slot (it must not exist) and stream from its consistent point.
+    Create(String),
+    /// Drop the slot if it exists, then create it: the WAL in between is never decoded.
+    Recreate(String),
 }
 
 pub async fn wal_level(session: &mut Session) -> Result<String, SourceError> {
@@ -143,7 +168,7 @@ pub(super) async fn ensure_publication(
 pub async fn slot_state(session: &mut Session, name: &str) -> Result<Option<SlotRow>, SourceError> {
     let rows = session
         .simple_query(&format!(
-            "SELECT slot_type, plugin, database FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            "SELECT slot_type, plugin, database, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
             quote_literal(name)
         ))
         .await?;
@@ -151,7 +176,34 @@ pub async fn slot_state(session: &mut Session, name: &str) -> Result<Option<Slot
         slot_type: row.get(0).unwrap_or_default().to_owned(),
         plugin: row.get(1).unwrap_or_default().to_owned(),
         database: row.get(2).unwrap_or_default().to_owned(),
+        confirmed_flush_lsn: row.get(3).and_then(|s| s.parse().ok()),
     }))
+}
+
+pub(super) async fn identify_system(session: &mut Session) -> Result<ServerIdentity, SourceError> {
+    let rows = session.simple_query("IDENTIFY_SYSTEM").await?;
+    let bad = |what: &str| {
+        SourceError::Session(super::session::SessionError::Protocol(format!(
+            "IDENTIFY_SYSTEM returned no valid {what}"
+        )))
+    };
+    let row = rows.first().ok_or_else(|| bad("row"))?;
+    // Columns: systemid, timeline, xlogpos, dbname.
+    Ok(ServerIdentity {
+        system_identifier: row
+            .get(0)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("systemid"))?,
+        timeline: row
+            .get(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("timeline"))?,
+        wal_position: row
+            .get(2)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("xlogpos"))?,
+        database: row.get(3).ok_or_else(|| bad("dbname"))?.to_owned(),
+    })
 }
 
 /// Whether an existing slot can serve `cfg`: logical, pgoutput, this database.
@@ -177,14 +229,32 @@ pub fn check_slot(name: &str, row: &SlotRow, cfg: &SourceConfig) -> Result<(), S
     Ok(())
 }
 
-/// Creates or checks the slot; returns its name and the LSN to start streaming from.
+/// What `tail` and other callers without a change log do with a slot: a temporary one, or the
+/// named one resumed, or created when missing if the configuration allows it.
+pub(super) fn default_plan(
+    cfg: &SourceConfig,
+    spec: &SlotSpec,
+    existing: Option<&SlotRow>,
+) -> Result<SlotPlan, SourceError> {
+    Ok(match (spec, existing) {
+        (SlotSpec::Temporary, _) => SlotPlan::Temporary,
+        (SlotSpec::Named(name), Some(_)) => SlotPlan::Resume(name.clone()),
+        (SlotSpec::Named(name), None) if cfg.manage => SlotPlan::Create(name.clone()),
+        (SlotSpec::Named(name), None) => {
+            return Err(SourceError::SlotMissing { slot: name.clone() })
+        }
+    })
+}
+
+/// Carries out `plan`; returns the slot's name and the LSN to start streaming from.
 pub(super) async fn prepare_slot(
     session: &mut Session,
     cfg: &SourceConfig,
-    spec: &SlotSpec,
+    plan: &SlotPlan,
+    existing: Option<&SlotRow>,
 ) -> Result<(String, Lsn), SourceError> {
-    match spec {
-        SlotSpec::Temporary => {
+    match plan {
+        SlotPlan::Temporary => {
             let name = format!(
                 "pgfanout_tail_{}_{:08x}",
                 std::process::id(),
@@ -193,19 +263,28 @@ pub(super) async fn prepare_slot(
             let lsn = create_slot(session, &name, true).await?;
             Ok((name, lsn))
         }
-        SlotSpec::Named(name) => match slot_state(session, name).await? {
-            Some(row) => {
-                check_slot(name, &row, cfg)?;
-                // 0/0: resume from the slot's confirmed_flush_lsn.
-                Ok((name.clone(), Lsn::ZERO))
+        SlotPlan::Resume(name) => {
+            let row = existing.ok_or_else(|| SourceError::SlotMissing { slot: name.clone() })?;
+            check_slot(name, row, cfg)?;
+            // 0/0: resume from the slot's confirmed_flush_lsn.
+            Ok((name.clone(), Lsn::ZERO))
+        }
+        SlotPlan::Create(name) => {
+            let lsn = create_slot(session, name, false).await?;
+            info!(slot = %name, lsn = %lsn, "created replication slot");
+            Ok((name.clone(), lsn))
+        }
+        SlotPlan::Recreate(name) => {
+            if existing.is_some() {
+                session
+                    .simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(name)))
+                    .await?;
+                warn!(slot = %name, "dropped replication slot to create it again");
             }
-            None if cfg.manage => {
-                let lsn = create_slot(session, name, false).await?;
-                info!(slot = %name, lsn = %lsn, "created replication slot");
-                Ok((name.clone(), lsn))
-            }
-            None => Err(SourceError::SlotMissing { slot: name.clone() }),
-        },
+            let lsn = create_slot(session, name, false).await?;
+            warn!(slot = %name, lsn = %lsn, "created replication slot again: the WAL before this position was never decoded");
+            Ok((name.clone(), lsn))
+        }
     }
 }
 

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_destinations.sql",
         sql: include_str!("../../migrations/0002_destinations.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_checkpoint_binding.sql",
+        sql: include_str!("../../migrations/0004_checkpoint_binding.sql"),
+    },
 ];
 
 /// What a [`migrate`] run did.

@@ -32,7 +32,7 @@ use crate::disposition::{pg_error_kind, Classify, ErrorKind};
 use crate::pgconn::{ConnInfo, PgError, SqlConnectError};
 use crate::sql::quote_ident;
 
-pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use checkpoint::{Binding, Checkpoint, CheckpointStore};
 pub use destinations::{DestinationReport, DestinationStore};
 pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
 

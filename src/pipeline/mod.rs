@@ -7,14 +7,17 @@
 //!   checkpoint timer ──▶ state DB: (slot, durable end LSN, last seq)
 //! ```
 //!
-//! Resume: the change log is the truth. On start it is recovered (torn tail and unfinished
-//! transaction cut off), numbering continues after its last seq, and any transaction the slot
-//! sends again that the log already holds (its commit LSN is below the log's last commit end)
-//! is skipped, so every change keeps the seq it had. With an empty log, the checkpoint in the
-//! state database supplies the last seq and position.
+//! Resume: the change log is the truth. On start, [`recovery::plan`] checks that the log, the
+//! checkpoint and the slot belong to one stream and that nothing confirmed is missing from the
+//! log; only then is the log recovered (torn tail and unfinished transaction cut off),
+//! numbering continues after its last seq, and any transaction the slot sends again that the
+//! log already holds (its commit LSN is below what the log vouches for) is skipped, so every
+//! change keeps the seq it had.
+
+pub mod recovery;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,15 +26,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::change::SequencedChange;
-use crate::changelog::{ChangeLog, CommitInfo, LogError, LogOptions, Retention};
+use crate::changelog::{
+    read_meta, ChangeLog, CommitInfo, LogError, LogOptions, Position, Recovered, Retention,
+};
 use crate::config::Config;
 use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
 use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
 use crate::report::Chain;
 use crate::sequencer::Sequencer;
-use crate::source::{LogicalStream, SlotSpec, SourceError, SourceEvent};
-use crate::state::{Checkpoint, StateDb, StateError};
+use crate::source::{LogicalStream, Preflight, SlotPlan, SourceError, SourceEvent};
+use crate::state::{Binding, Checkpoint, StateDb, StateError};
+use recovery::{Observed, RecoveryError, Resume};
 
 /// Changes handed to the writer in one message (amortises the channel per change).
 const WRITER_BATCH: usize = 256;
@@ -49,6 +55,8 @@ pub enum RunError {
     State(#[from] StateError),
     #[error(transparent)]
     Fanout(Box<FanoutError>),
+    #[error(transparent)]
+    Recovery(Box<RecoveryError>),
     #[error("the change-log writer stopped unexpectedly")]
     WriterGone,
 }
@@ -76,17 +84,18 @@ enum ToWriter {
     Flush(oneshot::Sender<()>),
 }
 
-/// Where streaming resumes.
-#[derive(Debug, Clone, Copy)]
-struct Resume {
-    last_seq: u64,
-    /// Transactions whose commit LSN is below this are already in the log.
-    logged_end: Lsn,
-}
-
 impl From<FanoutError> for RunError {
     fn from(e: FanoutError) -> Self {
         RunError::Fanout(Box::new(e))
+    }
+}
+
+impl From<RecoveryError> for RunError {
+    fn from(e: RecoveryError) -> Self {
+        match e {
+            RecoveryError::Source(e) => RunError::Source(e),
+            e => RunError::Recovery(Box::new(e)),
+        }
     }
 }
 
@@ -99,6 +108,7 @@ impl Classify for RunError {
             RunError::Source(e) => e.kind(),
             RunError::State(e) => e.kind(),
             RunError::Fanout(e) => e.kind(),
+            RunError::Recovery(e) => e.kind(),
             RunError::Log(_) | RunError::WriterGone => ErrorKind::Definite,
         }
     }
@@ -120,6 +130,9 @@ pub struct RunOptions {
     /// Stop cleanly once the log holds everything up to this WAL position (like
     /// pg_recvlogical's `--endpos`).
     pub endpos: Option<Lsn>,
+    /// Create the slot again over existing progress (it is missing, or confirmed past what the
+    /// log holds): numbering continues, and every destination is marked needs resync.
+    pub recreate_slot: bool,
 }
 
 pub async fn run(
@@ -132,12 +145,14 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    // Recreating the slot is done once: a restart after it resumes the new slot.
+    let recreate_slot = AtomicBool::new(opts.recreate_slot);
     let runner = async {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_RUN);
         loop {
             let started = Instant::now();
             let mut stop = stop_rx.clone();
-            let result = run_once(cfg, opts, async move {
+            let result = run_once(cfg, opts, &recreate_slot, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
@@ -171,6 +186,7 @@ pub async fn run(
 async fn run_once(
     cfg: &Config,
     opts: RunOptions,
+    recreate_slot: &AtomicBool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let state = StateDb::connect(&cfg.state.conn, &cfg.state.schema).await?;
@@ -182,43 +198,90 @@ async fn run_once(
         Some(Arc::new(Setup::load(cfg).await?))
     };
     let slot = cfg.source.slot.clone();
+    let checkpoint = state.checkpoints().load(&slot).await?;
+    // Read the server, the slot and the timeline history before the log is touched, so a
+    // failure here (often transient: the slot still held by a dying session) leaves it alone.
+    let mut preflight = Preflight::connect(&cfg.source, Some(&slot)).await?;
     let log_dir = cfg.log.dir.clone();
+    let log_timeline = read_meta(&log_dir)?.map(|m| m.source.timeline);
+    let timeline_switch = match log_timeline {
+        Some(t) if t != preflight.server.timeline => preflight
+            .timeline_history()
+            .await?
+            .and_then(|h| recovery::timeline_switch_point(&h, t)),
+        _ => None,
+    };
     let log_opts = LogOptions {
         segment_bytes: cfg.log.segment_bytes,
         ..LogOptions::default()
     };
-    let (log, recovered) = tokio::task::spawn_blocking(move || ChangeLog::open(&log_dir, log_opts))
-        .await
-        .map_err(|_| RunError::WriterGone)??;
+    let (server, slot_row) = (preflight.server.clone(), preflight.slot.clone());
+    let (manage_slot, recreate) = (cfg.source.manage, recreate_slot.load(Ordering::Relaxed));
+    let (slot_name, checkpoint_seen) = (slot.clone(), checkpoint.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let mut plan = None;
+        let (mut log, recovered) =
+            ChangeLog::open_checked(&log_dir, log_opts, |found: &Recovered| {
+                plan = Some(recovery::plan(&Observed {
+                    log_dir: &log_dir,
+                    log: found,
+                    server: &server,
+                    timeline_switch,
+                    slot_name: &slot_name,
+                    slot: slot_row.as_ref(),
+                    checkpoint: checkpoint_seen.as_ref(),
+                    manage_slot,
+                    recreate_slot: recreate,
+                })?);
+                Ok::<(), RunError>(())
+            })?;
+        let plan = plan.ok_or(RunError::WriterGone)?;
+        if recovered.meta.as_ref() != Some(&plan.meta) {
+            log.bind(plan.meta.clone())?;
+        }
+        Ok::<_, RunError>((log, recovered, plan))
+    })
+    .await
+    .map_err(|_| RunError::WriterGone)?;
+    let (mut log, recovered, plan) = opened?;
     if recovered.truncated_bytes > 0 {
         warn!(
             bytes = recovered.truncated_bytes,
             "change log recovery cut off an unfinished tail; PostgreSQL resends it"
         );
     }
-    let checkpoint = state.checkpoints().load(&slot).await?;
-    let resume = match (recovered.last_commit, checkpoint) {
-        (Some(c), _) => Resume {
-            last_seq: c.last_seq,
-            logged_end: c.end_lsn,
-        },
-        (None, Some(cp)) => {
-            warn!(seq = cp.last_seq, lsn = %cp.commit_end_lsn, "change log is empty; continuing numbering from the checkpoint");
-            Resume {
-                last_seq: cp.last_seq,
-                logged_end: cp.commit_end_lsn,
-            }
-        }
-        (None, None) => Resume {
-            last_seq: 0,
-            logged_end: Lsn::ZERO,
-        },
+    for note in &plan.notes {
+        warn!("{note}");
+    }
+    let resume = plan.resume;
+    let created = matches!(plan.slot, SlotPlan::Create(_) | SlotPlan::Recreate(_));
+    info!(slot = %slot, seq = resume.last_seq, lsn = %resume.logged_end, lineage = %plan.meta.lineage, "resuming");
+    let mut stream = preflight.stream(&cfg.source, plan.slot).await?;
+    if created {
+        // The new slot starts at its consistent point: record that the log vouches for the
+        // stream up to there (nothing before it will ever arrive), so the next start does not
+        // take the slot for one moved past the log.
+        let position = Position {
+            lsn: stream.flushed(),
+            last_seq: resume.last_seq,
+        };
+        let (l, recorded) = tokio::task::spawn_blocking(move || {
+            let r = log.record_position(position);
+            (log, r)
+        })
+        .await
+        .map_err(|_| RunError::WriterGone)?;
+        recorded?;
+        log = l;
+        recreate_slot.store(false, Ordering::Relaxed);
+    }
+    if plan.resync_all {
+        mark_all_need_resync(cfg, &state).await?;
+    }
+    let binding = Binding {
+        lineage: plan.meta.lineage,
+        source: plan.meta.source.clone(),
     };
-    info!(slot = %slot, seq = resume.last_seq, lsn = %resume.logged_end, "resuming");
-    // Streaming starts before the writer thread exists: if it fails (often transiently: the
-    // slot still held by a dying session), the log and its lock are released right here,
-    // before the retry opens them again.
-    let mut stream = LogicalStream::start(&cfg.source, SlotSpec::Named(slot.clone())).await?;
 
     let (durable_tx, durable_rx) = watch::channel(Durable {
         lsn: resume.logged_end,
@@ -268,6 +331,7 @@ async fn run_once(
         to_writer: &to_writer,
         durable: &durable_rx,
         state: &state,
+        binding: &binding,
         resume,
     };
     let mut fanout_failure = None;
@@ -300,7 +364,7 @@ async fn run_once(
         if let Err(e) = stream.close().await {
             warn!(error = %Chain(&e), "could not report the final position to PostgreSQL; it resends from the last report");
         }
-        save_checkpoint(&state, &slot, durable).await;
+        save_checkpoint(&state, &binding, durable).await;
     }
     let fanout_stopped = match fanout {
         Some(f) => f.stop().await,
@@ -328,6 +392,7 @@ struct StreamCtx<'a> {
     to_writer: &'a mpsc::Sender<ToWriter>,
     durable: &'a watch::Receiver<Durable>,
     state: &'a StateDb,
+    binding: &'a Binding,
     resume: Resume,
 }
 
@@ -342,6 +407,7 @@ async fn stream_into_log(
         to_writer,
         durable,
         state,
+        binding,
         resume,
     } = *ctx;
     let mut sequencer = Sequencer::resume_after(resume.last_seq);
@@ -369,7 +435,7 @@ async fn stream_into_log(
             _ = checkpoint_timer.tick() => {
                 let now = *durable.borrow();
                 if now != last_checkpoint {
-                    save_checkpoint(state, &cfg.source.slot, now).await;
+                    save_checkpoint(state, binding, now).await;
                     last_checkpoint = now;
                 }
                 continue;
@@ -426,9 +492,14 @@ async fn stream_into_log(
                     break;
                 }
             }
-            SourceEvent::Keepalive { wal_end } if reached(wal_end) && !in_txn => {
-                debug!(lsn = %wal_end, "reached the end position");
-                break;
+            SourceEvent::Keepalive { wal_end } if !in_txn => {
+                // Nothing in flight: the WAL up to the server's end holds nothing for us. The
+                // writer records that before the slot may move past it.
+                send(to_writer, ToWriter::Empty(wal_end)).await?;
+                if reached(wal_end) {
+                    debug!(lsn = %wal_end, "reached the end position");
+                    break;
+                }
             }
             SourceEvent::Relation(_)
             | SourceEvent::Type { .. }
@@ -482,10 +553,12 @@ async fn send(to_writer: &mpsc::Sender<ToWriter>, msg: ToWriter) -> Result<(), R
     to_writer.send(msg).await.map_err(|_| RunError::WriterGone)
 }
 
-async fn save_checkpoint(state: &StateDb, slot: &str, durable: Durable) {
+async fn save_checkpoint(state: &StateDb, binding: &Binding, durable: Durable) {
+    let slot = binding.source.slot.as_str();
     let cp = Checkpoint {
         commit_end_lsn: durable.lsn,
         last_seq: durable.last_seq,
+        binding: Some(binding.clone()),
     };
     // A failed checkpoint costs only a longer replay after a crash with a lost log; keep going.
     match state.checkpoints().save(slot, &cp).await {
@@ -496,17 +569,28 @@ async fn save_checkpoint(state: &StateDb, slot: &str, durable: Durable) {
 
 /// The writer thread: appends, syncs when the queue runs dry or `sync_interval` has passed
 /// since the oldest unsynced commit (group commit), publishes what is durable.
+///
+/// Transactions with nothing to log and idle keepalives move the confirmable position past
+/// the last commit; that is published only once the log has recorded it
+/// ([`ChangeLog::record_position`]), so start-up can tell a slot confirmed over idle WAL from
+/// one that lost WAL. Like syncs, records happen when the queue runs dry, so they coalesce.
 fn write_loop(
     mut log: ChangeLog,
     mut rx: mpsc::Receiver<ToWriter>,
     durable_tx: watch::Sender<Durable>,
     lsn_tx: watch::Sender<Lsn>,
-    mut durable: Durable,
+    durable: Durable,
     sync_interval: Duration,
     // With the oldest seq a destination still needs (see `apply_retention`).
     (retention, keep_from): (Retention, &AtomicU64),
 ) -> Result<(), RunError> {
-    let mut pending: Option<Durable> = None;
+    let mut w = Published {
+        durable,
+        pending: None,
+        idle: None,
+        durable_tx,
+        lsn_tx,
+    };
     let mut oldest_unsynced: Option<Instant> = None;
     let mut last_retention = Instant::now();
     loop {
@@ -514,10 +598,8 @@ fn write_loop(
             Ok(m) => Some(m),
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Idle: make what we have durable before waiting.
-                if pending.is_some() {
-                    sync(&mut log, &mut pending, &mut durable, &durable_tx, &lsn_tx)?;
-                    oldest_unsynced = None;
-                }
+                w.settle(&mut log)?;
+                oldest_unsynced = None;
                 if last_retention.elapsed() >= RETENTION_EVERY {
                     last_retention = Instant::now();
                     let keep = keep_from.load(Ordering::Relaxed);
@@ -528,9 +610,7 @@ fn write_loop(
             Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
         let Some(msg) = msg else {
-            if pending.is_some() {
-                sync(&mut log, &mut pending, &mut durable, &durable_tx, &lsn_tx)?;
-            }
+            w.settle(&mut log)?;
             return Ok(());
         };
         match msg {
@@ -541,54 +621,80 @@ fn write_loop(
             }
             ToWriter::Commit(info) => {
                 log.append_commit(&info)?;
-                pending = Some(Durable {
+                w.pending = Some(Durable {
                     lsn: info.end_lsn,
                     last_seq: info.last_seq,
                 });
                 oldest_unsynced.get_or_insert_with(Instant::now);
             }
             ToWriter::Empty(lsn) => {
-                let base = pending.unwrap_or(durable);
-                let next = Durable {
-                    lsn: base.lsn.max(lsn),
-                    last_seq: base.last_seq,
-                };
-                if pending.is_some() {
-                    pending = Some(next);
-                } else {
-                    // Nothing unsynced before it: confirmable at once.
-                    durable = next;
-                    durable_tx.send_replace(durable);
-                    lsn_tx.send_replace(durable.lsn);
-                }
+                w.idle = Some(w.idle.map_or(lsn, |i| i.max(lsn)));
             }
             ToWriter::Flush(ack) => {
-                sync(&mut log, &mut pending, &mut durable, &durable_tx, &lsn_tx)?;
+                w.settle(&mut log)?;
                 oldest_unsynced = None;
                 let _ = ack.send(());
             }
         }
         if oldest_unsynced.is_some_and(|t| t.elapsed() >= sync_interval) {
-            sync(&mut log, &mut pending, &mut durable, &durable_tx, &lsn_tx)?;
+            w.sync(&mut log)?;
             oldest_unsynced = None;
         }
     }
 }
 
-fn sync(
-    log: &mut ChangeLog,
-    pending: &mut Option<Durable>,
-    durable: &mut Durable,
-    durable_tx: &watch::Sender<Durable>,
-    lsn_tx: &watch::Sender<Lsn>,
-) -> Result<(), RunError> {
-    log.sync()?;
-    if let Some(p) = pending.take() {
-        *durable = p;
-        durable_tx.send_replace(p);
-        lsn_tx.send_replace(p.lsn);
+/// What the writer has appended, made durable and published.
+struct Published {
+    /// Published: may be confirmed to PostgreSQL.
+    durable: Durable,
+    /// Commits appended, not yet synced.
+    pending: Option<Durable>,
+    /// Past the last commit (nothing to log up to here), not yet recorded by the log.
+    idle: Option<Lsn>,
+    durable_tx: watch::Sender<Durable>,
+    lsn_tx: watch::Sender<Lsn>,
+}
+
+impl Published {
+    /// Syncs the appended commits and publishes them.
+    fn sync(&mut self, log: &mut ChangeLog) -> Result<(), RunError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        log.sync()?;
+        self.publish(p);
+        Ok(())
     }
-    Ok(())
+
+    /// Syncs, then records and publishes an idle position past the last commit.
+    fn settle(&mut self, log: &mut ChangeLog) -> Result<(), RunError> {
+        self.sync(log)?;
+        let Some(lsn) = self.idle.take() else {
+            return Ok(());
+        };
+        if lsn <= self.durable.lsn {
+            return Ok(());
+        }
+        let at = Durable {
+            lsn,
+            last_seq: self.durable.last_seq,
+        };
+        log.record_position(Position {
+            lsn,
+            last_seq: at.last_seq,
+        })?;
+        self.publish(at);
+        Ok(())
+    }
+
+    fn publish(&mut self, d: Durable) {
+        self.durable = Durable {
+            lsn: self.durable.lsn.max(d.lsn),
+            last_seq: d.last_seq,
+        };
+        self.durable_tx.send_replace(self.durable);
+        self.lsn_tx.send_replace(self.durable.lsn);
+    }
 }
 
 /// `keep_from_seq`: the oldest seq a destination still needs (age-based retention keeps it).
@@ -606,4 +712,28 @@ fn apply_retention(log: &mut ChangeLog, retention: &Retention, keep_from_seq: Op
         Ok(_) => {}
         Err(e) => warn!(error = %Chain(&e), "retention failed"),
     }
+}
+
+/// The slot was created over existing progress: what happened between the log's end and the
+/// new slot never reaches any destination, so each is marked as needing a resync.
+async fn mark_all_need_resync(cfg: &Config, state: &StateDb) -> Result<(), RunError> {
+    let reason = format!(
+        "replication slot {:?} was created again (run --recreate-slot): changes between the change log's end and the new slot were not captured",
+        cfg.source.slot
+    );
+    for d in &cfg.destinations {
+        warn!(destination = %d.name, "{reason}; it needs a resync");
+        state
+            .destinations()
+            .save(&[crate::state::DestinationReport {
+                name: d.name.clone(),
+                state: "needs resync".into(),
+                watermark: 0,
+                applied_commit_time: None,
+                last_error: Some(reason.clone()),
+                age_seconds: 0.0,
+            }])
+            .await?;
+    }
+    Ok(())
 }
