@@ -35,18 +35,27 @@
 //! 5. **Recovery** ([`ChangeLog::open`]) scans the last segment only: a torn final frame (the
 //!    file ends inside it, or its CRC fails and it is the last frame) and the records of a
 //!    trailing transaction without its commit are truncated away — PostgreSQL resends that
-//!    transaction, since its end LSN was never confirmed. A CRC failure or an undecodable
-//!    record anywhere else is an error naming the file and byte offset; the log never
-//!    silently skips data. Sealed segments are trusted through their index file (rebuilt by a
-//!    scan when missing or stale); [`verify`] checks every record of every segment.
-//! 6. **After an I/O error the writer is poisoned**: a failed write or fsync leaves the file in
-//!    an unknown state (the kernel may have dropped the dirty pages), so every later call
-//!    fails until the log is reopened, which recovers from what is really on disk.
+//!    transaction, since its end LSN was never confirmed. A frame inside the last segment that
+//!    fails its CRC or does not decode is *tail damage* (after a failed fsync the kernel may
+//!    lose any page written since the last good one): [`ChangeLog::open`] refuses it, and
+//!    [`ChangeLog::open_checked`] shows it to a check that knows what was confirmed before
+//!    anything is cut (`pipeline::recovery`). Anywhere else such a frame is an error naming
+//!    the file and byte offset; the log never silently skips data. Sealed segments are trusted
+//!    through their index file (rebuilt by a scan when missing or stale); [`verify`] checks
+//!    every record of every segment. Recovery fsyncs the last segment and the directory before
+//!    anything it read is trusted.
+//! 6. **After an I/O error the writer is poisoned and heals**: a failed write or fsync leaves
+//!    the file in an unknown state (the kernel may keep pages it could not write, marked
+//!    clean, and serve them to a later read), so the active segment is cut back to its last
+//!    fsync'd length at once, and every later call fails until the log is reopened.
 //! 7. **Every reader meets a relation's description before its changes**: a change record
 //!    describes its relation in full at the first change of a segment, at every sparse-index
 //!    point, and whenever the relation differs from the previous change's; other records name
 //!    it by oid only (about half the bytes of a typical change). Readers start only at index
 //!    points, so they always see the description first.
+//! 8. **The META file binds the log** to its source and lineage and records how far past the
+//!    last commit it vouches for the stream ([`LogMeta`], written whole with a directory
+//!    fsync). The directory is created 0700 and every file 0600: the log holds row values.
 //!
 //! # The sparse index
 //!
@@ -86,7 +95,7 @@ pub use frame::{decode_frame, Frame, FrameError};
 pub use meta::{read_meta, LogMeta, Position};
 pub use reader::{verify, LogReader, VerifyReport};
 pub use record::{LogRecord, RecordDecoder, RecordError};
-pub use segment::Problem;
+pub use segment::{Problem, TailDamage};
 
 use record::RelationEncoder;
 use segment::SegmentInfo;
@@ -141,6 +150,10 @@ pub struct Recovered {
     pub truncated_bytes: u64,
     /// The META file: the source the log is bound to and its position (`None` for a new log).
     pub meta: Option<LogMeta>,
+    /// A frame inside the last segment that fails its check; the tail from the last intact
+    /// commit before it is in `truncated_bytes`. [`ChangeLog::open`] refuses it;
+    /// [`ChangeLog::open_checked`]'s check decides (safe to cut only past what was confirmed).
+    pub tail_damage: Option<TailDamage>,
 }
 
 /// What the log may delete.
@@ -205,6 +218,16 @@ pub enum LogError {
     BadMeta { path: PathBuf, detail: String },
     #[error("cannot record a position in a change log that is not bound to a source yet")]
     Unbound,
+}
+
+impl From<TailDamage> for LogError {
+    fn from(d: TailDamage) -> LogError {
+        LogError::Corrupt {
+            path: d.path,
+            offset: d.offset,
+            problem: Problem::Damaged(d.problem),
+        }
+    }
 }
 
 /// The durable state shared between the writer and its readers.
@@ -346,11 +369,16 @@ fn now() -> Timestamp {
 /// Loads the segment list of `dir`. Sealed segments come from their index files (or a scan);
 /// the last one is always scanned. With `repair`, the last segment's uncommitted tail is
 /// truncated (and an emptied last segment removed); without, it is only left out.
-fn load(dir: &Path, index_every: u32, repair: bool) -> Result<(State, u64), LogError> {
+fn load(
+    dir: &Path,
+    index_every: u32,
+    repair: bool,
+) -> Result<(State, u64, Option<TailDamage>), LogError> {
     let firsts = segment::list_segments(dir)?;
     let mut segments: Vec<SegmentInfo> = Vec::with_capacity(firsts.len());
     let mut durable = None;
     let mut truncated = 0;
+    let mut damage = None;
     let mut i = 0;
     while i < firsts.len() {
         let first = firsts[i];
@@ -385,6 +413,7 @@ fn load(dir: &Path, index_every: u32, repair: bool) -> Result<(State, u64), LogE
         }
         let scan = segment::scan(dir, first, index_every, true)?;
         truncated = scan.tail_bytes;
+        damage = scan.tail_damage;
         if scan.last_commit.is_some() {
             durable = scan.last_commit;
         }
@@ -431,6 +460,7 @@ fn load(dir: &Path, index_every: u32, repair: bool) -> Result<(State, u64), LogE
             closed: false,
         },
         truncated,
+        damage,
     ))
 }
 
@@ -451,7 +481,7 @@ pub fn summary(dir: &Path) -> Result<LogSummary, LogError> {
     if !dir.exists() {
         return Ok(LogSummary::default());
     }
-    let (state, _) = load(dir, DEFAULT_INDEX_EVERY, false)?;
+    let (state, _, _) = load(dir, DEFAULT_INDEX_EVERY, false)?;
     Ok(LogSummary {
         segments: state.segments.len(),
         bytes: state.segments.iter().map(|s| s.len).sum(),
@@ -468,8 +498,13 @@ pub fn summary(dir: &Path) -> Result<LogSummary, LogError> {
 
 impl ChangeLog {
     /// Opens the log in `dir` (created if needed) and recovers it; see the module comment.
+    /// Damage inside the last segment is an error: only a caller that knows what was
+    /// confirmed ([`ChangeLog::open_checked`]) can tell an unsynced tail from lost data.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(ChangeLog, Recovered), LogError> {
-        Self::open_checked(dir, opts, |_| Ok::<(), LogError>(()))
+        Self::open_checked(dir, opts, |found| match &found.tail_damage {
+            Some(d) => Err(LogError::from(d.clone())),
+            None => Ok(()),
+        })
     }
 
     /// Like [`ChangeLog::open`], but shows `check` what recovery found before it changes
@@ -503,14 +538,15 @@ impl ChangeLog {
             }
         }
         let meta = read_meta(dir)?;
-        let (state, would_truncate) = load(dir, opts.index_every, false)?;
+        let (state, would_truncate, tail_damage) = load(dir, opts.index_every, false)?;
         check(&Recovered {
             last_seq: state.durable.map_or(0, |c| c.last_seq),
             last_commit: state.durable,
             truncated_bytes: would_truncate,
             meta: meta.clone(),
+            tail_damage: tail_damage.clone(),
         })?;
-        let (state, truncated_bytes) = load(dir, opts.index_every, true)?;
+        let (state, truncated_bytes, _) = load(dir, opts.index_every, true)?;
         let last_commit = state.durable;
         let last_seq = last_commit.map_or(0, |c| c.last_seq);
         // Continue appending to the last segment. Its index file (if it had been sealed
@@ -569,6 +605,7 @@ impl ChangeLog {
                 last_commit,
                 truncated_bytes,
                 meta,
+                tail_damage,
             },
         ))
     }

@@ -33,7 +33,10 @@ impl LogReader {
     /// durable end is the last commit found). To follow a live log use
     /// [`super::ChangeLog::reader`].
     pub fn open(dir: &Path, from_seq: u64) -> Result<LogReader, LogError> {
-        let (mut state, _) = load(dir, DEFAULT_INDEX_EVERY, false)?;
+        let (mut state, _, damage) = load(dir, DEFAULT_INDEX_EVERY, false)?;
+        if let Some(d) = damage {
+            return Err(d.into());
+        }
         state.closed = true;
         LogReader::live(Shared::new(dir.to_owned(), state), from_seq)
     }
@@ -259,6 +262,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             }
         }
         let scan = segment::scan(dir, first, DEFAULT_INDEX_EVERY, is_last)?;
+        if let Some(d) = scan.tail_damage {
+            // Damage is damage here; whether a restart may cut it is start-up's question.
+            return Err(d.into());
+        }
         report.segments += 1;
         report.records += scan.records;
         report.commits += scan.commits;

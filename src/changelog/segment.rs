@@ -199,13 +199,28 @@ pub struct Scan {
     pub commits: u64,
     /// Bytes after the committed prefix: a torn frame and/or a transaction without its commit.
     pub tail_bytes: u64,
+    /// In the last segment: a frame inside the file that fails its CRC or does not decode,
+    /// where the scan stopped (everything from the last commit before it is in `tail_bytes`).
+    /// Whether cutting it is safe depends on what was confirmed (see `ChangeLog::open_checked`).
+    pub tail_damage: Option<TailDamage>,
+}
+
+/// Damage in the last segment past its last intact commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path} is damaged at byte offset {offset}: {problem}")]
+pub struct TailDamage {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub problem: String,
 }
 
 /// Scans the segment starting at `first_seq`, checking every frame's CRC, that every record
 /// decodes, that seqs are dense from `first_seq`, and that every commit closes a non-empty
 /// transaction. With `allow_torn_tail` (the last segment), a torn or CRC-failing final frame
-/// and a trailing transaction without its commit are reported as `tail_bytes`; otherwise
-/// they are errors. Anything else wrong is an error naming the file and offset.
+/// and a trailing transaction without its commit are reported as `tail_bytes`, and a frame
+/// inside the file that fails its CRC or does not decode as `tail_damage` (after a failed
+/// fsync the kernel may have lost any page written since the last good one); otherwise they
+/// are errors. Anything else wrong is an error naming the file and offset.
 pub fn scan(
     dir: &Path,
     first_seq: u64,
@@ -234,6 +249,7 @@ pub fn scan(
     let mut index = Vec::new();
     let every = u64::from(index_every.max(1));
     let mut decoder = RecordDecoder::default();
+    let mut tail_damage = None;
     loop {
         let (offset, payload) = match reader.next_frame() {
             Ok(f) => f,
@@ -243,6 +259,14 @@ pub fn scan(
                 break;
             }
             Err(ReadStop::Crc { last: true, .. }) if allow_torn_tail => break,
+            Err(ReadStop::Crc { offset, error, .. }) if allow_torn_tail => {
+                tail_damage = Some(TailDamage {
+                    path: path.clone(),
+                    offset,
+                    problem: error.to_string(),
+                });
+                break;
+            }
             Err(ReadStop::Torn { offset }) => {
                 return Err(corrupt(offset, Problem::Torn));
             }
@@ -257,9 +281,18 @@ pub fn scan(
                 })
             }
         };
-        let record = decoder
-            .decode(payload)
-            .map_err(|e| corrupt(offset, Problem::Record(e)))?;
+        let record = match decoder.decode(payload) {
+            Ok(r) => r,
+            Err(e) if allow_torn_tail => {
+                tail_damage = Some(TailDamage {
+                    path: path.clone(),
+                    offset,
+                    problem: Problem::Record(e).to_string(),
+                });
+                break;
+            }
+            Err(e) => return Err(corrupt(offset, Problem::Record(e))),
+        };
         records += 1;
         match record {
             LogRecord::Change(c) => {
@@ -330,6 +363,7 @@ pub fn scan(
         records: committed_records,
         commits,
         tail_bytes,
+        tail_damage,
     })
 }
 
@@ -344,6 +378,9 @@ pub enum Problem {
     Record(RecordError),
     #[error("{0}")]
     Sequence(String),
+    /// A frame that fails its check, found where a torn tail was allowed.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// Writes the index file of a sealed segment (temporary file, fsync, rename). The caller

@@ -326,6 +326,91 @@ fn a_flipped_bit_in_a_middle_record_is_an_error_naming_file_and_offset() {
 }
 
 #[test]
+fn damage_inside_the_last_segment_is_shown_to_the_check_before_anything_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), LogOptions::default(), &[2, 2, 2]);
+    let seg = segments(dir.path())[0].clone();
+    let intact = fs::read(&seg).unwrap();
+    // Zero a page-sized run in the middle, as a lost page after a failed fsync reads back.
+    let mut bytes = intact.clone();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..(middle + 64).min(intact.len() - 1)] {
+        *b = 0;
+    }
+    fs::write(&seg, &bytes).unwrap();
+    // A refusing check leaves every byte where it was.
+    let err = ChangeLog::open_checked(dir.path(), LogOptions::default(), |found| {
+        let damage = found.tail_damage.as_ref().expect("damage reported");
+        assert_eq!(damage.path, seg);
+        assert!(found.truncated_bytes > 0);
+        assert!(found.last_seq < 6, "only commits before the damage count");
+        Err(LogError::Poisoned)
+    });
+    assert!(matches!(err, Err(LogError::Poisoned)));
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+    // Plain open refuses it; an accepting check cuts back to the last intact commit.
+    assert!(matches!(
+        ChangeLog::open(dir.path(), LogOptions::default()),
+        Err(LogError::Corrupt { .. })
+    ));
+    let (log, rec) =
+        ChangeLog::open_checked(
+            dir.path(),
+            LogOptions::default(),
+            |_| Ok::<(), LogError>(()),
+        )
+        .unwrap();
+    drop(log);
+    assert!(rec.last_seq < 6);
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        intact.len() as u64 - rec.truncated_bytes
+    );
+    verify(dir.path()).unwrap();
+}
+
+#[test]
+fn the_log_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("a").join("log");
+    let (mut log, _) = ChangeLog::open(&dir, opts(200, 2)).unwrap();
+    log.bind(super::LogMeta {
+        lineage: crate::binding::Lineage::random(),
+        source: crate::binding::SourceId {
+            system_identifier: 1,
+            timeline: 1,
+            database: "d".into(),
+            slot: "s".into(),
+        },
+        position: super::Position::default(),
+        base_seq: 0,
+    })
+    .unwrap();
+    append_tx(&mut log, 0, 1, 3);
+    append_tx(&mut log, 3, 2, 3);
+    log.sync().unwrap();
+    drop(log);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&parent.path().join("a")), 0o700);
+    let files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.iter().any(|p| p.ends_with("META")), "{files:?}");
+    assert!(
+        files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "idx")),
+        "{files:?}"
+    );
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
 fn segments_roll_only_at_commit_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     // Tiny segments: every commit reaches the size, so each transaction gets its own

@@ -40,7 +40,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn push(&mut self, what: &'static str, outcome: Outcome) {
+    pub(crate) fn push(&mut self, what: &'static str, outcome: Outcome) {
         self.checks.push(Check { what, outcome });
     }
 

@@ -9,6 +9,7 @@ pub mod check;
 pub mod log;
 pub mod status;
 pub mod tail;
+pub mod verify;
 
 use std::path::Path;
 

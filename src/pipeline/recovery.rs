@@ -122,6 +122,11 @@ pub enum RecoveryError {
         log_seq: u64,
         confirmed_seq: u64,
     },
+    #[error("{damage}\nHINT: {why}; restore the log directory from a backup, or move it aside and run `pgfanout run --recreate-slot` (every destination is then marked needs resync)")]
+    Damaged {
+        damage: crate::changelog::TailDamage,
+        why: &'static str,
+    },
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -288,6 +293,28 @@ pub fn plan(o: &Observed<'_>) -> Result<Plan, RecoveryError> {
             tail_bytes: o.log.truncated_bytes,
         });
     }
+    // Damage inside the last segment (after a failed fsync the kernel may lose any page
+    // written since the last good one) can be cut only where it is proven unconfirmed: the
+    // checks above and the slot's below show everything confirmed lies before it.
+    if let Some(damage) = &o.log.tail_damage {
+        let why = if meta.is_none() {
+            Some("the log has no META file, so what was confirmed cannot be checked against it")
+        } else if o.slot.is_none() {
+            Some("the slot is missing, so what was confirmed cannot be checked")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(RecoveryError::Damaged {
+                damage: damage.clone(),
+                why,
+            });
+        }
+        notes.push(format!(
+            "{damage}; everything confirmed lies before it, so the last {} bytes from the last intact commit are cut and PostgreSQL sends them again",
+            o.log.truncated_bytes
+        ));
+    }
     let slot = match o.slot {
         None if !progress => {
             if !o.manage_slot {
@@ -385,6 +412,7 @@ mod tests {
             }),
             truncated_bytes: 0,
             meta,
+            tail_damage: None,
         }
     }
 

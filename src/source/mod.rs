@@ -223,8 +223,8 @@ pub struct Preflight {
 }
 
 impl Preflight {
-    /// Connects, checks `wal_level`, ensures the publication as configured, identifies the
-    /// system and reads the slot `slot_name`.
+    /// Connects, checks `wal_level`, identifies the system and reads the slot `slot_name`.
+    /// Changes nothing: `pgfanout log verify` uses it too.
     pub async fn connect(
         cfg: &SourceConfig,
         slot_name: Option<&str>,
@@ -239,7 +239,6 @@ impl Preflight {
                 _ => SourceError::Session(e),
             })?;
         slot::check_wal_level(&mut session).await?;
-        slot::ensure_publication(&mut session, cfg).await?;
         let server = slot::identify_system(&mut session).await?;
         let slot = match slot_name {
             Some(name) => slot::slot_state(&mut session, name).await?,
@@ -275,6 +274,7 @@ impl Preflight {
         let Preflight {
             mut session, slot, ..
         } = self;
+        slot::ensure_publication(&mut session, cfg).await?;
         let (slot_name, start_lsn) =
             slot::prepare_slot(&mut session, cfg, &plan, slot.as_ref()).await?;
         let types = load_types(&mut session).await?;

@@ -37,8 +37,9 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// `client` must be connected to a state database whose `schema` is migrated.
-    pub(super) fn new(client: Arc<Client>, schema: &str) -> Self {
+    /// `client` must be connected to a state database whose `schema` is migrated (`status`
+    /// and `log verify` read without migrating: an unmigrated schema is an error then).
+    pub fn new(client: Arc<Client>, schema: &str) -> Self {
         CheckpointStore {
             client,
             schema: schema.to_owned(),
