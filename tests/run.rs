@@ -496,3 +496,248 @@ async fn check_reports_every_problem_at_once_and_passes_once_set_up() {
     );
     drop_slot(&client, &slot).await;
 }
+
+// ---- Recovery: what a restart cannot see by itself is refused, or healed where provable ----
+
+/// Runs `pgfanout run ARGS --endpos <now>`: until everything written so far is in the log.
+async fn run_to_now(
+    client: &tokio_postgres::Client,
+    cfg: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    let endpos: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut all = vec!["run".to_owned(), "--endpos".to_owned(), endpos];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let cfg = cfg.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        pgfanout(&all, &cfg)
+    })
+    .await
+    .unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A source database with published tables, a config for it, and a first run that logged
+/// `rounds` of the workload; returns (client, tempdir, config, log dir, slot).
+async fn logged_source(
+    prefix: &str,
+    rounds: u32,
+) -> (
+    tokio_postgres::Client,
+    tempfile::TempDir,
+    PathBuf,
+    PathBuf,
+    String,
+) {
+    let db = fresh_db(prefix).await;
+    let client = db_with_tables(&db).await;
+    client
+        .batch_execute(
+            "CREATE PUBLICATION pgfanout FOR TABLE items, events; CREATE TABLE unpublished (x int)",
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let slot = format!("rec_{db}");
+    let cfg = write_config(tmp.path(), &db, &slot, &log_dir);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[source]", "[source]\nmanage = true");
+    std::fs::write(&cfg, text).unwrap();
+    // The first run creates the slot; only what commits after it is decoded.
+    let first = run_to_now(&client, &cfg, &[]).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    workload(db.clone(), rounds, false).await;
+    let run = run_to_now(&client, &cfg, &[]).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(!read_log(&log_dir).is_empty());
+    (client, tmp, cfg, log_dir, slot)
+}
+
+/// Every file of the log directory and its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("LOCK"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_while_stopped_is_refused_until_recreate_slot_continues_the_numbering() {
+    let (client, _tmp, cfg, log_dir, slot) = logged_source("rec_slot", 5).await;
+    let before = read_log(&log_dir);
+    let last = before.last().unwrap().seq;
+    drop_slot(&client, &slot).await;
+    client
+        .batch_execute("INSERT INTO items VALUES (100000, 'lost while the slot was gone')")
+        .await
+        .unwrap();
+
+    let refused = run_to_now(&client, &cfg, &[]).await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!("replication slot \"{slot}\" does not exist"))
+            && err.contains(&format!("holds seqs up to {last}"))
+            && err.contains("--recreate-slot"),
+        "{err}"
+    );
+    // Refusing created nothing: no slot, no new change.
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+    let verify = pgfanout(&["log", "verify"], &cfg);
+    assert!(!verify.status.success());
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("PROBLEM resume"),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    // The way out: numbering continues after the last seq, never reusing one.
+    let recreated = run_to_now(&client, &cfg, &["--recreate-slot"]).await;
+    assert!(recreated.status.success(), "{}", stderr(&recreated));
+    client
+        .batch_execute("INSERT INTO items VALUES (100001, 'after')")
+        .await
+        .unwrap();
+    let again = run_to_now(&client, &cfg, &[]).await;
+    assert!(
+        again.status.success(),
+        "a restart resumes the new slot: {}",
+        stderr(&again)
+    );
+    let after = read_log(&log_dir);
+    assert_eq!(after[..before.len()], before[..]);
+    let new: Vec<_> = after[before.len()..].iter().collect();
+    assert_eq!(new.len(), 1, "only the row written after the new slot");
+    assert_eq!(new[0].seq, last + 1);
+    let verify = pgfanout(&["log", "verify"], &cfg);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    drop_slot(&client, &slot).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_in_half_or_with_a_bad_last_commit_is_refused_and_left_as_it_was() {
+    let (client, _tmp, cfg, log_dir, slot) = logged_source("rec_cut", 8).await;
+    let seg = segments_of(&log_dir).pop().unwrap();
+    let intact = std::fs::read(&seg).unwrap();
+
+    // A flipped byte in the last commit record: its CRC fails where a torn write would end,
+    // but the slot was confirmed past it.
+    let mut flipped = intact.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x10;
+    std::fs::write(&seg, &flipped).unwrap();
+    let files = snapshot(&log_dir);
+    let refused = run_to_now(&client, &cfg, &[]).await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(err.contains("this is damage, not a torn write"), "{err}");
+    assert_eq!(snapshot(&log_dir), files, "a refusal changes nothing");
+    assert!(!pgfanout(&["log", "verify"], &cfg).status.success());
+
+    // The last segment cut in half.
+    std::fs::write(&seg, &intact[..intact.len() / 2]).unwrap();
+    let files = snapshot(&log_dir);
+    let refused = run_to_now(&client, &cfg, &[]).await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("the change log in")
+            && err.contains("ends at seq")
+            && err.contains("was logged"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&log_dir), files);
+    let verify = pgfanout(&["log", "verify"], &cfg);
+    assert!(!verify.status.success());
+
+    // Restored, it resumes.
+    std::fs::write(&seg, &intact).unwrap();
+    let resumed = run_to_now(&client, &cfg, &[]).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    drop_slot(&client, &slot).await;
+}
+
+fn segments_of(dir: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_from_another_cluster_is_refused_naming_the_system_identifier() {
+    let (client, tmp, cfg, log_dir, slot) = logged_source("rec_foreign", 3).await;
+    // A second cluster with a database of the same name, the same tables and slot name.
+    let other = tokio::task::spawn_blocking(|| {
+        pgfanout_testkit::localpg::LocalPostgres::start(&Default::default()).unwrap()
+    })
+    .await
+    .unwrap();
+    let db: String = client
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    other.create_database(&db).await.unwrap();
+    let oc = other.sql(&db).await.unwrap();
+    oc.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);
+         CREATE PUBLICATION pgfanout FOR TABLE items, events;",
+    )
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let url = url_on(&server(), &db);
+    assert!(text.contains(&url));
+    let foreign_cfg = tmp.path().join("foreign.toml");
+    std::fs::write(&foreign_cfg, text.replace(&url, &url_on(&other, &db))).unwrap();
+    let files = snapshot(&log_dir);
+    let refused = run_to_now(&oc, &foreign_cfg, &[]).await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("was written from another source: its system identifier"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&log_dir), files);
+    let slots: i64 = oc
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "nothing was created on the foreign cluster");
+    drop_slot(&client, &slot).await;
+}
