@@ -720,7 +720,7 @@ async fn a_log_from_another_cluster_is_refused_naming_the_system_identifier() {
     .await
     .unwrap();
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let url = url_on(&server(), &db);
+    let url = url_on(server(), &db);
     assert!(text.contains(&url));
     let foreign_cfg = tmp.path().join("foreign.toml");
     std::fs::write(&foreign_cfg, text.replace(&url, &url_on(&other, &db))).unwrap();
