@@ -741,3 +741,197 @@ async fn a_log_from_another_cluster_is_refused_naming_the_system_identifier() {
     assert_eq!(slots, 0, "nothing was created on the foreign cluster");
     drop_slot(&client, &slot).await;
 }
+
+/// An ext4 filesystem on a loop device whose backing file lives on a small tmpfs: once the tmpfs is full, writes to
+/// the loop device fail and fsync returns EIO, as on a thin-provisioned disk that ran out.
+/// Unmounted and detached when dropped.
+struct FillingDisk {
+    root: tempfile::TempDir,
+    loop_dev: String,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (this test needs root and loop devices): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl FillingDisk {
+    fn new(backing_mb: u32) -> FillingDisk {
+        let root = tempfile::tempdir().unwrap();
+        let back = root.path().join("back");
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir_all(&back).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let p = |p: &Path| p.to_str().unwrap().to_owned();
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={backing_mb}m"),
+                "tmpfs",
+                &p(&back),
+            ],
+        );
+        let img = back.join("disk.img");
+        sh("truncate", &["-s", "256M", &p(&img)]);
+        sh("mkfs.ext4", &["-q", "-F", &p(&img)]);
+        let loop_dev = sh("losetup", &["-f", "--show", &p(&img)]);
+        sh("mount", &["-o", "errors=continue", &loop_dev, &p(&mnt)]);
+        FillingDisk { root, loop_dev }
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.root.path().join("mnt")
+    }
+
+    /// Gives the backing store room.
+    fn grow(&self, backing_mb: u32) {
+        let back = self.root.path().join("back");
+        sh(
+            "mount",
+            &[
+                "-o",
+                &format!("remount,size={backing_mb}m"),
+                back.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// Drops the filesystem's page cache by mounting it again, after the check an operator
+    /// runs (exit code 1 means "errors corrected"): what a reboot would find on disk.
+    fn remount(&self) {
+        sh("umount", &[self.mnt().to_str().unwrap()]);
+        let _ = Command::new("e2fsck")
+            .args(["-fy", &self.loop_dev])
+            .output();
+        sh(
+            "mount",
+            &[
+                "-o",
+                "errors=continue",
+                &self.loop_dev,
+                self.mnt().to_str().unwrap(),
+            ],
+        );
+    }
+}
+
+/// How far the log at `dir` vouches for the stream: its last commit's end, or the position
+/// its META file recorded past it (transactions with nothing to log, an idle server).
+async fn log_end(dir: &Path) -> Lsn {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let summary = pgfanout::changelog::summary(&dir).unwrap();
+        let commit = summary.last_commit.map_or(Lsn::ZERO, |c| c.end_lsn);
+        commit.max(summary.meta.map_or(Lsn::ZERO, |m| m.position.lsn))
+    })
+    .await
+    .unwrap()
+}
+
+impl Drop for FillingDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+        let _ = Command::new("losetup")
+            .args(["-d", &self.loop_dev])
+            .status();
+        let _ = Command::new("umount")
+            .arg(self.root.path().join("back"))
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_never_confirms_what_a_restart_could_lose() {
+    let disk = FillingDisk::new(12);
+    let db = fresh_db("rec_fsync").await;
+    let client = db_with_tables(&db).await;
+    client
+        .batch_execute("CREATE PUBLICATION pgfanout FOR TABLE items, events")
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = disk.mnt().join("log");
+    let slot = format!("s_{db}");
+    let cfg = write_config(tmp.path(), &db, &slot, &log_dir);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[source]", "[source]\nmanage = true");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon_log = tmp.path().join("daemon.log");
+    let mut daemon = Daemon::start_logging(&cfg, "warn", &daemon_log);
+    wait_streaming(&mut daemon, &client, &db).await;
+
+    // About 40 MB of changes in 200 KB rows: more than the disk can take.
+    const ROWS: i32 = 200;
+    for i in 0..ROWS {
+        client
+            .execute(
+                "INSERT INTO items VALUES ($1::int, repeat(md5($1::int::text), 6400))",
+                &[&i],
+            )
+            .await
+            .unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || daemon.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(!status.success(), "the writer must stop when fsync fails");
+    let logged = std::fs::read_to_string(&daemon_log).unwrap();
+    assert!(
+        logged.contains("Input/output error") || logged.contains("No space"),
+        "{logged}"
+    );
+    // Room is made and the filesystem mounted again (ext4 turns read-only after a failed
+    // write even with errors=continue): the page cache is gone, and what is on disk is what
+    // fsync made durable. The slot was never confirmed past it.
+    let confirmed = confirmed_flush(&client, &slot).await;
+    disk.grow(512);
+    disk.remount();
+    assert!(
+        confirmed <= log_end(&log_dir).await,
+        "the slot was confirmed to {confirmed}, past the log end on disk"
+    );
+
+    // The restart receives the rest again: every row once, in commit order, dense seqs.
+    client
+        .batch_execute("INSERT INTO events (item, kind) VALUES (-1, 'end')")
+        .await
+        .unwrap();
+    let mut daemon = Daemon::start_logging(&cfg, "warn", &daemon_log);
+    wait_streaming(&mut daemon, &client, &db).await;
+    let changes = wait_for_end(&log_dir).await;
+    assert!(daemon.stop().success());
+    assert!(confirmed_flush(&client, &slot).await <= log_end(&log_dir).await);
+    pgfanout::changelog::verify(&log_dir).unwrap();
+    let ids: Vec<i32> = changes
+        .iter()
+        .filter(|c| c.change.relation.name == "items")
+        .map(|c| match &c.change.op {
+            Op::Insert { new } => match &new.0[0] {
+                Datum::Text(t) => std::str::from_utf8(t).unwrap().parse().unwrap(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..ROWS).collect::<Vec<_>>(),
+        "every row once, in commit order"
+    );
+    let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (1..=changes.len() as u64).collect::<Vec<_>>());
+    pgfanout::changelog::verify(&log_dir).unwrap();
+    drop_slot(&client, &slot).await;
+}
