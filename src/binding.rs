@@ -80,6 +80,15 @@ impl fmt::Display for Lineage {
     }
 }
 
+/// A destination whose watermark counts the seqs of another numbering than this log's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("destination {destination:?} holds the seqs of another change log (its watermark is of lineage {stored}; this log is lineage {ours})\nHINT: another pgfanout writes it, or the change log was replaced; give each pgfanout its own destination, or empty the destination's tables and its watermark row, then `pgfanout destination resume {destination}`")]
+pub struct ForeignLineage {
+    pub destination: String,
+    pub stored: String,
+    pub ours: Lineage,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a lineage is 32 hex digits")]
 pub struct BadLineage;

@@ -828,3 +828,44 @@ async fn replaying_an_old_batch_over_soft_deleted_rows_changes_nothing() {
     assert_eq!(rows(&client, WATERMARKS).await, watermarks);
     assert_eq!(sink.watermark("d").await.unwrap(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_of_another_lineage_is_refused_in_the_batch_transaction() {
+    use pgfanout::binding::Lineage;
+    let db = fresh_db("sink_lineage").await;
+    let client = sql(&db).await;
+    let (ours, theirs) = (Lineage::random(), Lineage::random());
+    let mut first = sink(&db, "public").await;
+    first.ensure_tables(&[items_table()], true).await.unwrap();
+    // A watermark written before lineages existed is bound by the first batch with one.
+    let mut b = Batch::new(5);
+    b.upsert(0, 5, item("a", "1", "1"));
+    first.apply("d", &b).await.unwrap();
+    assert_eq!(first.lineage("d").await.unwrap(), None);
+    first.bind_lineage(ours);
+    let mut b = Batch::new(6);
+    b.upsert(0, 6, item("a", "1", "2"));
+    first.apply("d", &b).await.unwrap();
+    assert_eq!(first.lineage("d").await.unwrap(), Some(ours.to_string()));
+
+    // A writer of another numbering changes nothing: not the rows, not the watermark.
+    let mut other = sink(&db, "public").await;
+    other.ensure_tables(&[items_table()], false).await.unwrap();
+    other.bind_lineage(theirs);
+    let mut b = Batch::new(50);
+    b.upsert(0, 50, item("a", "1", "99"));
+    let err = other.apply("d", &b).await.unwrap_err();
+    let msg = pgfanout::report::Chain(&err).to_string();
+    assert!(
+        msg.contains("holds the seqs of another change log")
+            && msg.contains(&ours.to_string())
+            && msg.contains(&theirs.to_string()),
+        "{msg}"
+    );
+    assert_eq!(err.kind(), pgfanout::disposition::ErrorKind::Rejected);
+    assert_eq!(other.watermark("d").await.unwrap(), 6);
+    assert_eq!(
+        rows(&client, ITEMS).await,
+        vec![item_row("a", "1", "2", "6")]
+    );
+}

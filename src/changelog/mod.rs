@@ -237,6 +237,8 @@ struct State {
     durable: Option<CommitInfo>,
     /// The writer is gone (readers stop waiting).
     closed: bool,
+    /// The numbering the log's seqs belong to (its META file's), once bound.
+    lineage: Option<crate::binding::Lineage>,
 }
 
 #[derive(Debug)]
@@ -283,6 +285,11 @@ impl Readers {
     /// The last durable commit.
     pub fn last_durable(&self) -> Option<CommitInfo> {
         self.0.lock().durable
+    }
+
+    /// The numbering this log's seqs belong to (`None` until it is bound).
+    pub fn lineage(&self) -> Option<crate::binding::Lineage> {
+        self.0.lock().lineage
     }
 
     /// Oldest retained seq.
@@ -458,6 +465,7 @@ fn load(
             segments,
             durable,
             closed: false,
+            lineage: None,
         },
         truncated,
         damage,
@@ -546,7 +554,8 @@ impl ChangeLog {
             meta: meta.clone(),
             tail_damage: tail_damage.clone(),
         })?;
-        let (state, truncated_bytes, _) = load(dir, opts.index_every, true)?;
+        let (mut state, truncated_bytes, _) = load(dir, opts.index_every, true)?;
+        state.lineage = meta.as_ref().map(|m| m.lineage);
         let last_commit = state.durable;
         let last_seq = last_commit.map_or(0, |c| c.last_seq);
         // Continue appending to the last segment. Its index file (if it had been sealed
@@ -619,6 +628,7 @@ impl ChangeLog {
     pub fn bind(&mut self, meta: LogMeta) -> Result<(), LogError> {
         self.check()?;
         meta::write_meta(&self.dir, &meta)?;
+        self.shared.lock().lineage = Some(meta.lineage);
         self.meta = Some(meta);
         Ok(())
     }

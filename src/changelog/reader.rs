@@ -29,6 +29,11 @@ pub struct LogReader {
 }
 
 impl LogReader {
+    /// The numbering the log's seqs belong to (`None` for an unbound log).
+    pub fn lineage(&self) -> Option<crate::binding::Lineage> {
+        self.shared.lock().lineage
+    }
+
     /// A reader of the log in `dir` as it is on disk now (no writer in this process: the
     /// durable end is the last commit found). To follow a live log use
     /// [`super::ChangeLog::reader`].
@@ -38,6 +43,7 @@ impl LogReader {
             return Err(d.into());
         }
         state.closed = true;
+        state.lineage = super::read_meta(dir)?.map(|m| m.lineage);
         LogReader::live(Shared::new(dir.to_owned(), state), from_seq)
     }
 

@@ -70,6 +70,13 @@ pub async fn replay(
     apply_retrying(&mut sink, plan, destination, None)
         .await
         .map_err(dest_err)?;
+    // History of another numbering would land under versions that mean other changes.
+    if let (Some(ours), Some(writer)) = (reader.lineage(), sink.as_mut()) {
+        writer
+            .bind_lineage(destination, ours)
+            .await
+            .map_err(dest_err)?;
+    }
     let started = Instant::now();
     let mut report = ReplayReport {
         changes: 0,

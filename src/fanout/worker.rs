@@ -161,6 +161,12 @@ impl Worker {
         let cfg = &self.plan.config;
         let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
+        // The watermark counts seqs of one numbering: refuse one of another (invariant 21).
+        if let Some(ours) = self.readers.lineage() {
+            if sink.bind_lineage(&cfg.name, ours).await? && watermark > 0 {
+                warn!(destination = %cfg.name, watermark, lineage = %ours, "the destination's watermark has no lineage (an older pgfanout wrote it): binding it to this change log");
+            }
+        }
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
         let mut p = Pending {

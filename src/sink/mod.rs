@@ -51,6 +51,7 @@ pub mod postgres;
 use std::borrow::Cow;
 
 pub use self::clickhouse::{ClickHouseError, ClickHouseSink};
+use crate::binding::ForeignLineage;
 use crate::config::{StoreConfig, StoreSettings};
 use crate::disposition::{Classify, ErrorKind};
 use crate::sql::quote_ident;
@@ -220,7 +221,7 @@ pub fn text(s: impl Into<Cow<'static, str>>) -> Cell<'static> {
 /// A connected destination writer of either kind.
 #[derive(Debug)]
 pub enum Writer {
-    Postgres(PostgresSink),
+    Postgres(Box<PostgresSink>),
     ClickHouse(Box<ClickHouseSink>),
 }
 
@@ -232,6 +233,8 @@ pub enum SinkError {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     ClickHouse(#[from] ClickHouseError),
+    #[error(transparent)]
+    ForeignLineage(Box<ForeignLineage>),
 }
 
 impl Classify for SinkError {
@@ -240,6 +243,7 @@ impl Classify for SinkError {
             SinkError::Connect(e) => e.kind(),
             SinkError::Postgres(e) => e.kind(),
             SinkError::ClickHouse(e) => e.kind(),
+            SinkError::ForeignLineage(_) => ErrorKind::Rejected,
         }
     }
 }
@@ -257,7 +261,7 @@ impl Writer {
                 let client = pg.conn.connect_sql().await?;
                 let mut sink = PostgresSink::new(client, pg.schema.clone());
                 sink.ensure_tables(tables, cfg.create_tables).await?;
-                Ok(Writer::Postgres(sink))
+                Ok(Writer::Postgres(Box::new(sink)))
             }
             StoreConfig::ClickHouse(ch) => {
                 let mut sink = ClickHouseSink::connect(ch).await?;
@@ -274,6 +278,35 @@ impl Writer {
             Writer::Postgres(s) => s.watermark(destination).await?,
             Writer::ClickHouse(s) => s.watermark(destination).await?,
         })
+    }
+
+    /// Refuses a destination whose watermark counts the seqs of another numbering than
+    /// `ours` (see `crate::binding`), then writes `ours` with every watermark from now on. A
+    /// watermark without a lineage (an older pgfanout's) is bound to `ours`; returns whether
+    /// that happened, for the caller to say so.
+    pub async fn bind_lineage(
+        &mut self,
+        destination: &str,
+        ours: crate::binding::Lineage,
+    ) -> Result<bool, SinkError> {
+        let stored = match self {
+            Writer::Postgres(s) => s.lineage(destination).await?,
+            Writer::ClickHouse(s) => s.lineage(destination).await?,
+        };
+        if let Some(stored) = &stored {
+            if *stored != ours.to_string() {
+                return Err(SinkError::ForeignLineage(Box::new(ForeignLineage {
+                    destination: destination.to_owned(),
+                    stored: stored.clone(),
+                    ours,
+                })));
+            }
+        }
+        match self {
+            Writer::Postgres(s) => s.bind_lineage(ours),
+            Writer::ClickHouse(s) => s.bind_lineage(ours),
+        }
+        Ok(stored.is_none())
     }
 
     /// Applies `batch` and moves the watermark to its `last_seq`; skipped when the watermark

@@ -170,8 +170,8 @@ impl TableDdl {
 /// Where each destination's watermark lives: one row per write, the highest seq wins.
 pub fn watermark_table(database: &str, table: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {} (destination String, seq UInt64, written_at DateTime) \
-         ENGINE = ReplacingMergeTree(seq) ORDER BY destination",
+        "CREATE TABLE IF NOT EXISTS {} (destination String, seq UInt64, written_at DateTime, \
+         lineage String) ENGINE = ReplacingMergeTree(seq) ORDER BY destination",
         qualified(database, table)
     )
 }

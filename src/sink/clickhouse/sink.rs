@@ -35,6 +35,7 @@
 //! delete — which carries only the key — lands on the sort key of the row it hides, and a row
 //! moving between tenants is a delete at the old key plus an insert at the new one.
 
+use crate::binding::Lineage;
 use rustc_hash::FxHashMap as HashMap;
 use std::borrow::Cow;
 use std::fmt;
@@ -216,6 +217,8 @@ pub struct ClickHouseSink {
     tables: Vec<Table>,
     /// The watermark as last read or written: this sink is its destination's only writer.
     watermark: Option<u64>,
+    /// Written with the watermark (see `crate::binding`).
+    lineage: Option<Lineage>,
 }
 
 impl fmt::Debug for ClickHouseSink {
@@ -254,6 +257,7 @@ impl ClickHouseSink {
             version: ServerVersion { major: 0, minor: 0 },
             tables: Vec::new(),
             watermark: None,
+            lineage: None,
         };
         let what = format!("connecting to ClickHouse at {url} (reading its version)");
         let text = sink.fetch_text(&what, None, "SELECT version()").await?;
@@ -535,6 +539,30 @@ impl ClickHouseSink {
             &ddl::watermark_table(&db, WATERMARK_TABLE),
         )
         .await?;
+        // Watermark tables created before lineages existed (18.16 has no ADD COLUMN IF NOT
+        // EXISTS: look first).
+        let has_lineage = self
+            .fetch_text(
+                "reading the watermark table's columns",
+                None,
+                &format!(
+                    "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name = 'lineage'",
+                    literal(&db),
+                    literal(WATERMARK_TABLE)
+                ),
+            )
+            .await?;
+        if has_lineage.trim() == "0" {
+            self.execute(
+                "adding the lineage to the watermark table",
+                None,
+                &format!(
+                    "ALTER TABLE {} ADD COLUMN lineage String",
+                    qualified(&db, WATERMARK_TABLE)
+                ),
+            )
+            .await?;
+        }
         if let Some(views) = self.store.views_database.clone() {
             self.ensure_views(&views, &prepared).await?;
             if let Some(reader) = self.store.reader_user.clone() {
@@ -638,6 +666,29 @@ impl ClickHouseSink {
         Ok(wm)
     }
 
+    /// From now on, write `lineage` with the watermark (see `crate::binding`).
+    pub fn bind_lineage(&mut self, lineage: Lineage) {
+        self.lineage = Some(lineage);
+    }
+
+    /// The lineage stored with `destination`'s highest watermark (`None`: none yet, or one
+    /// written before lineages existed).
+    pub async fn lineage(&mut self, destination: &str) -> Result<Option<String>, ClickHouseError> {
+        let table = qualified(&self.store.database, WATERMARK_TABLE);
+        let text = self
+            .fetch_text(
+                "reading the watermark",
+                Some(&table),
+                &format!(
+                    "SELECT argMax(lineage, seq) FROM {table} WHERE destination = {}",
+                    literal(destination)
+                ),
+            )
+            .await?;
+        let text = text.trim();
+        Ok((!text.is_empty()).then(|| text.to_owned()))
+    }
+
     /// Writes `batch` for `destination`, then its watermark. A batch whose `last_seq` is not
     /// beyond the watermark is skipped.
     pub async fn apply(
@@ -658,9 +709,10 @@ impl ClickHouseSink {
             "advancing the watermark",
             Some(&table),
             &format!(
-                "INSERT INTO {table} (destination, seq, written_at) VALUES ({}, {}, now())",
+                "INSERT INTO {table} (destination, seq, written_at, lineage) VALUES ({}, {}, now(), {})",
                 literal(destination),
-                batch.last_seq
+                batch.last_seq,
+                literal(&self.lineage.map(|l| l.to_string()).unwrap_or_default())
             ),
         )
         .await?;

@@ -1,6 +1,7 @@
 //! What can go wrong writing to a PostgreSQL destination, and which server errors may be
 //! quoted (never a row value).
 
+use crate::binding::ForeignLineage;
 use std::fmt;
 
 use tokio_postgres::error::SqlState;
@@ -43,6 +44,10 @@ pub enum PostgresError {
         table: QualifiedName,
         value: i64,
     },
+
+    /// Checked again in every batch transaction: two writers of different logs never mix.
+    #[error(transparent)]
+    ForeignLineage(Box<ForeignLineage>),
 }
 
 impl Classify for PostgresError {
@@ -63,7 +68,8 @@ impl Classify for PostgresError {
             }
             PostgresError::Query { .. }
             | PostgresError::Schema { .. }
-            | PostgresError::BadWatermark { .. } => ErrorKind::Rejected,
+            | PostgresError::BadWatermark { .. }
+            | PostgresError::ForeignLineage(_) => ErrorKind::Rejected,
             PostgresError::InvalidBatch { .. } => ErrorKind::Definite,
         }
     }

@@ -1,6 +1,7 @@
 //! [`PostgresSink`]: validates or creates the target tables, then applies batches in one
 //! transaction with the destination's watermark.
 
+use crate::binding::{ForeignLineage, Lineage};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -28,6 +29,9 @@ pub struct PostgresSink {
     pub(super) client: Client,
     pub(super) schema: String,
     pub(super) tables: Vec<Prepared>,
+    /// The numbering the watermark counts: written with it, and a watermark of another is
+    /// refused (see `crate::binding`). `None` writes and checks none (tests, older callers).
+    lineage: Option<Lineage>,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -47,7 +51,28 @@ impl PostgresSink {
             client,
             schema: schema.into(),
             tables: Vec::new(),
+            lineage: None,
         }
+    }
+
+    /// From now on, write `lineage` with the watermark and refuse a watermark of another.
+    pub fn bind_lineage(&mut self, lineage: Lineage) {
+        self.lineage = Some(lineage);
+    }
+
+    /// The lineage stored with `destination`'s watermark (`None`: none yet, or one written
+    /// before lineages existed).
+    pub async fn lineage(&self, destination: &str) -> Result<Option<String>, PostgresError> {
+        let wm = self.watermark_table();
+        let row = self
+            .client
+            .query_opt(
+                &format!("SELECT lineage FROM {} WHERE destination = $1", wm.quoted()),
+                &[&destination],
+            )
+            .await
+            .map_err(|e| query_error("reading the watermark", Some(destination), Some(&wm), e))?;
+        Ok(row.and_then(|r| r.get(0)))
     }
 
     fn watermark_table(&self) -> QualifiedName {
@@ -98,7 +123,12 @@ impl PostgresSink {
         }
         ddl.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (destination text PRIMARY KEY, seq bigint NOT NULL, \
-             updated_at timestamptz NOT NULL DEFAULT now())",
+             updated_at timestamptz NOT NULL DEFAULT now(), lineage text)",
+            wm.quoted()
+        ));
+        // Watermark tables created before lineages existed.
+        ddl.push(format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS lineage text",
             wm.quoted()
         ));
         for stmt in &ddl {
@@ -353,19 +383,28 @@ impl PostgresSink {
             .transaction()
             .await
             .map_err(wm_err("starting the batch transaction"))?;
-        let current: i64 = tx
+        let locked = tx
             .query_one(
                 &format!(
                     "INSERT INTO {} AS w (destination, seq) VALUES ($1, 0) \
-                     ON CONFLICT (destination) DO UPDATE SET seq = w.seq RETURNING seq",
+                     ON CONFLICT (destination) DO UPDATE SET seq = w.seq RETURNING seq, lineage",
                     wm.quoted()
                 ),
                 &[&destination],
             )
             .await
-            .map_err(wm_err("locking the watermark"))?
-            .get(0);
-        let current = watermark_value(destination, &wm, current)?;
+            .map_err(wm_err("locking the watermark"))?;
+        let current = watermark_value(destination, &wm, locked.get(0))?;
+        let stored: Option<String> = locked.get(1);
+        if let (Some(ours), Some(stored)) = (self.lineage, stored) {
+            if stored != ours.to_string() {
+                return Err(PostgresError::ForeignLineage(Box::new(ForeignLineage {
+                    destination: destination.to_owned(),
+                    stored,
+                    ours,
+                })));
+            }
+        }
         if batch.last_seq <= current {
             tx.rollback()
                 .await
@@ -376,12 +415,14 @@ impl PostgresSink {
             drop(tx);
             return Err(self.write_error(destination, &plan, failure).await);
         }
+        let lineage = self.lineage.map(|l| l.to_string());
         tx.execute(
             &format!(
-                "UPDATE {} SET seq = $2, updated_at = now() WHERE destination = $1 AND seq < $2",
+                "UPDATE {} SET seq = $2, updated_at = now(), lineage = coalesce($3, lineage) \
+                 WHERE destination = $1 AND seq < $2",
                 wm.quoted()
             ),
-            &[&destination, &last_seq],
+            &[&destination, &last_seq, &lineage],
         )
         .await
         .map_err(wm_err("advancing the watermark"))?;
