@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_destinations.sql",
         sql: include_str!("../../migrations/0002_destinations.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_destination_holds.sql",
+        sql: include_str!("../../migrations/0003_destination_holds.sql"),
+    },
 ];
 
 /// What a [`migrate`] run did.
