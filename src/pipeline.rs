@@ -37,6 +37,7 @@ use crate::state::{Checkpoint, StateDb, StateError};
 const WRITER_BATCH: usize = 256;
 /// Messages in flight to the writer: bounds memory to about this many batches.
 const WRITER_QUEUE: usize = 64;
+/// Age-based retention runs this often; the size cap also whenever a segment was added.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -134,10 +135,14 @@ pub async fn run(
     };
     let runner = async {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_RUN);
+        // A start of pgfanout retries failed destinations once; starting over after a
+        // transient failure does not.
+        let mut first = true;
         loop {
             let started = Instant::now();
             let mut stop = stop_rx.clone();
-            let result = run_once(cfg, opts, async move {
+            let retry_failed = std::mem::replace(&mut first, false);
+            let result = run_once(cfg, opts, retry_failed, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
@@ -171,6 +176,7 @@ pub async fn run(
 async fn run_once(
     cfg: &Config,
     opts: RunOptions,
+    retry_failed: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let state = StateDb::connect(&cfg.state.conn, &cfg.state.schema).await?;
@@ -254,7 +260,10 @@ async fn run_once(
         .map_err(|_| RunError::WriterGone)?;
 
     let mut fanout = match setup {
-        Some(setup) => Some(Fanout::start(cfg, setup, readers, keep_from)?),
+        Some(setup) => {
+            let holds = crate::fanout::load_holds(cfg, &state, retry_failed).await?;
+            Some(Fanout::start(cfg, setup, readers, keep_from, holds)?)
+        }
         None => None,
     };
     stream.confirm_from(lsn_rx);
@@ -509,6 +518,7 @@ fn write_loop(
     let mut pending: Option<Durable> = None;
     let mut oldest_unsynced: Option<Instant> = None;
     let mut last_retention = Instant::now();
+    let mut segments = log.segment_count();
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => Some(m),
@@ -518,10 +528,14 @@ fn write_loop(
                     sync(&mut log, &mut pending, &mut durable, &durable_tx, &lsn_tx)?;
                     oldest_unsynced = None;
                 }
-                if last_retention.elapsed() >= RETENTION_EVERY {
+                // The log grows past a size cap by whole segments: check it when one was
+                // added, not only every minute.
+                let grew = retention.max_bytes.is_some() && log.segment_count() > segments;
+                if grew || last_retention.elapsed() >= RETENTION_EVERY {
                     last_retention = Instant::now();
                     let keep = keep_from.load(Ordering::Relaxed);
                     apply_retention(&mut log, &retention, (keep != u64::MAX).then_some(keep));
+                    segments = log.segment_count();
                 }
                 rx.blocking_recv()
             }
@@ -598,7 +612,7 @@ fn apply_retention(log: &mut ChangeLog, retention: &Retention, keep_from_seq: Op
     }
     match log.apply_retention(retention, keep_from_seq) {
         Ok(r) if r.dropped_needed => {
-            warn!(segments = r.deleted_segments.len(), oldest_seq = ?r.oldest_seq, keep_from_seq = ?keep_from_seq, "log.retention_mb forced deleting changes a destination still needs; it will need a resync")
+            warn!(segments = r.deleted_segments.len(), oldest_seq = ?r.oldest_seq, keep_from_seq = ?keep_from_seq, "log.retention_mb forced deleting changes a destination still needs; the fan-out holds each such destination `needs resync`")
         }
         Ok(r) if !r.deleted_segments.is_empty() => {
             info!(segments = r.deleted_segments.len(), bytes = r.deleted_bytes, oldest_seq = ?r.oldest_seq, "retention deleted old segments")

@@ -430,6 +430,149 @@ async fn a_rejected_value_stops_only_its_postgres_destination() {
     assert!(daemon.stop().success());
 }
 
+/// The `users` mapping with `display_name` written as `varchar(200)`: a destination whose
+/// column is narrower still validates (same type), and refuses long values when writing.
+fn varchar_mapping_toml() -> String {
+    mapping_toml() + "[mappings.types]\ndisplay_name = \"varchar(200)\"\n"
+}
+
+async fn insert_user(source: &tokio_postgres::Client, id: i32, name: &str) {
+    source
+        .execute(
+            "INSERT INTO project_user (tenancy_id, id, display_name) VALUES ($1::text::uuid, $2, $3)",
+            &[&TENANT_A, &id, &name],
+        )
+        .await
+        .unwrap();
+}
+
+/// `(hold, reason, seq, table, column)` of `name` in the state schema of `db`, if held.
+async fn stored_hold(
+    db: &str,
+    name: &str,
+) -> Option<(String, String, Option<i64>, Option<String>, Option<String>)> {
+    sql(db)
+        .await
+        .query_opt(
+            "SELECT hold, reason, seq, target_table, target_column FROM pgfanout.destination_holds WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+}
+
+/// Issue 11: a 22001 (value too long, which PostgreSQL attributes to no column) on one of two
+/// PostgreSQL destinations holds that one `failed` — table, column and seq in `status` and in
+/// the state database, never the value — while the other keeps applying; widening the column
+/// and `pgfanout destination resume` bring it back without a restart, caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_fails_one_of_two_destinations_until_resumed() {
+    const SECRET: &str = "secret-value-far-too-long";
+    let (db, source) = seeded_source("fan_long_src").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (fresh_db("fan_long_a").await, fresh_db("fan_long_b").await);
+    let tenants = [TENANT_A, TENANT_B];
+    let config = write_config_with(
+        dir.path(),
+        &db,
+        &["public.tenancy", "public.project_user"],
+        &(varchar_mapping_toml()
+            + &destination_toml("a", &a, &tenants)
+            + &destination_toml("b", &b, &tenants)),
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    insert_user(&source, 1, "first").await;
+    let (target_a, target_b) = (sql(&a).await, sql(&b).await);
+    wait_equal(&source, &target_a, "a", &tenants).await;
+    wait_equal(&source, &target_b, "b", &tenants).await;
+    target_a
+        .batch_execute("ALTER TABLE users ALTER COLUMN display_name TYPE varchar(5)")
+        .await
+        .unwrap();
+
+    insert_user(&source, 2, "short").await;
+    insert_user(&source, 3, SECRET).await;
+    let status = wait_for("destination a to fail", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "failed").then_some(s)
+    })
+    .await;
+    // The insert of 3 is the last change: the one refused.
+    let bad_seq = log_last_seq(&dir.path().join("log")).await;
+    let hold = &status["a"]["hold"];
+    assert_eq!(hold["kind"], "failed", "{hold}");
+    assert_eq!(hold["column"], "display_name", "{hold}");
+    assert_eq!(hold["seq"], bad_seq, "{hold}");
+    assert!(hold["table"].as_str().unwrap().contains("users"), "{hold}");
+    let reason = hold["reason"].as_str().unwrap();
+    for part in [
+        "\"a\"",
+        "users",
+        "column display_name",
+        &format!("change {bad_seq}"),
+        "22001",
+    ] {
+        assert!(reason.contains(part), "{part:?} in {reason}");
+    }
+    let (kind, stored_reason, seq, table, column) = stored_hold(&db, "a").await.unwrap();
+    assert_eq!(
+        (kind.as_str(), seq, column.as_deref()),
+        ("failed", Some(bad_seq as i64), Some("display_name"))
+    );
+    assert!(table.unwrap().contains("users"));
+    let text = cli(&["status"], &config).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("destination a: failed"), "{text}");
+    assert!(text.contains("column display_name"), "{text}");
+    for shown in [stored_reason.as_str(), reason, text.as_ref()] {
+        assert!(!shown.contains("secret"), "the value is not shown: {shown}");
+    }
+
+    // The other destination keeps applying; the failed one stays put.
+    insert_user(&source, 4, "after").await;
+    wait_equal(&source, &target_b, "b", &tenants).await;
+    let s = destination_status(&config).await;
+    assert_eq!(s["a"]["state"], "failed", "{s:?}");
+    assert_eq!(s["b"]["state"], "streaming", "{s:?}");
+    assert!(s["b"]["hold"].is_null(), "{s:?}");
+
+    // Resume: an unknown name is refused; after widening the column, `a` catches up.
+    let unknown = cli(&["destination", "resume", "nope"], &config).await;
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("\"nope\"") && err.contains("\"a\", \"b\""),
+        "{err}"
+    );
+    target_a
+        .batch_execute("ALTER TABLE users ALTER COLUMN display_name TYPE varchar(200)")
+        .await
+        .unwrap();
+    let resumed = cli(&["destination", "resume", "a"], &config).await;
+    let out = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        out.contains("cleared failed") && out.contains("column display_name"),
+        "{out}"
+    );
+    wait_equal(&source, &target_a, "a after resume", &tenants).await;
+    wait_for("destination a to stream again", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "streaming" && s["a"]["hold"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(stored_hold(&db, "a").await, None);
+    let again = cli(&["destination", "resume", "a"], &config).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clear"));
+    assert!(daemon.stop().success());
+}
+
 const TENANTS: [&str; 4] = [TENANT_A, TENANT_B, TENANT_C, TENANT_D];
 
 /// Rounds of inserts, updates, deletes, filter flips, key changes and tenant moves across all
