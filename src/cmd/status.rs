@@ -10,7 +10,7 @@ use crate::changelog::{self, LogError};
 use crate::config::Config;
 use crate::pgconn::{PgError, SqlConnectError};
 use crate::sql::quote_ident;
-use crate::state::{DestinationStore, HoldStore, StateError, StoredHold};
+use crate::state::{DestinationStore, HoldKind, HoldStore, StateError, StoredHold};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -225,6 +225,9 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
                 destination_status(d, reports.iter().find(|r| r.name == d.name), &summary);
             if let Some(h) = hold {
                 status.state = h.hold.kind.as_str().to_owned();
+                if h.hold.kind == HoldKind::Failed {
+                    status.last_error = Some(h.hold.reason.clone());
+                }
                 status.hold = Some(h.into());
             }
             status
