@@ -538,6 +538,24 @@ async fn a_value_too_long_fails_one_of_two_destinations_until_resumed() {
     assert_eq!(s["b"]["state"], "streaming", "{s:?}");
     assert!(s["b"]["hold"].is_null(), "{s:?}");
 
+    // A restart retries it once; unfixed, it fails again and is held again.
+    assert!(daemon.stop().success());
+    let log = dir.path().join("restart.log");
+    let mut daemon = Daemon::start_logging(&config, "warn", &log);
+    wait_streaming(&mut daemon, &source, &db).await;
+    wait_for("the restart to retry a once and hold it again", || async {
+        let written = std::fs::read_to_string(&log).unwrap_or_default();
+        let s = destination_status(&config).await;
+        (written.contains("retrying it once")
+            && written.contains("destination stopped")
+            && s["a"]["state"] == "failed")
+            .then_some(())
+    })
+    .await;
+    let (kind, _, seq, _, _) = stored_hold(&db, "a").await.unwrap();
+    assert_eq!((kind.as_str(), seq), ("failed", Some(bad_seq as i64)));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("secret"));
+
     // Resume: an unknown name is refused; after widening the column, `a` catches up.
     let unknown = cli(&["destination", "resume", "nope"], &config).await;
     assert!(!unknown.status.success());
