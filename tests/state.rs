@@ -306,7 +306,8 @@ async fn a_hostile_schema_name_is_quoted() {
     let db = fresh_db("state_hostile").await;
     let schema = "pg\"fanout; drop";
     let state = StateDb::connect(&conninfo(&db), schema).await.unwrap();
-    assert_eq!(state.migrations().applied, [1, 2]);
+    let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(state.migrations().applied, all);
     let client = sql(&db).await;
     assert!(schema_exists(&client, schema).await);
     assert_eq!(
@@ -331,6 +332,13 @@ async fn a_hostile_schema_name_is_quoted() {
         state.checkpoints().load("slot'; --").await.unwrap(),
         Some(cp)
     );
+    let hold = Hold {
+        kind: HoldKind::Failed,
+        reason: "x'; --".into(),
+        seq: None,
+    };
+    state.holds().set("d'; --", &hold).await.unwrap();
+    assert_eq!(state.holds().load_all().await.unwrap()[0].hold, hold);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
