@@ -175,7 +175,7 @@ impl Worker {
                             None,
                         );
                     }
-                    continue;
+                    // Start over (after the backoff's delay): the new session skips the gap.
                 }
                 Disposition::StopDestination | Disposition::Fatal => {
                     let (table, column, seq) = e.location();
