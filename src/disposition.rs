@@ -80,12 +80,31 @@ pub fn disposition(kind: ErrorKind, scope: Scope) -> Disposition {
 }
 
 /// Whether this SQLSTATE says an object a statement named is gone: 42P01 undefined table,
-/// 42703 undefined column, 3F000 invalid schema name. For a destination writer that validated
-/// its tables at connection, that is something changed under it: starting over validates the
-/// tables again (and creates them, with `create_tables`), which heals it or reports a schema
-/// problem.
+/// 42703 undefined column, 3F000 invalid schema name.
 pub fn sqlstate_object_vanished(code: &str) -> bool {
     matches!(code, "42P01" | "42703" | "3F000")
+}
+
+/// The kind of a destination's server error with this SQLSTATE, class by class. A destination
+/// stops alone on what a retry cannot fix and says why; it retries what time can heal.
+///
+/// | SQLSTATE | kind | why |
+/// |---|---|---|
+/// | 08 connection, 40001 serialization, 40P01 deadlock, 53 resources, 57P01/02/03/05 shutdown, crash, starting up, idle timeout | transient | the same statement can succeed later ([`sqlstate_is_transient`]) |
+/// | 22 data exception (22001 too long, 22003 out of range, 22P02 invalid text …) | rejected | the same value meets the same column on every attempt |
+/// | 23 integrity constraint (23502 NULL, 23505 unique, 23514 check …) | rejected | the constraint refuses the same row every time |
+/// | 42 syntax or access rule (42501 permission, 42804 datatype …) | rejected | a grant or the schema must change first |
+/// | 42P01 table, 42703 column, 3F000 schema vanished | rejected | someone dropped or renamed it in the destination. Retrying would either fail on every attempt (without `create_tables`) or silently create an empty table and resume at the watermark, so the rows below it would be missing without a word. Stop and say which object; restore it (or replay), then `pgfanout destination resume` |
+/// | 57P04 database dropped, 0A, 25, 28, XX and the rest | rejected | nothing a retry changes; the destination stops, the others go on |
+///
+/// Only the first row is [`ErrorKind::Transient`]; every other code is
+/// [`ErrorKind::Rejected`]: the destination refuses the batch and stops until fixed.
+pub fn sqlstate_destination_kind(code: &str) -> ErrorKind {
+    if sqlstate_is_transient(code) {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Rejected
+    }
 }
 
 /// The kind of a server error with this SQLSTATE: [`sqlstate_is_transient`] ones are
@@ -240,6 +259,35 @@ mod tests {
         assert_eq!(at(Rejected), (Fatal, StopDestination));
         assert_eq!(at(LogGone), (Fatal, NeedsResync));
         assert_eq!(at(Definite), (Fatal, StopDestination));
+    }
+
+    #[test]
+    fn a_destination_stops_on_data_constraint_schema_and_vanished_objects_and_retries_the_rest() {
+        for code in [
+            "22001", "22003", "22P02", "22007", "23502", "23505", "23514", "42501", "42804",
+            "42P01", "42703", "3F000", "57P04", "XX000", "0A000",
+        ] {
+            assert_eq!(
+                sqlstate_destination_kind(code),
+                ErrorKind::Rejected,
+                "{code}"
+            );
+            assert_eq!(
+                disposition(sqlstate_destination_kind(code), Scope::Destination),
+                Disposition::StopDestination,
+                "{code}"
+            );
+        }
+        for code in [
+            "08006", "08001", "40001", "40P01", "53100", "53300", "57P01", "57P03",
+        ] {
+            assert_eq!(
+                sqlstate_destination_kind(code),
+                ErrorKind::Transient,
+                "{code}"
+            );
+        }
+        assert!(sqlstate_object_vanished("42P01") && !sqlstate_object_vanished("42501"));
     }
 
     #[test]

@@ -106,11 +106,29 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Act on one destination.
+    Destination {
+        #[command(subcommand)]
+        command: DestinationCommand,
+    },
     /// The embedded default: a private PostgreSQL, a small multi-tenant schema, live changes.
     Demo {
         /// Exit after this many changes (default: run until Ctrl-C).
         #[arg(long)]
         limit: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DestinationCommand {
+    /// Clear what holds destination NAME back (`failed` or `needs resync`, see `status`):
+    /// after a fix, a running pgfanout retries it within a few seconds. Clearing `needs
+    /// resync` accepts the gap.
+    Resume {
+        /// The destination's name, as configured.
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -266,6 +284,13 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             if report.problems() > 0 {
                 return Err(format!("{} problem(s) found", report.problems()).into());
             }
+        }
+        Command::Destination {
+            command: DestinationCommand::Resume { name, config },
+        } => {
+            let config = load_config(&config)?;
+            let resumed = pgfanout::cmd::destination::resume(&config, &name).await?;
+            print!("{resumed}");
         }
         Command::Demo { limit } => {
             demo::run(&mut stdout, limit, ctrl_c()).await?;

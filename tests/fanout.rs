@@ -430,6 +430,328 @@ async fn a_rejected_value_stops_only_its_postgres_destination() {
     assert!(daemon.stop().success());
 }
 
+/// The `users` mapping with `display_name` written as `varchar(200)`: a destination whose
+/// column is narrower still validates (same type), and refuses long values when writing.
+fn varchar_mapping_toml() -> String {
+    mapping_toml() + "[mappings.types]\ndisplay_name = \"varchar(200)\"\n"
+}
+
+async fn insert_user(source: &tokio_postgres::Client, id: i32, name: &str) {
+    source
+        .execute(
+            "INSERT INTO project_user (tenancy_id, id, display_name) VALUES ($1::text::uuid, $2, $3)",
+            &[&TENANT_A, &id, &name],
+        )
+        .await
+        .unwrap();
+}
+
+/// `(hold, reason, seq, table, column)` of `name` in the state schema of `db`, if held.
+async fn stored_hold(
+    db: &str,
+    name: &str,
+) -> Option<(String, String, Option<i64>, Option<String>, Option<String>)> {
+    sql(db)
+        .await
+        .query_opt(
+            "SELECT hold, reason, seq, target_table, target_column FROM pgfanout.destination_holds WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+}
+
+/// Issue 11: a 22001 (value too long, which PostgreSQL attributes to no column) on one of two
+/// PostgreSQL destinations holds that one `failed` — table, column and seq in `status` and in
+/// the state database, never the value — while the other keeps applying; widening the column
+/// and `pgfanout destination resume` bring it back without a restart, caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_fails_one_of_two_destinations_until_resumed() {
+    const SECRET: &str = "secret-value-far-too-long";
+    let (db, source) = seeded_source("fan_long_src").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (fresh_db("fan_long_a").await, fresh_db("fan_long_b").await);
+    let tenants = [TENANT_A, TENANT_B];
+    let config = write_config_with(
+        dir.path(),
+        &db,
+        &["public.tenancy", "public.project_user"],
+        &(varchar_mapping_toml()
+            + &destination_toml("a", &a, &tenants)
+            + &destination_toml("b", &b, &tenants)),
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    insert_user(&source, 1, "first").await;
+    let (target_a, target_b) = (sql(&a).await, sql(&b).await);
+    wait_equal(&source, &target_a, "a", &tenants).await;
+    wait_equal(&source, &target_b, "b", &tenants).await;
+    target_a
+        .batch_execute("ALTER TABLE users ALTER COLUMN display_name TYPE varchar(5)")
+        .await
+        .unwrap();
+
+    insert_user(&source, 2, "short").await;
+    insert_user(&source, 3, SECRET).await;
+    let status = wait_for("destination a to fail", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "failed").then_some(s)
+    })
+    .await;
+    // The insert of 3 is the last change: the one refused.
+    let bad_seq = log_last_seq(&dir.path().join("log")).await;
+    let hold = &status["a"]["hold"];
+    assert_eq!(hold["kind"], "failed", "{hold}");
+    assert_eq!(hold["column"], "display_name", "{hold}");
+    assert_eq!(hold["seq"], bad_seq, "{hold}");
+    assert!(hold["table"].as_str().unwrap().contains("users"), "{hold}");
+    let reason = hold["reason"].as_str().unwrap();
+    for part in [
+        "\"a\"",
+        "users",
+        "column display_name",
+        &format!("change {bad_seq}"),
+        "22001",
+    ] {
+        assert!(reason.contains(part), "{part:?} in {reason}");
+    }
+    let (kind, stored_reason, seq, table, column) = stored_hold(&db, "a").await.unwrap();
+    assert_eq!(
+        (kind.as_str(), seq, column.as_deref()),
+        ("failed", Some(bad_seq as i64), Some("display_name"))
+    );
+    assert!(table.unwrap().contains("users"));
+    let text = cli(&["status"], &config).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("destination a: failed"), "{text}");
+    assert!(text.contains("column display_name"), "{text}");
+    for shown in [stored_reason.as_str(), reason, text.as_ref()] {
+        assert!(!shown.contains("secret"), "the value is not shown: {shown}");
+    }
+
+    // The other destination keeps applying; the failed one stays put.
+    insert_user(&source, 4, "after").await;
+    wait_equal(&source, &target_b, "b", &tenants).await;
+    let s = destination_status(&config).await;
+    assert_eq!(s["a"]["state"], "failed", "{s:?}");
+    assert_eq!(s["b"]["state"], "streaming", "{s:?}");
+    assert!(s["b"]["hold"].is_null(), "{s:?}");
+
+    // A restart retries it once; unfixed, it fails again and is held again.
+    assert!(daemon.stop().success());
+    let log = dir.path().join("restart.log");
+    let mut daemon = Daemon::start_logging(&config, "warn", &log);
+    wait_streaming(&mut daemon, &source, &db).await;
+    wait_for("the restart to retry a once and hold it again", || async {
+        let written = std::fs::read_to_string(&log).unwrap_or_default();
+        let s = destination_status(&config).await;
+        (written.contains("retrying it once")
+            && written.contains("destination stopped")
+            && s["a"]["state"] == "failed")
+            .then_some(())
+    })
+    .await;
+    let (kind, _, seq, _, _) = stored_hold(&db, "a").await.unwrap();
+    assert_eq!((kind.as_str(), seq), ("failed", Some(bad_seq as i64)));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("secret"));
+
+    // Resume: an unknown name is refused; after widening the column, `a` catches up.
+    let unknown = cli(&["destination", "resume", "nope"], &config).await;
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("\"nope\"") && err.contains("\"a\", \"b\""),
+        "{err}"
+    );
+    target_a
+        .batch_execute("ALTER TABLE users ALTER COLUMN display_name TYPE varchar(200)")
+        .await
+        .unwrap();
+    let resumed = cli(&["destination", "resume", "a"], &config).await;
+    let out = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        out.contains("cleared failed") && out.contains("column display_name"),
+        "{out}"
+    );
+    wait_equal(&source, &target_a, "a after resume", &tenants).await;
+    wait_for("destination a to stream again", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "streaming" && s["a"]["hold"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(stored_hold(&db, "a").await, None);
+    let again = cli(&["destination", "resume", "a"], &config).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clear"));
+    assert!(daemon.stop().success());
+}
+
+/// Issue 11: the size cap `log.retention_mb` is not held back by a stopped destination: when
+/// it deletes changes a `failed` destination (and one retrying against a stopped server) had
+/// not applied, both are held `needs resync` with a warning naming them, and stream on from
+/// the oldest change the log holds; the destination that kept up is not affected.
+/// `destination resume` accepts the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_cap_holds_stopped_and_retrying_destinations_needs_resync_not_the_others() {
+    let mut pg2 = tokio::task::spawn_blocking(|| {
+        LocalPostgres::start(&Options::default()).expect("start a second PostgreSQL")
+    })
+    .await
+    .unwrap();
+    let (db, source) = seeded_source("fan_cap_src").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (fresh_db("fan_cap_a").await, fresh_db("fan_cap_b").await);
+    let c = "fan_cap_c";
+    pg2.create_database(c).await.unwrap();
+    let tenants = [TENANT_A];
+    let config = write_config_with(
+        dir.path(),
+        &db,
+        &["public.tenancy", "public.project_user"],
+        &(varchar_mapping_toml()
+            + &destination_toml("a", &a, &tenants)
+            + &destination_toml("b", &b, &tenants)
+            + &destination_toml_on(&pg2, "c", c, &tenants)),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[log]\n", "[log]\nsegment_mb = 1\nretention_mb = 1\n", 1),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Daemon::start_logging(&config, "warn", &log);
+    wait_streaming(&mut daemon, &source, &db).await;
+    insert_user(&source, 1, "first").await;
+    let (target_a, target_b) = (sql(&a).await, sql(&b).await);
+    wait_equal(&source, &target_a, "a", &tenants).await;
+    wait_equal(&source, &target_b, "b", &tenants).await;
+    wait_equal(&source, &pg2.sql(c).await.unwrap(), "c", &tenants).await;
+
+    // a fails on a long value; c's server goes away (c retries).
+    target_a
+        .batch_execute("ALTER TABLE users ALTER COLUMN display_name TYPE varchar(5)")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        pg2.stop().unwrap();
+        pg2
+    })
+    .await
+    .unwrap();
+    insert_user(&source, 2, "far too long").await;
+    let missed = wait_for("a to fail and c to retry", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "failed" && s["c"]["state"] == "retrying").then_some(s)
+    })
+    .await;
+    let a_missed = missed["a"]["hold"]["seq"].as_u64().unwrap();
+    let c_missed = missed["c"]["watermark"].as_u64().unwrap() + 1;
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .all(|l| !l.contains("needs a resync")),
+        "nothing lost yet"
+    );
+
+    // About 4 MB of changes in 1 MB segments: the cap deletes what a and c had not taken. b
+    // keeps up (each transaction waits for it), so it never needs what the cap deletes.
+    for round in 0..5 {
+        source
+            .execute(
+                "INSERT INTO project_user (tenancy_id, id, display_name, bio)
+                 SELECT $1::text::uuid, g, 'bulk', repeat(md5(g::text), 100)
+                 FROM generate_series($2::int, $2::int + 299) g",
+                &[&TENANT_A, &(1000 + round * 300)],
+            )
+            .await
+            .unwrap();
+        wait_equal(&source, &target_b, "b", &tenants).await;
+    }
+    let status = wait_for("a and c to need a resync", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "needs resync" && s["c"]["state"] == "needs resync").then_some(s)
+    })
+    .await;
+    let oldest = log_oldest_seq(&dir.path().join("log")).await;
+    assert!(
+        oldest > a_missed && oldest > c_missed,
+        "{oldest} {status:?}"
+    );
+    for (name, first_missed) in [("a", a_missed), ("c", c_missed)] {
+        let hold = &status[name]["hold"];
+        assert_eq!(hold["kind"], "needs resync", "{hold}");
+        assert_eq!(hold["seq"], first_missed, "{hold}");
+        let reason = hold["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("changes {first_missed} to ")),
+            "{reason}"
+        );
+        let (kind, _, seq, _, _) = stored_hold(&db, name).await.unwrap();
+        assert_eq!(
+            (kind.as_str(), seq),
+            ("needs resync", Some(first_missed as i64))
+        );
+    }
+    let warnings = std::fs::read_to_string(&log).unwrap();
+    for name in ["a", "c"] {
+        assert!(
+            warnings.lines().any(|l| l.contains("WARN")
+                && l.contains("needs a resync")
+                && l.contains(&format!("destination={name}"))),
+            "a warning names {name}: {warnings}"
+        );
+    }
+    assert_eq!(status["b"]["state"], "streaming", "{status:?}");
+    assert!(status["b"]["hold"].is_null(), "{status:?}");
+
+    // a streams on past the gap (the long value went with the deleted changes), still
+    // showing `needs resync`; resuming accepts the gap.
+    insert_user(&source, 5000, "new").await;
+    wait_for("a to apply a change after the gap", || async {
+        let row = target_a
+            .query_opt("SELECT 1 FROM users WHERE id = 5000", &[])
+            .await
+            .unwrap();
+        row.map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        destination_status(&config).await["a"]["state"],
+        "needs resync"
+    );
+    let resumed = cli(&["destination", "resume", "a"], &config).await;
+    let out = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "{out}");
+    assert!(
+        out.contains("cleared needs resync") && out.contains("accepting the gap"),
+        "{out}"
+    );
+    wait_for("a to stream without a hold", || async {
+        let s = destination_status(&config).await;
+        (s["a"]["state"] == "streaming").then_some(())
+    })
+    .await;
+    assert!(daemon.stop().success());
+}
+
+/// The oldest seq in the change log at `dir`.
+async fn log_oldest_seq(dir: &Path) -> u64 {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || pgfanout::changelog::summary(&dir))
+        .await
+        .unwrap()
+        .unwrap()
+        .oldest_seq
+        .unwrap()
+}
+
 const TENANTS: [&str; 4] = [TENANT_A, TENANT_B, TENANT_C, TENANT_D];
 
 /// Rounds of inserts, updates, deletes, filter flips, key changes and tenant moves across all

@@ -6,7 +6,8 @@ mod support;
 
 use pgfanout::disposition::Classify;
 use pgfanout::sink::{
-    text, ApplyOutcome, Batch, Cell, PostgresError, PostgresSink, TargetColumn, TargetTable,
+    text, ApplyOutcome, Batch, Cell, ColumnType, PostgresError, PostgresSink, TargetColumn,
+    TargetTable,
 };
 use pgfanout::sql::quote_ident;
 use pgfanout::value::PgType;
@@ -503,6 +504,70 @@ async fn hostile_identifiers_work_and_inject_nothing() {
     );
 }
 
+/// PostgreSQL names no column for 22001 (too long) or 22003 (out of range): the sink finds
+/// the column and the first change carrying such a value, and quotes neither value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_long_or_out_of_range_names_its_column_and_change_not_the_value() {
+    let db = fresh_db("sink_toolong").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    let spec = TargetTable::new(
+        "public",
+        "people",
+        vec![
+            TargetColumn::new("id", PgType::Text, false),
+            TargetColumn::new("name", ColumnType::Named("varchar(5)".into()), true),
+            TargetColumn::new("amount", ColumnType::Named("numeric(4,1)".into()), true),
+        ],
+        vec!["id".into()],
+    );
+    sink.ensure_tables(&[spec], true).await.unwrap();
+    // (batch, the value that does not fit, the column, its SQLSTATE, the first bad change)
+    let mut too_long = Batch::new(20);
+    for seq in 11..=20 {
+        let name = if seq >= 14 { "secret-name" } else { "ok" };
+        too_long.upsert(0, seq, vec![t(ID[seq as usize]), t(name), t("1.5")]);
+    }
+    let mut too_big = Batch::new(30);
+    too_big
+        .upsert(0, 21, vec![t("k"), t("a"), t("999.9")])
+        .upsert(0, 22, vec![t("l"), t("b"), t("12345.6")])
+        .upsert(0, 23, vec![t("m"), t("c"), t("1")]);
+    for (batch, code, column, seq) in [
+        (&too_long, "22001", "name", 14),
+        (&too_big, "22003", "amount", 22),
+    ] {
+        let err = sink.apply("d", batch).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(!err.is_transient(), "{msg}");
+        assert_eq!(err.sqlstate(), Some(code), "{msg}");
+        assert_eq!(err.column(), Some(column), "{msg}");
+        assert_eq!(err.location().and_then(|l| l.seq), Some(seq), "{msg}");
+        for part in [
+            "public.people",
+            &format!("column {column}"),
+            &format!("change {seq}"),
+        ] {
+            assert!(msg.contains(part), "{part:?} in {msg}");
+        }
+        assert!(!msg.contains("secret") && !msg.contains("12345"), "{msg}");
+        assert!(!format!("{err:?}").contains("secret"));
+    }
+    // Nothing was kept, no probe table is left, and the sink works on.
+    assert_eq!(sink.watermark("d").await.unwrap(), 0);
+    assert_eq!(
+        rows(&client, "SELECT count(*) FROM people").await,
+        vec![row(&[Some("0")])]
+    );
+    let mut fine = Batch::new(40);
+    fine.upsert(0, 31, vec![t("z"), t("short"), t("999.9")]);
+    assert_eq!(sink.apply("d", &fine).await.unwrap(), ApplyOutcome::Applied);
+}
+
+const ID: [&str; 21] = [
+    "", "", "", "", "", "", "", "", "", "", "", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_of_the_wrong_type_is_a_definite_error_that_names_the_table_not_the_value() {
     let db = fresh_db("sink_typeerr").await;
@@ -530,8 +595,10 @@ async fn a_value_of_the_wrong_type_is_a_definite_error_that_names_the_table_not_
     assert!(!err.is_transient(), "{msg}");
     assert_eq!(err.sqlstate(), Some("22P02"), "{msg}");
     assert_eq!(err.column(), Some("n"), "{msg}");
+    assert_eq!(err.location().and_then(|l| l.seq), Some(7), "{msg}");
     assert!(msg.contains("public.nums"), "{msg}");
     assert!(msg.contains("column n"), "{msg}");
+    assert!(msg.contains("change 7"), "{msg}");
     assert!(msg.contains("\"d\""), "{msg}");
     assert!(!msg.contains("secret"), "{msg}");
     let mut chain = std::error::Error::source(&err);

@@ -12,7 +12,8 @@ use pgfanout::lsn::Lsn;
 use pgfanout::pgconn::{Host, SslMode};
 use pgfanout::report::Chain;
 use pgfanout::state::{
-    migrate, Binding, Checkpoint, Migration, StateDb, StateError, DEFAULT_SCHEMA, MIGRATIONS,
+    migrate, Binding, Checkpoint, Hold, HoldKind, Migration, StateDb, StateError, DEFAULT_SCHEMA,
+    MIGRATIONS,
 };
 use support::*;
 
@@ -73,7 +74,12 @@ async fn migrate_creates_schema_tables_and_history_then_applies_nothing() {
     assert_eq!(report.current, MIGRATIONS.last().map(|m| m.version));
     assert_eq!(
         tables(&client, DEFAULT_SCHEMA).await,
-        ["checkpoints", "destinations", "migrations"]
+        [
+            "checkpoints",
+            "destination_holds",
+            "destinations",
+            "migrations"
+        ]
     );
     let expected: Vec<(i32, String, String)> = MIGRATIONS
         .iter()
@@ -302,13 +308,18 @@ async fn a_hostile_schema_name_is_quoted() {
     let db = fresh_db("state_hostile").await;
     let schema = "pg\"fanout; drop";
     let state = StateDb::connect(&conninfo(&db), schema).await.unwrap();
-    let every: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
-    assert_eq!(state.migrations().applied, every);
+    let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(state.migrations().applied, all);
     let client = sql(&db).await;
     assert!(schema_exists(&client, schema).await);
     assert_eq!(
         tables(&client, schema).await,
-        ["checkpoints", "destinations", "migrations"]
+        [
+            "checkpoints",
+            "destination_holds",
+            "destinations",
+            "migrations"
+        ]
     );
     assert!(!schema_exists(&client, DEFAULT_SCHEMA).await);
     assert!(!schema_exists(&client, "pg").await);
@@ -352,6 +363,13 @@ async fn a_hostile_schema_name_is_quoted() {
         state.checkpoints().load("slot'; --").await.unwrap(),
         Some(renumbered)
     );
+    let hold = Hold {
+        kind: HoldKind::Failed,
+        reason: "x'; --".into(),
+        seq: None,
+    };
+    state.holds().set("d'; --", &hold).await.unwrap();
+    assert_eq!(state.holds().load_all().await.unwrap()[0].hold, hold);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,6 +410,95 @@ async fn checkpoints_round_trip_and_never_move_backwards() {
     assert!(matches!(e, StateError::InvalidValue { .. }), "{e:?}");
     assert!(!e.is_transient());
     assert_eq!(store.load("s1").await.unwrap(), Some(newest.clone()));
+}
+
+/// Holds survive reconnecting, are cleared on purpose only, and a resync is never forgotten:
+/// a failure over it keeps it aside, a restart's `clear_failed` brings it back, and only
+/// `clear` (resume) accepts the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_holds_keep_a_resync_under_a_failure_until_cleared() {
+    let db = fresh_db("state_holds").await;
+    let state = StateDb::connect(&conninfo(&db), DEFAULT_SCHEMA)
+        .await
+        .unwrap();
+    let holds = state.holds();
+    assert!(holds.load_all().await.unwrap().is_empty());
+    let hold = |kind, reason: &str, seq| Hold {
+        kind,
+        reason: reason.into(),
+        seq,
+    };
+    let failed = hold(
+        HoldKind::Failed,
+        "value too long, table t, column c",
+        Some(7),
+    );
+    holds
+        .set_at("a", &failed, Some("public.t"), Some("c"))
+        .await
+        .unwrap();
+    holds
+        .set("b", &hold(HoldKind::NeedsResync, "gap 3..9", Some(3)))
+        .await
+        .unwrap();
+    // A second resync keeps the first one's reason and the lower seq.
+    holds
+        .set("b", &hold(HoldKind::NeedsResync, "gap 20..30", Some(20)))
+        .await
+        .unwrap();
+    let state = StateDb::connect(&conninfo(&db), DEFAULT_SCHEMA)
+        .await
+        .unwrap();
+    let holds = state.holds();
+    let all = holds.load_all().await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!((all[0].name.as_str(), &all[0].hold), ("a", &failed));
+    assert_eq!(all[0].table.as_deref(), Some("public.t"));
+    assert_eq!(all[0].column.as_deref(), Some("c"));
+    assert!(
+        all[0].since.ends_with('Z') && all[0].age_seconds >= 0.0,
+        "{all:?}"
+    );
+    assert_eq!(
+        all[1].hold,
+        hold(HoldKind::NeedsResync, "gap 3..9", Some(3))
+    );
+
+    // b fails: failed, with the resync aside; a restart clears the failure, not the resync.
+    holds
+        .set("b", &hold(HoldKind::Failed, "constraint x", Some(12)))
+        .await
+        .unwrap();
+    let b = holds.load_all().await.unwrap().remove(1);
+    assert_eq!(b.hold, hold(HoldKind::Failed, "constraint x", Some(12)));
+    assert_eq!(b.resync_reason.as_deref(), Some("gap 3..9"));
+    assert!(holds.clear_failed("b").await.unwrap());
+    let b = holds.load_all().await.unwrap().remove(1);
+    assert_eq!(b.hold.kind, HoldKind::NeedsResync);
+    assert_eq!(b.hold.reason, "gap 3..9");
+    assert!(
+        !holds.clear_failed("b").await.unwrap(),
+        "not failed any more"
+    );
+    // A failed destination that then loses its log needs a resync.
+    holds
+        .set("a", &hold(HoldKind::NeedsResync, "gap 5..8", Some(5)))
+        .await
+        .unwrap();
+    let a = holds.load_all().await.unwrap().remove(0);
+    assert_eq!(a.hold, hold(HoldKind::NeedsResync, "gap 5..8", Some(5)));
+    assert_eq!((a.table, a.column), (None, None));
+
+    // Resume clears everything; clearing nothing says so.
+    assert!(holds.clear("a").await.unwrap());
+    assert!(holds.clear("b").await.unwrap());
+    assert!(!holds.clear("b").await.unwrap());
+    assert!(holds.load_all().await.unwrap().is_empty());
+    let e = holds
+        .set("c", &hold(HoldKind::Failed, "x", Some(u64::MAX)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::InvalidValue { .. }), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

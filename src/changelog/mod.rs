@@ -901,6 +901,11 @@ impl ChangeLog {
         self.readers().oldest_seq()
     }
 
+    /// Segment files in the log, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.shared.lock().segments.len()
+    }
+
     /// The last durable commit.
     pub fn last_durable(&self) -> Option<CommitInfo> {
         self.shared.lock().durable

@@ -6,6 +6,7 @@
 //! the private servers of the `pgfanout-testkit` crate, which the product library never links.
 
 pub mod check;
+pub mod destination;
 pub mod log;
 pub mod status;
 pub mod tail;

@@ -10,7 +10,7 @@ use crate::changelog::{self, LogError};
 use crate::config::Config;
 use crate::pgconn::{PgError, SqlConnectError};
 use crate::sql::quote_ident;
-use crate::state::{DestinationStore, StateError};
+use crate::state::{DestinationStore, HoldKind, HoldStore, StateError, StoredHold};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -35,6 +35,39 @@ pub struct DestinationStatus {
     pub last_error: Option<String>,
     /// Seconds since the daemon wrote this report (it writes every few seconds while running).
     pub report_age_seconds: Option<f64>,
+    /// What holds it back, if anything (`state` is then `failed` or `needs resync`).
+    pub hold: Option<HoldStatus>,
+}
+
+/// A destination held back: `failed` (stopped until `pgfanout destination resume`) or
+/// `needs resync` (streaming, with a gap). Never a row value.
+#[derive(Debug, Serialize)]
+pub struct HoldStatus {
+    /// `failed` or `needs resync`.
+    pub kind: String,
+    pub reason: String,
+    /// The target table and column it failed at, when known.
+    pub table: Option<String>,
+    pub column: Option<String>,
+    /// `failed`: the change it stopped at; `needs resync`: the first change it missed.
+    pub seq: Option<u64>,
+    /// A failed destination that also needs a resync: why.
+    pub resync_reason: Option<String>,
+    pub since: String,
+}
+
+impl From<&StoredHold> for HoldStatus {
+    fn from(h: &StoredHold) -> Self {
+        HoldStatus {
+            kind: h.hold.kind.as_str().to_owned(),
+            reason: h.hold.reason.clone(),
+            table: h.table.clone(),
+            column: h.column.clone(),
+            seq: h.hold.seq,
+            resync_reason: h.resync_reason.clone(),
+            since: h.since.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +117,12 @@ pub enum StatusError {
     Log(#[from] LogError),
     #[error("reading destination status")]
     Destinations(#[source] StateError),
+}
+
+/// Not migrated yet: nothing was ever written.
+fn never_written(e: &StateError) -> bool {
+    matches!(e, StateError::Query { source, .. }
+        if source.inner().code().is_some_and(|c| c.code() == "42P01" || c.code() == "3F000"))
 }
 
 pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
@@ -163,52 +202,35 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
             })
         }
     };
-    let reports = match DestinationStore::new(Arc::new(state), &cfg.state.schema)
+    let state = Arc::new(state);
+    let reports = match DestinationStore::new(state.clone(), &cfg.state.schema)
         .load_all()
         .await
     {
         Ok(r) => r,
-        Err(StateError::Query { source, .. })
-            if source
-                .inner()
-                .code()
-                .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") =>
-        {
-            Vec::new()
-        }
+        Err(e) if never_written(&e) => Vec::new(),
         Err(e) => return Err(StatusError::Destinations(e)),
     };
-    let last_commit_us = summary.last_commit.map(|c| c.commit_time.pg_epoch_micros());
+    let holds = match HoldStore::new(state, &cfg.state.schema).load_all().await {
+        Ok(h) => h,
+        Err(e) if never_written(&e) => Vec::new(),
+        Err(e) => return Err(StatusError::Destinations(e)),
+    };
     let destinations = cfg
         .destinations
         .iter()
-        .map(|d| match reports.iter().find(|r| r.name == d.name) {
-            None => DestinationStatus {
-                name: d.name.clone(),
-                state: "never reported".into(),
-                watermark: 0,
-                lag_changes: summary.last_seq,
-                lag_seconds: 0.0,
-                last_error: None,
-                report_age_seconds: None,
-            },
-            Some(r) => {
-                let lag_changes = summary.last_seq.saturating_sub(r.watermark);
-                let lag_seconds = match (lag_changes, last_commit_us, r.applied_commit_time) {
-                    (0, _, _) => 0.0,
-                    (_, Some(last), Some(applied)) => (last - applied).max(0) as f64 / 1e6,
-                    _ => 0.0,
-                };
-                DestinationStatus {
-                    name: r.name.clone(),
-                    state: r.state.clone(),
-                    watermark: r.watermark,
-                    lag_changes,
-                    lag_seconds,
-                    last_error: r.last_error.clone(),
-                    report_age_seconds: Some(r.age_seconds),
+        .map(|d| {
+            let hold = holds.iter().find(|h| h.name == d.name);
+            let mut status =
+                destination_status(d, reports.iter().find(|r| r.name == d.name), &summary);
+            if let Some(h) = hold {
+                status.state = h.hold.kind.as_str().to_owned();
+                if h.hold.kind == HoldKind::Failed {
+                    status.last_error = Some(h.hold.reason.clone());
                 }
+                status.hold = Some(h.into());
             }
+            status
         })
         .collect();
     Ok(Status {
@@ -217,6 +239,45 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         checkpoint,
         destinations,
     })
+}
+
+/// One destination as its last report says (`never reported` without one).
+fn destination_status(
+    d: &crate::config::DestinationConfig,
+    report: Option<&crate::state::DestinationReport>,
+    summary: &changelog::LogSummary,
+) -> DestinationStatus {
+    let last_commit_us = summary.last_commit.map(|c| c.commit_time.pg_epoch_micros());
+    match report {
+        None => DestinationStatus {
+            name: d.name.clone(),
+            state: "never reported".into(),
+            watermark: 0,
+            lag_changes: summary.last_seq,
+            lag_seconds: 0.0,
+            last_error: None,
+            report_age_seconds: None,
+            hold: None,
+        },
+        Some(r) => {
+            let lag_changes = summary.last_seq.saturating_sub(r.watermark);
+            let lag_seconds = match (lag_changes, last_commit_us, r.applied_commit_time) {
+                (0, _, _) => 0.0,
+                (_, Some(last), Some(applied)) => (last - applied).max(0) as f64 / 1e6,
+                _ => 0.0,
+            };
+            DestinationStatus {
+                name: r.name.clone(),
+                state: r.state.clone(),
+                watermark: r.watermark,
+                lag_changes,
+                lag_seconds,
+                last_error: r.last_error.clone(),
+                report_age_seconds: Some(r.age_seconds),
+                hold: None,
+            }
+        }
+    }
 }
 
 impl fmt::Display for Status {
@@ -279,8 +340,33 @@ impl fmt::Display for Status {
             if let Some(age) = d.report_age_seconds {
                 write!(f, " (reported {age:.1} s ago)")?;
             }
-            if let Some(e) = &d.last_error {
-                write!(f, "; last error: {e}")?;
+            match &d.hold {
+                Some(h) => {
+                    write!(f, "; {} since {}", h.kind, h.since)?;
+                    for (what, v) in [("table", &h.table), ("column", &h.column)] {
+                        if let Some(v) = v {
+                            write!(f, ", {what} {v}")?;
+                        }
+                    }
+                    if let Some(seq) = h.seq {
+                        write!(f, ", seq {seq}")?;
+                    }
+                    write!(f, ": {}", h.reason)?;
+                    if let Some(r) = &h.resync_reason {
+                        write!(f, "\n  it also needs a resync: {r}")?;
+                    }
+                    let hint = if h.kind == "failed" {
+                        "fix the cause, then `pgfanout destination resume` it"
+                    } else {
+                        "resync it, or `pgfanout destination resume` it to accept the gap"
+                    };
+                    write!(f, "\n  HINT: {hint}")?;
+                }
+                None => {
+                    if let Some(e) = &d.last_error {
+                        write!(f, "; last error: {e}")?;
+                    }
+                }
             }
             writeln!(f)?;
         }

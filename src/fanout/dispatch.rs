@@ -187,6 +187,13 @@ impl Dispatcher {
         }
         for i in 0..self.links.len() {
             let link = &mut self.links[i];
+            if link.attached && link.shared.detached.load(Ordering::SeqCst) {
+                // The worker detached itself (a failed session, a hold): it reads the log on
+                // its own from its watermark and asks to be attached again when caught up.
+                link.attached = false;
+                link.pending.clear();
+                info!(destination = %link.name, seq = self.last_seq, "destination detached itself from the dispatcher");
+            }
             if !link.attached {
                 if link.shared.reattach.swap(false, Ordering::SeqCst) {
                     // Everything up to here was routed without this destination; it fills

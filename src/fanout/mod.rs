@@ -22,6 +22,16 @@
 //! - Routing failures (a mapping that no longer compiles after a schema change, an expression
 //!   that fails on a row) stop the fan-out with the seq, table and column: fail fast on
 //!   schema. A row whose tenant key is NULL belongs to no tenant and is routed nowhere.
+//! - **Holds** (`state::HoldStore`): a destination stopped by an error retrying cannot fix is
+//!   held `failed` — its worker waits, the others go on — until `pgfanout destination resume`
+//!   deletes the hold; the reporter polls the holds with every report (every
+//!   [`REPORT_EVERY`], so a resume takes effect within about two seconds) and wakes the
+//!   worker. A restart retries a failed destination once ([`load_holds`]); failing again
+//!   holds it again. A destination the change log lost changes for (the size cap
+//!   `log.retention_mb` deleted what it had not taken, stopped, retrying or catching up
+//!   alike) is held `needs resync`, loudly: it skips to the oldest change the log still
+//!   holds and streams on, showing `needs resync` until resumed (accepting the gap) or
+//!   resynced.
 
 mod dispatch;
 mod replay;
@@ -34,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tracing::{info, warn};
 
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
@@ -45,7 +55,7 @@ use crate::pgconn::SqlConnectError;
 use crate::problems::Problems;
 use crate::report::Chain;
 use crate::source::catalog::CatalogError;
-use crate::state::{DestinationReport, StateDb};
+use crate::state::{DestinationReport, Hold, HoldKind, StateDb, StateError, StoredHold};
 use crate::value::Timestamp;
 
 pub use replay::{replay, ReplayReport};
@@ -143,15 +153,16 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// A destination writer's state, as `status` shows it.
+/// A destination writer's state, as `status` shows it (a hold, `failed` or `needs resync`,
+/// shows instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestinationState {
     Starting,
     Streaming,
     CatchingUp,
     Retrying,
-    NeedsResync,
-    /// Stopped by an error retrying cannot fix (a rejected value); the daemon runs on.
+    /// Stopped by an error retrying cannot fix (a rejected value); waits for a resume while
+    /// the daemon runs on.
     Failed,
     Stopped,
 }
@@ -163,11 +174,29 @@ impl DestinationState {
             DestinationState::Streaming => "streaming",
             DestinationState::CatchingUp => "catching up",
             DestinationState::Retrying => "retrying",
-            DestinationState::NeedsResync => "needs resync",
             DestinationState::Failed => "failed",
             DestinationState::Stopped => "stopped",
         }
     }
+}
+
+/// Reads the holds at start-up. With `retry_failed` (a start of pgfanout, not a start-over
+/// after a transient failure) each `failed` destination is retried once: its hold is cleared
+/// (a resync it also needed stays) and failing again holds it again. Returns what is held
+/// after that.
+pub async fn load_holds(
+    cfg: &Config,
+    state: &StateDb,
+    retry_failed: bool,
+) -> Result<Vec<StoredHold>, StateError> {
+    for h in state.holds().load_all().await? {
+        let configured = cfg.destinations.iter().any(|d| d.name == h.name);
+        if retry_failed && configured && h.hold.kind == HoldKind::Failed {
+            warn!(destination = %h.name, since = %h.since, reason = %h.hold.reason, "destination failed before this start; retrying it once (failing again holds it again)");
+            state.holds().clear_failed(&h.name).await?;
+        }
+    }
+    state.holds().load_all().await
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +207,15 @@ struct Status {
     last_error: Option<String>,
 }
 
-/// What the dispatcher and one worker share.
+/// A destination's hold as this process knows it, and the changes to it not stored yet.
+#[derive(Debug, Default)]
+struct HoldSlot {
+    current: Option<Hold>,
+    /// In order: the hold, and the target table and column it failed at.
+    unsaved: Vec<(Hold, Option<String>, Option<String>)>,
+}
+
+/// What the dispatcher, one worker and the reporter share.
 #[derive(Debug)]
 pub(crate) struct DestShared {
     /// The dispatcher does not send (set by either side).
@@ -186,10 +223,18 @@ pub(crate) struct DestShared {
     /// The worker reached the durable end on its own and wants chunks again.
     reattach: AtomicBool,
     status: Mutex<Status>,
+    hold: Mutex<HoldSlot>,
+    /// The first seq the destination would read from the log if it started over now: what
+    /// it has taken while a session runs, its watermark + 1 otherwise; 0 before it is known.
+    needs_from: AtomicU64,
+    /// Wakes a `failed` worker: its hold was cleared, or became `needs resync`.
+    resume: Notify,
+    /// Wakes the reporter to store a new hold at once.
+    wake_reporter: Arc<Notify>,
 }
 
 impl DestShared {
-    fn new() -> Self {
+    fn new(hold: Option<Hold>, wake_reporter: Arc<Notify>) -> Self {
         DestShared {
             detached: AtomicBool::new(true),
             reattach: AtomicBool::new(false),
@@ -199,7 +244,35 @@ impl DestShared {
                 applied_commit_time: None,
                 last_error: None,
             }),
+            hold: Mutex::new(HoldSlot {
+                current: hold,
+                unsaved: Vec::new(),
+            }),
+            needs_from: AtomicU64::new(0),
+            resume: Notify::new(),
+            wake_reporter,
         }
+    }
+
+    fn hold_slot(&self) -> std::sync::MutexGuard<'_, HoldSlot> {
+        self.hold.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hold_kind(&self) -> Option<HoldKind> {
+        self.hold_slot().current.as_ref().map(|h| h.kind)
+    }
+
+    /// Holds the destination (stored by the reporter, at once).
+    fn set_hold(&self, hold: Hold, table: Option<String>, column: Option<String>) {
+        let mut slot = self.hold_slot();
+        slot.current = Some(hold.clone());
+        slot.unsaved.push((hold, table, column));
+        drop(slot);
+        self.wake_reporter.notify_one();
+    }
+
+    fn set_needs_from(&self, seq: u64) {
+        self.needs_from.store(seq, Ordering::Relaxed);
     }
 
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -236,11 +309,13 @@ pub struct Fanout {
 impl Fanout {
     /// Starts the dispatcher and one worker per destination. `keep_from` receives the lowest
     /// seq a destination still needs (for retention); `state` gets the workers' reports.
+    /// `holds` are the destinations' holds at start ([`load_holds`]).
     pub fn start(
         cfg: &Config,
         setup: Arc<Setup>,
         readers: Readers,
         keep_from: Arc<AtomicU64>,
+        holds: Vec<StoredHold>,
     ) -> Result<Fanout, FanoutError> {
         let (stop, stop_rx) = watch::channel(false);
         let stop_flag = Arc::new(AtomicBool::new(false));
@@ -249,9 +324,14 @@ impl Fanout {
         let mut workers = Vec::new();
         let permits = Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY));
         let mut shared_all = Vec::new();
+        let wake_reporter = Arc::new(Notify::new());
         for (index, plan) in setup.destinations.iter().enumerate() {
             let (tx, rx) = mpsc::channel(dispatch::queue_chunks(plan.config.batch_rows));
-            let shared = Arc::new(DestShared::new());
+            let hold = holds
+                .iter()
+                .find(|h| h.name == plan.config.name)
+                .map(|h| h.hold.clone());
+            let shared = Arc::new(DestShared::new(hold, wake_reporter.clone()));
             links.push(dispatch::Link::new(
                 plan.config.name.clone(),
                 tx,
@@ -269,6 +349,7 @@ impl Fanout {
                 catch_up_permits: permits.clone(),
             });
         }
+        let reporter_readers = readers.clone();
         let reader = readers.open(readers.durable_seq() + 1)?;
         let router = setup.router(None, None);
         let flag = stop_flag.clone();
@@ -302,19 +383,26 @@ impl Fanout {
                         state: None,
                         shared: shared_all,
                         keep_from,
+                        readers: reporter_readers,
                     };
                     let mut stop = stop_rx;
+                    let mut next = tokio::time::Instant::now();
                     while !*stop.borrow() {
-                        reporter.report().await;
+                        let polled = tokio::time::Instant::now() >= next;
+                        if polled {
+                            next = tokio::time::Instant::now() + REPORT_EVERY;
+                        }
+                        reporter.report(polled).await;
                         tokio::select! {
-                            _ = tokio::time::sleep(REPORT_EVERY) => {}
+                            _ = tokio::time::sleep_until(next) => {}
+                            _ = wake_reporter.notified() => {}
                             _ = until_stopped(&mut stop) => {}
                         }
                     }
                     for t in tasks {
                         let _ = t.await;
                     }
-                    reporter.report().await;
+                    reporter.report(false).await;
                     info!("destination writers stopped");
                 });
             })
@@ -368,39 +456,23 @@ impl Drop for Fanout {
 }
 
 /// Publishes the workers' states: retention's floor, and the state database when it is
-/// reachable (a status view must not stop the writers).
+/// reachable (a status view must not stop the writers). Stores the holds the workers set,
+/// holds `needs resync` the destinations the change log lost changes for, and notices holds
+/// cleared by `pgfanout destination resume`.
 struct Reporter {
     state_conn: (crate::pgconn::ConnInfo, String),
     state: Option<StateDb>,
     shared: Vec<(String, Arc<DestShared>)>,
     keep_from: Arc<AtomicU64>,
+    readers: Readers,
 }
 
 impl Reporter {
-    async fn report(&mut self) {
-        let reports: Vec<DestinationReport> = self
-            .shared
-            .iter()
-            .map(|(name, s)| {
-                let s = s.status().clone();
-                DestinationReport {
-                    name: name.clone(),
-                    state: s.state.as_str().to_owned(),
-                    watermark: s.watermark,
-                    applied_commit_time: s.applied_commit_time.map(|t| t.pg_epoch_micros()),
-                    last_error: s.last_error,
-                    age_seconds: 0.0,
-                }
-            })
-            .collect();
-        // Destinations that need a resync no longer hold the log back: they cannot use it.
-        let floor = reports
-            .iter()
-            .filter(|r| r.state != DestinationState::NeedsResync.as_str())
-            .map(|r| r.watermark + 1)
-            .min()
-            .unwrap_or(u64::MAX);
-        self.keep_from.store(floor, Ordering::Relaxed);
+    /// One round; `poll` also reads the holds back (every [`REPORT_EVERY`]; a round woken
+    /// to store a new hold does not).
+    async fn report(&mut self, poll: bool) {
+        let oldest = self.readers.oldest_seq();
+        self.mark_lost(oldest);
         if self.state.is_none() {
             match StateDb::connect(&self.state_conn.0, &self.state_conn.1).await {
                 Ok(s) => self.state = Some(s),
@@ -409,11 +481,137 @@ impl Reporter {
                 }
             }
         }
+        if let Err(e) = self.sync_holds(poll).await {
+            warn!(error = %Chain(&e), "cannot store or read destination holds in the state database");
+            self.state = None;
+        }
+        let reports: Vec<DestinationReport> = self
+            .shared
+            .iter()
+            .map(|(name, s)| {
+                let st = s.status().clone();
+                let hold = s.hold_slot().current.clone();
+                DestinationReport {
+                    name: name.clone(),
+                    state: match &hold {
+                        Some(h) => h.kind.as_str().to_owned(),
+                        None => st.state.as_str().to_owned(),
+                    },
+                    watermark: st.watermark,
+                    applied_commit_time: st.applied_commit_time.map(|t| t.pg_epoch_micros()),
+                    last_error: match hold {
+                        Some(h) if h.kind == HoldKind::Failed => Some(h.reason),
+                        _ => st.last_error,
+                    },
+                    age_seconds: 0.0,
+                }
+            })
+            .collect();
+        // Age-based retention keeps what each destination still needs, except for one that
+        // already lost changes: it resumes at whatever the log then holds.
+        let floor = self
+            .shared
+            .iter()
+            .zip(&reports)
+            .filter(|((_, s), r)| {
+                !(s.hold_kind() == Some(HoldKind::NeedsResync)
+                    && oldest.is_some_and(|o| r.watermark + 1 < o))
+            })
+            .map(|(_, r)| r.watermark + 1)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.keep_from.store(floor, Ordering::Relaxed);
         if let Some(s) = &self.state {
             if let Err(e) = s.destinations().save(&reports).await {
                 warn!(error = %Chain(&e), "cannot report destination status to the state database");
                 self.state = None;
             }
         }
+    }
+
+    /// A destination that needs changes the log no longer holds (the size cap deleted them)
+    /// needs a resync: held so, loudly, and a stopped one is woken to stream on from what the
+    /// log still holds. Stopped, retrying and catching-up destinations alike; the others are
+    /// not affected.
+    fn mark_lost(&self, oldest: Option<u64>) {
+        let Some(oldest) = oldest else { return };
+        for (name, s) in &self.shared {
+            let from = s.needs_from.load(Ordering::Relaxed);
+            if from == 0 || from >= oldest || s.hold_kind() == Some(HoldKind::NeedsResync) {
+                continue;
+            }
+            let reason = format!(
+                "the change log no longer holds changes {from} to {} that destination {name:?} had not applied (log.retention_mb deleted them); its tables miss them until it is resynced",
+                oldest - 1
+            );
+            warn!(destination = %name, first_missed = from, oldest_in_log = oldest, "destination needs a resync: the change log size cap deleted changes it had not applied; it streams on from the oldest change the log holds");
+            let hold = Hold {
+                kind: HoldKind::NeedsResync,
+                reason,
+                seq: Some(from),
+            };
+            s.set_hold(hold, None, None);
+            s.resume.notify_one();
+        }
+    }
+
+    /// Stores the holds set since the last round; with `poll`, adopts what the state database
+    /// holds: a hold cleared there (`pgfanout destination resume`) wakes its worker.
+    async fn sync_holds(&mut self, poll: bool) -> Result<(), StateError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        for (name, s) in &self.shared {
+            let unsaved = std::mem::take(&mut s.hold_slot().unsaved);
+            for (i, (hold, table, column)) in unsaved.iter().enumerate() {
+                if let Err(e) = state
+                    .holds()
+                    .set_at(name, hold, table.as_deref(), column.as_deref())
+                    .await
+                {
+                    // Keep what is not stored yet, in order, for the next round.
+                    let mut slot = s.hold_slot();
+                    let newer = std::mem::take(&mut slot.unsaved);
+                    slot.unsaved = unsaved[i..].to_vec();
+                    slot.unsaved.extend(newer);
+                    return Err(e);
+                }
+            }
+        }
+        if !poll {
+            return Ok(());
+        }
+        let stored = state.holds().load_all().await?;
+        for (name, s) in &self.shared {
+            let mut slot = s.hold_slot();
+            if !slot.unsaved.is_empty() {
+                continue;
+            }
+            let now = stored
+                .iter()
+                .find(|h| &h.name == name)
+                .map(|h| h.hold.clone());
+            if slot.current == now {
+                continue;
+            }
+            let was = slot.current.take();
+            slot.current = now.clone();
+            drop(slot);
+            match (&was, &now) {
+                (Some(w), None) => {
+                    info!(destination = %name, hold = w.kind.as_str(), "destination hold cleared; resuming it");
+                }
+                (_, Some(n)) => {
+                    info!(destination = %name, hold = n.kind.as_str(), "destination hold set in the state database");
+                }
+                (None, None) => {}
+            }
+            if was.is_some_and(|w| w.kind == HoldKind::Failed)
+                && now.is_none_or(|n| n.kind != HoldKind::Failed)
+            {
+                s.resume.notify_one();
+            }
+        }
+        Ok(())
     }
 }

@@ -14,9 +14,16 @@
 //! hand-over between the dispatcher and the worker's own reading needs no lock-step.
 //!
 //! Any failure (connection, statement, schema) ends the session: the batch in memory is
-//! dropped, the destination detaches, waits with capped jittered backoff, reconnects and
-//! resumes from the watermark stored in the destination. That is the crash path, so it is
-//! the only path.
+//! dropped and the destination detaches. What then is `disposition`'s call:
+//! - *retry*: wait with capped jittered backoff, reconnect and resume from the watermark
+//!   stored in the destination. That is the crash path, so it is the only path back.
+//! - *stop this destination*: hold it `failed` (destination, table, column and seq in the
+//!   reason, never a value) and wait until the hold is cleared (`pgfanout destination
+//!   resume`) or becomes `needs resync`; then start over as after a retry.
+//! - *needs resync* (the log lost changes it had not applied): hold it so and start over at
+//!   once. A session that starts below the log's oldest change skips to it (the watermark
+//!   follows with the next write): the destination streams on with a gap, held `needs
+//!   resync` until resumed or resynced.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind,
 use crate::fanout::route::{Planned, Routed};
 use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
+use crate::state::{Hold, HoldKind};
 use crate::value::Timestamp;
 
 use super::dispatch::Chunk;
@@ -76,6 +84,16 @@ pub(super) enum WorkerError {
     ReaderGone,
 }
 
+impl WorkerError {
+    /// The target table, column and seq it failed at, as far as the writer knows.
+    fn location(&self) -> (Option<String>, Option<String>, Option<u64>) {
+        match self {
+            WorkerError::Writer(e) => e.location(),
+            _ => (None, None, None),
+        }
+    }
+}
+
 pub(super) struct Worker {
     pub index: usize,
     pub plan: DestinationPlan,
@@ -114,9 +132,22 @@ impl Worker {
 
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_SESSION);
+        // Held `failed` (a start-over after a transient failure keeps the hold): wait.
+        if self.shared.hold_kind() == Some(HoldKind::Failed) {
+            self.shared.set_state(DestinationState::Failed, None);
+            if !self.wait_for_resume().await {
+                self.shared.set_state(DestinationState::Stopped, None);
+                return;
+            }
+        }
         loop {
             let started = Instant::now();
             let result = self.session().await;
+            // Started over, it reads from its watermark again.
+            let watermark = self.shared.status().watermark;
+            if self.shared.needs_from.load(Ordering::Relaxed) != 0 {
+                self.shared.set_needs_from(watermark + 1);
+            }
             let stopping = *self.stop.borrow();
             if stopping {
                 self.shared.set_state(DestinationState::Stopped, None);
@@ -129,23 +160,48 @@ impl Worker {
                 }
                 Err(e) => e,
             };
+            self.shared.detached.store(true, Ordering::SeqCst);
             match disposition(e.kind(), Scope::Destination) {
                 Disposition::NeedsResync => {
-                    error!(destination = %self.name(), error = %Chain(&e), "destination needs a resync: the change log no longer holds the changes after its watermark");
-                    self.shared
-                        .set_state(DestinationState::NeedsResync, Some(Chain(&e).to_string()));
-                    return;
+                    if self.shared.hold_kind() != Some(HoldKind::NeedsResync) {
+                        error!(destination = %self.name(), error = %Chain(&e), "destination needs a resync: the change log no longer holds the changes after its watermark; it streams on from the oldest change the log holds");
+                        self.shared.set_hold(
+                            Hold {
+                                kind: HoldKind::NeedsResync,
+                                reason: Chain(&e).to_string(),
+                                seq: Some(watermark + 1),
+                            },
+                            None,
+                            None,
+                        );
+                    }
+                    // Start over (after the backoff's delay): the new session skips the gap.
                 }
                 Disposition::StopDestination | Disposition::Fatal => {
-                    error!(destination = %self.name(), error = %Chain(&e), "destination stopped: retrying cannot fix this; fix it and restart pgfanout");
-                    self.shared.detached.store(true, Ordering::SeqCst);
+                    let (table, column, seq) = e.location();
+                    let seq = seq.unwrap_or(watermark + 1);
+                    error!(destination = %self.name(), seq, error = %Chain(&e), "destination stopped: retrying cannot fix this; fix it, then run `pgfanout destination resume` (or restart pgfanout)");
                     self.shared
                         .set_state(DestinationState::Failed, Some(Chain(&e).to_string()));
-                    return;
+                    self.shared.set_hold(
+                        Hold {
+                            kind: HoldKind::Failed,
+                            reason: Chain(&e).to_string(),
+                            seq: Some(seq),
+                        },
+                        table,
+                        column,
+                    );
+                    if !self.wait_for_resume().await {
+                        self.shared.set_state(DestinationState::Stopped, None);
+                        return;
+                    }
+                    info!(destination = %self.name(), "destination resumed; starting over from its watermark");
+                    backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_SESSION);
+                    continue;
                 }
                 Disposition::Retry => {}
             }
-            self.shared.detached.store(true, Ordering::SeqCst);
             let delay = backoff.next_delay(started.elapsed());
             warn!(destination = %self.name(), error = %Chain(&e), retry_in = ?delay, "destination failed; retrying from its watermark");
             self.shared
@@ -153,6 +209,20 @@ impl Worker {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = until_stopped(&mut self.stop) => {}
+            }
+        }
+    }
+
+    /// Waits until the `failed` hold is gone (resumed, or turned into `needs resync`);
+    /// false when pgfanout stops first.
+    async fn wait_for_resume(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.shared.resume.notified() => {}
+                _ = until_stopped(&mut self.stop) => return false,
+            }
+            if self.shared.hold_kind() != Some(HoldKind::Failed) {
+                return true;
             }
         }
     }
@@ -169,11 +239,13 @@ impl Worker {
         }
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
+        let next_seq = self.skip_lost(watermark + 1);
+        self.shared.set_needs_from(next_seq);
         let mut p = Pending {
-            batch: Batch::new(watermark),
+            batch: Batch::new(next_seq - 1),
             rows: 0,
             started: None,
-            next_seq: watermark + 1,
+            next_seq,
             commit_time: None,
             written: watermark,
             last_write: Instant::now(),
@@ -224,6 +296,34 @@ impl Worker {
         }
     }
 
+    /// Where a session starting at `from` begins: there, or at the oldest change the log
+    /// holds when it lost changes before it — then the destination is held `needs resync`,
+    /// loudly, and its watermark moves past the gap with its next write.
+    fn skip_lost(&self, from: u64) -> u64 {
+        let Some(oldest) = self.readers.oldest_seq().filter(|&o| o > from) else {
+            return from;
+        };
+        if self.shared.hold_kind() != Some(HoldKind::NeedsResync) {
+            warn!(destination = %self.name(), first_missed = from, oldest_in_log = oldest, "destination needs a resync: the change log no longer holds changes it had not applied; it streams on from the oldest change the log holds");
+            self.shared.set_hold(
+                Hold {
+                    kind: HoldKind::NeedsResync,
+                    reason: format!(
+                        "the change log no longer holds changes {from} to {} that destination {:?} had not applied; its tables miss them until it is resynced",
+                        oldest - 1,
+                        self.name()
+                    ),
+                    seq: Some(from),
+                },
+                None,
+                None,
+            );
+        } else {
+            info!(destination = %self.name(), from, oldest_in_log = oldest, "destination needs a resync; skipping to the oldest change the log holds");
+        }
+        oldest
+    }
+
     async fn take_chunk(
         &self,
         own: &mut Option<OwnReader>,
@@ -246,6 +346,7 @@ impl Worker {
         }
         p.took(rows_before);
         p.advance(chunk.to_seq, chunk.commit_time);
+        self.shared.set_needs_from(p.next_seq);
         Ok(())
     }
 
@@ -286,6 +387,7 @@ impl Worker {
             }
         }
         p.took(rows_before);
+        self.shared.set_needs_from(p.next_seq);
         if until.is_some_and(|u| reader.next_seq() < u) && at_end {
             // The dispatcher routed up to `until`, so the log holds it durably: only a reader
             // of a closed log ends early. Nothing more can come.

@@ -36,13 +36,14 @@ use crate::lsn::Lsn;
 use crate::report::Chain;
 use crate::sequencer::Sequencer;
 use crate::source::{LogicalStream, Preflight, SlotPlan, SourceError, SourceEvent};
-use crate::state::{Binding, Checkpoint, StateDb, StateError};
+use crate::state::{Binding, Checkpoint, Hold, HoldKind, StateDb, StateError};
 use recovery::{Observed, RecoveryError, Resume};
 
 /// Changes handed to the writer in one message (amortises the channel per change).
 const WRITER_BATCH: usize = 256;
 /// Messages in flight to the writer: bounds memory to about this many batches.
 const WRITER_QUEUE: usize = 64;
+/// Age-based retention runs this often; the size cap also whenever a segment was added.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +150,14 @@ pub async fn run(
     let recreate_slot = AtomicBool::new(opts.recreate_slot);
     let runner = async {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_RUN);
+        // A start of pgfanout retries failed destinations once; starting over after a
+        // transient failure does not.
+        let mut first = true;
         loop {
             let started = Instant::now();
             let mut stop = stop_rx.clone();
-            let result = run_once(cfg, opts, &recreate_slot, async move {
+            let retry_failed = std::mem::replace(&mut first, false);
+            let result = run_once(cfg, opts, &recreate_slot, retry_failed, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
@@ -187,6 +192,7 @@ async fn run_once(
     cfg: &Config,
     opts: RunOptions,
     recreate_slot: &AtomicBool,
+    retry_failed: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let state = StateDb::connect(&cfg.state.conn, &cfg.state.schema).await?;
@@ -276,7 +282,7 @@ async fn run_once(
         recreate_slot.store(false, Ordering::Relaxed);
     }
     if plan.resync_all {
-        mark_all_need_resync(cfg, &state).await?;
+        mark_all_need_resync(cfg, &state, resume.last_seq).await?;
     }
     let binding = Binding {
         lineage: plan.meta.lineage,
@@ -317,7 +323,10 @@ async fn run_once(
         .map_err(|_| RunError::WriterGone)?;
 
     let mut fanout = match setup {
-        Some(setup) => Some(Fanout::start(cfg, setup, readers, keep_from)?),
+        Some(setup) => {
+            let holds = crate::fanout::load_holds(cfg, &state, retry_failed).await?;
+            Some(Fanout::start(cfg, setup, readers, keep_from, holds)?)
+        }
         None => None,
     };
     stream.confirm_from(lsn_rx);
@@ -593,6 +602,7 @@ fn write_loop(
     };
     let mut oldest_unsynced: Option<Instant> = None;
     let mut last_retention = Instant::now();
+    let mut segments = log.segment_count();
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => Some(m),
@@ -600,10 +610,14 @@ fn write_loop(
                 // Idle: make what we have durable before waiting.
                 w.settle(&mut log)?;
                 oldest_unsynced = None;
-                if last_retention.elapsed() >= RETENTION_EVERY {
+                // The log grows past a size cap by whole segments: check it when one was
+                // added, not only every minute.
+                let grew = retention.max_bytes.is_some() && log.segment_count() > segments;
+                if grew || last_retention.elapsed() >= RETENTION_EVERY {
                     last_retention = Instant::now();
                     let keep = keep_from.load(Ordering::Relaxed);
                     apply_retention(&mut log, &retention, (keep != u64::MAX).then_some(keep));
+                    segments = log.segment_count();
                 }
                 rx.blocking_recv()
             }
@@ -704,7 +718,7 @@ fn apply_retention(log: &mut ChangeLog, retention: &Retention, keep_from_seq: Op
     }
     match log.apply_retention(retention, keep_from_seq) {
         Ok(r) if r.dropped_needed => {
-            warn!(segments = r.deleted_segments.len(), oldest_seq = ?r.oldest_seq, keep_from_seq = ?keep_from_seq, "log.retention_mb forced deleting changes a destination still needs; it will need a resync")
+            warn!(segments = r.deleted_segments.len(), oldest_seq = ?r.oldest_seq, keep_from_seq = ?keep_from_seq, "log.retention_mb forced deleting changes a destination still needs; the fan-out holds each such destination `needs resync`")
         }
         Ok(r) if !r.deleted_segments.is_empty() => {
             info!(segments = r.deleted_segments.len(), bytes = r.deleted_bytes, oldest_seq = ?r.oldest_seq, "retention deleted old segments")
@@ -715,25 +729,25 @@ fn apply_retention(log: &mut ChangeLog, retention: &Retention, keep_from_seq: Op
 }
 
 /// The slot was created over existing progress: what happened between the log's end and the
-/// new slot never reaches any destination, so each is marked as needing a resync.
-async fn mark_all_need_resync(cfg: &Config, state: &StateDb) -> Result<(), RunError> {
+/// new slot never reaches any destination, so each is held `needs resync` (persisted; shown
+/// by `status`; cleared by a resync or `pgfanout destination resume`).
+async fn mark_all_need_resync(
+    cfg: &Config,
+    state: &StateDb,
+    after_seq: u64,
+) -> Result<(), RunError> {
     let reason = format!(
-        "replication slot {:?} was created again (run --recreate-slot): changes between the change log's end and the new slot were not captured",
+        "replication slot {:?} was created again (run --recreate-slot): changes between the change log's end (seq {after_seq}) and the new slot were not captured",
         cfg.source.slot
     );
     for d in &cfg.destinations {
         warn!(destination = %d.name, "{reason}; it needs a resync");
-        state
-            .destinations()
-            .save(&[crate::state::DestinationReport {
-                name: d.name.clone(),
-                state: "needs resync".into(),
-                watermark: 0,
-                applied_commit_time: None,
-                last_error: Some(reason.clone()),
-                age_seconds: 0.0,
-            }])
-            .await?;
+        let hold = Hold {
+            kind: HoldKind::NeedsResync,
+            reason: reason.clone(),
+            seq: Some(after_seq),
+        };
+        state.holds().set(&d.name, &hold).await?;
     }
     Ok(())
 }

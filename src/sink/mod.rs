@@ -248,6 +248,30 @@ impl Classify for SinkError {
     }
 }
 
+impl SinkError {
+    /// The target table, column and seq of the change it failed at, as far as known (never
+    /// a value).
+    pub fn location(&self) -> (Option<String>, Option<String>, Option<u64>) {
+        match self {
+            SinkError::Postgres(e) => match e.location() {
+                Some(at) => (
+                    at.table.as_ref().map(|t| t.to_string()),
+                    at.column.clone(),
+                    at.seq,
+                ),
+                None => (None, None, None),
+            },
+            SinkError::ClickHouse(ClickHouseError::Rejected(r)) => {
+                (Some(r.table.clone()), Some(r.column.clone()), Some(r.seq))
+            }
+            SinkError::ClickHouse(ClickHouseError::Server { table, .. }) => {
+                (table.clone(), None, None)
+            }
+            _ => (None, None, None),
+        }
+    }
+}
+
 impl Writer {
     /// Connects to the destination and makes `tables` the tables batches refer to (see each
     /// kind's `ensure_tables`).

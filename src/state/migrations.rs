@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0002_destinations.sql"),
     },
     Migration {
+        version: 3,
+        name: "0003_destination_holds.sql",
+        sql: include_str!("../../migrations/0003_destination_holds.sql"),
+    },
+    Migration {
         version: 4,
         name: "0004_checkpoint_binding.sql",
         sql: include_str!("../../migrations/0004_checkpoint_binding.sql"),

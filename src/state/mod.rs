@@ -5,7 +5,9 @@
 //! ```text
 //! StateDb::connect ──▶ migrate (one transaction, pg_advisory_xact_lock, checksums)
 //!        │
-//!        └──▶ CheckpointStore: load(slot) / save(slot, checkpoint) — never moves backwards
+//!        ├──▶ CheckpointStore: load(slot) / save(slot, checkpoint) — never moves backwards
+//!        ├──▶ DestinationStore: the destinations' last reports (for `status`)
+//!        └──▶ HoldStore: destinations held back (`failed`, `needs resync`) until cleared
 //! ```
 //!
 //! - The schema's SQL lives in `migrations/NNNN_name.sql`, embedded in the binary
@@ -24,6 +26,7 @@
 
 mod checkpoint;
 mod destinations;
+mod holds;
 mod migrations;
 
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use crate::sql::quote_ident;
 
 pub use checkpoint::{Binding, Checkpoint, CheckpointStore};
 pub use destinations::{DestinationReport, DestinationStore};
+pub use holds::{Hold, HoldKind, HoldStore, StoredHold};
 pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
 
 /// The schema pgfanout keeps its state in unless configured otherwise.
@@ -47,6 +51,7 @@ pub struct StateDb {
     report: MigrateReport,
     checkpoints: CheckpointStore,
     destinations: DestinationStore,
+    holds: HoldStore,
 }
 
 impl StateDb {
@@ -63,7 +68,8 @@ impl StateDb {
             schema: schema.to_owned(),
             report,
             checkpoints: CheckpointStore::new(client.clone(), schema),
-            destinations: DestinationStore::new(client, schema),
+            destinations: DestinationStore::new(client.clone(), schema),
+            holds: HoldStore::new(client, schema),
         })
     }
 
@@ -79,6 +85,11 @@ impl StateDb {
     /// What the destinations' writers last reported.
     pub fn destinations(&self) -> &DestinationStore {
         &self.destinations
+    }
+
+    /// Destinations held back: `failed` until resumed, `needs resync` until resynced.
+    pub fn holds(&self) -> &HoldStore {
+        &self.holds
     }
 
     /// The slot checkpoints (clone it to hand it to another task).

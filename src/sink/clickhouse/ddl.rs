@@ -280,7 +280,8 @@ mod tests {
         assert_eq!(
             watermark_table("a", "_pgfanout_watermarks"),
             "CREATE TABLE IF NOT EXISTS `a`.`_pgfanout_watermarks` (destination String, \
-             seq UInt64, written_at DateTime) ENGINE = ReplacingMergeTree(seq) ORDER BY destination"
+             seq UInt64, written_at DateTime, lineage String) ENGINE = ReplacingMergeTree(seq) \
+             ORDER BY destination"
         );
     }
 }

@@ -61,8 +61,6 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Keys per lookup of current rows: keeps each statement far below ClickHouse's
 /// `max_query_size` (256 KiB by default).
 const LOOKUP_KEYS: usize = 1000;
-/// Longest piece of a rejected value quoted in an error.
-const MAX_QUOTED_VALUE: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
@@ -96,14 +94,14 @@ pub enum ClickHouseError {
 
 /// A value its ClickHouse column cannot hold (found while encoding, before anything is sent).
 #[derive(Debug, thiserror::Error)]
-#[error("ClickHouse cannot hold a value of destination {destination:?}, table {table}, column {column} (seq {seq}): {reason}; the value: {value}\nHINT: change the column's type or the mapping, then restart; this destination stopped at its watermark")]
+#[error("ClickHouse cannot hold a value of destination {destination:?}, table {table}, column {column}, change {seq}: {reason} ({})\nHINT: change the column's type or the mapping, then run `pgfanout destination resume`; this destination stopped at its watermark", .value_bytes.map_or_else(|| "NULL".to_owned(), |n| format!("a value of {n} bytes")))]
 pub struct RejectedValue {
     pub destination: String,
     pub table: String,
     pub column: String,
     pub seq: u64,
-    /// Quoted, cut to a few hundred bytes.
-    pub value: String,
+    /// The value's length in bytes (None for NULL): never the value itself.
+    pub value_bytes: Option<usize>,
     pub reason: String,
 }
 
@@ -1057,7 +1055,7 @@ impl ClickHouseSink {
                     table: t.label.clone(),
                     column: t.spec.columns[c].name.clone(),
                     seq: row.seq,
-                    value: quote_value(text),
+                    value_bytes: text.map(str::len),
                     reason,
                 }))
             };
@@ -1240,20 +1238,6 @@ fn text_matches_to_string(ty: &ChType) -> bool {
     }
 }
 
-fn quote_value(text: Option<&str>) -> String {
-    match text {
-        None => "NULL".to_owned(),
-        Some(s) if s.len() <= MAX_QUOTED_VALUE => format!("{s:?}"),
-        Some(s) => {
-            let mut end = MAX_QUOTED_VALUE;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{:?}… ({} bytes)", &s[..end], s.len())
-        }
-    }
-}
-
 /// Rows of a TabSeparated answer, unescaped.
 fn tsv_rows(text: &str) -> Vec<Vec<String>> {
     text.lines()
@@ -1365,13 +1349,5 @@ mod tests {
             "project_id, id",
         );
         assert!(p[0].contains("version column is missing"), "{p:?}");
-    }
-
-    #[test]
-    fn long_values_are_cut_in_errors() {
-        let v = "é".repeat(300);
-        let q = quote_value(Some(&v));
-        assert!(q.len() < 260 && q.ends_with("(600 bytes)"), "{q}");
-        assert_eq!(quote_value(None), "NULL");
     }
 }

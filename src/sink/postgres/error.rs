@@ -7,8 +7,8 @@ use std::fmt;
 use tokio_postgres::error::SqlState;
 
 use crate::disposition::{
-    pg_error_is_transient, sqlstate_description, sqlstate_message_is_safe,
-    sqlstate_object_vanished, Classify, ErrorKind,
+    pg_error_is_transient, sqlstate_description, sqlstate_destination_kind,
+    sqlstate_message_is_safe, sqlstate_object_vanished, Classify, ErrorKind,
 };
 use crate::problems::Problems;
 use crate::sql::{quote_ident, QualifiedName};
@@ -51,21 +51,19 @@ pub enum PostgresError {
 }
 
 impl Classify for PostgresError {
-    /// A lost or refused connection, a server shutting down or starting, a serialization
-    /// failure or deadlock, exhausted resources: transient. So is a target table, column or
-    /// schema that vanished under a running writer: starting over validates the tables again
-    /// (and creates them, with `create_tables`), which either heals it or reports a schema
-    /// problem. Everything else the destination refuses (a value that does not fit its
-    /// column, a table that does not match, a bad watermark) is rejected, and a batch that
-    /// does not fit its tables is a bug.
+    /// A server error is what [`sqlstate_destination_kind`] says of its SQLSTATE: connection,
+    /// serialization, deadlock, resources and shutdown are transient; data (22), constraint
+    /// (23), schema and access (42), a vanished table, column or schema (42P01, 42703, 3F000)
+    /// and everything else the server refuses stop this destination. An error without a
+    /// SQLSTATE is transient when the connection underneath failed. A table that does not
+    /// match its specification or a bad watermark is rejected too; a batch that does not fit
+    /// its tables is a bug.
     fn kind(&self) -> ErrorKind {
         match self {
             PostgresError::Query {
                 transient: true, ..
             } => ErrorKind::Transient,
-            PostgresError::Query { code: Some(c), .. } if sqlstate_object_vanished(c.code()) => {
-                ErrorKind::Transient
-            }
+            PostgresError::Query { code: Some(c), .. } => sqlstate_destination_kind(c.code()),
             PostgresError::Query { .. }
             | PostgresError::Schema { .. }
             | PostgresError::BadWatermark { .. }
@@ -91,14 +89,24 @@ impl PostgresError {
             _ => None,
         }
     }
+
+    /// Where it failed, as far as known (a server error only).
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            PostgresError::Query { at, .. } => Some(at),
+            _ => None,
+        }
+    }
 }
 
-/// Where a query failed: the destination, table and column, as far as known.
+/// Where a query failed: the destination, table and column, and the seq of the change whose
+/// value it refused, as far as known. Never a value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Location {
     pub destination: Option<String>,
     pub table: Option<QualifiedName>,
     pub column: Option<String>,
+    pub seq: Option<u64>,
 }
 
 impl fmt::Display for Location {
@@ -111,6 +119,9 @@ impl fmt::Display for Location {
         }
         if let Some(c) = &self.column {
             write!(f, ", column {c}")?;
+        }
+        if let Some(s) = self.seq {
+            write!(f, ", change {s}")?;
         }
         Ok(())
     }
@@ -127,6 +138,10 @@ pub(super) fn query_error(
     // The message holds what is safe of the driver's error; the error itself is not chained
     // (its text is "db error", and its server message may quote row values).
     let message = match e.as_db_error() {
+        Some(db) if sqlstate_object_vanished(db.code().code()) => format!(
+            "{db} (SQLSTATE {})\nHINT: it vanished from the destination; restore it (or recreate it and replay the destination), then run `pgfanout destination resume`",
+            db.code().code()
+        ),
         Some(db) if sqlstate_message_is_safe(db.code().code()) => {
             format!("{db} (SQLSTATE {})", db.code().code())
         }
@@ -145,7 +160,7 @@ pub(super) fn query_error(
                 m.push_str(&format!(", constraint {}", quote_ident(c)));
             }
             if db.code().code().starts_with("22") {
-                m.push_str("\nHINT: a value does not fit its target column's type; check the mapping's type for this column");
+                m.push_str("\nHINT: a value does not fit its target column's type; widen the column (or fix the mapping), then run `pgfanout destination resume`");
             }
             m
         }
@@ -160,6 +175,7 @@ pub(super) fn query_error(
             destination: destination.map(str::to_owned),
             table: table.cloned(),
             column: None,
+            seq: None,
         }),
         message,
         code,

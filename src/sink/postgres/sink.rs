@@ -203,10 +203,17 @@ impl PostgresSink {
             )
             .await
             .map_err(catalog)?;
-        let actual: HashMap<String, (u32, String)> = rows
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
+        let mut actual: HashMap<String, (u32, String)> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let name: String = r.try_get(0).map_err(catalog)?;
+            actual.insert(
+                name,
+                (
+                    r.try_get(1).map_err(catalog)?,
+                    r.try_get(2).map_err(catalog)?,
+                ),
+            );
+        }
         let before = problems.len();
         let col_ref = |c: &str| format!("{}.{}", name.quoted(), quote_ident(c));
         let mut casts = Vec::with_capacity(t.columns.len());
@@ -412,7 +419,7 @@ impl PostgresSink {
             return Ok(ApplyOutcome::AlreadyApplied { watermark: current });
         }
         if let Err(failure) = write(&tx, &self.tables, &plan).await {
-            drop(tx);
+            let _ = tx.rollback().await;
             return Err(self.write_error(destination, &plan, failure).await);
         }
         let lineage = self.lineage.map(|l| l.to_string());
@@ -447,7 +454,7 @@ impl PostgresSink {
             .await
             .map_err(tx_err("starting the replay transaction"))?;
         if let Err(failure) = write(&tx, &self.tables, &plan).await {
-            drop(tx);
+            let _ = tx.rollback().await;
             return Err(self.write_error(destination, &plan, failure).await);
         }
         tx.commit()
@@ -457,14 +464,15 @@ impl PostgresSink {
     }
 
     /// The error for a failed [`write`], once its transaction is gone: after a data exception
-    /// in a table's row changes, with the column whose values do not fit.
+    /// in a table's row changes, with the column whose values do not fit and the seq of the
+    /// first change that carries such a value (PostgreSQL names neither for 22001, 22003,
+    /// 22P02 …).
     async fn write_error(
-        &self,
+        &mut self,
         destination: &str,
         plan: &BatchPlan<'_, '_>,
         failure: WriteFailure,
     ) -> PostgresError {
-        let table = &self.tables[failure.table];
         let data_error = failure
             .error
             .code()
@@ -472,45 +480,114 @@ impl PostgresSink {
         let mut err = query_error(
             failure.what,
             Some(destination),
-            Some(&table.name),
+            Some(&self.tables[failure.table].name),
             failure.error,
         );
         if let (true, Some(rows)) = (data_error, failure.rows) {
             if let PostgresError::Query { at, .. } = &mut err {
-                at.column = self.find_bad_column(table, &plan.tables[rows]).await;
+                if let Some((column, seq)) =
+                    self.find_bad_value(failure.table, &plan.tables[rows]).await
+                {
+                    at.column = Some(column);
+                    at.seq = u64::try_from(seq).ok();
+                }
             }
         }
         err
     }
 
-    /// After a data exception: the first column whose values do not cast to its type. Runs
-    /// outside the failed transaction; None when no single column explains it.
-    async fn find_bad_column(&self, table: &Prepared, plan: &TablePlan<'_, '_>) -> Option<String> {
-        for (i, col) in table.spec.columns.iter().enumerate() {
-            let values: Vec<Option<&str>> = plan
-                .upserts
-                .iter()
-                .map(|u| u.cells[i].as_str())
-                .chain(
-                    table
-                        .key_idx
-                        .iter()
-                        .position(|&k| k == i)
-                        .into_iter()
-                        .flat_map(|j| plan.deletes.iter().map(move |d| d.key[j].as_str())),
+    /// After a data exception: the first column (in table order) with a value its column
+    /// refuses, and the lowest seq of a change carrying one. Runs on the failure path only,
+    /// outside the failed transaction, in a transaction of its own that it rolls back: a
+    /// temporary table with the target's column types (typmods included: `varchar(5)`,
+    /// `numeric(4,1)`) takes each column's values exactly as the write statements cast and
+    /// assign them; the failing column's changes are then bisected by seq under savepoints.
+    /// The values travel as parameters and never appear in a message. None when no single
+    /// column explains it or the probe itself fails.
+    async fn find_bad_value(
+        &mut self,
+        table: usize,
+        plan: &TablePlan<'_, '_>,
+    ) -> Option<(String, i64)> {
+        let t = &self.tables[table];
+        // Every value the statements cast, by change: upserts' cells and deletes' key cells.
+        let mut changes: Vec<(i64, Vec<Option<&str>>)> = plan
+            .upserts
+            .iter()
+            .map(|u| (u.seq, u.cells.iter().map(|c| c.as_str()).collect()))
+            .chain(plan.deletes.iter().map(|d| {
+                let mut cells = vec![None; t.spec.columns.len()];
+                for (j, &i) in t.key_idx.iter().enumerate() {
+                    cells[i] = d.key[j].as_str();
+                }
+                (d.seq, cells)
+            }))
+            .collect();
+        changes.sort_by_key(|(seq, _)| *seq);
+        let columns: Vec<String> = t
+            .spec
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let probe = "pg_temp.pgfanout_probe";
+        let tx = self.client.transaction().await.ok()?;
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE pgfanout_probe ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
+            columns.join(", "),
+            t.name.quoted()
+        ))
+        .await
+        .ok()?;
+        let inserts: Vec<String> = (0..columns.len())
+            .map(|i| {
+                format!(
+                    "INSERT INTO {probe} ({}) SELECT CAST(v AS {}) FROM unnest($1::text[]) AS u(v)",
+                    columns[i], t.casts[i]
                 )
-                .collect();
-            let sql = format!(
-                "SELECT count(CAST(v AS {})) FROM unnest($1::text[]) AS v",
-                table.casts[i]
-            );
-            if let Err(e) = self.client.query_one(&sql, &[&values]).await {
-                if e.code().is_some_and(|c| c.code().starts_with("22")) {
-                    return Some(col.name.clone());
+            })
+            .collect();
+        let column_values = |i: usize, n: usize| -> Vec<Option<&str>> {
+            changes[..n].iter().map(|(_, cells)| cells[i]).collect()
+        };
+        let mut found = None;
+        // (A failed probe returns early; dropping the transaction rolls it back.)
+        for (i, insert) in inserts.iter().enumerate() {
+            if !probe_fails(&tx, insert, &column_values(i, changes.len())).await? {
+                continue;
+            }
+            // The shortest prefix (by seq) that fails ends with the first offending change.
+            let (mut ok, mut bad) = (0, changes.len());
+            while bad - ok > 1 {
+                let mid = ok + (bad - ok) / 2;
+                if probe_fails(&tx, insert, &column_values(i, mid)).await? {
+                    bad = mid;
+                } else {
+                    ok = mid;
                 }
             }
+            found = Some((t.spec.columns[i].name.clone(), changes[bad - 1].0));
+            break;
         }
-        None
+        let _ = tx.rollback().await;
+        found
+    }
+}
+
+/// Whether `insert` of `values` fails with a data exception; rolled back either way. None
+/// when the probe fails otherwise.
+async fn probe_fails(
+    tx: &tokio_postgres::Transaction<'_>,
+    insert: &str,
+    values: &[Option<&str>],
+) -> Option<bool> {
+    tx.batch_execute("SAVEPOINT probe").await.ok()?;
+    let result = tx.execute(insert, &[&values]).await;
+    tx.batch_execute("ROLLBACK TO SAVEPOINT probe").await.ok()?;
+    match result {
+        Ok(_) => Some(false),
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Some(true),
+        Err(_) => None,
     }
 }
 
