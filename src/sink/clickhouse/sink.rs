@@ -45,10 +45,10 @@ use clickhouse::Client;
 use tracing::{debug, info, warn};
 
 use super::ddl::{self, ident, literal, qualified, TableDdl};
+use super::error::{server_error, timed_out, ClickHouseError, RejectedValue};
 use super::rowbinary::{value_len, ColumnEncoder};
 use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
-use crate::disposition::{Classify, ErrorKind};
 use crate::problems::Problems;
 use crate::sink::{
     checked_key, seq_in_batch, Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE,
@@ -60,140 +60,6 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Keys per lookup of current rows: keeps each statement far below ClickHouse's
 /// `max_query_size` (256 KiB by default).
 const LOOKUP_KEYS: usize = 1000;
-/// Longest piece of a rejected value quoted in an error.
-const MAX_QUOTED_VALUE: usize = 200;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClickHouseError {
-    #[error("the ClickHouse tables of destination {destination:?} do not match their specification:{problems}")]
-    Schema {
-        destination: String,
-        problems: Problems,
-    },
-
-    #[error("{what}{}: {message}", at(.table))]
-    Server {
-        what: String,
-        table: Option<String>,
-        /// The client's or server's message (ClickHouse quotes no credentials).
-        message: String,
-        /// ClickHouse's exception code, when the server answered with one.
-        code: Option<u32>,
-        transient: bool,
-    },
-
-    #[error(transparent)]
-    Rejected(Box<RejectedValue>),
-
-    #[error("invalid batch for destination {destination:?}, table {table}: {reason}")]
-    InvalidBatch {
-        destination: String,
-        table: String,
-        reason: String,
-    },
-}
-
-/// A value its ClickHouse column cannot hold (found while encoding, before anything is sent).
-#[derive(Debug, thiserror::Error)]
-#[error("ClickHouse cannot hold a value of destination {destination:?}, table {table}, column {column} (seq {seq}): {reason}; the value: {value}\nHINT: change the column's type or the mapping, then restart; this destination stopped at its watermark")]
-pub struct RejectedValue {
-    pub destination: String,
-    pub table: String,
-    pub column: String,
-    pub seq: u64,
-    /// Quoted, cut to a few hundred bytes.
-    pub value: String,
-    pub reason: String,
-}
-
-fn at(table: &Option<String>) -> String {
-    table
-        .as_ref()
-        .map(|t| format!(" (table {t})"))
-        .unwrap_or_default()
-}
-
-impl Classify for ClickHouseError {
-    /// The server unreachable, restarting, overloaded or timing out is transient. A rejected
-    /// value, a schema problem or a refused statement is the destination's refusal; a batch
-    /// that does not fit its tables is a bug.
-    fn kind(&self) -> ErrorKind {
-        match self {
-            ClickHouseError::Server {
-                transient: true, ..
-            } => ErrorKind::Transient,
-            ClickHouseError::Server { .. }
-            | ClickHouseError::Schema { .. }
-            | ClickHouseError::Rejected(_) => ErrorKind::Rejected,
-            ClickHouseError::InvalidBatch { .. } => ErrorKind::Definite,
-        }
-    }
-}
-
-/// Exception codes that say "not now" rather than "never".
-fn transient_code(code: u32) -> bool {
-    matches!(
-        code,
-        159 // TIMEOUT_EXCEEDED
-        | 164 // READONLY (a replica starting)
-        | 202 // TOO_MANY_SIMULTANEOUS_QUERIES
-        | 209 // SOCKET_TIMEOUT
-        | 210 // NETWORK_ERROR
-        | 241 // MEMORY_LIMIT_EXCEEDED
-        | 242 // TABLE_IS_READ_ONLY
-        | 252 // TOO_MANY_PARTS
-        | 319 // UNKNOWN_STATUS_OF_INSERT
-        | 394 // QUERY_WAS_CANCELLED (server shutting down)
-    )
-}
-
-fn server_error(
-    what: impl Into<String>,
-    table: Option<&str>,
-    e: clickhouse::error::Error,
-) -> ClickHouseError {
-    use clickhouse::error::Error as E;
-    // The client's messages stop at "client error (Connect)"; the causes (refused, TLS
-    // certificate not trusted, …) are in the source chain. None of them holds credentials.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    let code = message
-        .split_once("Code: ")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok());
-    let transient = match &e {
-        E::Network(_) | E::TimedOut => true,
-        // No exception code: a proxy or a server going away answered.
-        E::BadResponse(_) => code.is_none_or(transient_code),
-        _ => false,
-    };
-    ClickHouseError::Server {
-        what: what.into(),
-        table: table.map(str::to_owned),
-        message,
-        code,
-        transient,
-    }
-}
-
-fn timed_out(what: impl Into<String>, table: Option<&str>) -> ClickHouseError {
-    ClickHouseError::Server {
-        what: what.into(),
-        table: table.map(str::to_owned),
-        message: format!("no answer within {STATEMENT_TIMEOUT:?}"),
-        code: None,
-        transient: true,
-    }
-}
-
 /// One target table as this sink writes it.
 struct Table {
     spec: TargetTable,
@@ -285,7 +151,7 @@ impl ClickHouseSink {
         }
         match tokio::time::timeout(STATEMENT_TIMEOUT, q.execute()).await {
             Ok(r) => r.map_err(|e| server_error(what, table, e)),
-            Err(_) => Err(timed_out(what, table)),
+            Err(_) => Err(timed_out(what, table, STATEMENT_TIMEOUT)),
         }
     }
 
@@ -302,7 +168,7 @@ impl ClickHouseSink {
         };
         match tokio::time::timeout(STATEMENT_TIMEOUT, run).await {
             Ok(r) => r.map_err(|e| server_error(what, table, e)),
-            Err(_) => Err(timed_out(what, table)),
+            Err(_) => Err(timed_out(what, table, STATEMENT_TIMEOUT)),
         }
     }
 
@@ -999,13 +865,12 @@ impl ClickHouseSink {
         let mut out = Vec::with_capacity(plan.rows.len() * (t.spec.columns.len() * 12 + 9));
         let mut unknown_warned = false;
         for (i, row) in plan.rows.iter().enumerate() {
-            let reject = |c: usize, text: Option<&str>, reason: String| {
+            let reject = |c: usize, reason: String| {
                 ClickHouseError::Rejected(Box::new(RejectedValue {
                     destination: destination.to_owned(),
                     table: t.label.clone(),
                     column: t.spec.columns[c].name.clone(),
                     seq: row.seq,
-                    value: quote_value(text),
                     reason,
                 }))
             };
@@ -1028,7 +893,7 @@ impl ClickHouseSink {
                                 let text = cell.as_str();
                                 t.encoders[c]
                                     .encode(text.map(str::as_bytes), &mut out)
-                                    .map_err(|e| reject(c, text, e.to_string()))?;
+                                    .map_err(|e| reject(c, e.to_string()))?;
                             }
                         }
                     }
@@ -1042,7 +907,7 @@ impl ClickHouseSink {
                                 let text = key[j].as_str();
                                 t.encoders[c]
                                     .encode(text.map(str::as_bytes), &mut out)
-                                    .map_err(|e| reject(c, text, e.to_string()))?;
+                                    .map_err(|e| reject(c, e.to_string()))?;
                             }
                             None => t.encoders[c].encode_default(&mut out),
                         }
@@ -1188,20 +1053,6 @@ fn text_matches_to_string(ty: &ChType) -> bool {
     }
 }
 
-fn quote_value(text: Option<&str>) -> String {
-    match text {
-        None => "NULL".to_owned(),
-        Some(s) if s.len() <= MAX_QUOTED_VALUE => format!("{s:?}"),
-        Some(s) => {
-            let mut end = MAX_QUOTED_VALUE;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{:?}… ({} bytes)", &s[..end], s.len())
-        }
-    }
-}
-
 /// Rows of a TabSeparated answer, unescaped.
 fn tsv_rows(text: &str) -> Vec<Vec<String>> {
     text.lines()
@@ -1244,27 +1095,6 @@ mod tests {
                 vec!["x\\y".to_owned(), "Nullable(UInt8)".to_owned()]
             ]
         );
-    }
-
-    #[test]
-    fn server_codes_decide_transience() {
-        let e = server_error(
-            "inserting",
-            Some("t"),
-            clickhouse::error::Error::BadResponse(
-                "Code: 252, e.displayText() = DB::Exception: Too many parts".into(),
-            ),
-        );
-        assert!(e.is_transient(), "{e}");
-        let e = server_error(
-            "inserting",
-            Some("t"),
-            clickhouse::error::Error::BadResponse(
-                "Code: 53, e.displayText() = DB::Exception: Type mismatch".into(),
-            ),
-        );
-        assert!(!e.is_transient(), "{e}");
-        assert!(matches!(e, ClickHouseError::Server { code: Some(53), .. }));
     }
 
     #[test]
@@ -1313,13 +1143,5 @@ mod tests {
             "project_id, id",
         );
         assert!(p[0].contains("version column is missing"), "{p:?}");
-    }
-
-    #[test]
-    fn long_values_are_cut_in_errors() {
-        let v = "é".repeat(300);
-        let q = quote_value(Some(&v));
-        assert!(q.len() < 260 && q.ends_with("(600 bytes)"), "{q}");
-        assert_eq!(quote_value(None), "NULL");
     }
 }
