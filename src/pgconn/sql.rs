@@ -33,8 +33,8 @@ use super::tls::{self, TlsConfigError};
 use super::{ConnInfo, Host, PgError, SslMode};
 use crate::disposition::{pg_error_kind, Classify, ErrorKind};
 
-/// Largest authentication request body the guard reads whole (a SASL mechanism list is a few
-/// dozen bytes); the rest of a larger message is passed on unread.
+/// Most of an authentication request's body the guard reads before deciding (a SASL mechanism
+/// list is a few dozen bytes); the rest of a longer one (a GSSAPI token) is passed on unread.
 const MAX_AUTH_BODY: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -346,7 +346,6 @@ impl AsyncWrite for LazySocket {
 struct Watch {
     /// The server accepted the SSLRequest.
     tls: bool,
-    refusal: Option<AuthRefusal>,
 }
 
 fn lock(watch: &Mutex<Watch>) -> std::sync::MutexGuard<'_, Watch> {
@@ -379,6 +378,9 @@ pub struct StartupGuard<S> {
     pending: BytesMut,
     /// Checked, to be handed to the reader.
     ready: BytesMut,
+    /// Bytes of the current message still to be passed on unread: the rest of a message that
+    /// is not an authentication request, or of an over-long one.
+    skip: usize,
     /// An authentication request came before `AuthenticationOk`.
     asked: bool,
     watch: Arc<Mutex<Watch>>,
@@ -407,6 +409,7 @@ impl<S> StartupGuard<S> {
             },
             pending: BytesMut::new(),
             ready: BytesMut::new(),
+            skip: 0,
             asked: false,
             watch,
             end_point,
@@ -441,11 +444,35 @@ impl<S> StartupGuard<S> {
                         self.phase = Phase::Passive;
                     }
                 }
+                Phase::Watching if self.skip > 0 => {
+                    if self.pending.is_empty() {
+                        return;
+                    }
+                    let n = self.skip.min(self.pending.len());
+                    let passed = self.pending.split_to(n);
+                    self.ready.unsplit(passed);
+                    self.skip -= n;
+                }
                 Phase::Watching => {
-                    let Some(len) = whole_message_len(&self.pending) else {
+                    let Some(header) = self.pending.get(..5) else {
                         return;
                     };
-                    let message = self.pending.split_to(len);
+                    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    let Some(body) = (len as usize).checked_sub(4) else {
+                        // Malformed: the driver reports it; nothing after it can be framed.
+                        self.phase = Phase::Passive;
+                        continue;
+                    };
+                    if header[0] != b'R' {
+                        self.skip = 5 + body;
+                        continue;
+                    }
+                    let head = 5 + body.min(MAX_AUTH_BODY);
+                    if self.pending.len() < head {
+                        return;
+                    }
+                    let message = self.pending.split_to(head);
+                    self.skip = 5 + body - head;
                     match self.inspect(&message) {
                         Inspected::Pass => self.ready.unsplit(message),
                         Inspected::Authenticated => {
@@ -453,7 +480,6 @@ impl<S> StartupGuard<S> {
                             self.phase = Phase::Passive;
                         }
                         Inspected::Refuse(refusal) => {
-                            lock(&self.watch).refusal = Some(refusal);
                             self.ready.extend_from_slice(&refusal_response(&refusal));
                             self.phase = Phase::Refused;
                         }
@@ -499,22 +525,6 @@ enum Inspected {
     Pass,
     Authenticated,
     Refuse(AuthRefusal),
-}
-
-/// Length of the whole backend message at the start of `buf`, once all of it is there (an
-/// over-long authentication request counts as whole at [`MAX_AUTH_BODY`]: its start is what
-/// is checked). A length below 4 is the driver's to report: passed on as it is.
-fn whole_message_len(buf: &[u8]) -> Option<usize> {
-    let header = buf.get(..5)?;
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len < 4 {
-        return Some(buf.len());
-    }
-    let whole = 1 + len;
-    if buf.len() >= whole {
-        return Some(whole);
-    }
-    (header[0] == b'R' && buf.len() >= 5 + MAX_AUTH_BODY).then_some(buf.len())
 }
 
 /// The error response the driver reads in place of a refused request: FATAL, SQLSTATE 28000
@@ -672,15 +682,24 @@ mod tests {
         m
     }
 
-    /// Reads what the driver would see of `server` bytes arriving in `chunk`-byte pieces.
-    async fn through_guard(server: &[u8], chunk: usize, require_auth: &str) -> (Vec<u8>, bool) {
-        let (mut srv, cli) = tokio::io::duplex(64);
-        let policy = AuthPolicy {
+    fn policy(require_auth: Option<&str>) -> AuthPolicy {
+        AuthPolicy {
             channel_binding: ChannelBinding::Prefer,
-            require_auth: Some(RequireAuth::parse(require_auth).unwrap()),
-        };
-        let watch = Arc::<Mutex<Watch>>::default();
-        let mut guard = StartupGuard::new(cli, Phase::Watching, policy, watch.clone(), false, None);
+            require_auth: require_auth.map(|r| RequireAuth::parse(r).unwrap()),
+        }
+    }
+
+    /// What the driver reads of `server` arriving through a socket in `chunk`-byte pieces.
+    async fn through_guard(server: &[u8], chunk: usize, require_auth: &str) -> Vec<u8> {
+        let (mut srv, cli) = tokio::io::duplex(64);
+        let mut guard = StartupGuard::new(
+            cli,
+            Phase::Watching,
+            policy(Some(require_auth)),
+            Arc::default(),
+            false,
+            None,
+        );
         let server = server.to_vec();
         let writer = tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -693,19 +712,50 @@ mod tests {
         let mut seen = Vec::new();
         guard.read_to_end(&mut seen).await.unwrap();
         writer.abort();
-        let refused = lock(&watch).refusal.is_some();
-        (seen, refused)
+        seen
+    }
+
+    /// The same without a socket: `server` fed to the guard in `chunk`-byte pieces, then the
+    /// end of the stream (which hands on what is left).
+    fn fed(server: &[u8], chunk: usize, policy: AuthPolicy) -> Vec<u8> {
+        let mut g = StartupGuard::new((), Phase::Watching, policy, Arc::default(), false, None);
+        let mut out = Vec::new();
+        for piece in server.chunks(chunk.max(1)) {
+            g.pending.extend_from_slice(piece);
+            g.advance();
+            out.extend_from_slice(&g.ready.split());
+        }
+        if g.phase != Phase::Refused {
+            out.extend_from_slice(&g.pending);
+        }
+        out
+    }
+
+    fn refused(seen: &[u8]) -> bool {
+        seen.first() == Some(&b'E') && String::from_utf8_lossy(seen).contains("28000")
     }
 
     #[tokio::test]
     async fn allowed_requests_pass_byte_for_byte_in_any_split() {
         let mut server = auth(5, b"salt");
         server.extend(auth(0, b""));
-        server.extend(b"S\0\0\0\x08abcd"); // ParameterStatus-ish after AuthenticationOk
+        server.extend(b"S\0\0\0\x08abcd"); // ParameterStatus after AuthenticationOk
         for chunk in [1, 2, 3, 7, 100] {
-            let (seen, refused) = through_guard(&server, chunk, "md5").await;
-            assert!(!refused);
-            assert_eq!(seen, server, "chunk {chunk}");
+            assert_eq!(
+                through_guard(&server, chunk, "md5").await,
+                server,
+                "chunk {chunk}"
+            );
+        }
+        // Other messages and a long authentication message (a GSSAPI continuation) pass
+        // unread past their start.
+        let mut server = b"N\0\0\0\x0anotice".to_vec();
+        server.extend(auth(10, b"SCRAM-SHA-256\0\0"));
+        server.extend(auth(8, &[7; 3000]));
+        server.extend(auth(12, b"v=final"));
+        server.extend(auth(0, b""));
+        for chunk in [1, 5, 999, 5000] {
+            assert_eq!(fed(&server, chunk, policy(Some("scram-sha-256"))), server);
         }
     }
 
@@ -713,18 +763,25 @@ mod tests {
     async fn a_refused_request_never_reaches_the_driver() {
         let server = auth(3, b"");
         for chunk in [1, 4, 100] {
-            let (seen, refused) = through_guard(&server, chunk, "scram-sha-256").await;
-            assert!(refused);
-            assert_eq!(seen[0], b'E', "an error response instead");
+            let seen = through_guard(&server, chunk, "scram-sha-256").await;
+            assert!(refused(&seen), "an error response instead");
             let text = String::from_utf8_lossy(&seen);
-            assert!(text.contains("28000") && text.contains("require_auth=scram-sha-256"));
+            assert!(text.contains("require_auth=scram-sha-256"), "{text}");
             assert!(!seen.windows(server.len()).any(|w| w == server));
         }
         // Trust: AuthenticationOk without a request is the method "none".
-        let (_, refused) = through_guard(&auth(0, b""), 3, "scram-sha-256").await;
-        assert!(refused);
-        let (_, refused) = through_guard(&auth(0, b""), 3, "!password").await;
-        assert!(!refused);
+        assert!(refused(
+            &through_guard(&auth(0, b""), 3, "scram-sha-256").await
+        ));
+        assert!(!refused(
+            &through_guard(&auth(0, b""), 3, "!password").await
+        ));
+        // A refusal after other messages: those pass, the request does not.
+        let mut server = b"N\0\0\0\x0anotice".to_vec();
+        server.extend(auth(5, b"salt"));
+        let seen = fed(&server, 3, policy(Some("scram-sha-256")));
+        assert!(seen.starts_with(b"N\0\0\0\x0anotice"));
+        assert!(refused(&seen[11..]));
     }
 
     #[tokio::test]
@@ -746,13 +803,23 @@ mod tests {
         assert!(matches!(g.inspect(&plain), Inspected::Refuse(_)));
     }
 
-    #[test]
-    fn message_lengths_never_panic() {
-        assert_eq!(whole_message_len(b"R\0\0"), None);
-        assert_eq!(whole_message_len(b"R\0\0\0\x02xyz"), Some(8));
-        assert_eq!(whole_message_len(b"R\0\0\0\x08\0\0\0\x00"), Some(9));
-        assert_eq!(whole_message_len(b"R\0\0\0\x09\0\0\0\x00"), None);
-        let huge = [b'R', 0x7f, 0xff, 0xff, 0xff];
-        assert_eq!(whole_message_len(&huge), None);
+    proptest::proptest! {
+        /// Without rules the guard changes nothing, whatever the bytes and however they
+        /// arrive; and it never panics.
+        #[test]
+        fn without_rules_any_bytes_pass_unchanged(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            chunk in 1usize..64,
+        ) {
+            proptest::prop_assert_eq!(fed(&bytes, chunk, policy(None)), bytes);
+        }
+
+        #[test]
+        fn with_rules_any_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            chunk in 1usize..64,
+        ) {
+            let _ = fed(&bytes, chunk, policy(Some("scram-sha-256")));
+        }
     }
 }
