@@ -482,7 +482,7 @@ async fn server_errors_that_quote_a_value_are_withheld() {
     let msg = Chain(&e).to_string();
     assert!(!msg.contains(SECRET), "{msg}");
     assert!(
-        msg.contains("inserting the batch") && msg.contains(&format!("`{db}`.`users`")),
+        msg.contains("inserting seq 1 (table ") && msg.contains(&format!("`{db}`.`users`")),
         "{msg}"
     );
     assert!(

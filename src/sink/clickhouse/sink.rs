@@ -553,7 +553,15 @@ impl ClickHouseSink {
             let t = &self.tables[ti];
             let current = self.current_values(t, plan).await?;
             let data = self.encode(destination, t, plan, &current)?;
-            self.insert(t, data).await?;
+            // Server errors cannot point at a row: they name the seqs the insert held.
+            let seqs = plan.rows.iter().map(|r| r.seq);
+            let (first, last) = (seqs.clone().min(), seqs.max());
+            let what = match (first, last) {
+                (Some(a), Some(b)) if a != b => format!("inserting seq {a} to {b}"),
+                (Some(a), _) => format!("inserting seq {a}"),
+                _ => "inserting the batch".to_owned(),
+            };
+            self.insert(&what, t, data).await?;
             debug!(destination, table = %t.label, rows = plan.rows.len(), "inserted");
         }
         for (ti, seq) in batch.last_truncates() {
@@ -581,8 +589,7 @@ impl ClickHouseSink {
             })
     }
 
-    async fn insert(&self, t: &Table, data: Vec<u8>) -> Result<(), ClickHouseError> {
-        let what = "inserting the batch";
+    async fn insert(&self, what: &str, t: &Table, data: Vec<u8>) -> Result<(), ClickHouseError> {
         let mut insert = self
             .client
             .insert_formatted_with(t.insert_sql.clone())
