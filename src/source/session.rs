@@ -30,7 +30,7 @@ use crate::disposition::{sqlstate_kind, Classify, ErrorKind};
 use crate::lsn::Lsn;
 use crate::pgconn::auth::{AuthRequest, Link};
 use crate::pgconn::tls;
-use crate::pgconn::{AuthRefusal, ChannelBinding, ConnInfo, Socket, SslMode, Transport};
+use crate::pgconn::{AuthRefusal, ChannelBinding, ConnInfo, Host, Socket, SslMode, Transport};
 
 /// Read granularity: large enough that a busy stream costs few syscalls.
 const READ_CHUNK: usize = 256 * 1024;
@@ -216,13 +216,14 @@ impl Session {
             source,
         };
         // TCP with nodelay and keepalive, or a unix socket (never TLS there, as libpq).
+        let socket = Socket::connect(info).await.map_err(connect_err)?;
         let (stream, transport, end_point): (Pin<Box<dyn Stream>>, _, _) =
-            match Socket::connect(info).await.map_err(connect_err)? {
-                Socket::Unix(unix) => (Box::pin(unix), Transport::Unix, None),
-                Socket::Tcp(tcp) if info.sslmode == SslMode::Disable => {
-                    (Box::pin(tcp), Transport::Tcp, None)
+            match (socket, &info.host) {
+                (Socket::Tcp(tcp), Host::Tcp(host)) if info.sslmode != SslMode::Disable => {
+                    Self::negotiate_tls(tcp, info, host, &target).await?
                 }
-                Socket::Tcp(tcp) => Self::negotiate_tls(tcp, info, &target).await?,
+                (Socket::Tcp(tcp), _) => (Box::pin(tcp), Transport::Tcp, None),
+                (Socket::Unix(unix), _) => (Box::pin(unix), Transport::Unix, None),
             };
         let mut session = Session {
             stream,
@@ -247,14 +248,9 @@ impl Session {
     async fn negotiate_tls(
         mut tcp: TcpStream,
         info: &ConnInfo,
+        host: &str,
         target: &str,
     ) -> Result<(Pin<Box<dyn Stream>>, Transport, Option<Vec<u8>>), SessionError> {
-        let host = match &info.host {
-            crate::pgconn::Host::Tcp(h) => h.as_str(),
-            crate::pgconn::Host::Unix(_) => {
-                return Err(SessionError::Protocol("TLS over a unix socket".into()))
-            }
-        };
         let mut buf = BytesMut::new();
         frontend::ssl_request(&mut buf);
         tcp.write_all(&buf).await?;
