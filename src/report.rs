@@ -3,8 +3,19 @@
 //! here, at the edges that show errors to a person: the command line, the logs, and the
 //! `last_error` that `status` reports.
 
+use std::collections::BTreeSet;
 use std::error::Error;
 use std::fmt;
+use std::sync::Mutex;
+
+/// Whether `key` is reported for the first time in this process: for warnings given once (per
+/// connection target, say) however often the code that finds them runs again.
+pub fn first_time(key: &str) -> bool {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    // Nothing panics while holding the lock; a poisoned set is still a valid set.
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    seen.insert(key.to_owned())
+}
 
 /// `error: cause: cause …` on one line (logs, status), or with `{:#}` one cause per line
 /// under the message (the command line).
@@ -33,6 +44,13 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("reading the segment")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn first_time_is_once_per_key() {
+        assert!(first_time("report::tests a"));
+        assert!(!first_time("report::tests a"));
+        assert!(first_time("report::tests b"));
+    }
 
     #[test]
     fn every_cause_once() {

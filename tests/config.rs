@@ -327,3 +327,45 @@ fn a_missing_file_is_reported_once_per_cause_as_text_or_json() {
         "{last}"
     );
 }
+
+/// What reaches a person for a file with a syntax error on a line holding a password: where
+/// it is and what is wrong, never the value, as text and as a JSON log line.
+#[test]
+fn a_syntax_error_on_a_password_line_never_shows_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, line) in [
+        (
+            "unterminated.toml",
+            "[source]\nurl = \"postgres://u@h/db\"\n[[destinations]]\nname = \"a\"\npassword = \"s3cr3t\n",
+            5,
+        ),
+        (
+            "url.toml",
+            "[source]\nurl = \"postgres://u:s3cr3t@h/db\" sslmode\n",
+            2,
+        ),
+        (
+            "multiline.toml",
+            "[source]\nurl = \"\"\"postgres://u:\ns3cr3t\\x@h/db\"\"\"\n",
+            3,
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        for format in ["text", "json"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+                .args(["--log-format", format, "check", "--config"])
+                .arg(&path)
+                .output()
+                .expect("run pgfanout");
+            assert!(!out.status.success());
+            let all = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(!all.contains("s3cr3t"), "{name} ({format}): {all}");
+            assert!(
+                all.contains(&format!("TOML syntax error at line {line}, column ")),
+                "{name} ({format}): {all}"
+            );
+        }
+    }
+}

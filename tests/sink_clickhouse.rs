@@ -413,7 +413,7 @@ async fn existing_tables_are_validated_with_every_problem() {
 }
 
 #[tokio::test]
-async fn a_value_the_column_cannot_hold_is_rejected_with_table_column_and_value() {
+async fn a_value_the_column_cannot_hold_is_rejected_with_table_column_and_seq_but_not_the_value() {
     let db = fresh_ch_db("reject");
     let mut table = TargetTable::new(
         &db,
@@ -436,11 +436,15 @@ async fn a_value_the_column_cannot_hold_is_rejected_with_table_column_and_value(
         "events`",
         "column day",
         "seq 1",
-        "\"1969-07-20\"",
         "1970-01-01",
+        "log read --from-seq 1",
     ] {
         assert!(msg.contains(part), "{part:?} in {msg}");
     }
+    assert!(
+        !msg.contains("1969-07-20"),
+        "the value is never shown: {msg}"
+    );
     assert!(!e.is_transient());
     assert_eq!(
         disposition(SinkError::from(e).kind(), Scope::Destination),
@@ -451,6 +455,49 @@ async fn a_value_the_column_cannot_hold_is_rejected_with_table_column_and_value(
         0,
         "nothing moved"
     );
+}
+
+/// A server error that quotes the row's value (a MATERIALIZED column that cannot parse it):
+/// what the sink reports names the destination's table and the exception, never the value.
+#[tokio::test]
+async fn server_errors_that_quote_a_value_are_withheld() {
+    let db = fresh_ch_db("quoting");
+    let mut sink = connected(&db, &[users(&db)]).await;
+    ch(&format!(
+        "ALTER TABLE `{db}`.users ADD COLUMN name_number UInt64 MATERIALIZED toUInt64(name)"
+    ));
+    const SECRET: &str = "s3cr3t-value";
+    // The server itself quotes the value (so this test can fail).
+    let direct = clickhouse()
+        .query(&format!(
+            "INSERT INTO `{db}`.users (project_id, id, name, bio, sync_sequence_id, sync_is_deleted) VALUES ('p', 1, '{SECRET}', NULL, 1, 0)"
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(direct.contains(SECRET), "{direct}");
+
+    let mut b = Batch::new(1);
+    b.upsert(0, 1, vec![t("p1"), t("1"), t(SECRET), Cell::Null]);
+    let e = sink.apply("analytics", &b).await.unwrap_err();
+    let msg = Chain(&e).to_string();
+    assert!(!msg.contains(SECRET), "{msg}");
+    assert!(
+        msg.contains("inserting seq 1 (table ") && msg.contains(&format!("`{db}`.`users`")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ClickHouse exception 6 (CANNOT_PARSE_TEXT)"),
+        "{msg}"
+    );
+    assert!(
+        matches!(e, ClickHouseError::Server { code: Some(6), .. }),
+        "{e:?}"
+    );
+    assert_eq!(
+        disposition(SinkError::from(e).kind(), Scope::Destination),
+        Disposition::StopDestination
+    );
+    assert_eq!(sink.watermark("analytics").await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -554,4 +601,48 @@ async fn https_needs_a_trusted_certificate() {
     b.upsert(0, 1, vec![t("p1"), t("1"), t("over tls"), Cell::Null]);
     sink.apply("analytics", &b).await.unwrap();
     assert_eq!(live(&db), "p1\t1\tover tls\t\\N\n");
+}
+
+/// `pgfanout check` warns when a ClickHouse password goes over http://, and not over https://.
+#[tokio::test]
+async fn check_warns_about_a_password_over_http() {
+    let db = fresh_ch_db("plain_http");
+    let (user, password) = pgfanout_testkit::localch::LocalClickHouse::PASSWORD_USER;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |url: &str| {
+        let path = dir.path().join("pgfanout.toml");
+        let text = format!(
+            "[source]\nurl = {:?}\n[log]\ndir = {:?}\n\
+             [[mappings]]\nname = \"m\"\nsource = \"public.t\"\ntenant_key = \"tenant\"\ntarget = \"t\"\n\
+             [mappings.columns]\nid = \"id\"\n\
+             [[destinations]]\nname = \"analytics\"\nkind = \"clickhouse\"\nurl = {url:?}\n\
+             user = {user:?}\npassword = \"${{CH_TEST_PASSWORD}}\"\ndatabase = {db:?}\n\
+             tenants = \"*\"\nmappings = [\"m\"]\n",
+            server().socket_url("postgres"),
+            dir.path().join("log").display().to_string(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |path: std::path::PathBuf| async move {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"));
+        cmd.args(["check", "--config"])
+            .arg(path)
+            .env("CH_TEST_PASSWORD", password)
+            .env("RUST_LOG", "warn");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let out = run(config(&clickhouse().url())).await;
+    assert!(out.contains("analytics: reachable"), "{out}");
+    assert!(
+        out.contains("warning encryption: destination analytics: a password is configured, but the ClickHouse URL http://"),
+        "{out}"
+    );
+    assert!(!out.contains(password), "{out}");
+    // https://: no warning (the connection itself may fail here: the tests' CA is not trusted).
+    let out = run(config(&clickhouse().https_url())).await;
+    assert!(!out.contains("password is configured"), "{out}");
 }

@@ -7,13 +7,16 @@
 //!   change log directory          ─▶ readable, intact tail, writer lock
 //!   mappings                      ─▶ compiled against the source catalog (every problem)
 //!   destinations                  ─▶ reachable
+//!   every connection              ─▶ a warning when its password travels unencrypted
 //! ```
 
 use std::fmt;
 
 use crate::changelog;
 use crate::config::{Config, StoreConfig};
+use crate::pgconn::{password_in_clear, plaintext_warning, ConnInfo, Transport};
 use crate::report::Chain;
+use crate::sink::clickhouse::config as clickhouse_config;
 use crate::sink::ClickHouseSink;
 use crate::source::session::Session;
 use crate::source::slot::{self, PublicationState};
@@ -25,6 +28,9 @@ pub enum Outcome {
     Ok(String),
     /// Not a problem, but worth knowing (for example: the slot will be created).
     Note(String),
+    /// Works, but should be fixed (for example: a password sent unencrypted). Not a problem:
+    /// `check` still passes.
+    Warning(String),
     Problem(String),
 }
 
@@ -58,6 +64,7 @@ impl fmt::Display for Report {
             let (mark, text) = match &c.outcome {
                 Outcome::Ok(t) => ("ok     ", t),
                 Outcome::Note(t) => ("note   ", t),
+                Outcome::Warning(t) => ("warning", t),
                 Outcome::Problem(t) => ("PROBLEM", t),
             };
             // Multi-line messages (DETAIL / HINT) stay indented under their check.
@@ -112,9 +119,12 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
         // read-only; PostgreSQL ones when the writer starts, since creating may be part of it).
         let tables = setup.as_ref().map(|s| &s.destinations[i].tables);
         let outcome = match &d.store {
-            StoreConfig::Postgres(pg) => match pg.conn.connect_sql().await {
-                Ok(_) => Outcome::Ok(format!("{}: reachable", d.name)),
-                Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+            StoreConfig::Postgres(pg) => match pg.conn.connect_sql_observed().await {
+                Ok((_, transport)) => {
+                    warn_if_in_clear(report, &pg.conn, transport);
+                    Outcome::Ok(format!("{}: reachable", d.name))
+                }
+                Err(e) => Outcome::Problem(format!("{}: {}", d.name, Chain(&e))),
             },
             StoreConfig::ClickHouse(ch) => match ClickHouseSink::connect(ch).await {
                 Ok(sink) if ch.reader_user.is_some() && !sink.server_version().supports_reader_policies() => {
@@ -139,10 +149,25 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
                         Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
                     }
                 }
-                Err(e) => Outcome::Problem(format!("{}: {e}", d.name)),
+                Err(e) => Outcome::Problem(format!("{}: {}", d.name, Chain(&e))),
             },
         };
         report.push("destination", outcome);
+        if let StoreConfig::ClickHouse(ch) = &d.store {
+            if clickhouse_config::password_over_http(ch) {
+                report.push(
+                    "encryption",
+                    Outcome::Warning(clickhouse_config::plaintext_warning(&d.name, ch)),
+                );
+            }
+        }
+    }
+}
+
+/// A warning line when a password went over the connection `info` opened as `transport`.
+fn warn_if_in_clear(report: &mut Report, info: &ConnInfo, transport: Transport) {
+    if password_in_clear(info, transport) {
+        report.push("encryption", Outcome::Warning(plaintext_warning(info)));
     }
 }
 
@@ -154,6 +179,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
                 "source",
                 Outcome::Ok(format!("replication session to {}", src.conn)),
             );
+            warn_if_in_clear(report, &src.conn, s.transport());
             s
         }
         Err(e) => {
@@ -266,7 +292,7 @@ async fn check_source(cfg: &Config, report: &mut Report) {
 
 async fn check_state(cfg: &Config, report: &mut Report) {
     let st = &cfg.state;
-    let client = match st.conn.connect_sql().await {
+    let (client, transport) = match st.conn.connect_sql_observed().await {
         Ok(c) => c,
         Err(e) => {
             report.push("state database", Outcome::Problem(Chain(&e).to_string()));
@@ -315,6 +341,7 @@ async fn check_state(cfg: &Config, report: &mut Report) {
         )),
     };
     report.push("state database", outcome);
+    warn_if_in_clear(report, &st.conn, transport);
 }
 
 async fn check_log(cfg: &Config, report: &mut Report) {

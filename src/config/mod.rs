@@ -214,7 +214,7 @@ mod raw;
 mod tests;
 mod validate;
 
-use raw::{interpolate, RawConfig};
+use raw::{interpolate, syntax_problem, without_values, RawConfig};
 pub use validate::validate_slot_name;
 
 /// A problem with one key of the configuration.
@@ -309,12 +309,9 @@ impl Config {
             origin: origin.to_owned(),
             problems,
         };
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            invalid(vec![Problem {
-                key: "(file)".into(),
-                message: e.to_string().trim_end().to_owned(),
-            }])
-        })?;
+        // Neither error quotes a value: the file may hold passwords.
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| invalid(vec![syntax_problem(text, &e)]))?;
         let mut problems = Vec::new();
         interpolate(&mut value, &mut String::new(), env, &mut problems);
         if !problems.is_empty() {
@@ -328,7 +325,7 @@ impl Config {
                 } else {
                     key
                 },
-                message: e.into_inner().to_string(),
+                message: without_values(e.into_inner().message()),
             }])
         })?;
         raw.validate(rules).map_err(invalid)

@@ -1,5 +1,6 @@
-//! The configuration file as written: serde's view of the TOML (unknown keys refused), and
-//! `${ENV}` interpolation with key paths for its errors.
+//! The configuration file as written: serde's view of the TOML (unknown keys refused),
+//! `${ENV}` interpolation with key paths for its errors, and the file's syntax and type errors
+//! told without the values they concern (a password may be the value in question).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -217,4 +218,112 @@ pub(super) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A TOML syntax error as a problem that never quotes a value. The toml crate's own text
+/// shows the offending line whole, and that line may hold a password (`password = "s3cr3t`
+/// unterminated, a URL with its credentials): this keeps its message (grammar words and key
+/// names only), its line and column, and shows the line only as far as the key — the line is
+/// shown at all only when a statement starts there, which the TOML parser decides on the text
+/// before it (otherwise it is the inside of a multi-line string or array).
+pub(super) fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let message = e.message().trim_end().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return Problem {
+            key: "(file)".into(),
+            message,
+        };
+    };
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let statement_starts = toml::from_str::<toml::Value>(&text[..line_start]).is_ok();
+    let shown = if statement_starts {
+        key_part(line)
+    } else {
+        "…".to_owned()
+    };
+    Problem {
+        key: "(file)".into(),
+        message: format!(
+            "TOML syntax error at line {line_no}, column {column}: {message}\n{line_no} | {shown}"
+        ),
+    }
+}
+
+/// What of a line that starts a statement can be shown: a table header, or a key and `=`;
+/// the value and anything else becomes `…`.
+fn key_part(line: &str) -> String {
+    let indent = line.len() - line.trim_start().len();
+    let body = &line[indent..];
+    let header_end = if body.starts_with("[[") {
+        body.find("]]").map(|i| i + 2)
+    } else if body.starts_with('[') {
+        body.find(']').map(|i| i + 1)
+    } else {
+        body.find('=').map(|i| i + 1)
+    };
+    match header_end {
+        Some(end) if body[end..].trim().is_empty() || body[end..].trim_start().starts_with('#') => {
+            line.trim_end().to_owned()
+        }
+        Some(end) => format!("{}{} …", &line[..indent], body[..end].trim_end()),
+        None => "…".to_owned(),
+    }
+}
+
+/// serde's message for a value of the wrong type or an invalid value, without the value
+/// (`invalid type: string "s3cr3t", expected a boolean` becomes `invalid type: a string,
+/// expected a boolean`): a password written where a number or another type belongs, or a
+/// number where a password belongs, must not come back in the error.
+pub(super) fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some((what, after)) = unexpected(rest) {
+                return format!("{prefix}{what}{after}");
+            }
+        }
+    }
+    message.to_owned()
+}
+
+/// Splits serde's `Unexpected` (as it displays) off the front of `text`: what kind of value it
+/// was, and the text after it.
+fn unexpected(text: &str) -> Option<(&'static str, &str)> {
+    if let Some(quoted) = text.strip_prefix("string \"") {
+        // Debug-escaped: the value ends at the first quote not preceded by a backslash.
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => return Some(("a string", &quoted[i + 1..])),
+                _ => {}
+            }
+        }
+        return Some(("a string", ""));
+    }
+    for (prefix, what) in [
+        ("integer `", "an integer"),
+        ("floating point `", "a floating point number"),
+        ("boolean `", "a boolean"),
+        ("character `", "a character"),
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            // The value itself may be a backtick (a character): skip its first character.
+            let mut chars = rest.char_indices();
+            chars.next();
+            let end = chars
+                .find(|&(_, c)| c == '`')
+                .map_or(rest.len(), |(i, _)| i + 1);
+            return Some((what, &rest[end.min(rest.len())..]));
+        }
+    }
+    None
 }

@@ -123,7 +123,8 @@ fn log_and_state_sections() {
 
     // Defaults: the state lives in the source database.
     let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
-    assert_eq!(c.state.conn, c.source.conn);
+    assert_eq!(c.state.conn.clone().labelled("source"), c.source.conn);
+    assert_eq!(c.state.conn.label.as_deref(), Some("state"));
     assert_eq!(c.state.schema, DEFAULT_STATE_SCHEMA);
     assert_eq!(c.log.dir, PathBuf::from(DEFAULT_LOG_DIR));
     assert_eq!(c.log.retention_age, Some(DEFAULT_RETENTION_AGE));
@@ -379,4 +380,124 @@ fn dollar_escapes_and_secrets_stay_hidden() {
     let c = parse("[source]\nurl = \"postgres://u:${PGPASS}@h/db\"").unwrap();
     let shown = format!("{c:?}");
     assert!(!shown.contains("s3cret"), "{shown}");
+}
+
+/// The single problem of `text`.
+fn only_problem(text: &str) -> Problem {
+    match parse(text) {
+        Err(ConfigError::Invalid { mut problems, .. }) if problems.len() == 1 => problems.remove(0),
+        other => panic!("one problem expected for {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn syntax_errors_never_echo_a_value() {
+    let head = "[source]\nurl = \"postgres://u@h/db\"\n";
+    // (the rest of the file, the line of the error, what of that line is shown)
+    let cases: &[(&str, usize, &str)] = &[
+        ("[[destinations]]\npassword = \"s3cr3t\n", 4, "password = …"),
+        (
+            "[[destinations]]\npassword = \"s3cr3t\\q\"\n",
+            4,
+            "password = …",
+        ),
+        (
+            "[[destinations]]\npassword = \"s3cr3t\\uZZZZ\"\n",
+            4,
+            "password = …",
+        ),
+        ("[[destinations]]\npassword = s3cr3t\n", 4, "password = …"),
+        (
+            "[[destinations]]\npassword = \"s3cr3t\" junk\n",
+            4,
+            "password = …",
+        ),
+        (
+            "[[destinations]]\npassword = 12345s3cr3t\n",
+            4,
+            "password = …",
+        ),
+        (
+            "[[destinations]]\npassword = 1979-05-27Ts3cr3t\n",
+            4,
+            "password = …",
+        ),
+        ("[state]\nurl = \"postgres://u:s3cr3t@h/db\n", 4, "url = …"),
+        ("[state]\nurl = 'postgres://u:s3cr3t@h/db\n", 4, "url = …"),
+        (
+            "[state]\nurl = \"\"\"postgres://u:\ns3cr3t@h/db\\q\"\"\"\n",
+            5,
+            "…",
+        ),
+        ("[state]\nurl = '''x\ns3cr3t\n", 6, "…"),
+        ("[state]\nx = [\n  \"a\",\n  \"s3cr3t\" junk\n]\n", 6, "…"),
+        ("[state]\nx = { password = \"s3cr3t\" junk }\n", 4, "x = …"),
+        ("[state]\ns3cr3t\n", 4, "…"),
+        ("[state] password = \"s3cr3t\"\n", 3, "[state] …"),
+    ];
+    for (tail, line, shown) in cases {
+        let text = format!("{head}{tail}");
+        let p = only_problem(&text);
+        let full = parse(&text).unwrap_err().to_string();
+        assert_eq!(p.key, "(file)");
+        assert!(
+            !full.contains("s3cr3t"),
+            "{tail:?} echoes the value: {full}"
+        );
+        assert!(
+            p.message
+                .starts_with(&format!("TOML syntax error at line {line}, column ")),
+            "{tail:?}: {}",
+            p.message
+        );
+        assert!(
+            p.message.ends_with(&format!("\n{line} | {shown}")),
+            "{tail:?}: {}",
+            p.message
+        );
+    }
+    // A header is shown whole (an unterminated one is not: it may be anything); the message
+    // keeps the grammar's words and the key.
+    let p = only_problem(&format!("{head}[source]\n"));
+    assert!(
+        p.message.contains("duplicate key `source`"),
+        "{}",
+        p.message
+    );
+    assert!(p.message.ends_with("\n3 | [source]"), "{}", p.message);
+    let p = only_problem(&format!("{head}[state\n"));
+    assert!(p.message.ends_with("\n3 | …"), "{}", p.message);
+}
+
+#[test]
+fn type_errors_never_echo_a_value() {
+    for (text, key) in [
+        (
+            "[source]\nurl = \"postgres://u@h/db\"\nmanage = \"s3cr3t\\\"quoted\"",
+            "source.manage",
+        ),
+        ("[source]\nurl = 12345", "source.url"),
+        ("[source]\nurl = 1.2345", "source.url"),
+        ("[source]\nurl = true", "source.url"),
+    ] {
+        let p = only_problem(text);
+        assert_eq!(p.key, key, "{text}");
+        assert!(
+            p.message.starts_with("invalid type: a"),
+            "{text}: {}",
+            p.message
+        );
+        assert!(p.message.contains(", expected"), "{text}: {}", p.message);
+        for secret in ["s3cr3t", "quoted", "12345", "1.2345", "true"] {
+            assert!(!p.message.contains(secret), "{text}: {}", p.message);
+        }
+    }
+    assert_eq!(
+        super::raw::without_values("invalid value: character ```, expected a digit"),
+        "invalid value: a character, expected a digit"
+    );
+    assert_eq!(
+        super::raw::without_values("missing field `url`"),
+        "missing field `url`"
+    );
 }

@@ -29,7 +29,7 @@ impl RawConfig {
         };
         let s = self.source;
         let conn = match s.url.parse::<ConnInfo>() {
-            Ok(c) => Some(c),
+            Ok(c) => Some(c.labelled("source")),
             Err(e) => {
                 problem("source.url", e.to_string());
                 None
@@ -112,9 +112,9 @@ impl RawConfig {
 
         let st = self.state;
         let state_conn = match &st.url {
-            None => conn.clone(),
+            None => conn.clone().map(|c| c.labelled("state")),
             Some(url) => match url.parse::<ConnInfo>() {
-                Ok(c) => Some(c),
+                Ok(c) => Some(c.labelled("state")),
                 Err(e) => {
                     problem("state.url", e.to_string());
                     None
@@ -607,7 +607,7 @@ pub(super) fn postgres_store(
         ],
     );
     let conn = match d.url.parse::<ConnInfo>() {
-        Ok(c) => Some(c),
+        Ok(c) => Some(c.labelled(format!("destination {}", d.name))),
         Err(e) => {
             problem(&at("url"), e.to_string());
             None

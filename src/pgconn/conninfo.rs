@@ -1,7 +1,10 @@
 //! libpq-style connection URLs: `postgres://user:password@host:port/dbname?sslmode=require`.
 //!
 //! One parse for both kinds of connection pgfanout opens: the replication session (hand-built
-//! on postgres-protocol) and ordinary SQL connections (tokio-postgres, via [`ConnInfo::sql_config`]).
+//! on postgres-protocol) and ordinary SQL connections (tokio-postgres, see `sql.rs`). What is
+//! certain to fail is refused here, before anything connects: `channel_binding=require`
+//! without TLS (sslmode=disable, a unix socket), a `require_auth` that allows only methods
+//! pgfanout does not speak.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,8 +12,8 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{PgError, Secret};
-use crate::disposition::{pg_error_kind, Classify, ErrorKind};
+use super::auth::{AuthPolicy, ChannelBinding, RequireAuth};
+use super::Secret;
 
 const DEFAULT_PORT: u16 = 5432;
 /// Debian's (and most distributions') compiled-in socket directory.
@@ -68,39 +71,13 @@ pub struct ConnInfo {
     pub sslrootcert: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Option<Duration>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SqlConnectError {
-    #[error(transparent)]
-    Tls(#[from] super::tls::TlsConfigError),
-    #[error("could not connect to {target}")]
-    Connect {
-        target: String,
-        #[source]
-        source: PgError,
-    },
-}
-
-impl Classify for SqlConnectError {
-    /// A refused, lost or timed-out connection is transient; a TLS configuration that cannot
-    /// be built, a refused password or an unknown database is not.
-    fn kind(&self) -> ErrorKind {
-        match self {
-            SqlConnectError::Connect { source, .. } => pg_error_kind(source.inner()),
-            SqlConnectError::Tls(_) => ErrorKind::Definite,
-        }
-    }
-}
-
-impl SqlConnectError {
-    /// The driver error, when the failure came from the connection attempt itself.
-    pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
-        match self {
-            SqlConnectError::Connect { source, .. } => Some(source.inner()),
-            SqlConnectError::Tls(_) => None,
-        }
-    }
+    /// libpq's `channel_binding` (default prefer).
+    pub channel_binding: ChannelBinding,
+    /// libpq's `require_auth`: the authentication methods the server may ask for.
+    pub require_auth: Option<RequireAuth>,
+    /// What this connection is for, in warnings: `source`, `state`, `destination acme`.
+    /// Set by the configuration; not part of the URL.
+    pub label: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +86,7 @@ pub enum ConnInfoError {
     Syntax(String),
     #[error("unsupported scheme {0:?}; use postgres:// or postgresql://")]
     Scheme(String),
-    #[error("unknown URL parameter {0:?}; supported: host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout")]
+    #[error("unknown URL parameter {0:?}; supported: host, port, user, password, dbname, sslmode, sslrootcert, application_name, connect_timeout, channel_binding, require_auth")]
     UnknownParameter(String),
     #[error("invalid {param} {value:?}: {expected}")]
     InvalidValue {
@@ -117,6 +94,10 @@ pub enum ConnInfoError {
         value: String,
         expected: &'static str,
     },
+    #[error("invalid require_auth: {0}")]
+    RequireAuth(String),
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 impl std::str::FromStr for ConnInfo {
@@ -160,6 +141,8 @@ impl std::str::FromStr for ConnInfo {
         let mut sslrootcert = None;
         let mut application_name = "pgfanout".to_owned();
         let mut connect_timeout = None;
+        let mut channel_binding = ChannelBinding::default();
+        let mut require_auth = None;
 
         for (key, value) in url.query_pairs() {
             let value = value.into_owned();
@@ -198,6 +181,20 @@ impl std::str::FromStr for ConnInfo {
                     })?;
                     connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
                 }
+                "channel_binding" => {
+                    channel_binding =
+                        ChannelBinding::parse(&value).ok_or(ConnInfoError::InvalidValue {
+                            param: "channel_binding",
+                            value,
+                            expected: "disable, prefer or require",
+                        })?
+                }
+                // Empty means unset, as in libpq.
+                "require_auth" if value.is_empty() => require_auth = None,
+                "require_auth" => {
+                    require_auth =
+                        Some(RequireAuth::parse(&value).map_err(ConnInfoError::RequireAuth)?)
+                }
                 other => return Err(ConnInfoError::UnknownParameter(other.to_owned())),
             }
         }
@@ -207,6 +204,23 @@ impl std::str::FromStr for ConnInfo {
         }
         if dbname.is_empty() {
             dbname = user.clone();
+        }
+        if channel_binding == ChannelBinding::Require {
+            if sslmode == SslMode::Disable {
+                return Err(ConnInfoError::Conflict(
+                    "channel_binding=require needs TLS, which sslmode=disable turns off; use sslmode=require or stricter",
+                ));
+            }
+            if matches!(host, Host::Unix(_)) {
+                return Err(ConnInfoError::Conflict(
+                    "channel_binding=require needs TLS, which a unix socket never uses (as in libpq); connect over TCP",
+                ));
+            }
+        }
+        if require_auth.is_some_and(|r: RequireAuth| !r.allows_a_supported_method()) {
+            return Err(ConnInfoError::Conflict(
+                "require_auth allows only gss or sspi, which pgfanout does not speak; allow password, md5, scram-sha-256 or none",
+            ));
         }
         Ok(ConnInfo {
             host,
@@ -218,6 +232,9 @@ impl std::str::FromStr for ConnInfo {
             sslrootcert,
             application_name,
             connect_timeout,
+            channel_binding,
+            require_auth,
+            label: None,
         })
     }
 }
@@ -240,18 +257,6 @@ fn with_placeholder_host(s: &str) -> Option<String> {
         "{scheme}://{userinfo}{PLACEHOLDER_HOST}{hostport}{}",
         &rest[end..]
     ))
-}
-
-/// Runs a tokio-postgres connection until its client is dropped or the server goes away.
-fn drive<F>(connection: F)
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "SQL connection ended");
-        }
-    });
 }
 
 fn percent_encoding_decode(s: &str) -> Option<String> {
@@ -279,41 +284,26 @@ impl ConnInfo {
         if let Some(t) = self.connect_timeout {
             c.connect_timeout(t);
         }
+        c.channel_binding(match self.channel_binding {
+            ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+        });
         c
     }
 
-    /// Opens an ordinary SQL connection (tokio-postgres) with this URL's TLS settings, the same
-    /// rustls setup as the replication session (never TLS over a unix socket, as libpq). The
-    /// connection runs in a background task that ends when the client is dropped.
-    pub async fn connect_sql(&self) -> Result<tokio_postgres::Client, SqlConnectError> {
-        use tokio_postgres::config::SslMode as PgSslMode;
-        let mut config = self.sql_config();
-        let tls_wanted = matches!(self.host, Host::Tcp(_)) && self.sslmode != SslMode::Disable;
-        let connect_err = |source: tokio_postgres::Error| SqlConnectError::Connect {
-            target: self.to_string(),
-            source: source.into(),
-        };
-        let client = if tls_wanted {
-            config.ssl_mode(if self.sslmode == SslMode::Prefer {
-                PgSslMode::Prefer
-            } else {
-                PgSslMode::Require
-            });
-            let tls =
-                tokio_postgres_rustls::MakeRustlsConnect::new(super::tls::client_config(self)?);
-            let (client, connection) = config.connect(tls).await.map_err(connect_err)?;
-            drive(connection);
-            client
-        } else {
-            config.ssl_mode(PgSslMode::Disable);
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(connect_err)?;
-            drive(connection);
-            client
-        };
-        Ok(client)
+    /// This connection's rules for the server's authentication requests.
+    pub fn auth_policy(&self) -> AuthPolicy {
+        AuthPolicy {
+            channel_binding: self.channel_binding,
+            require_auth: self.require_auth,
+        }
+    }
+
+    /// The same connection info, named for warnings (see [`ConnInfo::label`]).
+    pub fn labelled(mut self, label: impl Into<String>) -> ConnInfo {
+        self.label = Some(label.into());
+        self
     }
 
     /// The same connection info for another database.
@@ -345,6 +335,9 @@ impl fmt::Debug for ConnInfo {
             .field("password", &self.password)
             .field("dbname", &self.dbname)
             .field("sslmode", &self.sslmode)
+            .field("channel_binding", &self.channel_binding)
+            .field("require_auth", &self.require_auth)
+            .field("label", &self.label)
             .finish_non_exhaustive()
     }
 }
@@ -414,6 +407,52 @@ mod tests {
         assert!(e.to_string().contains("sslmod"));
         let e = "mysql://u:hunter2@h/db".parse::<ConnInfo>().unwrap_err();
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn channel_binding_and_require_auth() {
+        let c: ConnInfo = "postgres://u@h/db".parse().unwrap();
+        assert_eq!(c.channel_binding, ChannelBinding::Prefer);
+        assert_eq!(c.require_auth, None);
+        let c: ConnInfo =
+            "postgres://u@h/db?sslmode=require&channel_binding=require&require_auth=!md5,!password"
+                .parse()
+                .unwrap();
+        assert_eq!(c.channel_binding, ChannelBinding::Require);
+        assert_eq!(c.require_auth.unwrap().to_string(), "!password,!md5");
+        let c: ConnInfo = "postgres://u@h/db?require_auth=".parse().unwrap();
+        assert_eq!(c.require_auth, None, "empty means unset, as in libpq");
+
+        for (url, says) in [
+            (
+                "postgres://u:hunter2@h/db?channel_binding=always",
+                "disable, prefer or require",
+            ),
+            (
+                "postgres://u:hunter2@h/db?require_auth=kerberos",
+                "unknown method",
+            ),
+            (
+                "postgres://u:hunter2@h/db?require_auth=md5,!password",
+                "cannot be mixed",
+            ),
+            (
+                "postgres://u:hunter2@h/db?require_auth=gss",
+                "does not speak",
+            ),
+            (
+                "postgres://u:hunter2@h/db?sslmode=disable&channel_binding=require",
+                "sslmode=disable",
+            ),
+            (
+                "postgres://u:hunter2@/db?channel_binding=require",
+                "unix socket",
+            ),
+        ] {
+            let e = url.parse::<ConnInfo>().unwrap_err().to_string();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

@@ -1,14 +1,29 @@
 //! The ground floor for every connection to PostgreSQL: libpq-style connection info
 //! ([`ConnInfo`], one parse for replication and SQL connections), TLS with libpq's `sslmode`
-//! semantics ([`tls`]), and [`Secret`] for passwords. The replication client, the state
-//! database, the PostgreSQL destination and the commands all connect through it; it imports
-//! nothing of pgfanout's above it.
+//! semantics ([`tls`]), the authentication rules `channel_binding` and `require_auth`
+//! ([`auth`]), SQL connections that keep them (`sql.rs`), the warning about passwords on
+//! unencrypted connections (`plaintext.rs`), and [`Secret`] for passwords. The replication
+//! client, the state database, the PostgreSQL destination and the commands all connect
+//! through it; it imports nothing of pgfanout's above it.
 
+pub mod auth;
 mod conninfo;
 mod error;
+mod plaintext;
 mod secret;
+mod sql;
 pub mod tls;
 
-pub use conninfo::{ConnInfo, ConnInfoError, Host, SqlConnectError, SslMode};
+pub use auth::{AuthMethod, AuthPolicy, AuthRefusal, ChannelBinding, RequireAuth};
+pub use conninfo::{ConnInfo, ConnInfoError, Host, SslMode};
 pub use error::PgError;
+pub use plaintext::{password_in_clear, plaintext_warning, Exposure};
 pub use secret::Secret;
+pub use sql::{Socket, SqlConnectError, Transport};
+
+/// Warns (once per connection and target) when `info` has a password and opened as
+/// `transport` without TLS over TCP; for connection sites outside this module (the
+/// replication session).
+pub fn warn_if_plaintext(info: &ConnInfo, transport: Transport) {
+    plaintext::warn_if_exposed(info, transport)
+}

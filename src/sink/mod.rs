@@ -288,6 +288,7 @@ impl Writer {
                 Ok(Writer::Postgres(Box::new(sink)))
             }
             StoreConfig::ClickHouse(ch) => {
+                clickhouse::config::warn_if_plaintext(&cfg.name, ch);
                 let mut sink = ClickHouseSink::connect(ch).await?;
                 sink.ensure_tables(&cfg.name, tables, cfg.create_tables)
                     .await?;

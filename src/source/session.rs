@@ -6,6 +6,12 @@
 //!         ─▶ simple queries (IDENTIFY_SYSTEM, SQL, CREATE_REPLICATION_SLOT)
 //!         ─▶ START_REPLICATION ─▶ CopyBoth: CopyData frames in, standby status updates out
 //! ```
+//!
+//! Authentication keeps the URL's rules (`pgconn::AuthPolicy`): each request of the server is
+//! checked before it is answered (`require_auth`, `channel_binding`), SCRAM binds to the TLS
+//! channel (SCRAM-SHA-256-PLUS, `tls-server-end-point`) when the server offers it over TLS,
+//! and `AuthenticationOk` is accepted only after a SCRAM exchange that was started finished
+//! (with the server's signature verified).
 
 use std::fmt;
 use std::io;
@@ -17,13 +23,14 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::disposition::{sqlstate_kind, Classify, ErrorKind};
 use crate::lsn::Lsn;
+use crate::pgconn::auth::{AuthRequest, Link};
 use crate::pgconn::tls;
-use crate::pgconn::{ConnInfo, Host, SslMode};
+use crate::pgconn::{AuthRefusal, ChannelBinding, ConnInfo, Host, Socket, SslMode, Transport};
 
 /// Read granularity: large enough that a busy stream costs few syscalls.
 const READ_CHUNK: usize = 256 * 1024;
@@ -106,6 +113,11 @@ pub enum SessionError {
     UnsupportedAuth(&'static str),
     #[error("SCRAM authentication failed")]
     Scram(#[source] io::Error),
+    #[error("pgfanout refused to authenticate to {target}: {refusal}")]
+    AuthRefused {
+        target: String,
+        refusal: AuthRefusal,
+    },
     #[error("{context}: {error}")]
     // Boxed: keeps every Result of the session small on the hot path.
     Server {
@@ -172,6 +184,9 @@ pub struct Session {
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
+    transport: Transport,
+    /// The server certificate's `tls-server-end-point` data, when encrypted and computable.
+    end_point: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -200,40 +215,42 @@ impl Session {
             target: target.clone(),
             source,
         };
-        let stream: Pin<Box<dyn Stream>> = match &info.host {
-            Host::Unix(dir) => {
-                // libpq never negotiates TLS over a unix socket; neither do we.
-                let path = dir.join(format!(".s.PGSQL.{}", info.port));
-                Box::pin(UnixStream::connect(path).await.map_err(connect_err)?)
-            }
-            Host::Tcp(host) => {
-                let tcp = TcpStream::connect((host.as_str(), info.port))
-                    .await
-                    .map_err(connect_err)?;
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                if info.sslmode == SslMode::Disable {
-                    Box::pin(tcp)
-                } else {
+        // TCP with nodelay and keepalive, or a unix socket (never TLS there, as libpq).
+        let socket = Socket::connect(info).await.map_err(connect_err)?;
+        let (stream, transport, end_point): (Pin<Box<dyn Stream>>, _, _) =
+            match (socket, &info.host) {
+                (Socket::Tcp(tcp), Host::Tcp(host)) if info.sslmode != SslMode::Disable => {
                     Self::negotiate_tls(tcp, info, host, &target).await?
                 }
-            }
-        };
+                (Socket::Tcp(tcp), _) => (Box::pin(tcp), Transport::Tcp, None),
+                (Socket::Unix(unix), _) => (Box::pin(unix), Transport::Unix, None),
+            };
         let mut session = Session {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(1024),
             target,
+            transport,
+            end_point,
         };
         session.startup(info, replication).await?;
+        crate::pgconn::warn_if_plaintext(info, session.transport);
         Ok(session)
     }
 
+    /// How this session travels (unix socket, TCP, TLS).
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// SSLRequest, then TLS when the server agrees: the stream, how it travels, and the
+    /// certificate's channel binding data.
     async fn negotiate_tls(
         mut tcp: TcpStream,
         info: &ConnInfo,
         host: &str,
         target: &str,
-    ) -> Result<Pin<Box<dyn Stream>>, SessionError> {
+    ) -> Result<(Pin<Box<dyn Stream>>, Transport, Option<Vec<u8>>), SessionError> {
         let mut buf = BytesMut::new();
         frontend::ssl_request(&mut buf);
         tcp.write_all(&buf).await?;
@@ -250,9 +267,10 @@ impl Session {
                             target: target.to_owned(),
                             source,
                         })?;
-                Ok(Box::pin(stream))
+                let end_point = tls::end_point_of(stream.get_ref().1);
+                Ok((Box::pin(stream), Transport::Tls, end_point))
             }
-            b'N' if info.sslmode == SslMode::Prefer => Ok(Box::pin(tcp)),
+            b'N' if info.sslmode == SslMode::Prefer => Ok((Box::pin(tcp), Transport::Tcp, None)),
             b'N' => Err(SessionError::TlsRefused {
                 target: target.to_owned(),
                 mode: info.sslmode,
@@ -285,41 +303,87 @@ impl Session {
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)?;
         self.flush().await?;
 
+        let policy = info.auth_policy();
+        let link = Link {
+            encrypted: self.transport == Transport::Tls,
+            binding_data: self.end_point.is_some(),
+        };
+        let target = self.target.clone();
+        let refused = |refusal| SessionError::AuthRefused {
+            target: target.clone(),
+            refusal,
+        };
+        // Each request is checked against the URL's rules before anything is sent back.
+        let check = |request| policy.check(request, link).map_err(refused);
+        let mut asked = false;
+        let mut authenticated = false;
         let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram_done = false;
         loop {
             match self.read_message().await? {
-                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationOk => {
+                    if !asked {
+                        check(AuthRequest::NoneAsked)?;
+                    }
+                    if scram.is_some() && !scram_done {
+                        return Err(SessionError::Protocol(
+                            "the server ended authentication before SCRAM finished".into(),
+                        ));
+                    }
+                    authenticated = true;
+                }
                 backend::Message::AuthenticationCleartextPassword => {
+                    asked = true;
+                    check(AuthRequest::Cleartext)?;
                     let pw = Self::password(info)?;
                     frontend::password_message(pw.as_bytes(), &mut self.wbuf)?;
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
+                    asked = true;
+                    check(AuthRequest::Md5)?;
                     let pw = Self::password(info)?;
                     let hash = md5_hash(info.user.as_bytes(), pw.as_bytes(), body.salt());
                     frontend::password_message(hash.as_bytes(), &mut self.wbuf)?;
                     self.flush().await?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
+                    asked = true;
                     let mut mechanisms = body.mechanisms();
-                    let mut has_scram = false;
+                    let (mut has_scram, mut has_plus) = (false, false);
                     while let Some(m) = mechanisms.next()? {
                         has_scram |= m == sasl::SCRAM_SHA_256;
+                        has_plus |= m == sasl::SCRAM_SHA_256_PLUS;
                     }
-                    if !has_scram {
+                    check(AuthRequest::Sasl {
+                        plus_offered: has_plus,
+                    })?;
+                    if !has_scram && !has_plus {
                         return Err(SessionError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
                     }
                     let pw = Self::password(info)?;
-                    // Channel binding (SCRAM-SHA-256-PLUS) is not offered: 'n' tells the server
-                    // the client does not support it, which it accepts without suspecting a
-                    // downgrade.
-                    let s =
-                        sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(
-                        sasl::SCRAM_SHA_256,
-                        s.message(),
-                        &mut self.wbuf,
-                    )?;
+                    // As libpq: bind to the TLS channel when both sides can; otherwise tell
+                    // the server whether the client could have ('y': it could, so a server
+                    // that offered PLUS and sees 'y' knows the offer was stripped on the way).
+                    let end_point = self
+                        .end_point
+                        .clone()
+                        .filter(|_| info.channel_binding != ChannelBinding::Disable);
+                    let (mechanism, binding) = match end_point {
+                        Some(data) if has_plus => (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            sasl::ChannelBinding::tls_server_end_point(data),
+                        ),
+                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                        None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    };
+                    if mechanism == sasl::SCRAM_SHA_256 && !has_scram {
+                        return Err(SessionError::UnsupportedAuth(
+                            "SCRAM-SHA-256-PLUS only, without channel binding data",
+                        ));
+                    }
+                    let s = sasl::ScramSha256::new(pw.as_bytes(), binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)?;
                     self.flush().await?;
                     scram = Some(s);
                 }
@@ -335,15 +399,20 @@ impl Session {
                     let s = scram.as_mut().ok_or_else(|| {
                         SessionError::Protocol("SASL final without SASL start".into())
                     })?;
+                    // Verifies the server's signature: the server knew the password (and,
+                    // with PLUS, saw the same TLS channel).
                     s.finish(body.data()).map_err(SessionError::Scram)?;
+                    scram_done = true;
                 }
                 backend::Message::AuthenticationKerberosV5
                 | backend::Message::AuthenticationGss
                 | backend::Message::AuthenticationGssContinue(_) => {
-                    return Err(SessionError::UnsupportedAuth("GSSAPI/Kerberos"))
+                    check(AuthRequest::Gss)?;
+                    return Err(SessionError::UnsupportedAuth("GSSAPI/Kerberos"));
                 }
                 backend::Message::AuthenticationSspi => {
-                    return Err(SessionError::UnsupportedAuth("SSPI"))
+                    check(AuthRequest::Sspi)?;
+                    return Err(SessionError::UnsupportedAuth("SSPI"));
                 }
                 backend::Message::AuthenticationScmCredential => {
                     return Err(SessionError::UnsupportedAuth("SCM credentials"))
@@ -356,7 +425,7 @@ impl Session {
                 }
                 backend::Message::ParameterStatus(_) | backend::Message::BackendKeyData(_) => {}
                 backend::Message::NoticeResponse(body) => log_notice(&body),
-                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ReadyForQuery(_) if authenticated => return Ok(()),
                 _ => {
                     return Err(SessionError::Protocol(
                         "unexpected message during startup".into(),

@@ -111,6 +111,29 @@ pub fn server_url(text: &str) -> Result<String, String> {
     Ok(s)
 }
 
+/// Whether `store`'s password goes over plain HTTP: the client sends it with every request, and
+/// `http://` does not encrypt.
+pub fn password_over_http(store: &ClickHouseStore) -> bool {
+    store.password.is_some() && url::Url::parse(&store.url).is_ok_and(|u| u.scheme() == "http")
+}
+
+/// The warning for [`password_over_http`], naming the destination.
+pub fn plaintext_warning(destination: &str, store: &ClickHouseStore) -> String {
+    format!(
+        "destination {destination}: a password is configured, but the ClickHouse URL {} is http://, so the password travels unencrypted with every request\nHINT: serve ClickHouse over HTTPS and use an https:// URL",
+        store.url
+    )
+}
+
+/// Warns, once per destination for the life of the process, when [`password_over_http`].
+pub fn warn_if_plaintext(destination: &str, store: &ClickHouseStore) {
+    if password_over_http(store)
+        && crate::report::first_time(&format!("clickhouse {destination} {}", store.url))
+    {
+        tracing::warn!(destination, "{}", plaintext_warning(destination, store));
+    }
+}
+
 fn identifier(problem: &mut dyn FnMut(&str, String), key: &str, what: &str, name: &str) {
     let reason = if name.is_empty() {
         "is empty; write one".to_owned()

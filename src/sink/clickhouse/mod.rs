@@ -5,11 +5,15 @@
 //! - [`rowbinary`]: PostgreSQL text → RowBinary, and the lengths of values read back.
 //! - [`ddl`]: tables, views, row policies and grants as SQL text.
 //! - [`config`]: the rules of its store block, and the one reading of its URL.
+//! - `error.rs`: [`ClickHouseError`], and which server texts it may carry (none that can
+//!   quote a row value).
 
 pub mod config;
 pub mod ddl;
+mod error;
 pub mod rowbinary;
 mod sink;
 pub mod types;
 
-pub use sink::{ClickHouseError, ClickHouseSink, RejectedValue};
+pub use error::{message_is_safe, ClickHouseError, RejectedValue};
+pub use sink::ClickHouseSink;

@@ -46,10 +46,10 @@ use clickhouse::Client;
 use tracing::{debug, info, warn};
 
 use super::ddl::{self, ident, literal, qualified, TableDdl};
+use super::error::{server_error, timed_out, ClickHouseError, RejectedValue};
 use super::rowbinary::{value_len, ColumnEncoder};
 use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
-use crate::disposition::{Classify, ErrorKind};
 use crate::problems::Problems;
 use crate::sink::{
     checked_key, seq_in_batch, Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE,
@@ -61,138 +61,6 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Keys per lookup of current rows: keeps each statement far below ClickHouse's
 /// `max_query_size` (256 KiB by default).
 const LOOKUP_KEYS: usize = 1000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClickHouseError {
-    #[error("the ClickHouse tables of destination {destination:?} do not match their specification:{problems}")]
-    Schema {
-        destination: String,
-        problems: Problems,
-    },
-
-    #[error("{what}{}: {message}", at(.table))]
-    Server {
-        what: String,
-        table: Option<String>,
-        /// The client's or server's message (ClickHouse quotes no credentials).
-        message: String,
-        /// ClickHouse's exception code, when the server answered with one.
-        code: Option<u32>,
-        transient: bool,
-    },
-
-    #[error(transparent)]
-    Rejected(Box<RejectedValue>),
-
-    #[error("invalid batch for destination {destination:?}, table {table}: {reason}")]
-    InvalidBatch {
-        destination: String,
-        table: String,
-        reason: String,
-    },
-}
-
-/// A value its ClickHouse column cannot hold (found while encoding, before anything is sent).
-#[derive(Debug, thiserror::Error)]
-#[error("ClickHouse cannot hold a value of destination {destination:?}, table {table}, column {column}, change {seq}: {reason} ({})\nHINT: change the column's type or the mapping, then run `pgfanout destination resume`; this destination stopped at its watermark", .value_bytes.map_or_else(|| "NULL".to_owned(), |n| format!("a value of {n} bytes")))]
-pub struct RejectedValue {
-    pub destination: String,
-    pub table: String,
-    pub column: String,
-    pub seq: u64,
-    /// The value's length in bytes (None for NULL): never the value itself.
-    pub value_bytes: Option<usize>,
-    pub reason: String,
-}
-
-fn at(table: &Option<String>) -> String {
-    table
-        .as_ref()
-        .map(|t| format!(" (table {t})"))
-        .unwrap_or_default()
-}
-
-impl Classify for ClickHouseError {
-    /// The server unreachable, restarting, overloaded or timing out is transient. A rejected
-    /// value, a schema problem or a refused statement is the destination's refusal; a batch
-    /// that does not fit its tables is a bug.
-    fn kind(&self) -> ErrorKind {
-        match self {
-            ClickHouseError::Server {
-                transient: true, ..
-            } => ErrorKind::Transient,
-            ClickHouseError::Server { .. }
-            | ClickHouseError::Schema { .. }
-            | ClickHouseError::Rejected(_) => ErrorKind::Rejected,
-            ClickHouseError::InvalidBatch { .. } => ErrorKind::Definite,
-        }
-    }
-}
-
-/// Exception codes that say "not now" rather than "never".
-fn transient_code(code: u32) -> bool {
-    matches!(
-        code,
-        159 // TIMEOUT_EXCEEDED
-        | 164 // READONLY (a replica starting)
-        | 202 // TOO_MANY_SIMULTANEOUS_QUERIES
-        | 209 // SOCKET_TIMEOUT
-        | 210 // NETWORK_ERROR
-        | 241 // MEMORY_LIMIT_EXCEEDED
-        | 242 // TABLE_IS_READ_ONLY
-        | 252 // TOO_MANY_PARTS
-        | 319 // UNKNOWN_STATUS_OF_INSERT
-        | 394 // QUERY_WAS_CANCELLED (server shutting down)
-    )
-}
-
-fn server_error(
-    what: impl Into<String>,
-    table: Option<&str>,
-    e: clickhouse::error::Error,
-) -> ClickHouseError {
-    use clickhouse::error::Error as E;
-    // The client's messages stop at "client error (Connect)"; the causes (refused, TLS
-    // certificate not trusted, …) are in the source chain. None of them holds credentials.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    let code = message
-        .split_once("Code: ")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok());
-    let transient = match &e {
-        E::Network(_) | E::TimedOut => true,
-        // No exception code: a proxy or a server going away answered.
-        E::BadResponse(_) => code.is_none_or(transient_code),
-        _ => false,
-    };
-    ClickHouseError::Server {
-        what: what.into(),
-        table: table.map(str::to_owned),
-        message,
-        code,
-        transient,
-    }
-}
-
-fn timed_out(what: impl Into<String>, table: Option<&str>) -> ClickHouseError {
-    ClickHouseError::Server {
-        what: what.into(),
-        table: table.map(str::to_owned),
-        message: format!("no answer within {STATEMENT_TIMEOUT:?}"),
-        code: None,
-        transient: true,
-    }
-}
-
 /// One target table as this sink writes it.
 struct Table {
     spec: TargetTable,
@@ -287,7 +155,7 @@ impl ClickHouseSink {
         }
         match tokio::time::timeout(STATEMENT_TIMEOUT, q.execute()).await {
             Ok(r) => r.map_err(|e| server_error(what, table, e)),
-            Err(_) => Err(timed_out(what, table)),
+            Err(_) => Err(timed_out(what, table, STATEMENT_TIMEOUT)),
         }
     }
 
@@ -304,7 +172,7 @@ impl ClickHouseSink {
         };
         match tokio::time::timeout(STATEMENT_TIMEOUT, run).await {
             Ok(r) => r.map_err(|e| server_error(what, table, e)),
-            Err(_) => Err(timed_out(what, table)),
+            Err(_) => Err(timed_out(what, table, STATEMENT_TIMEOUT)),
         }
     }
 
@@ -737,7 +605,15 @@ impl ClickHouseSink {
             let t = &self.tables[ti];
             let current = self.current_values(t, plan).await?;
             let data = self.encode(destination, t, plan, &current)?;
-            self.insert(t, data).await?;
+            // Server errors cannot point at a row: they name the seqs the insert held.
+            let seqs = plan.rows.iter().map(|r| r.seq);
+            let (first, last) = (seqs.clone().min(), seqs.max());
+            let what = match (first, last) {
+                (Some(a), Some(b)) if a != b => format!("inserting seq {a} to {b}"),
+                (Some(a), _) => format!("inserting seq {a}"),
+                _ => "inserting the batch".to_owned(),
+            };
+            self.insert(&what, t, data).await?;
             debug!(destination, table = %t.label, rows = plan.rows.len(), "inserted");
         }
         for (ti, seq) in batch.last_truncates() {
@@ -765,8 +641,7 @@ impl ClickHouseSink {
             })
     }
 
-    async fn insert(&self, t: &Table, data: Vec<u8>) -> Result<(), ClickHouseError> {
-        let what = "inserting the batch";
+    async fn insert(&self, what: &str, t: &Table, data: Vec<u8>) -> Result<(), ClickHouseError> {
         let mut insert = self
             .client
             .insert_formatted_with(t.insert_sql.clone())
@@ -1049,13 +924,12 @@ impl ClickHouseSink {
         let mut out = Vec::with_capacity(plan.rows.len() * (t.spec.columns.len() * 12 + 9));
         let mut unknown_warned = false;
         for (i, row) in plan.rows.iter().enumerate() {
-            let reject = |c: usize, text: Option<&str>, reason: String| {
+            let reject = |c: usize, reason: String| {
                 ClickHouseError::Rejected(Box::new(RejectedValue {
                     destination: destination.to_owned(),
                     table: t.label.clone(),
                     column: t.spec.columns[c].name.clone(),
                     seq: row.seq,
-                    value_bytes: text.map(str::len),
                     reason,
                 }))
             };
@@ -1078,7 +952,7 @@ impl ClickHouseSink {
                                 let text = cell.as_str();
                                 t.encoders[c]
                                     .encode(text.map(str::as_bytes), &mut out)
-                                    .map_err(|e| reject(c, text, e.to_string()))?;
+                                    .map_err(|e| reject(c, e.to_string()))?;
                             }
                         }
                     }
@@ -1092,7 +966,7 @@ impl ClickHouseSink {
                                 let text = key[j].as_str();
                                 t.encoders[c]
                                     .encode(text.map(str::as_bytes), &mut out)
-                                    .map_err(|e| reject(c, text, e.to_string()))?;
+                                    .map_err(|e| reject(c, e.to_string()))?;
                             }
                             None => t.encoders[c].encode_default(&mut out),
                         }
@@ -1280,27 +1154,6 @@ mod tests {
                 vec!["x\\y".to_owned(), "Nullable(UInt8)".to_owned()]
             ]
         );
-    }
-
-    #[test]
-    fn server_codes_decide_transience() {
-        let e = server_error(
-            "inserting",
-            Some("t"),
-            clickhouse::error::Error::BadResponse(
-                "Code: 252, e.displayText() = DB::Exception: Too many parts".into(),
-            ),
-        );
-        assert!(e.is_transient(), "{e}");
-        let e = server_error(
-            "inserting",
-            Some("t"),
-            clickhouse::error::Error::BadResponse(
-                "Code: 53, e.displayText() = DB::Exception: Type mismatch".into(),
-            ),
-        );
-        assert!(!e.is_transient(), "{e}");
-        assert!(matches!(e, ClickHouseError::Server { code: Some(53), .. }));
     }
 
     #[test]
