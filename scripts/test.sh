@@ -8,4 +8,7 @@ scripts/install-deps.sh
 # cases each; the change log's crash model (slower: real files) runs PGFANOUT_MODEL_CASES.
 export PGFANOUT_FUZZ_CASES="${PGFANOUT_FUZZ_CASES:-200000}"
 export PGFANOUT_MODEL_CASES="${PGFANOUT_MODEL_CASES:-256}"
-cargo test --all-targets "$@"
+# The failpoints feature compiles the named failpoints in (src/failpoint.rs): the
+# fault-injection suite (tests/faults.rs) exists only with it, so the test command always
+# enables it. Release builds never have it.
+cargo test --all-targets --features failpoints "$@"

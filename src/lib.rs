@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The modules are layered, lowest first; a module uses only lower layers (`tests/layers.rs`):
-//! core types and rules (`lsn`, `binding`, `value`, `sql`, `digest`, `problems`, `disposition`, then
+//! core types and rules (`lsn`, `binding`, `value`, `sql`, `digest`, `problems`, `disposition`,
+//! `report`, `failpoint`, then
 //! `change`, `target`) → `pgconn` → `config` → stages (`source`, `sequencer`, `changelog`,
 //! `state`, `transform`, then `sink`) → `fanout` → `pipeline` → `cmd` → the binary.
 
@@ -22,6 +23,7 @@ pub mod cmd;
 pub mod config;
 pub mod digest;
 pub mod disposition;
+pub mod failpoint;
 pub mod fanout;
 pub mod lsn;
 pub mod pgconn;

@@ -160,6 +160,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = cli.log_format;
     init_logging(log_format);
+    // Only with the `failpoints` feature (tests): arms the points named in FAILPOINTS.
+    if let Err(e) = pgfanout::failpoint::arm_from_env() {
+        match log_format {
+            LogFormat::Text => eprintln!("error: {e}"),
+            LogFormat::Json => tracing::error!(error = %e, "pgfanout stopped"),
+        }
+        return ExitCode::FAILURE;
+    }
     let runtime = match // One thread: the stream is a single sequential pipeline, and cross-thread wake-ups cost
     // more than they give (measured with scripts/bench-e2e.sh).
     tokio::runtime::Builder::new_current_thread()

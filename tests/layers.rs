@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "problems",
         "disposition",
         "report",
+        "failpoint",
     ],
     &["change", "target"],
     // The ground floor for connections.

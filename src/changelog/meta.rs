@@ -96,7 +96,13 @@ pub fn write_meta(dir: &Path, meta: &LogMeta) -> Result<(), LogError> {
     };
     let mut out = Vec::new();
     frame::encode_frame(&msg.encode_to_vec(), &mut out);
-    replace_file(dir, &meta_path(dir), &out, true)
+    replace_file(
+        dir,
+        &meta_path(dir),
+        &out,
+        true,
+        Some(crate::failpoint::LOG_AFTER_META_TMP_BEFORE_RENAME),
+    )
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::change::SequencedChange;
+use crate::failpoint;
 use crate::lsn::Lsn;
 use crate::value::Timestamp;
 
@@ -428,7 +429,10 @@ fn load(
             // Nothing committed in the last segment: it was created for a transaction that
             // never committed. The previous segment (if any) becomes the active one.
             if repair {
-                fs::remove_file(&path).map_err(io_err("removing an empty last segment", &path))?;
+                failpoint::hit(failpoint::LOG_DURING_RECOVERY)
+                    .and_then(|()| fs::remove_file(&path))
+                    .and_then(|()| failpoint::hit(failpoint::LOG_DURING_RECOVERY))
+                    .map_err(io_err("removing an empty last segment", &path))?;
                 let _ = fs::remove_file(segment::index_path(dir, first));
                 sync_dir(dir)?;
             }
@@ -445,7 +449,10 @@ fn load(
                     .write(true)
                     .open(&path)
                     .map_err(io_err("opening the last segment to truncate it", &path))?;
-                f.set_len(scan.info.len)
+                // The failpoint before the cut, and between the cut and its fsync.
+                failpoint::hit(failpoint::LOG_DURING_RECOVERY)
+                    .and_then(|()| f.set_len(scan.info.len))
+                    .and_then(|()| failpoint::hit(failpoint::LOG_DURING_RECOVERY))
                     .and_then(|()| f.sync_all())
                     .map_err(io_err("truncating the last segment's torn tail", &path))?;
             }
@@ -617,6 +624,11 @@ impl ChangeLog {
                 tail_damage,
             },
         ))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The META file's contents (`None` until [`ChangeLog::bind`]).
@@ -869,8 +881,8 @@ impl ChangeLog {
         let Some(a) = self.active.as_mut() else {
             return Ok(self.last_commit);
         };
-        a.file
-            .sync_data()
+        failpoint::hit(failpoint::LOG_AFTER_WRITE_BEFORE_FSYNC)
+            .and_then(|()| a.file.sync_data())
             .map_err(io_err("syncing the active segment", &a.path))?;
         if self.dir_dirty {
             sync_dir(&self.dir)?;
@@ -972,12 +984,26 @@ impl ChangeLog {
             }
             st.segments.drain(..n).collect()
         };
-        for s in &victims {
+        for (i, s) in victims.iter().enumerate() {
             let path = segment::segment_path(&self.dir, s.first_seq);
             let _ = fs::remove_file(segment::index_path(&self.dir, s.first_seq));
-            fs::remove_file(&path).map_err(io_err("deleting a segment for retention", &path))?;
-            report.deleted_bytes += s.len;
-            report.deleted_segments.push(path);
+            let removed = fs::remove_file(&path).map(|()| {
+                report.deleted_bytes += s.len;
+                report.deleted_segments.push(path.clone());
+            });
+            let kept = match removed {
+                Ok(()) => i + 1,
+                Err(_) => i,
+            };
+            if let Err(e) = removed.and_then(|()| failpoint::hit(failpoint::LOG_DURING_RETENTION)) {
+                // The segments not deleted are still on disk and whole: list them again, so
+                // readers and the next retention see what is there.
+                self.shared
+                    .lock()
+                    .segments
+                    .splice(0..0, victims[kept..].iter().cloned());
+                return Err(io_err("deleting a segment for retention", &path)(e));
+            }
         }
         if !victims.is_empty() {
             sync_dir(&self.dir)?;

@@ -399,12 +399,19 @@ pub fn write_index(dir: &Path, info: &SegmentInfo) -> Result<(), LogError> {
     let mut out = Vec::new();
     frame::encode_frame(&msg.encode_to_vec(), &mut out);
     // An index only saves a scan (a missing one is rebuilt), so the directory is not synced.
-    replace_file(dir, &index_path(dir, info.first_seq), &out, false)
+    replace_file(dir, &index_path(dir, info.first_seq), &out, false, None)
 }
 
 /// Replaces `path` (in `dir`) with `bytes` as a whole: a temporary file, fsync, rename, and
 /// with `sync_dir` an fsync of the directory, so a crash leaves the old file or the new one.
-pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8], sync_dir: bool) -> Result<(), LogError> {
+/// `before_rename`: the failpoint between the temporary file's fsync and the rename.
+pub fn replace_file(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    sync_dir: bool,
+    before_rename: Option<&'static str>,
+) -> Result<(), LogError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -419,7 +426,10 @@ pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8], sync_dir: bool) -> Re
     let mut f = create_private(&tmp, true).map_err(io("creating a file", &tmp))?;
     f.write_all(bytes).map_err(io("writing a file", &tmp))?;
     f.sync_data().map_err(io("syncing a file", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("renaming a file into place", path))?;
+    before_rename
+        .map_or(Ok(()), crate::failpoint::hit)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(io("renaming a file into place", path))?;
     if sync_dir {
         File::open(dir)
             .and_then(|d| d.sync_all())

@@ -31,6 +31,7 @@ use crate::changelog::{
 };
 use crate::config::Config;
 use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
+use crate::failpoint;
 use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
 use crate::report::Chain;
@@ -676,6 +677,15 @@ impl Published {
             return Ok(());
         };
         log.sync()?;
+        // An error here stands for an fsync that reported failure after the data reached the
+        // disk: handled as `sync`'s own error (nothing published; the writer stops).
+        failpoint::hit(failpoint::PIPELINE_AFTER_FSYNC_BEFORE_FEEDBACK).map_err(|source| {
+            LogError::Io {
+                action: "syncing the active segment",
+                path: log.dir().to_owned(),
+                source,
+            }
+        })?;
         self.publish(p);
         Ok(())
     }

@@ -186,6 +186,16 @@ fn exception_code(text: &str) -> Option<u32> {
         .and_then(|d| d.parse().ok())
 }
 
+/// A failure of the connection underneath while doing `what`, as the client reports one (a
+/// network error: transient). For errors that do not come from the client (a failpoint's).
+pub(super) fn io_error(
+    what: impl Into<String>,
+    table: Option<&str>,
+    e: std::io::Error,
+) -> ClickHouseError {
+    server_error(what, table, clickhouse::error::Error::Network(Box::new(e)))
+}
+
 pub(super) fn server_error(
     what: impl Into<String>,
     table: Option<&str>,

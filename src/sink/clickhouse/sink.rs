@@ -46,10 +46,11 @@ use clickhouse::Client;
 use tracing::{debug, info, warn};
 
 use super::ddl::{self, ident, literal, qualified, TableDdl};
-use super::error::{server_error, timed_out, ClickHouseError, RejectedValue};
+use super::error::{io_error, server_error, timed_out, ClickHouseError, RejectedValue};
 use super::rowbinary::{value_len, ColumnEncoder};
 use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
+use crate::failpoint;
 use crate::problems::Problems;
 use crate::sink::{
     checked_key, seq_in_batch, Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE,
@@ -571,6 +572,9 @@ impl ClickHouseSink {
         }
         self.write(destination, batch).await?;
         let table = qualified(&self.store.database, WATERMARK_TABLE);
+        // The rows are in, the watermark not yet: the batch is written again after a restart.
+        failpoint::hit(failpoint::CH_AFTER_DATA_BEFORE_WATERMARK)
+            .map_err(|e| io_error("advancing the watermark", Some(&table), e))?;
         self.execute(
             "advancing the watermark",
             Some(&table),
@@ -598,11 +602,17 @@ impl ClickHouseSink {
 
     async fn write(&self, destination: &str, batch: &Batch<'_>) -> Result<(), ClickHouseError> {
         let plans = self.plan(destination, batch)?;
+        let mut inserted = false;
         for (ti, plan) in plans.iter().enumerate() {
             if plan.rows.is_empty() {
                 continue;
             }
             let t = &self.tables[ti];
+            if inserted {
+                // Between two tables' inserts of one batch.
+                failpoint::hit(failpoint::CH_MID_BATCH)
+                    .map_err(|e| io_error("inserting the batch", Some(&t.label), e))?;
+            }
             let current = self.current_values(t, plan).await?;
             let data = self.encode(destination, t, plan, &current)?;
             // Server errors cannot point at a row: they name the seqs the insert held.
@@ -614,6 +624,7 @@ impl ClickHouseSink {
                 _ => "inserting the batch".to_owned(),
             };
             self.insert(&what, t, data).await?;
+            inserted = true;
             debug!(destination, table = %t.label, rows = plan.rows.len(), "inserted");
         }
         for (ti, seq) in batch.last_truncates() {

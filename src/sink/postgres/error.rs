@@ -183,6 +183,29 @@ pub(super) fn query_error(
     }
 }
 
+/// A failure of the connection underneath while doing `what` (tokio-postgres's "error
+/// communicating with the server"): transient, like a lost connection. For errors that do not
+/// come from tokio-postgres (a failpoint's).
+pub(super) fn io_error(
+    what: &'static str,
+    destination: Option<&str>,
+    table: Option<&QualifiedName>,
+    e: std::io::Error,
+) -> PostgresError {
+    PostgresError::Query {
+        what,
+        at: Box::new(Location {
+            destination: destination.map(str::to_owned),
+            table: table.cloned(),
+            column: None,
+            seq: None,
+        }),
+        message: format!("error communicating with the server: {e}"),
+        code: None,
+        transient: true,
+    }
+}
+
 pub(super) fn to_i64(destination: &str, table: &str, seq: u64) -> Result<i64, PostgresError> {
     i64::try_from(seq).map_err(|_| PostgresError::InvalidBatch {
         destination: destination.to_owned(),

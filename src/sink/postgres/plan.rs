@@ -5,6 +5,7 @@ use tokio_postgres::types::ToSql;
 
 use super::error::{to_i64, PostgresError};
 use super::statements::Prepared;
+use crate::failpoint;
 use crate::sink::{checked_key, seq_in_batch, Batch, Cell, RowOp};
 
 /// One collapsed upsert: a seq and one cell per column.
@@ -130,7 +131,14 @@ pub(super) struct WriteFailure {
     /// Index into [`BatchPlan::tables`] when the table's row changes failed, None for a truncate.
     pub(super) rows: Option<usize>,
     pub(super) what: &'static str,
-    pub(super) error: tokio_postgres::Error,
+    pub(super) error: WriteError,
+}
+
+/// What failed a batch's write: the server's answer, or the connection underneath (a failpoint
+/// injects the latter; tokio-postgres builds no such error from outside).
+pub(super) enum WriteError {
+    Server(tokio_postgres::Error),
+    Io(std::io::Error),
 }
 
 /// Writes a batch's row changes, then its truncates, in `tx`: the statements both
@@ -141,13 +149,22 @@ pub(super) async fn write(
     plan: &BatchPlan<'_, '_>,
 ) -> Result<(), WriteFailure> {
     for (i, p) in plan.tables.iter().enumerate() {
+        if i > 0 {
+            // Between two tables' writes of one batch transaction.
+            failpoint::hit(failpoint::PG_MID_BATCH).map_err(|error| WriteFailure {
+                table: p.table,
+                rows: None,
+                what: "writing the batch",
+                error: WriteError::Io(error),
+            })?;
+        }
         p.run(tx, &tables[p.table])
             .await
             .map_err(|(what, error)| WriteFailure {
                 table: p.table,
                 rows: Some(i),
                 what,
-                error,
+                error: WriteError::Server(error),
             })?;
     }
     // Truncates run after all row changes, although in the batch they may sit between them.
@@ -161,7 +178,7 @@ pub(super) async fn write(
                 table: ti,
                 rows: None,
                 what: "truncating rows",
-                error,
+                error: WriteError::Server(error),
             })?;
     }
     Ok(())

@@ -8,9 +8,10 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use super::ddl::{check_identifier, check_spec, create_table_sql, type_sql};
-use super::error::{query_error, to_i64, PostgresError};
-use super::plan::{plan, write, BatchPlan, TablePlan, WriteFailure};
+use super::error::{io_error, query_error, to_i64, PostgresError};
+use super::plan::{plan, write, BatchPlan, TablePlan, WriteError, WriteFailure};
 use super::statements::{statements, Prepared};
+use crate::failpoint;
 use crate::sink::{Batch, ColumnType, TargetTable, DELETED_COLUMN, WATERMARK_TABLE};
 use crate::sql::{quote_ident, QualifiedName};
 use crate::value::PgType;
@@ -423,6 +424,16 @@ impl PostgresSink {
             return Err(self.write_error(destination, &plan, failure).await);
         }
         let lineage = self.lineage.map(|l| l.to_string());
+        // Rows written, watermark not moved: an error here rolls the batch back (dropping
+        // `tx`), a crash leaves nothing committed.
+        failpoint::hit(failpoint::PG_AFTER_DATA_BEFORE_WATERMARK).map_err(|e| {
+            io_error(
+                "advancing the watermark",
+                Some(destination),
+                Some(wm_ref),
+                e,
+            )
+        })?;
         tx.execute(
             &format!(
                 "UPDATE {} SET seq = $2, updated_at = now(), lineage = coalesce($3, lineage) \
@@ -473,16 +484,13 @@ impl PostgresSink {
         plan: &BatchPlan<'_, '_>,
         failure: WriteFailure,
     ) -> PostgresError {
-        let data_error = failure
-            .error
-            .code()
-            .is_some_and(|c| c.code().starts_with("22"));
-        let mut err = query_error(
-            failure.what,
-            Some(destination),
-            Some(&self.tables[failure.table].name),
-            failure.error,
-        );
+        let table = &self.tables[failure.table].name;
+        let error = match failure.error {
+            WriteError::Server(e) => e,
+            WriteError::Io(e) => return io_error(failure.what, Some(destination), Some(table), e),
+        };
+        let data_error = error.code().is_some_and(|c| c.code().starts_with("22"));
+        let mut err = query_error(failure.what, Some(destination), Some(table), error);
         if let (true, Some(rows)) = (data_error, failure.rows) {
             if let PostgresError::Query { at, .. } = &mut err {
                 if let Some((column, seq)) =
