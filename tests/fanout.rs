@@ -118,18 +118,6 @@ fn qi(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-type Rows = Vec<Vec<Option<String>>>;
-
-fn text_rows(rows: &[tokio_postgres::Row]) -> Rows {
-    rows.iter()
-        .map(|r| {
-            (0..r.len())
-                .map(|i| r.get::<_, Option<String>>(i))
-                .collect()
-        })
-        .collect()
-}
-
 async fn source_rows(source: &tokio_postgres::Client, tenants: &[&str]) -> Rows {
     text_rows(&source.query(SOURCE_PROJECTION, &[&tenants]).await.unwrap())
 }

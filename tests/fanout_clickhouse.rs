@@ -225,13 +225,6 @@ async fn source(prefix: &str) -> (String, tokio_postgres::Client) {
     (db, c)
 }
 
-/// Lines sorted: the two servers order uuids differently.
-fn sorted(text: &str) -> String {
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines.sort_unstable();
-    lines.iter().map(|l| format!("{l}\n")).collect()
-}
-
 async fn source_text(
     source: &tokio_postgres::Client,
     sql: &str,

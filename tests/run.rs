@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgfanout::change::{Datum, Op, SequencedChange};
-use pgfanout::changelog::{LogReader, LogRecord};
+use pgfanout::changelog::LogRecord;
 use pgfanout::lsn::Lsn;
 use support::*;
 
@@ -45,25 +45,6 @@ fn write_config(dir: &Path, db: &str, slot: &str, log_dir: &Path) -> PathBuf {
     path
 }
 
-/// Every durable record of the log in `dir` (none if it does not exist yet).
-fn records(dir: &Path) -> Vec<LogRecord> {
-    if !dir.exists() {
-        return Vec::new();
-    }
-    let mut reader = LogReader::open(dir, 1).unwrap();
-    std::iter::from_fn(|| reader.next_record().unwrap()).collect()
-}
-
-fn read_log(dir: &Path) -> Vec<SequencedChange> {
-    records(dir)
-        .into_iter()
-        .filter_map(|r| match r {
-            LogRecord::Change(c) => Some(c),
-            LogRecord::Commit(_) => None,
-        })
-        .collect()
-}
-
 fn commits(dir: &Path) -> Vec<pgfanout::changelog::CommitInfo> {
     records(dir)
         .into_iter()
@@ -72,19 +53,6 @@ fn commits(dir: &Path) -> Vec<pgfanout::changelog::CommitInfo> {
             LogRecord::Change(_) => None,
         })
         .collect()
-}
-
-async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
-    client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get::<_, String>(0)
-        .parse()
-        .unwrap()
 }
 
 /// Inserts, updates, deletes and multi-row transactions from two connections.
@@ -139,18 +107,6 @@ async fn wait_for_end(log_dir: &Path) -> Vec<SequencedChange> {
         }
     })
     .await
-}
-
-fn comparable(c: &SequencedChange) -> (u64, Lsn, u32, String, String, String) {
-    let op = format!("{:?}", c.change.op);
-    (
-        c.seq,
-        c.change.lsn,
-        c.change.xid,
-        c.change.relation.name.clone(),
-        c.change.op.name().to_owned(),
-        op,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -824,19 +780,6 @@ impl FillingDisk {
             ],
         );
     }
-}
-
-/// How far the log at `dir` vouches for the stream: its last commit's end, or the position
-/// its META file recorded past it (transactions with nothing to log, an idle server).
-async fn log_end(dir: &Path) -> Lsn {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let summary = pgfanout::changelog::summary(&dir).unwrap();
-        let commit = summary.last_commit.map_or(Lsn::ZERO, |c| c.end_lsn);
-        commit.max(summary.meta.map_or(Lsn::ZERO, |m| m.position.lsn))
-    })
-    .await
-    .unwrap()
 }
 
 impl Drop for FillingDisk {

@@ -334,22 +334,35 @@ impl Daemon {
 
     /// With the log filter `filter`, its stderr (the log) appended to `log`.
     pub fn start_logging(config: &std::path::Path, filter: &str, log: &std::path::Path) -> Daemon {
+        Daemon::start_with(config, filter, log, None, &[])
+    }
+
+    /// Like [`Daemon::start_logging`], running in `cwd` (where a crash would leave a core
+    /// file) when given, with `env` added to its environment (`FAILPOINTS`).
+    pub fn start_with(
+        config: &std::path::Path,
+        filter: &str,
+        log: &std::path::Path,
+        cwd: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        Daemon(Spawned(
-            std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-                .arg("run")
-                .arg("--config")
-                .arg(config)
-                .env("RUST_LOG", filter)
-                .stdout(std::process::Stdio::null())
-                .stderr(file)
-                .spawn()
-                .unwrap(),
-        ))
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", filter)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        Daemon(Spawned(cmd.spawn().unwrap()))
     }
 
     pub fn signal(&self, sig: &str) {
@@ -394,11 +407,22 @@ pub fn toml_str(s: &str) -> String {
 /// The last seq in the change log at `dir`.
 pub async fn log_last_seq(dir: &Path) -> u64 {
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || pgfanout::changelog::summary(&dir))
+    tokio::task::spawn_blocking(move || summary(&dir).last_seq)
         .await
         .unwrap()
-        .unwrap()
-        .last_seq
+}
+
+/// The summary of the change log at `dir`, read while a daemon may be writing it: retention
+/// can delete a segment between listing the directory and reading the segment, so a failed
+/// read is tried again (a few times: a damaged log still fails).
+pub fn summary(dir: &Path) -> pgfanout::changelog::LogSummary {
+    for _ in 0..10 {
+        if let Ok(s) = pgfanout::changelog::summary(dir) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pgfanout::changelog::summary(dir).unwrap()
 }
 
 /// Runs `pgfanout ARGS --config CONFIG` to its end, off the runtime.
@@ -492,4 +516,90 @@ pub async fn stop_workload<T: std::iter::Sum<T>>(
         rounds.push(t.await.unwrap());
     }
     rounds.into_iter().sum()
+}
+
+/// Every durable record of the change log in `dir`, from the oldest it retains (none if it
+/// does not exist yet).
+pub fn records(dir: &Path) -> Vec<pgfanout::changelog::LogRecord> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let oldest = summary(dir).oldest_seq.unwrap_or(1);
+    let mut reader = pgfanout::changelog::LogReader::open(dir, oldest).unwrap();
+    std::iter::from_fn(|| reader.next_record().unwrap()).collect()
+}
+
+/// The changes of the change log in `dir` (see [`records`]).
+pub fn read_log(dir: &Path) -> Vec<pgfanout::change::SequencedChange> {
+    records(dir)
+        .into_iter()
+        .filter_map(|r| match r {
+            pgfanout::changelog::LogRecord::Change(c) => Some(c),
+            pgfanout::changelog::LogRecord::Commit(_) => None,
+        })
+        .collect()
+}
+
+/// What two runs over the same WAL must agree on for a change: seq, LSN, xid, relation, op
+/// and its tuples.
+pub fn comparable(
+    c: &pgfanout::change::SequencedChange,
+) -> (u64, pgfanout::lsn::Lsn, u32, String, String, String) {
+    let op = format!("{:?}", c.change.op);
+    (
+        c.seq,
+        c.change.lsn,
+        c.change.xid,
+        c.change.relation.name.clone(),
+        c.change.op.name().to_owned(),
+        op,
+    )
+}
+
+/// The slot's `confirmed_flush_lsn`.
+pub async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> pgfanout::lsn::Lsn {
+    client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap()
+}
+
+/// How far the log at `dir` vouches for the stream: its last commit's end, or the position
+/// its META file recorded past it (transactions with nothing to log, an idle server).
+pub async fn log_end(dir: &Path) -> pgfanout::lsn::Lsn {
+    use pgfanout::lsn::Lsn;
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let summary = summary(&dir);
+        let commit = summary.last_commit.map_or(Lsn::ZERO, |c| c.end_lsn);
+        commit.max(summary.meta.map_or(Lsn::ZERO, |m| m.position.lsn))
+    })
+    .await
+    .unwrap()
+}
+
+/// Rows of text cells (every column selected as text).
+pub type Rows = Vec<Vec<Option<String>>>;
+
+pub fn text_rows(rows: &[tokio_postgres::Row]) -> Rows {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect()
+}
+
+/// Lines sorted (each ending in a newline): the two servers order uuids differently.
+pub fn sorted(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }
