@@ -29,6 +29,8 @@
 //!    active segment and, after a segment was created, the directory. Rolling fsyncs the old
 //!    segment before the new one is created, so only the last segment can have a torn tail.
 //!    What `sync` returns (the last durable commit) is what may be confirmed to PostgreSQL.
+//!    (`tests/faults.rs`: crashes and errors between the write and the fsync, and between the
+//!    fsync and the slot's feedback.)
 //! 4. **Readers see only committed, durable records**: the durable watermark is the last seq
 //!    of the last durable commit; a reader never returns a change beyond it, so it never sees
 //!    a transaction that recovery could still remove.
@@ -43,11 +45,13 @@
 //!    the file and byte offset; the log never silently skips data. Sealed segments are trusted
 //!    through their index file (rebuilt by a scan when missing or stale); [`verify`] checks
 //!    every record of every segment. Recovery fsyncs the last segment and the directory before
-//!    anything it read is trusted.
+//!    anything it read is trusted. A crash or an error during recovery's own cut (before it,
+//!    or before its fsync) leaves a log the next start recovers (`tests/faults.rs`).
 //! 6. **After an I/O error the writer is poisoned and heals**: a failed write or fsync leaves
 //!    the file in an unknown state (the kernel may keep pages it could not write, marked
 //!    clean, and serve them to a later read), so the active segment is cut back to its last
 //!    fsync'd length at once, and every later call fails until the log is reopened.
+//!    (`tests/faults.rs`: an injected fsync or META error; the restart receives the rest.)
 //! 7. **Every reader meets a relation's description before its changes**: a change record
 //!    describes its relation in full at the first change of a segment, at every sparse-index
 //!    point, and whenever the relation differs from the previous change's; other records name
@@ -55,7 +59,9 @@
 //!    points, so they always see the description first.
 //! 8. **The META file binds the log** to its source and lineage and records how far past the
 //!    last commit it vouches for the stream ([`LogMeta`], written whole with a directory
-//!    fsync). The directory is created 0700 and every file 0600: the log holds row values.
+//!    fsync; a crash between its temporary copy and the rename leaves the old one:
+//!    `tests/faults.rs`). The directory is created 0700 and every file 0600: the log holds row
+//!    values.
 //!
 //! # The sparse index
 //!
@@ -939,7 +945,9 @@ impl ChangeLog {
     }
 
     /// Deletes whole sealed segments per `policy`; see [`Retention`]. `keep_from_seq` protects
-    /// segments holding that seq or later from age-based deletion (not from `max_bytes`).
+    /// segments holding that seq or later from age-based deletion (not from `max_bytes`). A
+    /// deletion that fails leaves the segments it did not delete listed (and read) as before;
+    /// the next call tries again.
     pub fn apply_retention(
         &mut self,
         policy: &Retention,

@@ -498,8 +498,13 @@ fn old(dir: &Path, o: LogOptions) -> (ChangeLog, Vec<LogRecord>) {
     (ChangeLog::open(dir, o).unwrap().0, all)
 }
 
+/// Retention's failpoint is global to the test binary: the tests that apply retention take
+/// turns, so an armed point fires only in the test that armed it.
+static RETENTION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn retention_by_age_respects_keep_from_seq() {
+    let _turn = RETENTION.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (mut log, all) = old(dir.path(), opts(1, 2));
     assert_eq!(segments(dir.path()).len(), 10);
@@ -545,6 +550,7 @@ fn retention_by_age_respects_keep_from_seq() {
 
 #[test]
 fn retention_by_size_overrides_keep_from_seq_and_says_so() {
+    let _turn = RETENTION.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (mut log, all) = old(dir.path(), opts(1, 2));
     let sizes: Vec<u64> = segments(dir.path())
@@ -575,6 +581,37 @@ fn retention_by_size_overrides_keep_from_seq_and_says_so() {
     // Nothing to do: same policy again.
     assert_eq!(log.apply_retention(&policy, None).unwrap().deleted_bytes, 0);
     assert_eq!(read_all(&mut log.reader(26).unwrap()), from_seq(&all, 26));
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_retention_that_fails_midway_keeps_listing_what_it_did_not_delete() {
+    let _turn = RETENTION.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, all) = old(dir.path(), opts(1, 2));
+    let at = |secs: i64| Timestamp::from_pg_epoch_micros(secs * 1_000_000);
+    let policy = Retention {
+        max_age: Some(Duration::from_secs(5)),
+        max_bytes: None,
+    };
+    // Five segments are old (seqs 1..=25); the point fires after the first is deleted.
+    let point = crate::failpoint::LOG_DURING_RETENTION;
+    crate::failpoint::arm(&format!("{point}=1*return(error)")).unwrap();
+    let err = log.apply_retention_at(&policy, None, at(110));
+    crate::failpoint::arm(&format!("{point}=off")).unwrap();
+    let err = err.unwrap_err();
+    assert!(
+        matches!(&err, LogError::Io { action, .. } if *action == "deleting a segment for retention"),
+        "{err:?}"
+    );
+    assert_eq!(segments(dir.path()).len(), 9, "one segment deleted");
+    // The four it did not delete are still listed and read; the next retention deletes them.
+    assert_eq!(log.oldest_seq(), Some(6));
+    assert_eq!(read_all(&mut log.reader(6).unwrap()), from_seq(&all, 6));
+    let report = log.apply_retention_at(&policy, None, at(110)).unwrap();
+    assert_eq!(report.deleted_segments.len(), 4);
+    assert_eq!(log.oldest_seq(), Some(26));
+    assert_eq!(segments(dir.path()).len(), 5);
 }
 
 // ---- model-based property test -----------------------------------------------------------
