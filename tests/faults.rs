@@ -153,18 +153,20 @@ struct Case {
 const DESTINATION_RETRIES: Fired = Fired::GoesOn("retrying from its watermark");
 
 /// Every point × {crash, error}: `(point, calls it lets pass before it fires, what an error
-/// does)`. Counts put each fault mid-run: after some syncs, batches, META records; retention
-/// fires at the first segment it deletes; recovery before its cut (0) and between the cut
-/// and its fsync (1).
+/// does)`. Counts put each fault mid-run: at the sixth fsync; at the third META write (the
+/// first binds the log at start, the others record idle positions, which the heartbeat
+/// makes steady); at a destination's second batch (the backlog reaches it in several);
+/// at the first segment retention deletes (it deletes only mid-run); in recovery before its
+/// cut (0) and between the cut and its fsync (1).
 fn cases() -> Vec<Case> {
     use failpoint::*;
     let points: [(&str, u32, Fired); 10] = [
         (LOG_AFTER_WRITE_BEFORE_FSYNC, 5, Fired::Exits),
         (PIPELINE_AFTER_FSYNC_BEFORE_FEEDBACK, 5, Fired::Exits),
         (LOG_AFTER_META_TMP_BEFORE_RENAME, 2, Fired::Exits),
-        (PG_AFTER_DATA_BEFORE_WATERMARK, 2, DESTINATION_RETRIES),
+        (PG_AFTER_DATA_BEFORE_WATERMARK, 1, DESTINATION_RETRIES),
         (PG_MID_BATCH, 1, DESTINATION_RETRIES),
-        (CH_AFTER_DATA_BEFORE_WATERMARK, 2, DESTINATION_RETRIES),
+        (CH_AFTER_DATA_BEFORE_WATERMARK, 1, DESTINATION_RETRIES),
         (CH_MID_BATCH, 1, DESTINATION_RETRIES),
         (LOG_DURING_RETENTION, 0, Fired::GoesOn("retention failed")),
         (LOG_DURING_RECOVERY, 0, Fired::Exits),
