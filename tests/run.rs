@@ -608,13 +608,16 @@ async fn a_slot_dropped_while_stopped_is_refused_until_recreate_slot_continues_t
         .unwrap()
         .get(0);
     assert_eq!(slots, 0);
-    let verify = pgfanout(&["log", "verify"], &cfg);
-    assert!(!verify.status.success());
-    assert!(
-        String::from_utf8_lossy(&verify.stdout).contains("PROBLEM resume"),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    // `log verify` and `check` say the same before anything runs.
+    for args in [&["log", "verify"][..], &["check"][..]] {
+        let out = pgfanout(args, &cfg);
+        assert!(!out.status.success());
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("PROBLEM resume") && report.contains("--recreate-slot"),
+            "{args:?}: {report}"
+        );
+    }
 
     // The way out: numbering continues after the last seq, never reusing one.
     let recreated = run_to_now(&client, &cfg, &["--recreate-slot"]).await;

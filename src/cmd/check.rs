@@ -348,7 +348,7 @@ async fn check_log(cfg: &Config, report: &mut Report) {
     let dir = cfg.log.dir.clone();
     let dir_for_task = dir.clone();
     let result = tokio::task::spawn_blocking(move || changelog::summary(&dir_for_task)).await;
-    let outcome = match result {
+    let outcome = match &result {
         Ok(Ok(s)) if s.oldest_seq.is_some() => Outcome::Ok(format!(
             "{}: seq {} to {} in {} segment(s)",
             dir.display(),
@@ -357,8 +357,13 @@ async fn check_log(cfg: &Config, report: &mut Report) {
             s.segments
         )),
         Ok(Ok(_)) => Outcome::Note(format!("{}: empty or not created yet", dir.display())),
-        Ok(Err(e)) => Outcome::Problem(Chain(&e).to_string()),
+        Ok(Err(e)) => Outcome::Problem(Chain(e).to_string()),
         Err(e) => Outcome::Problem(format!("reading the change log failed: {e}")),
     };
     report.push("change log", outcome);
+    // What `run` would refuse at start (a foreign log, a missing slot over progress, a log
+    // shorter than what was confirmed) is a problem here too.
+    if let Ok(Ok(summary)) = &result {
+        super::verify::resume(cfg, summary, 0, true, report).await;
+    }
 }
