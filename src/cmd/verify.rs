@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::check::{Outcome, Report};
+use super::report::{Outcome, Report};
 use crate::changelog::{self, Recovered};
 use crate::config::Config;
 use crate::pipeline::recovery::{self, Observed};
