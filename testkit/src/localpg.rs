@@ -76,16 +76,7 @@ impl LocalPostgres {
         } else {
             None
         };
-        let dir = tempfile::Builder::new()
-            .prefix("pgfanout-pg-")
-            .tempdir()
-            .map_err(io_err("creating a temporary directory"))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err(
-                "handing the temporary directory to the postgres user",
-            ))?;
-        }
-        let data = dir.path().join("data");
+        let (dir, data) = server_dir(run_as)?;
         let mut pg = LocalPostgres {
             dir,
             data,
@@ -114,16 +105,7 @@ impl LocalPostgres {
     /// recovered to the backup's end and promoted: the same system identifier on a new
     /// timeline, without the replication slots — what restoring a backup gives.
     pub fn restore_backup(&self) -> Result<LocalPostgres, LocalPgError> {
-        let dir = tempfile::Builder::new()
-            .prefix("pgfanout-pg-")
-            .tempdir()
-            .map_err(io_err("creating a temporary directory"))?;
-        if let Some((uid, gid)) = self.run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err(
-                "handing the temporary directory to the postgres user",
-            ))?;
-        }
-        let data = dir.path().join("data");
+        let (dir, data) = server_dir(self.run_as)?;
         let mut pg = LocalPostgres {
             dir,
             data,
@@ -450,6 +432,21 @@ fn postgres_user() -> Option<(u32, u32)> {
 }
 
 /// `PGFANOUT_PG_BIN`, else the newest `/usr/lib/postgresql/N/bin`, else `initdb` on PATH.
+/// A temporary directory for one server, owned by the user it runs as, and its data path.
+fn server_dir(run_as: Option<(u32, u32)>) -> Result<(TempDir, PathBuf), LocalPgError> {
+    let dir = tempfile::Builder::new()
+        .prefix("pgfanout-pg-")
+        .tempdir()
+        .map_err(io_err("creating a temporary directory"))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err(
+            "handing the temporary directory to the postgres user",
+        ))?;
+    }
+    let data = dir.path().join("data");
+    Ok((dir, data))
+}
+
 fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PGFANOUT_PG_BIN") {
         return Some(PathBuf::from(dir));
