@@ -1473,3 +1473,72 @@ mappings = ["first_bad", "second_bad"]
         .get(0);
     assert_eq!(tables, 0, "no target table was created");
 }
+
+/// Issue 11: a slot dropped while pgfanout is stopped is refused; `--recreate-slot` continues
+/// and holds every destination `needs resync` (they keep streaming what comes after); and a
+/// destination whose watermark was written from another change log (another lineage) is held
+/// `failed` instead of being taken to be up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_slot_holds_every_destination_needs_resync_and_a_foreign_watermark_fails() {
+    let (db, source) = seeded_source("fan_recreate").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        fresh_db("fan_recreate_a").await,
+        fresh_db("fan_recreate_b").await,
+    );
+    let destinations =
+        destination_toml("a", &a, &[TENANT_A]) + &destination_toml("b", &b, &[TENANT_B]);
+    let config = write_config(dir.path(), &db, &destinations);
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    insert_user(&source, 1, "before").await;
+    wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B)]).await;
+    assert!(daemon.stop().success());
+
+    // The slot is dropped while stopped: start-up refuses and changes nothing.
+    drop_slot(&source, &format!("s_{db}")).await;
+    let refused = Daemon::start(&config).exited().await;
+    assert!(!refused.success());
+    assert_eq!(stored_hold(&db, "a").await, None);
+
+    // --recreate-slot: both destinations are held needs resync, and keep streaming.
+    let mut daemon = Daemon::start_with(&config, &["--recreate-slot"]);
+    wait_streaming(&mut daemon, &source, &db).await;
+    for name in ["a", "b"] {
+        let (hold, reason, ..) = stored_hold(&db, name).await.expect("a hold");
+        assert_eq!(hold, "needs resync");
+        assert!(reason.contains("--recreate-slot"), "{reason}");
+    }
+    insert_user(&source, 2, "after").await;
+    wait_converged(&source, &[(&a, TENANT_A), (&b, TENANT_B)]).await;
+    let status = destination_status(&config).await;
+    assert_eq!(status["a"]["hold"]["kind"], "needs resync", "{status:?}");
+    assert!(daemon.stop().success());
+
+    // Another pgfanout, with its own log (another lineage) and state, pointed at `a`.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = write_config(
+        other_dir.path(),
+        &db,
+        &destination_toml("a", &a, &[TENANT_A]),
+    );
+    let text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace(&format!("slot = \"s_{db}\""), &format!("slot = \"o_{db}\""))
+        .replace("[state]\n", "[state]\nschema = \"other\"\n");
+    std::fs::write(&other, text).unwrap();
+    let daemon = Daemon::start(&other);
+    let failed = wait_for("the foreign destination to fail", || async {
+        let s = destination_status(&other).await;
+        (s["a"]["state"] == "failed").then_some(s)
+    })
+    .await;
+    let error = failed["a"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("holds the seqs of another change log"),
+        "{error}"
+    );
+    assert!(daemon.stop().success());
+    drop_slot(&source, &format!("o_{db}")).await;
+    drop_slot(&source, &format!("s_{db}")).await;
+}

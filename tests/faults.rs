@@ -356,7 +356,7 @@ fn injected(point: &str) -> String {
 
 fn start(config: &Path, dir: &Path, failpoints: Option<&str>) -> Daemon {
     let env: Vec<(&str, &str)> = failpoints.map(|f| ("FAILPOINTS", f)).into_iter().collect();
-    Daemon::start_with(config, "warn", &dir.join("daemon.log"), Some(dir), &env)
+    Daemon::start_logging_in(config, "warn", &dir.join("daemon.log"), Some(dir), &env)
 }
 
 /// Waits until the armed process exits, or (for [`Fired::GoesOn`]) logs that its point fired.

@@ -564,13 +564,16 @@ async fn a_slot_dropped_while_stopped_is_refused_until_recreate_slot_continues_t
         .unwrap()
         .get(0);
     assert_eq!(slots, 0);
-    let verify = pgfanout(&["log", "verify"], &cfg);
-    assert!(!verify.status.success());
-    assert!(
-        String::from_utf8_lossy(&verify.stdout).contains("PROBLEM resume"),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    // `log verify` and `check` say the same before anything runs.
+    for args in [&["log", "verify"][..], &["check"][..]] {
+        let out = pgfanout(args, &cfg);
+        assert!(!out.status.success());
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("PROBLEM resume") && report.contains("--recreate-slot"),
+            "{args:?}: {report}"
+        );
+    }
 
     // The way out: numbering continues after the last seq, never reusing one.
     let recreated = run_to_now(&client, &cfg, &["--recreate-slot"]).await;
@@ -877,4 +880,75 @@ async fn a_failed_fsync_never_confirms_what_a_restart_could_lose() {
     assert_eq!(seqs, (1..=changes.len() as u64).collect::<Vec<_>>());
     pgfanout::changelog::verify(&log_dir).unwrap();
     drop_slot(&client, &slot).await;
+}
+
+/// Issue 11: a server restored from a backup is the same cluster on a new timeline. Where its
+/// history forked before the log's end, the log holds transactions that server never had:
+/// refused, naming the fork. Where it forked after, the timeline is accepted (and here its
+/// slot, which a base backup does not carry, is what start-up refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restored_from_a_backup_taken_before_the_logs_end_is_refused_by_its_timeline() {
+    use pgfanout_testkit::localpg::LocalPostgres;
+    let primary =
+        tokio::task::spawn_blocking(|| LocalPostgres::start(&Default::default()).unwrap())
+            .await
+            .unwrap();
+    let db = "app";
+    primary.create_database(db).await.unwrap();
+    let client = primary.sql(db).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             CREATE TABLE events (id serial PRIMARY KEY, item int, kind text);
+             CREATE PUBLICATION pgfanout FOR TABLE items, events;",
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("log");
+    let on = |pg: &LocalPostgres, name: &str| {
+        let cfg = write_config(tmp.path(), db, "s", &log_dir);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&url_on(server(), db), &url_on(pg, db))
+            .replace("[source]", "[source]\nmanage = true");
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let cfg = on(&primary, "primary.toml");
+    let first = run_to_now(&client, &cfg, &[]).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'a' FROM generate_series(1, 5) g")
+        .await
+        .unwrap();
+    assert!(run_to_now(&client, &cfg, &[]).await.status.success());
+    let early = primary.restore_backup().unwrap();
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'b' FROM generate_series(6, 9) g")
+        .await
+        .unwrap();
+    assert!(run_to_now(&client, &cfg, &[]).await.status.success());
+    let late = primary.restore_backup().unwrap();
+
+    let early_client = early.sql(db).await.unwrap();
+    let refused = run_to_now(&early_client, &on(&early, "early.toml"), &[]).await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains(
+            "was written on timeline 1, but the server is on timeline 2, which left timeline 1 at"
+        ) && err.contains("before the log's end"),
+        "{err}"
+    );
+    let late_client = late.sql(db).await.unwrap();
+    let refused = run_to_now(&late_client, &on(&late, "late.toml"), &[]).await;
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("replication slot \"s\" does not exist, but the change log")
+            && !err.contains("timeline"),
+        "{err}"
+    );
 }

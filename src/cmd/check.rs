@@ -10,8 +10,7 @@
 //!   every connection              ─▶ a warning when its password travels unencrypted
 //! ```
 
-use std::fmt;
-
+pub use super::report::{Check, Outcome, Report};
 use crate::changelog;
 use crate::config::{Config, StoreConfig};
 use crate::pgconn::{password_in_clear, plaintext_warning, ConnInfo, Transport};
@@ -22,65 +21,6 @@ use crate::source::session::Session;
 use crate::source::slot::{self, PublicationState};
 use crate::source::SourceError;
 use crate::sql::quote_literal;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Ok(String),
-    /// Not a problem, but worth knowing (for example: the slot will be created).
-    Note(String),
-    /// Works, but should be fixed (for example: a password sent unencrypted). Not a problem:
-    /// `check` still passes.
-    Warning(String),
-    Problem(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub what: &'static str,
-    pub outcome: Outcome,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub checks: Vec<Check>,
-}
-
-impl Report {
-    pub(crate) fn push(&mut self, what: &'static str, outcome: Outcome) {
-        self.checks.push(Check { what, outcome });
-    }
-
-    pub fn problems(&self) -> usize {
-        self.checks
-            .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Problem(_)))
-            .count()
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.checks {
-            let (mark, text) = match &c.outcome {
-                Outcome::Ok(t) => ("ok     ", t),
-                Outcome::Note(t) => ("note   ", t),
-                Outcome::Warning(t) => ("warning", t),
-                Outcome::Problem(t) => ("PROBLEM", t),
-            };
-            // Multi-line messages (DETAIL / HINT) stay indented under their check.
-            writeln!(
-                f,
-                "{mark} {}: {}",
-                c.what,
-                text.replace('\n', "\n          ")
-            )?;
-        }
-        match self.problems() {
-            0 => writeln!(f, "all checks passed"),
-            n => writeln!(f, "{n} problem(s)"),
-        }
-    }
-}
 
 pub async fn check(cfg: &Config) -> Report {
     let mut report = Report::default();
@@ -348,7 +288,7 @@ async fn check_log(cfg: &Config, report: &mut Report) {
     let dir = cfg.log.dir.clone();
     let dir_for_task = dir.clone();
     let result = tokio::task::spawn_blocking(move || changelog::summary(&dir_for_task)).await;
-    let outcome = match result {
+    let outcome = match &result {
         Ok(Ok(s)) if s.oldest_seq.is_some() => Outcome::Ok(format!(
             "{}: seq {} to {} in {} segment(s)",
             dir.display(),
@@ -357,8 +297,13 @@ async fn check_log(cfg: &Config, report: &mut Report) {
             s.segments
         )),
         Ok(Ok(_)) => Outcome::Note(format!("{}: empty or not created yet", dir.display())),
-        Ok(Err(e)) => Outcome::Problem(Chain(&e).to_string()),
+        Ok(Err(e)) => Outcome::Problem(Chain(e).to_string()),
         Err(e) => Outcome::Problem(format!("reading the change log failed: {e}")),
     };
     report.push("change log", outcome);
+    // What `run` would refuse at start (a foreign log, a missing slot over progress, a log
+    // shorter than what was confirmed) is a problem here too.
+    if let Ok(Ok(summary)) = &result {
+        super::verify::resume(cfg, summary, 0, true, report).await;
+    }
 }

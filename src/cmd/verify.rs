@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::check::{Outcome, Report};
+use super::report::{Outcome, Report};
 use crate::changelog::{self, Recovered};
 use crate::config::Config;
 use crate::pipeline::recovery::{self, Observed};
@@ -79,12 +79,27 @@ pub async fn verify(cfg: &Config) -> Report {
         ),
     }
 
+    resume(cfg, &summary, tail_bytes, false, &mut report).await;
+    report
+}
+
+/// Whether `run` would resume the log summarised by `summary` with this source, slot and
+/// checkpoint (`pipeline::recovery::plan`, read-only): one `resume` line, or the problem that
+/// stops it. `pgfanout check` asks it too, with `slot_reported`: it reports a missing slot on
+/// a fresh start itself.
+pub(crate) async fn resume(
+    cfg: &Config,
+    summary: &changelog::LogSummary,
+    tail_bytes: u64,
+    slot_reported: bool,
+    report: &mut Report,
+) {
     let slot_name = cfg.source.slot.as_str();
     let mut preflight = match Preflight::connect(&cfg.source, Some(slot_name)).await {
         Ok(p) => p,
         Err(e) => {
             report.push("source", Outcome::Problem(Chain(&e).to_string()));
-            return report;
+            return;
         }
     };
     let timeline_switch = match &summary.meta {
@@ -101,18 +116,51 @@ pub async fn verify(cfg: &Config) -> Report {
     };
     let checkpoint = match cfg.state.conn.connect_sql().await {
         Ok(client) => {
-            let store = CheckpointStore::new(Arc::new(client), &cfg.state.schema);
-            match store.load(slot_name).await {
-                Ok(cp) => cp,
+            // Read-only: a schema not migrated yet has no checkpoint, or none with a binding.
+            let columns = client
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE column_name = 'last_seq'), \
+                            count(*) FILTER (WHERE column_name = 'lineage') \
+                     FROM information_schema.columns \
+                     WHERE table_schema = $1 AND table_name = 'checkpoints'",
+                    &[&cfg.state.schema],
+                )
+                .await
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+            match columns {
+                Ok((0, _)) => None,
+                Ok((_, 0)) => {
+                    report.push(
+                        "checkpoint",
+                        Outcome::Note(format!(
+                            "state schema {} predates bindings; `pgfanout migrate` (or run) adds them, and the checkpoint is checked from then on",
+                            cfg.state.schema
+                        )),
+                    );
+                    None
+                }
+                Ok(_) => {
+                    let store = CheckpointStore::new(Arc::new(client), &cfg.state.schema);
+                    match store.load(slot_name).await {
+                        Ok(cp) => cp,
+                        Err(e) => {
+                            report.push("checkpoint", Outcome::Problem(Chain(&e).to_string()));
+                            return;
+                        }
+                    }
+                }
                 Err(e) => {
-                    report.push("checkpoint", Outcome::Problem(Chain(&e).to_string()));
-                    return report;
+                    report.push(
+                        "checkpoint",
+                        Outcome::Problem(Chain(&crate::pgconn::PgError::from(e)).to_string()),
+                    );
+                    return;
                 }
             }
         }
         Err(e) => {
             report.push("state database", Outcome::Problem(Chain(&e).to_string()));
-            return report;
+            return;
         }
     };
     let found = Recovered {
@@ -150,7 +198,7 @@ pub async fn verify(cfg: &Config) -> Report {
                 report.push("resume", Outcome::Note(note));
             }
         }
+        Err(recovery::RecoveryError::Source(_)) if slot_reported => {}
         Err(e) => report.push("resume", Outcome::Problem(Chain(&e).to_string())),
     }
-    report
 }

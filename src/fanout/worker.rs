@@ -237,6 +237,13 @@ impl Worker {
                 warn!(destination = %cfg.name, watermark, lineage = %ours, "the destination's watermark has no lineage (an older pgfanout wrote it): binding it to this change log");
             }
         }
+        // Start-up proved that what the log lacks past its end is resent by PostgreSQL with
+        // the same seqs (invariant 22), so a watermark ahead of the log is waited for; say so,
+        // since nothing reaches this destination until the log passes it.
+        let durable = self.readers.durable_seq();
+        if watermark > durable {
+            warn!(destination = %cfg.name, watermark, log_end = durable, "the destination's watermark is ahead of the change log's end: waiting for PostgreSQL to resend the changes in between");
+        }
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
         let next_seq = self.skip_lost(watermark + 1);

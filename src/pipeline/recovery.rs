@@ -10,7 +10,7 @@
 //!  the slot (exists? confirmed_flush_lsn)  ─┘
 //! ```
 //!
-//! The rules (ARCHITECTURE.md, invariants 20–22):
+//! The rules (ARCHITECTURE.md, invariants 21–23):
 //! - **Bound to one stream.** The log, the checkpoint and (in the fan-out) each destination's
 //!   watermark carry the cluster, timeline, database, slot and lineage their seqs count; any
 //!   other is refused. A new timeline is accepted only where the server's history shows it

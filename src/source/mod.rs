@@ -207,7 +207,9 @@ impl LogicalStream {
             SlotSpec::Named(n) => Some(n.as_str()),
             SlotSpec::Temporary => None,
         };
-        let preflight = Preflight::connect(cfg, name).await?;
+        let mut preflight = Preflight::connect(cfg, name).await?;
+        // A missing publication is reported before a missing slot, as `check` does.
+        slot::ensure_publication(&mut preflight.session, cfg).await?;
         let plan = slot::default_plan(cfg, &slot, preflight.slot.as_ref())?;
         preflight.stream(cfg, plan).await
     }

@@ -76,16 +76,7 @@ impl LocalPostgres {
         } else {
             None
         };
-        let dir = tempfile::Builder::new()
-            .prefix("pgfanout-pg-")
-            .tempdir()
-            .map_err(io_err("creating a temporary directory"))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err(
-                "handing the temporary directory to the postgres user",
-            ))?;
-        }
-        let data = dir.path().join("data");
+        let (dir, data) = server_dir(run_as)?;
         let mut pg = LocalPostgres {
             dir,
             data,
@@ -106,6 +97,44 @@ impl LocalPostgres {
             pg.make_certificates()?;
         }
         pg.write_hba(&opts.hba)?;
+        pg.launch(opts)?;
+        Ok(pg)
+    }
+
+    /// A new server restored from a base backup of this one taken now (`pg_basebackup`),
+    /// recovered to the backup's end and promoted: the same system identifier on a new
+    /// timeline, without the replication slots — what restoring a backup gives.
+    pub fn restore_backup(&self) -> Result<LocalPostgres, LocalPgError> {
+        let (dir, data) = server_dir(self.run_as)?;
+        let mut pg = LocalPostgres {
+            dir,
+            data,
+            bin: self.bin.clone(),
+            port: 0,
+            run_as: self.run_as,
+            stopped: true,
+        };
+        pg.run(
+            pg.command("pg_basebackup")
+                .arg("-D")
+                .arg(&pg.data)
+                .arg("-h")
+                .arg(self.socket_dir())
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER])
+                .args(["-X", "stream", "-c", "fast", "--no-sync"]),
+        )?;
+        pg.write_file(&pg.data.join("recovery.signal"), "", 0o600)?;
+        // No archive: recovery replays the backup's WAL, ends, and promotes.
+        pg.launch(&Options {
+            conf: vec!["restore_command = 'false'".into()],
+            ..Options::default()
+        })?;
+        Ok(pg)
+    }
+
+    /// Writes the configuration on a free port and starts the server in `self.data`.
+    fn launch(&mut self, opts: &Options) -> Result<(), LocalPgError> {
+        let pg = self;
         // A port that was free a moment ago can be taken before the server binds it: retry.
         let mut last_err = None;
         for _ in 0..5 {
@@ -123,7 +152,7 @@ impl LocalPostgres {
                     pg.stopped = false;
                     pg.spawn_watchdog()?;
                     debug!(port = pg.port, dir = %pg.dir.path().display(), "private PostgreSQL started");
-                    return Ok(pg);
+                    return Ok(());
                 }
                 Err(e) => last_err = Some(e),
             }
@@ -403,6 +432,21 @@ fn postgres_user() -> Option<(u32, u32)> {
 }
 
 /// `PGFANOUT_PG_BIN`, else the newest `/usr/lib/postgresql/N/bin`, else `initdb` on PATH.
+/// A temporary directory for one server, owned by the user it runs as, and its data path.
+fn server_dir(run_as: Option<(u32, u32)>) -> Result<(TempDir, PathBuf), LocalPgError> {
+    let dir = tempfile::Builder::new()
+        .prefix("pgfanout-pg-")
+        .tempdir()
+        .map_err(io_err("creating a temporary directory"))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(io_err(
+            "handing the temporary directory to the postgres user",
+        ))?;
+    }
+    let data = dir.path().join("data");
+    Ok((dir, data))
+}
+
 fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PGFANOUT_PG_BIN") {
         return Some(PathBuf::from(dir));

@@ -316,11 +316,17 @@ pub struct Daemon(pub Spawned);
 
 impl Daemon {
     pub fn start(config: &std::path::Path) -> Daemon {
+        Daemon::start_with(config, &[])
+    }
+
+    /// `pgfanout run --config CONFIG ARGS`.
+    pub fn start_with(config: &std::path::Path, args: &[&str]) -> Daemon {
         Daemon(Spawned(
             std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
                 .arg("run")
                 .arg("--config")
                 .arg(config)
+                .args(args)
                 .env(
                     "RUST_LOG",
                     std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -334,12 +340,12 @@ impl Daemon {
 
     /// With the log filter `filter`, its stderr (the log) appended to `log`.
     pub fn start_logging(config: &std::path::Path, filter: &str, log: &std::path::Path) -> Daemon {
-        Daemon::start_with(config, filter, log, None, &[])
+        Daemon::start_logging_in(config, filter, log, None, &[])
     }
 
     /// Like [`Daemon::start_logging`], running in `cwd` (where a crash would leave a core
     /// file) when given, with `env` added to its environment (`FAILPOINTS`).
-    pub fn start_with(
+    pub fn start_logging_in(
         config: &std::path::Path,
         filter: &str,
         log: &std::path::Path,
@@ -367,6 +373,19 @@ impl Daemon {
 
     pub fn signal(&self, sig: &str) {
         self.0.signal(sig);
+    }
+
+    /// Waits (off the runtime) for the daemon to exit by itself, failing the test after
+    /// [`WAIT`]; its exit status.
+    pub async fn exited(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.0 .0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pgfanout run did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn kill9(mut self) {
