@@ -9,7 +9,8 @@
 //!   rows; ClickHouse: the live rows under FINAL, each key once) and its watermark is the log's
 //!   last seq — invariants 11, 13, 16;
 //! - the slot's `confirmed_flush_lsn`, read once each process is gone, never passed what the
-//!   log holds on disk: its last commit or the position its META file recorded — invariant 8.
+//!   log holds on disk: its last commit or the position its META file recorded — invariants
+//!   8, 22, 23 (each restart is also accepted by start-up's resume rules).
 //!
 //! All cases share one source database, and every slot is created before the first change,
 //! so each case reads the same WAL as the reference. The reference and the retention cases run
