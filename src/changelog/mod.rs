@@ -999,10 +999,7 @@ impl ChangeLog {
                 report.deleted_bytes += s.len;
                 report.deleted_segments.push(path.clone());
             });
-            let kept = match removed {
-                Ok(()) => i + 1,
-                Err(_) => i,
-            };
+            let kept = if removed.is_ok() { i + 1 } else { i };
             if let Err(e) = removed.and_then(|()| failpoint::hit(failpoint::LOG_DURING_RETENTION)) {
                 // The segments not deleted are still on disk and whole: list them again, so
                 // readers and the next retention see what is there.
