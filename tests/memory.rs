@@ -132,7 +132,10 @@ async fn a_huge_value_takes_at_most_three_times_its_size_in_memory() {
         .await
         .unwrap();
     let expected = source
-        .query_one("SELECT length(body)::bigint, md5(body) FROM blob WHERE id = 1", &[])
+        .query_one(
+            "SELECT length(body)::bigint, md5(body) FROM blob WHERE id = 1",
+            &[],
+        )
         .await
         .unwrap();
     let (length, md5): (i64, String) = (expected.get(0), expected.get(1));
