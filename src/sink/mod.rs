@@ -59,7 +59,7 @@ pub use crate::target::{
     ColumnType, TargetColumn, TargetTable, DEFAULT_DELETED_COLUMN, DEFAULT_VERSION_COLUMN,
     DELETED_COLUMN, WATERMARK_TABLE,
 };
-pub use crate::transform::Cell;
+pub use crate::transform::{Cell, SharedText};
 pub use postgres::{ApplyOutcome, Location, PostgresError, PostgresSink};
 
 /// One row change for one target table.
