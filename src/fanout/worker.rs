@@ -227,7 +227,8 @@ impl Worker {
         }
     }
 
-    async fn session(&mut self) -> Result<(), WorkerError> {
+    /// A writer connected to the destination, and its watermark.
+    async fn connect(&self) -> Result<(Writer, u64), WorkerError> {
         let cfg = &self.plan.config;
         let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
@@ -237,6 +238,12 @@ impl Worker {
                 warn!(destination = %cfg.name, watermark, lineage = %ours, "the destination's watermark has no lineage (an older pgfanout wrote it): binding it to this change log");
             }
         }
+        Ok((sink, watermark))
+    }
+
+    async fn session(&mut self) -> Result<(), WorkerError> {
+        let cfg = &self.plan.config;
+        let (mut sink, watermark) = self.connect().await?;
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
         let next_seq = self.skip_lost(watermark + 1);
@@ -435,6 +442,11 @@ impl Worker {
         let last_seq = p.batch.last_seq;
         let batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
         sink.apply(self.name(), &batch).await?;
+        if sink.keeps_buffers_after(&batch) {
+            // Buffers the size of this batch's huge values would stay with the connection.
+            debug!(destination = %self.name(), bytes = batch.shared_bytes(), "reconnecting to let go of the buffers of a batch with huge values");
+            *sink = self.connect().await?.0;
+        }
         debug!(destination = %self.name(), ops = batch.ops.len(), first_op = ?batch.ops.first().map(|(_, o)| o.seq()), last_op = ?batch.ops.last().map(|(_, o)| o.seq()), last_seq = batch.last_seq, "applied a batch");
         p.written = batch.last_seq;
         p.rows = 0;
