@@ -67,6 +67,14 @@
 //! sealed segments. Memory: 16 bytes per `index_every` changes (default 256: ~64 KiB per
 //! million changes).
 //!
+//! # Large records
+//!
+//! Appends are framed into a write buffer of `write_buffer_bytes`, written out when full. A
+//! record at least that large, or one with values of [`record::SPLICE_AT`] bytes or more, goes
+//! around it: the buffer is written first, then the record's frame straight to the segment,
+//! its large values spliced in from the change's own buffers (the CRC is computed over the
+//! pieces). Memory for a huge value is therefore the change that carries it, never a copy.
+//!
 //! A torn-write caveat inherent to the frame format: a corrupted *length* field that points
 //! past the end of the last segment is indistinguishable from a torn write and is truncated
 //! like one (`Recovered::truncated_bytes` reports how much).

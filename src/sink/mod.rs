@@ -423,8 +423,11 @@ mod tests {
 
     #[test]
     fn shared_bytes_count_only_shared_cells() {
-        let shared =
-            |n: usize| Cell::Shared(SharedText::new(bytes::Bytes::from(vec![b'v'; n])).unwrap());
+        let shared = |n: usize| {
+            Cell::Shared(Box::new(
+                SharedText::new(bytes::Bytes::from(vec![b'v'; n])).unwrap(),
+            ))
+        };
         let mut batch = Batch::new(3);
         batch
             .upsert(0, 1, vec![text("k"), shared(100), Cell::Null])

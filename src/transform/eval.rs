@@ -34,8 +34,9 @@ pub enum Cell<'a> {
     Unchanged,
     /// PostgreSQL text format of the column's output type.
     Text(Cow<'a, str>),
-    /// The same, shared with the buffer it was decoded from (never made by evaluation).
-    Shared(SharedText),
+    /// The same, shared with the buffer it was decoded from (never made by evaluation). Boxed:
+    /// it is rare, and every other cell stays as small as before.
+    Shared(Box<SharedText>),
 }
 
 /// Text at least this long is shared, not copied, when a cell outlives its change: below it
@@ -60,7 +61,7 @@ impl<'a> Cell<'a> {
         match self {
             Cell::Text(Cow::Borrowed(s)) if s.len() >= SHARE_AT => {
                 match SharedText::within(tuple, s) {
-                    Some(shared) => Cell::Shared(shared),
+                    Some(shared) => Cell::Shared(Box::new(shared)),
                     None => Cell::Text(Cow::Owned(s.to_owned())),
                 }
             }

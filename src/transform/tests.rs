@@ -939,3 +939,13 @@ fn a_large_value_outlives_its_change_shared_not_copied() {
         format!("Shared(SharedText({} bytes))", SHARE_AT)
     );
 }
+
+#[test]
+fn a_cell_is_no_larger_than_its_text() {
+    // Rows are vectors of cells on the hot path: the rare shared variant is boxed so that it
+    // does not grow every cell.
+    assert_eq!(
+        std::mem::size_of::<Cell<'static>>(),
+        std::mem::size_of::<Cow<'static, str>>()
+    );
+}
