@@ -72,6 +72,29 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Writes the frame of the payload made of `pieces` (in order, `len` bytes in all) to `out`
+/// without gathering it first; returns the bytes written. `pieces` is read twice: once for
+/// the CRC, which precedes the payload, and once to write it. The caller checks that the
+/// payload fits a u32.
+pub fn write_frame<'a, I>(
+    pieces: impl Fn() -> I,
+    len: usize,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<u64>
+where
+    I: Iterator<Item = &'a [u8]>,
+{
+    let crc = pieces().fold(0, crc32c::crc32c_append);
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc.to_le_bytes());
+    out.write_all(&header)?;
+    for piece in pieces() {
+        out.write_all(piece)?;
+    }
+    Ok((HEADER_LEN + len) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +123,15 @@ mod tests {
                 len: 8
             })
         );
+    }
+
+    #[test]
+    fn a_frame_written_in_pieces_is_the_frame_of_their_concatenation() {
+        let pieces: [&[u8]; 4] = [b"he", b"", b"llo ", b"world"];
+        let mut written = Vec::new();
+        let n = write_frame(|| pieces.iter().copied(), 11, &mut written).unwrap();
+        assert_eq!(n, written.len() as u64);
+        assert_eq!(written, frame(b"hello world"));
     }
 
     #[test]

@@ -73,6 +73,14 @@
 //! sealed segments. Memory: 16 bytes per `index_every` changes (default 256: ~64 KiB per
 //! million changes).
 //!
+//! # Large records
+//!
+//! Appends are framed into a write buffer of `write_buffer_bytes`, written out when full. A
+//! record at least that large, or one with values of [`record::SPLICE_AT`] bytes or more, goes
+//! around it: the buffer is written first, then the record's frame straight to the segment,
+//! its large values spliced in from the change's own buffers (the CRC is computed over the
+//! pieces). Memory for a huge value is therefore the change that carries it, never a copy.
+//!
 //! A torn-write caveat inherent to the frame format: a corrupted *length* field that points
 //! past the end of the last segment is indistinguishable from a torn write and is truncated
 //! like one (`Recovered::truncated_bytes` reports how much).
@@ -104,7 +112,7 @@ pub use reader::{verify, LogReader, VerifyReport};
 pub use record::{LogRecord, RecordDecoder, RecordError};
 pub use segment::{Problem, TailDamage};
 
-use record::RelationEncoder;
+use record::{Encoded, RelationEncoder};
 use segment::SegmentInfo;
 
 /// Default size at which the active segment is sealed (at the next commit boundary).
@@ -333,7 +341,8 @@ pub struct ChangeLog {
     shared: Arc<Shared>,
     active: Option<Active>,
     buf: Vec<u8>,
-    scratch: Vec<u8>,
+    /// The record being appended.
+    scratch: Encoded,
     encoder: RelationEncoder,
     /// Seq of the last appended change (0 before any).
     last_seq: u64,
@@ -610,7 +619,7 @@ impl ChangeLog {
             opts,
             active,
             buf: Vec::new(),
-            scratch: Vec::new(),
+            scratch: Encoded::default(),
             encoder: RelationEncoder::default(),
             last_seq,
             open_tx: None,
@@ -765,10 +774,11 @@ impl ChangeLog {
             let index_point = active.changes % every == 0;
             log.scratch.clear();
             record::encode_change(change, &mut log.encoder, index_point, &mut log.scratch);
-            if u32::try_from(log.scratch.len()).is_err() {
+            let len = log.scratch.len();
+            if u32::try_from(len).is_err() {
                 return Err(LogError::RecordTooLarge {
                     seq: change.seq,
-                    bytes: log.scratch.len(),
+                    bytes: len,
                 });
             }
             if index_point {
@@ -776,7 +786,17 @@ impl ChangeLog {
                 active.pending_index.push((change.seq, offset));
             }
             active.changes += 1;
-            frame::encode_frame(&log.scratch, &mut log.buf);
+            if log.scratch.spliced.is_empty() && len < log.opts.write_buffer_bytes {
+                frame::encode_frame(&log.scratch.bytes, &mut log.buf);
+            } else {
+                // A large record goes around the write buffer, its huge values straight from
+                // the change: neither buffer grows to hold it (and stays that big).
+                log.write_buf()?;
+                log.write_scratch()?;
+            }
+            if log.scratch.bytes.capacity() > log.opts.write_buffer_bytes {
+                log.scratch.bytes = Vec::new();
+            }
             log.last_seq = change.seq;
             log.open_tx = Some(change.change.xid);
             log.maybe_flush()
@@ -809,9 +829,9 @@ impl ChangeLog {
             });
         }
         self.scratch.clear();
-        record::encode_record(&record::commit_to_proto(commit), &mut self.scratch);
+        record::encode_record(&record::commit_to_proto(commit), &mut self.scratch.bytes);
         self.guard(|log| {
-            frame::encode_frame(&log.scratch, &mut log.buf);
+            frame::encode_frame(&log.scratch.bytes, &mut log.buf);
             log.open_tx = None;
             log.last_commit = Some(*commit);
             if let Some(a) = log.active.as_mut() {
@@ -843,6 +863,20 @@ impl ChangeLog {
             .map_err(io_err("writing to the active segment", &a.path))?;
         a.written += self.buf.len() as u64;
         self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes the record in `scratch` as a frame straight to the active segment (after
+    /// [`write_buf`](Self::write_buf): frames stay in order).
+    fn write_scratch(&mut self) -> Result<(), LogError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let pieces = || self.scratch.pieces();
+        let len = self.scratch.len();
+        let written = frame::write_frame(pieces, len, &mut a.file)
+            .map_err(io_err("writing to the active segment", &a.path))?;
+        a.written += written;
         Ok(())
     }
 

@@ -139,8 +139,9 @@ pub fn encode_change(
     c: &SequencedChange,
     relations: &mut RelationEncoder,
     describe_relation: bool,
-    out: &mut Vec<u8>,
+    encoded: &mut Encoded,
 ) {
+    let out = &mut encoded.bytes;
     use prost::encoding::{encode_varint, encoded_len_varint};
     // Field keys: (number << 3) | 2 (length-delimited).
     const RECORD_CHANGE: u8 = (1 << 3) | 2;
@@ -162,22 +163,77 @@ pub fn encode_change(
         + old_len.map_or(0, field_len)
         + new_len.map_or(0, field_len)
         + if describe { field_len(rel.len()) } else { 0 };
-    out.reserve(1 + encoded_len_varint(total as u64) + total);
+    // Spliced values are not copied into `out`: no room for them.
+    let spliced: usize = [old_t, new_t].into_iter().flatten().map(spliced_len).sum();
+    out.reserve(1 + encoded_len_varint(total as u64) + total - spliced);
     out.push(RECORD_CHANGE);
     encode_varint(total as u64, out);
     // Encoding into a Vec grows it as needed and cannot fail.
     let _ = body.encode(out);
     for (key, tuple, len) in [(CHANGE_OLD, old_t, old_len), (CHANGE_NEW, new_t, new_len)] {
         if let (Some(t), Some(len)) = (tuple, len) {
-            out.push(key);
-            encode_varint(len as u64, out);
-            encode_tuple(t, out);
+            encoded.bytes.push(key);
+            encode_varint(len as u64, &mut encoded.bytes);
+            encode_tuple(t, encoded);
         }
     }
     if describe {
+        let out = &mut encoded.bytes;
         out.push(CHANGE_RELATION);
         encode_varint(rel.len() as u64, out);
         out.extend_from_slice(rel);
+    }
+}
+
+/// Text values of at least this many bytes are not copied into an encoded record: the writer
+/// splices them in from the change's own buffer when it writes the record, so a huge value
+/// is never copied on its way into the log. Smaller values are copied (cheaper than keeping
+/// a reference to them).
+pub const SPLICE_AT: usize = 64 * 1024;
+
+/// An encoded record: `bytes`, with each value of `spliced` inserted at its offset in them.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    /// `(offset in bytes, value)`, in offset order.
+    pub spliced: Vec<(usize, Bytes)>,
+}
+
+impl Encoded {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spliced.clear();
+    }
+
+    /// The record's length.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.spliced.iter().map(|(_, v)| v.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The record's bytes in order, as slices of `bytes` and of the spliced values.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = 0;
+        self.spliced
+            .iter()
+            .flat_map(move |(offset, value)| {
+                let before = &self.bytes[at..*offset];
+                at = *offset;
+                [before, &value[..]]
+            })
+            .chain(std::iter::once_with(move || {
+                let last = self.spliced.last().map_or(0, |(offset, _)| *offset);
+                &self.bytes[last..]
+            }))
+    }
+
+    /// The whole record in one buffer (tests).
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces().flatten().copied().collect()
     }
 }
 
@@ -221,9 +277,21 @@ fn tuple_len(t: &Tuple) -> usize {
     states + texts
 }
 
-/// A `Tuple` message, byte for byte what prost writes for `tuple_to_proto(t)`.
-fn encode_tuple(t: &Tuple, out: &mut Vec<u8>) {
+/// Bytes of the values of `t` that [`encode_tuple`] splices.
+fn spliced_len(t: &Tuple) -> usize {
+    t.0.iter()
+        .map(|d| match d {
+            Datum::Text(b) if b.len() >= SPLICE_AT => b.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A `Tuple` message, byte for byte what prost writes for `tuple_to_proto(t)`; values of at
+/// least [`SPLICE_AT`] bytes are spliced, not copied.
+fn encode_tuple(t: &Tuple, encoded: &mut Encoded) {
     use prost::encoding::encode_varint;
+    let out = &mut encoded.bytes;
     if !t.0.is_empty() {
         out.push(TUPLE_STATES);
         encode_varint(t.0.len() as u64, out);
@@ -233,7 +301,11 @@ fn encode_tuple(t: &Tuple, out: &mut Vec<u8>) {
         if let Datum::Text(b) = d {
             out.push(TUPLE_TEXTS);
             encode_varint(b.len() as u64, out);
-            out.extend_from_slice(b);
+            if b.len() >= SPLICE_AT {
+                encoded.spliced.push((out.len(), b.clone()));
+            } else {
+                out.extend_from_slice(b);
+            }
         }
     }
 }
@@ -606,6 +678,17 @@ mod tests {
                     Datum::Text("".into()),
                 ]),
             },
+            // Values of SPLICE_AT bytes and more are spliced, in both tuples, in order.
+            Op::Update {
+                old: Some(OldTuple::Full(Tuple(vec![
+                    Datum::Text(Bytes::from(vec![b'a'; SPLICE_AT])),
+                    Datum::Text("small".into()),
+                ]))),
+                new: Tuple(vec![
+                    Datum::Text(Bytes::from(vec![b'b'; SPLICE_AT + 7])),
+                    Datum::Text(Bytes::from(vec![b'c'; SPLICE_AT - 1])),
+                ]),
+            },
             Op::Truncate {
                 cascade: true,
                 restart_identity: false,
@@ -613,8 +696,16 @@ mod tests {
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let c = change(i as u64 + 1, op);
-            let mut spliced = Vec::new();
+            let mut spliced = Encoded::default();
             encode_change(&c, &mut enc, true, &mut spliced);
+            let huge = spliced.spliced.len();
+            assert_eq!(huge, if i == 4 { 2 } else { 0 }, "values spliced in op {i}");
+            assert!(
+                spliced.bytes.len() < SPLICE_AT * 2,
+                "{}",
+                spliced.bytes.len()
+            );
+            let spliced = spliced.to_vec();
             let mut plain = Vec::new();
             encode_record(
                 &change_to_proto(&c, relation_to_proto(&c.change.relation)),
@@ -625,9 +716,9 @@ mod tests {
             assert_eq!(decode(spliced), decode(plain));
             assert_eq!(
                 decode({
-                    let mut again = Vec::new();
+                    let mut again = Encoded::default();
                     encode_change(&c, &mut enc, true, &mut again);
-                    again
+                    again.to_vec()
                 }),
                 LogRecord::Change(c)
             );
@@ -651,10 +742,11 @@ mod tests {
                 restart_identity: false,
             },
         );
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut a, mut b, mut c) = (Encoded::default(), Encoded::default(), Encoded::default());
         encode_change(&first, &mut enc, false, &mut a);
         encode_change(&second, &mut enc, false, &mut b);
         encode_change(&second, &mut enc, true, &mut c);
+        let (a, b, c) = (a.to_vec(), b.to_vec(), c.to_vec());
         assert!(
             b.len() + 20 < a.len(),
             "no relation in the second record: {} vs {}",

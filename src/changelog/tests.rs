@@ -183,6 +183,55 @@ fn append_sync_reopen_round_trip() {
 }
 
 #[test]
+fn large_records_go_around_the_write_buffer_and_read_back_in_order() {
+    // Index points every 2 changes; a 4 KiB write buffer: the 20 KiB record (nothing spliced)
+    // and the records with values of SPLICE_AT bytes and more are written straight to the
+    // file, between small ones still buffered.
+    let o = LogOptions {
+        write_buffer_bytes: 4096,
+        ..opts(DEFAULT_SEGMENT_BYTES, 2)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = ChangeLog::open(dir.path(), o.clone()).unwrap();
+    let value = |len: usize, seed: u8| {
+        Datum::Text(Bytes::from(
+            (0..len)
+                .map(|i| b'a' + (i as u8 ^ seed) % 26)
+                .collect::<Vec<u8>>(),
+        ))
+    };
+    let huge = record::SPLICE_AT * 3 + 5;
+    let rows = [
+        vec![text("1"), text("small"), Datum::Null],
+        vec![text("2"), value(20 * 1024, 1), Datum::Null],
+        vec![text("3"), value(huge, 2), value(huge + 1, 3)],
+        vec![text("4"), text("between"), value(record::SPLICE_AT, 4)],
+        vec![text("5"), Datum::Null, text("last")],
+    ];
+    let mut all = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        let mut c = change(seq, 7);
+        c.change.op = Op::Insert { new: Tuple(row) };
+        log.append_change(&c).unwrap();
+        all.push(LogRecord::Change(c));
+    }
+    log.append_commit(&commit(7, 5)).unwrap();
+    all.push(LogRecord::Commit(commit(7, 5)));
+    assert!(log.scratch.bytes.capacity() <= o.write_buffer_bytes);
+    assert!(log.buf.capacity() <= 2 * o.write_buffer_bytes);
+    log.sync().unwrap();
+    for from in 1..=5 {
+        let read = read_all(&mut log.reader(from).unwrap());
+        assert_eq!(read, from_seq(&all, from), "from seq {from}");
+    }
+    drop(log);
+    let (_, rec) = ChangeLog::open(dir.path(), o).unwrap();
+    assert_eq!((rec.last_seq, rec.truncated_bytes), (5, 0));
+    assert_eq!(verify(dir.path()).unwrap().changes, 5);
+}
+
+#[test]
 fn a_second_writer_is_refused_while_the_first_holds_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let (first, _) = ChangeLog::open(dir.path(), LogOptions::default()).unwrap();

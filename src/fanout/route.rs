@@ -637,11 +637,15 @@ impl Planner<'_> {
             return Ok(None);
         };
         for (i, &pos) in self.route.key_positions.iter().enumerate() {
-            if !matches!(row.get(pos), Some(Cell::Text(_))) {
+            if !row.get(pos).is_some_and(Cell::is_text) {
                 return Err(self.key_not_text(i));
             }
         }
-        Ok(Some(row.into_iter().map(Cell::into_owned).collect()))
+        // A huge value is shared with the log record it came from, not copied: every
+        // destination's op holds the same buffer.
+        Ok(Some(
+            row.into_iter().map(|c| c.into_static(tuple)).collect(),
+        ))
     }
 
     /// The target key of `tuple`, filter or not; `tuple` may carry only the replica identity.
@@ -654,10 +658,10 @@ impl Planner<'_> {
             .unwrap_or_default();
         let mut key = Vec::with_capacity(row.len());
         for (i, cell) in row.into_iter().enumerate() {
-            if !matches!(cell, Cell::Text(_)) {
+            if !cell.is_text() {
                 return Err(self.key_not_text(i));
             }
-            key.push(cell.into_owned());
+            key.push(cell.into_static(tuple));
         }
         Ok(key)
     }

@@ -227,7 +227,8 @@ impl Worker {
         }
     }
 
-    async fn session(&mut self) -> Result<(), WorkerError> {
+    /// A writer connected to the destination, and its watermark.
+    async fn connect(&self) -> Result<(Writer, u64), WorkerError> {
         let cfg = &self.plan.config;
         let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
@@ -244,6 +245,12 @@ impl Worker {
         if watermark > durable {
             warn!(destination = %cfg.name, watermark, log_end = durable, "the destination's watermark is ahead of the change log's end: waiting for PostgreSQL to resend the changes in between");
         }
+        Ok((sink, watermark))
+    }
+
+    async fn session(&mut self) -> Result<(), WorkerError> {
+        let cfg = &self.plan.config;
+        let (mut sink, watermark) = self.connect().await?;
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
         let next_seq = self.skip_lost(watermark + 1);
@@ -442,6 +449,11 @@ impl Worker {
         let last_seq = p.batch.last_seq;
         let batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
         sink.apply(self.name(), &batch).await?;
+        if sink.keeps_buffers_after(&batch) {
+            // Buffers the size of this batch's huge values would stay with the connection.
+            debug!(destination = %self.name(), bytes = batch.shared_bytes(), "reconnecting to let go of the buffers of a batch with huge values");
+            *sink = self.connect().await?.0;
+        }
         debug!(destination = %self.name(), ops = batch.ops.len(), first_op = ?batch.ops.first().map(|(_, o)| o.seq()), last_op = ?batch.ops.last().map(|(_, o)| o.seq()), last_seq = batch.last_seq, "applied a batch");
         p.written = batch.last_seq;
         p.rows = 0;

@@ -59,7 +59,7 @@ pub use crate::target::{
     ColumnType, TargetColumn, TargetTable, DEFAULT_DELETED_COLUMN, DEFAULT_VERSION_COLUMN,
     DELETED_COLUMN, WATERMARK_TABLE,
 };
-pub use crate::transform::Cell;
+pub use crate::transform::{Cell, SharedText};
 pub use postgres::{ApplyOutcome, Location, PostgresError, PostgresSink};
 
 /// One row change for one target table.
@@ -133,6 +133,21 @@ impl<'a> Batch<'a> {
     pub fn truncate(&mut self, table: usize, seq: u64) -> &mut Self {
         self.truncates.push((table, seq));
         self
+    }
+
+    /// Bytes of the batch's shared (huge) values: [`Cell::Shared`] cells.
+    pub fn shared_bytes(&self) -> usize {
+        let shared = |op: &RowOp<'_>| -> usize {
+            let (RowOp::Upsert { cells, .. } | RowOp::Delete { key: cells, .. }) = op;
+            cells
+                .iter()
+                .map(|c| match c {
+                    Cell::Shared(t) => t.bytes().len(),
+                    _ => 0,
+                })
+                .sum()
+        };
+        self.ops.iter().map(|(_, op)| shared(op)).sum()
     }
 
     /// The truncates that matter: per table, the one with the highest seq (it removes all an
@@ -217,6 +232,9 @@ pub fn check_store(settings: &StoreSettings<'_>, problem: &mut dyn FnMut(&str, S
 pub fn text(s: impl Into<Cow<'static, str>>) -> Cell<'static> {
     Cell::Text(s.into())
 }
+
+/// See [`Writer::keeps_buffers_after`].
+pub const RECONNECT_AFTER_SHARED_BYTES: usize = 16 * 1024 * 1024;
 
 /// A connected destination writer of either kind.
 #[derive(Debug)]
@@ -346,6 +364,16 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether this writer keeps buffers as big as what `batch` held after applying it, so
+    /// that only a new connection lets them go. tokio-postgres serialises each statement into
+    /// a buffer of the client and copies it into one of the connection, and neither shrinks:
+    /// after a batch with [`RECONNECT_AFTER_SHARED_BYTES`] or more of huge values the
+    /// PostgreSQL writer is replaced by a new one. (The ClickHouse writer sends huge values
+    /// from the buffers they came in.)
+    pub fn keeps_buffers_after(&self, batch: &Batch<'_>) -> bool {
+        matches!(self, Writer::Postgres(_)) && batch.shared_bytes() >= RECONNECT_AFTER_SHARED_BYTES
+    }
+
     /// Re-applies history without reading or moving the watermark.
     pub async fn replay(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), SinkError> {
         match self {
@@ -391,6 +419,22 @@ mod tests {
             seq_in_batch("truncate", 6, &batch).unwrap_err(),
             "truncate seq 6 is beyond the batch's last_seq 5"
         );
+    }
+
+    #[test]
+    fn shared_bytes_count_only_shared_cells() {
+        let shared = |n: usize| {
+            Cell::Shared(Box::new(
+                SharedText::new(bytes::Bytes::from(vec![b'v'; n])).unwrap(),
+            ))
+        };
+        let mut batch = Batch::new(3);
+        batch
+            .upsert(0, 1, vec![text("k"), shared(100), Cell::Null])
+            .delete(1, 2, vec![shared(7)])
+            .upsert(0, 3, vec![text("long text, but copied"), Cell::Unchanged]);
+        assert_eq!(batch.shared_bytes(), 107);
+        assert_eq!(Batch::new(0).shared_bytes(), 0);
     }
 
     #[test]

@@ -580,6 +580,14 @@ impl Session {
                 // Hot path: split the frame off without copying; values stay slices of it.
                 b'd' => {
                     let mut frame = self.rbuf.split_to(len).freeze();
+                    if len > READ_CHUNK {
+                        // The buffer was grown for this frame: let the frame have it, and move
+                        // the few bytes after it to one of the usual size, so the session
+                        // never keeps (nor reuses) a buffer that big.
+                        let mut rest = BytesMut::with_capacity(READ_CHUNK.max(self.rbuf.len()));
+                        rest.extend_from_slice(&self.rbuf);
+                        self.rbuf = rest;
+                    }
                     frame.advance(5);
                     return Ok(Some(CopyFrame::Data(frame)));
                 }
@@ -654,7 +662,14 @@ impl Session {
     }
 
     async fn read_more(&mut self) -> Result<(), SessionError> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        // The rest of a frame being received: `try_copy_frame` made room for all of it, and
+        // growing a buffer that holds most of a huge frame would copy it into one twice as big.
+        let rest = match frame_len(&self.rbuf) {
+            Ok(len) if self.rbuf.len() >= 5 => len.saturating_sub(self.rbuf.len()),
+            _ => 0,
+        };
+        if spare < READ_CHUNK / 4 && !(rest > 0 && spare >= rest) {
             self.rbuf.reserve(READ_CHUNK);
         }
         let n = self.stream.read_buf(&mut self.rbuf).await?;

@@ -8,6 +8,8 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use bytes::Bytes;
+
 use crate::digest::sha256_hex;
 
 use crate::change::{Datum, Tuple};
@@ -19,7 +21,12 @@ use super::parse::{CmpOp, JsonKey};
 use super::typed::{bad, bool_in, cmp_keys, convert, key, Key, Kind};
 
 /// One output value, or the marker that the source did not send it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Evaluation borrows text from the tuple ([`Cell::Text`]); a cell that must outlive the
+/// change ([`Cell::into_static`]) copies it, except a large value, which is shared with the
+/// buffer it was decoded from ([`Cell::Shared`]): a huge value reaches every writer without a
+/// copy. Two cells are equal when they hold the same text, whichever way they hold it.
+#[derive(Debug, Clone)]
 pub enum Cell<'a> {
     Null,
     /// Computed from an unchanged TOAST value the change does not carry: the writer keeps the
@@ -27,22 +34,113 @@ pub enum Cell<'a> {
     Unchanged,
     /// PostgreSQL text format of the column's output type.
     Text(Cow<'a, str>),
+    /// The same, shared with the buffer it was decoded from (never made by evaluation). Boxed:
+    /// it is rare, and every other cell stays as small as before.
+    Shared(Box<SharedText>),
 }
 
-impl Cell<'_> {
+/// Text at least this long is shared, not copied, when a cell outlives its change: below it
+/// a copy costs less than sharing a buffer between threads.
+pub const SHARE_AT: usize = 64 * 1024;
+
+impl<'a> Cell<'a> {
+    /// This cell, owning its text: [`Cell::Text`] copies it.
     pub fn into_owned(self) -> Cell<'static> {
         match self {
             Cell::Null => Cell::Null,
             Cell::Unchanged => Cell::Unchanged,
             Cell::Text(t) => Cell::Text(Cow::Owned(t.into_owned())),
+            Cell::Shared(t) => Cell::Shared(t),
+        }
+    }
+
+    /// This cell, independent of `tuple`, the tuple it was evaluated from: text of at least
+    /// [`SHARE_AT`] bytes borrowed from one of its values shares that value's buffer; other
+    /// text is copied.
+    pub fn into_static(self, tuple: &Tuple) -> Cell<'static> {
+        match self {
+            Cell::Text(Cow::Borrowed(s)) if s.len() >= SHARE_AT => {
+                match SharedText::within(tuple, s) {
+                    Some(shared) => Cell::Shared(Box::new(shared)),
+                    None => Cell::Text(Cow::Owned(s.to_owned())),
+                }
+            }
+            other => other.into_owned(),
         }
     }
 
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Cell::Text(t) => Some(t),
+            Cell::Shared(t) => Some(t.as_str()),
             _ => None,
         }
+    }
+
+    /// Whether the cell holds text (not NULL, not unchanged).
+    pub fn is_text(&self) -> bool {
+        matches!(self, Cell::Text(_) | Cell::Shared(_))
+    }
+}
+
+impl PartialEq for Cell<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Cell::Null, Cell::Null) | (Cell::Unchanged, Cell::Unchanged) => true,
+            _ => match (self.as_str(), other.as_str()) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            },
+        }
+    }
+}
+
+impl Eq for Cell<'_> {}
+
+/// UTF-8 text in a shared buffer: a slice of the frame or record a value was decoded from.
+/// Its `Debug` shows the length only (a huge value in a log line would be useless, and row
+/// values stay out of logs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedText(Bytes);
+
+impl SharedText {
+    /// `text`, shared with the value of `tuple` it is a part of (`None`: it is in none).
+    fn within(tuple: &Tuple, text: &str) -> Option<SharedText> {
+        let (start, len) = (text.as_ptr() as usize, text.len());
+        tuple.0.iter().find_map(|d| match d {
+            Datum::Text(b)
+                if start >= b.as_ptr() as usize && start + len <= b.as_ptr() as usize + b.len() =>
+            {
+                Some(SharedText(b.slice_ref(text.as_bytes())))
+            }
+            _ => None,
+        })
+    }
+
+    /// `bytes` as text, when they are UTF-8.
+    pub fn new(bytes: Bytes) -> Option<SharedText> {
+        std::str::from_utf8(&bytes).ok()?;
+        Some(SharedText(bytes))
+    }
+
+    // Never inlined: evaluation matches on it in several places but never meets it, and the
+    // UTF-8 check inlined there slowed the hot path down (eval into a reused buffer: +5–8%).
+    #[cold]
+    #[inline(never)]
+    pub fn as_str(&self) -> &str {
+        // Checked to be UTF-8 when made: this cannot fail.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The text's bytes, shared.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SharedText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedText({} bytes)", self.0.len())
     }
 }
 
@@ -200,6 +298,7 @@ impl<'a, T: AsRef<str>> Ctx<'a, T> {
                         Cell::Null => {}
                         Cell::Unchanged => return Ok(Cell::Unchanged),
                         Cell::Text(s) => out.push_str(&s),
+                        Cell::Shared(s) => out.push_str(s.as_str()),
                     }
                 }
                 Cell::Text(Cow::Owned(out))
@@ -211,6 +310,7 @@ impl<'a, T: AsRef<str>> Ctx<'a, T> {
             } => match self.value(inner)? {
                 Cell::Text(Cow::Borrowed(doc)) => json_step(doc, key, *as_text)?,
                 Cell::Text(Cow::Owned(doc)) => json_step(&doc, key, *as_text)?.into_owned(),
+                Cell::Shared(doc) => json_step(doc.as_str(), key, *as_text)?.into_owned(),
                 other => other,
             },
             CExpr::Pred(p) => match self.pred(p)? {
@@ -230,6 +330,7 @@ impl<'a, T: AsRef<str>> Ctx<'a, T> {
             Cell::Null => Side::Missing(Tri::Null),
             Cell::Unchanged => Side::Missing(Tri::Unchanged),
             Cell::Text(s) => Side::Text(s),
+            Cell::Shared(s) => Side::Text(Cow::Owned(s.as_str().to_owned())),
         })
     }
 
@@ -300,7 +401,7 @@ impl<'a, T: AsRef<str>> Ctx<'a, T> {
             CPred::IsNull { inner, negated } => match self.value(inner)? {
                 Cell::Null => Tri::from(!negated),
                 // A TOASTed value is never null.
-                Cell::Unchanged | Cell::Text(_) => Tri::from(*negated),
+                Cell::Unchanged | Cell::Text(_) | Cell::Shared(_) => Tri::from(*negated),
             },
             CPred::And(items) => {
                 let mut out = Tri::True;
@@ -337,6 +438,9 @@ impl<'a, T: AsRef<str>> Ctx<'a, T> {
                 Cell::Text(s) => {
                     Tri::from(bool_in(&s).ok_or_else(|| bad(&PgType::Bool, "expected a boolean"))?)
                 }
+                Cell::Shared(s) => Tri::from(
+                    bool_in(s.as_str()).ok_or_else(|| bad(&PgType::Bool, "expected a boolean"))?,
+                ),
             },
         })
     }

@@ -63,7 +63,7 @@ use crate::value::{PgType, ValueError};
 use compile::{CExpr, CPred, Compiler, Scope, Ty};
 use eval::{Ctx, Fail, Tri};
 
-pub use eval::Cell;
+pub use eval::{Cell, SharedText, SHARE_AT};
 pub use parse::{ParseError, MAX_DEPTH};
 
 /// A parsed value expression (the right-hand side of a `[mappings.columns]` entry).

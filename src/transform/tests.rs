@@ -99,6 +99,7 @@ fn eval1(expr: &str, set: &[(&str, Datum)]) -> Cell<'static> {
 fn text(expr: &str, set: &[(&str, Datum)]) -> Option<String> {
     match eval1(expr, set) {
         Cell::Text(s) => Some(s.into_owned()),
+        Cell::Shared(s) => panic!("evaluation made a shared cell ({s:?}) for {expr}"),
         Cell::Null => None,
         Cell::Unchanged => panic!("unexpected Unchanged for {expr}"),
     }
@@ -886,5 +887,65 @@ fn malformed_rows_are_errors() {
             }
         ),
         "{err}"
+    );
+}
+
+#[test]
+fn a_large_value_outlives_its_change_shared_not_copied() {
+    let big = "x".repeat(SHARE_AT);
+    let doc = format!("{{\"plan\": \"{big}\"}}");
+    let tuple = row(&[
+        ("display_name", t(&big)),
+        ("bio", t("small")),
+        ("settings", t(&doc)),
+    ]);
+    let m = compile(
+        &[
+            ("name", "display_name"),
+            ("bio", "bio"),
+            ("plan", "settings->>'plan'"),
+            ("upper", "upper(display_name)"),
+        ],
+        None,
+    )
+    .unwrap();
+    let cells: Vec<Cell<'static>> = m
+        .eval(&tuple, &tenant())
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.into_static(&tuple))
+        .collect();
+    let Datum::Text(name_buf) = &tuple.0[2] else {
+        unreachable!()
+    };
+    // The column's own buffer, and a slice of the JSON document's.
+    match &cells[0] {
+        Cell::Shared(s) => assert_eq!(s.bytes().as_ptr(), name_buf.as_ptr()),
+        other => panic!("not shared: {other:?}"),
+    }
+    assert!(matches!(&cells[1], Cell::Text(Cow::Owned(s)) if s == "small"));
+    match &cells[2] {
+        Cell::Shared(s) => assert_eq!(s.as_str(), big),
+        other => panic!("not shared: {other:?}"),
+    }
+    // Computed text is not in the tuple: copied.
+    assert!(matches!(&cells[3], Cell::Text(Cow::Owned(_))));
+    // Equal by text, however held; the Debug of a shared value shows its length only.
+    assert_eq!(cells[0], Cell::Text(Cow::Borrowed(big.as_str())));
+    assert_ne!(cells[0], cells[3]);
+    assert_eq!(
+        format!("{:?}", cells[0]),
+        format!("Shared(SharedText({} bytes))", SHARE_AT)
+    );
+}
+
+#[test]
+fn a_cell_is_no_larger_than_its_text() {
+    // Rows are vectors of cells on the hot path: the rare shared variant is boxed so that it
+    // does not grow every cell.
+    assert_eq!(
+        std::mem::size_of::<Cell<'static>>(),
+        std::mem::size_of::<Cow<'static, str>>()
     );
 }

@@ -290,6 +290,21 @@ impl ColumnEncoder {
         result
     }
 
+    /// For a value this column writes as it is (PostgreSQL text into `String`): appends what
+    /// goes before its `len` bytes (the Nullable marker, the length) and returns true — the
+    /// caller writes the bytes themselves. Appends nothing and returns false for a column that
+    /// converts its values.
+    pub fn encode_verbatim_prefix(&self, len: usize, out: &mut Vec<u8>) -> bool {
+        if self.ch != ChType::String || self.bytea || self.unsupported.is_some() {
+            return false;
+        }
+        if self.nullable {
+            out.push(0);
+        }
+        write_leb128(len as u64, out);
+        true
+    }
+
     /// Appends the column type's default value — what ClickHouse fills for an omitted column:
     /// NULL for Nullable, 0, the empty string, 1970-01-01, the nil UUID, the empty array.
     /// Used for the non-key columns of a delete row.
@@ -857,6 +872,28 @@ mod tests {
             cat(&[&[0xac, 0x02], long.as_bytes()])
         );
         assert_eq!(ok(&PgType::Text, &n(ChType::String), "ab"), b"\x00\x02ab");
+        // Written as it is: the same bytes, the text left to the caller.
+        for (pg, ch) in [
+            (PgType::Text, ChType::String),
+            (PgType::Text, n(ChType::String)),
+            (PgType::Int4, lc(n(ChType::String))),
+        ] {
+            let text = "x".repeat(300);
+            let e = ColumnEncoder::new(&pg, &ch);
+            let mut spliced = Vec::new();
+            assert!(e.encode_verbatim_prefix(text.len(), &mut spliced), "{ch:?}");
+            spliced.extend_from_slice(text.as_bytes());
+            assert_eq!(spliced, ok(&pg, &ch, &text), "{ch:?}");
+        }
+        for (pg, ch) in [
+            (PgType::Bytea, ChType::String),
+            (PgType::Int4, ChType::Int32),
+            (PgType::Uuid, ChType::Int32),
+        ] {
+            let mut out = Vec::new();
+            assert!(!ColumnEncoder::new(&pg, &ch).encode_verbatim_prefix(3, &mut out));
+            assert!(out.is_empty());
+        }
         assert_eq!(enc(&PgType::Text, &n(ChType::String), None), Ok(vec![1]));
         // Bytea: hex text to raw bytes.
         assert_eq!(

@@ -614,7 +614,7 @@ impl ClickHouseSink {
                     .map_err(|e| io_error("inserting the batch", Some(&t.label), e))?;
             }
             let current = self.current_values(t, plan).await?;
-            let data = self.encode(destination, t, plan, &current)?;
+            let body = self.encode(destination, t, plan, &current)?;
             // Server errors cannot point at a row: they name the seqs the insert held.
             let seqs = plan.rows.iter().map(|r| r.seq);
             let (first, last) = (seqs.clone().min(), seqs.max());
@@ -623,7 +623,7 @@ impl ClickHouseSink {
                 (Some(a), _) => format!("inserting seq {a}"),
                 _ => "inserting the batch".to_owned(),
             };
-            self.insert(&what, t, data).await?;
+            self.insert(&what, t, body).await?;
             inserted = true;
             debug!(destination, table = %t.label, rows = plan.rows.len(), "inserted");
         }
@@ -652,15 +652,17 @@ impl ClickHouseSink {
             })
     }
 
-    async fn insert(&self, what: &str, t: &Table, data: Vec<u8>) -> Result<(), ClickHouseError> {
+    async fn insert(&self, what: &str, t: &Table, body: Body) -> Result<(), ClickHouseError> {
         let mut insert = self
             .client
             .insert_formatted_with(t.insert_sql.clone())
             .with_timeouts(Some(STATEMENT_TIMEOUT), Some(STATEMENT_TIMEOUT));
-        insert
-            .send(Bytes::from(data))
-            .await
-            .map_err(|e| server_error(what, Some(&t.label), e))?;
+        for chunk in body.chunks {
+            insert
+                .send(chunk)
+                .await
+                .map_err(|e| server_error(what, Some(&t.label), e))?;
+        }
         insert
             .end()
             .await
@@ -931,7 +933,8 @@ impl ClickHouseSink {
         t: &Table,
         plan: &TablePlan<'_, '_>,
         current: &HashMap<usize, Vec<Option<Bytes>>>,
-    ) -> Result<Vec<u8>, ClickHouseError> {
+    ) -> Result<Body, ClickHouseError> {
+        let mut body = Body::default();
         let mut out = Vec::with_capacity(plan.rows.len() * (t.spec.columns.len() * 12 + 9));
         let mut unknown_warned = false;
         for (i, row) in plan.rows.iter().enumerate() {
@@ -959,6 +962,14 @@ impl ClickHouseSink {
                                     t.encoders[c].encode_default(&mut out);
                                 }
                             },
+                            // A huge value the column takes as it is goes into the body
+                            // from the buffer it was decoded from, not copied into `out`.
+                            Cell::Shared(text)
+                                if t.encoders[c]
+                                    .encode_verbatim_prefix(text.bytes().len(), &mut out) =>
+                            {
+                                body.splice(&mut out, text.bytes().clone());
+                            }
                             _ => {
                                 let text = cell.as_str();
                                 t.encoders[c]
@@ -987,7 +998,33 @@ impl ClickHouseSink {
                 }
             }
         }
-        Ok(out)
+        body.end(out);
+        Ok(body)
+    }
+}
+
+/// An insert's RowBinary, in the order it is sent: encoded rows, and between them the huge
+/// values that go as they are, each its own chunk sharing the buffer it came from.
+#[derive(Default)]
+struct Body {
+    chunks: Vec<Bytes>,
+}
+
+impl Body {
+    /// Ends the chunk being encoded in `out` (its bytes move to the body) and adds `value`.
+    fn splice(&mut self, out: &mut Vec<u8>, value: Bytes) {
+        self.end(std::mem::take(out));
+        if !value.is_empty() {
+            self.chunks.push(value);
+        }
+    }
+
+    /// Adds the last encoded chunk. (Chunks are never empty: an empty one would end the HTTP
+    /// body early.)
+    fn end(&mut self, out: Vec<u8>) {
+        if !out.is_empty() {
+            self.chunks.push(Bytes::from(out));
+        }
     }
 }
 
