@@ -276,6 +276,25 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
     assert_eq!(status["log"]["oldest_seq"], 1);
     assert_eq!(status["log"]["last_seq"], 11);
     assert_eq!(status["checkpoint"]["last_seq"], 11);
+    // The log's binding: this database and slot, the cluster's identifier, one lineage.
+    let binding = &status["log"]["binding"];
+    assert_eq!(binding["database"], db.as_str(), "{binding}");
+    assert_eq!(binding["slot"], slot.as_str(), "{binding}");
+    assert_eq!(binding["timeline"], 1, "{binding}");
+    let system: String = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(binding["system_identifier"], system.as_str(), "{binding}");
+    assert_eq!(
+        binding["lineage"].as_str().map(str::len),
+        Some(32),
+        "{binding}"
+    );
     assert_eq!(status["slot"]["active"], false);
     let confirmed: Lsn = status["slot"]["confirmed_flush_lsn"]
         .as_str()

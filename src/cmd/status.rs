@@ -92,6 +92,21 @@ pub struct LogStatus {
     pub last_seq: u64,
     pub last_commit_end_lsn: Option<String>,
     pub last_commit_time: Option<String>,
+    /// What the log is bound to (its META file; `None` before the first run).
+    pub binding: Option<LogBinding>,
+}
+
+/// A change log's binding, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct LogBinding {
+    /// The cluster's system identifier, as text (it is an unsigned 64-bit number).
+    pub system_identifier: String,
+    pub timeline: u32,
+    pub database: String,
+    pub slot: String,
+    pub lineage: String,
+    /// How far past its last commit the log vouches for the stream.
+    pub position_lsn: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +184,14 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         last_seq: summary.last_seq,
         last_commit_end_lsn: summary.last_commit.map(|c| c.end_lsn.to_string()),
         last_commit_time: summary.last_commit.map(|c| c.commit_time.to_string()),
+        binding: summary.meta.as_ref().map(|m| LogBinding {
+            system_identifier: m.source.system_identifier.to_string(),
+            timeline: m.source.timeline,
+            database: m.source.database.clone(),
+            slot: m.source.slot.clone(),
+            lineage: m.lineage.to_string(),
+            position_lsn: m.position.lsn.to_string(),
+        }),
     };
 
     let state = cfg
@@ -322,6 +345,13 @@ impl fmt::Display for Status {
                 l.last_commit_time.as_deref().unwrap_or("-"),
             )?,
             None => writeln!(f, "change log {}: empty", l.dir)?,
+        }
+        if let Some(b) = &l.binding {
+            writeln!(
+                f,
+                "  bound to system {}, timeline {}, database {}, slot {}; lineage {}",
+                b.system_identifier, b.timeline, b.database, b.slot, b.lineage
+            )?;
         }
         match &self.checkpoint {
             Some(c) => writeln!(
