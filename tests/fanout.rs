@@ -1074,6 +1074,52 @@ async fn replay_rebuilds_a_wiped_target() {
         "replay leaves the watermark alone"
     );
 
+    // What would replay nothing is refused, not reported as a success with 0 operations.
+    for (args, expected) in [
+        (
+            vec!["--from-seq".to_owned(), (last + 1000).to_string()],
+            format!("seq {} is beyond the change log's end", last + 1000),
+        ),
+        (
+            vec![
+                "--from-seq".into(),
+                "1".into(),
+                "--tenant".into(),
+                TENANT_B.into(),
+            ],
+            format!("destination \"alpha\" does not serve tenant \"{TENANT_B}\""),
+        ),
+    ] {
+        let mut all = vec!["replay".to_owned(), "--destination".into(), "alpha".into()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = cli(&all, &config).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&expected),
+            "{all:?}: {err}"
+        );
+    }
+    let unknown = "00000000-0000-0000-0000-00000000dead";
+    let out = cli(
+        &[
+            "replay",
+            "--destination",
+            "bravo_charlie",
+            "--from-seq",
+            "1",
+            "--tenant",
+            unknown,
+        ],
+        &config,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not serve tenant"),
+        "{err}"
+    );
+
     // An unknown destination is refused with the configured names.
     let out = cli(
         &["replay", "--destination", "nosuch", "--from-seq", "1"],

@@ -461,6 +461,25 @@ async fn every_tenant_equals_its_projection_under_final_and_in_the_views() {
     wait_equal(&source, ch, &database).await;
     assert_each_key_once(ch, &database);
     assert_eq!(watermark(ch), before);
+    // A tenant id [tenants].query does not know is refused, not replayed as nothing.
+    let out = cli(
+        &[
+            "replay",
+            "--destination",
+            "analytics",
+            "--from-seq",
+            "1",
+            "--tenant",
+            "00000000-0000-0000-0000-00000000dead",
+        ],
+        &config,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not among the tenants [tenants].query returns"),
+        "{err}"
+    );
 }
 
 /// Rounds of user inserts, updates, deletes and tenant moves until `stop`.

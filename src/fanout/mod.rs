@@ -100,6 +100,16 @@ pub enum FanoutError {
     Log(#[from] LogError),
     #[error("no destination named {name:?}; configured: {known}")]
     UnknownDestination { name: String, known: String },
+    #[error("seq {from_seq} is beyond the change log's end (seq {end}): there is nothing to replay\nHINT: `pgfanout status` shows the seqs the log holds")]
+    BeyondLog { from_seq: u64, end: u64 },
+    #[error("destination {destination:?} does not serve tenant {tenant:?} (it serves: {served})\nHINT: replay a tenant the destination's `tenants` lists")]
+    TenantNotServed {
+        destination: String,
+        tenant: String,
+        served: String,
+    },
+    #[error("tenant {tenant:?} is not among the tenants [tenants].query returns\nHINT: check the tenant id (`--tenant` takes the value of the mappings' tenant_key)")]
+    UnknownTenant { tenant: String },
     #[error("destination {destination}")]
     Destination {
         destination: String,

@@ -58,7 +58,33 @@ pub async fn replay(
     let mut reader = tokio::task::spawn_blocking(move || LogReader::open(&dir, from_seq))
         .await
         .map_err(|_| FanoutError::Gone)??;
+    // A seq past the end would replay nothing and report success: say so instead.
+    let end = reader.durable_seq();
+    if from_seq > end {
+        return Err(FanoutError::BeyondLog { from_seq, end });
+    }
+    if let (Some(t), crate::config::Tenants::Some(served)) =
+        (tenant, &cfg.destinations[index].tenants)
+    {
+        if !served.contains(t) {
+            let mut served: Vec<&str> = served.iter().map(String::as_str).collect();
+            served.sort_unstable();
+            return Err(FanoutError::TenantNotServed {
+                destination: destination.to_owned(),
+                tenant: t.to_owned(),
+                served: served.join(", "),
+            });
+        }
+    }
     let setup = Setup::load(cfg).await?;
+    if let Some(t) = tenant {
+        // With `[tenants]`, the registry knows every tenant there is.
+        if cfg.tenants.is_some() && setup.registry.attributes(t).is_none() {
+            return Err(FanoutError::UnknownTenant {
+                tenant: t.to_owned(),
+            });
+        }
+    }
     let plan = &setup.destinations[index];
     let mut router = setup.router(Some(index), tenant);
     let dest_err = |source| FanoutError::Destination {
