@@ -209,7 +209,7 @@ impl LogicalStream {
         };
         let mut preflight = Preflight::connect(cfg, name).await?;
         // A missing publication is reported before a missing slot, as `check` does.
-        slot::ensure_publication(&mut preflight.session, cfg).await?;
+        preflight.ensure_publication(cfg).await?;
         let plan = slot::default_plan(cfg, &slot, preflight.slot.as_ref())?;
         preflight.stream(cfg, plan).await
     }
@@ -222,6 +222,7 @@ pub struct Preflight {
     pub server: ServerIdentity,
     /// The named slot as it is now (`None`: missing, or no slot was named).
     pub slot: Option<SlotRow>,
+    publication_ensured: bool,
 }
 
 impl Preflight {
@@ -250,6 +251,7 @@ impl Preflight {
             session,
             server,
             slot,
+            publication_ensured: false,
         })
     }
 
@@ -267,16 +269,26 @@ impl Preflight {
         Ok(rows.first().and_then(|r| r.get(1)).map(str::to_owned))
     }
 
+    /// Creates the publication, or adds missing tables to it, as configured (once).
+    pub async fn ensure_publication(&mut self, cfg: &SourceConfig) -> Result<(), SourceError> {
+        if !self.publication_ensured {
+            slot::ensure_publication(&mut self.session, cfg).await?;
+            self.publication_ensured = true;
+        }
+        Ok(())
+    }
+
     /// Prepares the slot per `plan` and starts streaming.
     pub async fn stream(
         self,
         cfg: &SourceConfig,
         plan: SlotPlan,
     ) -> Result<LogicalStream, SourceError> {
+        let mut preflight = self;
+        preflight.ensure_publication(cfg).await?;
         let Preflight {
             mut session, slot, ..
-        } = self;
-        slot::ensure_publication(&mut session, cfg).await?;
+        } = preflight;
         let (slot_name, start_lsn) =
             slot::prepare_slot(&mut session, cfg, &plan, slot.as_ref()).await?;
         let types = load_types(&mut session).await?;
