@@ -68,7 +68,8 @@ impl Relation {
             Op::Insert { new } => [Some(new), None],
             Op::Update { old, new } => [Some(new), old.as_ref().map(OldTuple::tuple)],
             Op::Delete { old } => [Some(old.tuple()), None],
-            Op::Truncate { .. } => [None, None],
+            Op::Snapshot { new, .. } => [Some(new), None],
+            Op::Truncate { .. } | Op::SnapshotMark { .. } => [None, None],
         };
         for t in tuples.into_iter().flatten() {
             if t.0.len() != self.columns.len() {
@@ -133,6 +134,65 @@ pub enum Op {
         cascade: bool,
         restart_identity: bool,
     },
+    /// A row as a snapshot chunk read it (DBLog; Debezium's `op = r`): the row's state at this
+    /// position of the stream, for the destinations, tenants and mappings `scope` names
+    /// only. Destinations write it as an upsert.
+    Snapshot {
+        new: Tuple,
+        scope: Arc<SnapshotScope>,
+    },
+    /// A snapshot chunk of this table is complete up to `mark`: what resuming it needs.
+    SnapshotMark {
+        scope: Arc<SnapshotScope>,
+        mark: SnapshotMark,
+    },
+}
+
+/// Which destinations (and tenants, mappings) a snapshot's rows are for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotScope {
+    /// The snapshot's id in the state database.
+    pub snapshot: u64,
+    pub destinations: Vec<String>,
+    /// `None`: every tenant the destinations serve.
+    pub tenants: Option<Vec<String>>,
+    /// The mappings (of this table) the rows are for.
+    pub mappings: Vec<String>,
+}
+
+impl SnapshotScope {
+    pub fn has_destination(&self, name: &str) -> bool {
+        self.destinations.iter().any(|d| d == name)
+    }
+
+    pub fn has_mapping(&self, name: &str) -> bool {
+        self.mappings.iter().any(|m| m == name)
+    }
+
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| x == tenant))
+    }
+}
+
+/// Where a snapshot of one table stands once the change carrying this mark is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotMark {
+    /// The key range of the table (ranges are read in parallel).
+    pub range: u32,
+    /// The chunk's number within its range.
+    pub chunk: u64,
+    /// The last key the chunk covered (the key columns' text), empty when the range is done.
+    pub end_key: Vec<String>,
+    /// Rows the chunk emitted.
+    pub rows: u64,
+    /// Set on the table's last mark: the table is complete, and each destination in scope
+    /// removes its rows of the mapped tables whose version is below this seq (they were
+    /// neither read by the snapshot nor changed since it began: gone from the source).
+    /// 0: nothing to remove (a snapshot of some tenants only).
+    pub sweep_below: u64,
+    pub table_done: bool,
 }
 
 impl Op {
@@ -142,6 +202,8 @@ impl Op {
             Op::Update { .. } => "update",
             Op::Delete { .. } => "delete",
             Op::Truncate { .. } => "truncate",
+            Op::Snapshot { .. } => "snapshot",
+            Op::SnapshotMark { .. } => "snapshot_mark",
         }
     }
 }
@@ -200,7 +262,8 @@ impl SequencedChange {
             Op::Insert { new } => (Some(new), Some(new), None),
             Op::Update { old, new } => (Some(new), Some(new), old.as_ref()),
             Op::Delete { old } => (Some(old.tuple()), None, Some(old)),
-            Op::Truncate { .. } => (None, None, None),
+            Op::Snapshot { new, .. } => (Some(new), Some(new), None),
+            Op::Truncate { .. } | Op::SnapshotMark { .. } => (None, None, None),
         };
         rel.check_op(&c.op)?;
 

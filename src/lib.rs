@@ -32,6 +32,7 @@ pub mod problems;
 pub mod report;
 pub mod sequencer;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod sql;
 pub mod state;

@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     // Stages.
     &["source", "sequencer", "changelog", "state", "transform"],
     &["sink"],
-    &["fanout"],
+    &["fanout", "snapshot"],
     &["pipeline"],
     // The edge: commands (and, compiled into the binary only, the demo).
     &["cmd"],

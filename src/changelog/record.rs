@@ -7,7 +7,8 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::change::{
-    Column, Datum, OldTuple, Op, Relation, ReplicaIdentity, RowChange, SequencedChange, Tuple,
+    Column, Datum, OldTuple, Op, Relation, ReplicaIdentity, RowChange, SequencedChange,
+    SnapshotMark, SnapshotScope, Tuple,
 };
 use crate::lsn::Lsn;
 use crate::value::Timestamp;
@@ -243,7 +244,8 @@ fn tuples_of(op: &Op) -> (Option<&Tuple>, Option<&Tuple>) {
         Op::Insert { new } => (None, Some(new)),
         Op::Update { old, new } => (old.as_ref().map(OldTuple::tuple), Some(new)),
         Op::Delete { old } => (Some(old.tuple()), None),
-        Op::Truncate { .. } => (None, None),
+        Op::Snapshot { new, .. } => (None, Some(new)),
+        Op::Truncate { .. } | Op::SnapshotMark { .. } => (None, None),
     }
 }
 
@@ -355,8 +357,44 @@ fn change_body(c: &SequencedChange, with_tuples: bool) -> proto::Change {
             p.truncate_cascade = *cascade;
             p.truncate_restart_identity = *restart_identity;
         }
+        Op::Snapshot { new, scope } => {
+            p.op = proto::Op::Snapshot as i32;
+            p.new = convert(new);
+            p.scope = Some(scope_to_proto(scope));
+        }
+        Op::SnapshotMark { scope, mark } => {
+            p.op = proto::Op::SnapshotMark as i32;
+            p.scope = Some(scope_to_proto(scope));
+            p.mark = Some(proto::SnapshotMark {
+                range: mark.range,
+                chunk: mark.chunk,
+                end_key: mark.end_key.clone(),
+                rows: mark.rows,
+                sweep_below: mark.sweep_below,
+                table_done: mark.table_done,
+            });
+        }
     }
     p
+}
+
+fn scope_to_proto(s: &SnapshotScope) -> proto::SnapshotScope {
+    proto::SnapshotScope {
+        snapshot: s.snapshot,
+        destinations: s.destinations.clone(),
+        some_tenants: s.tenants.is_some(),
+        tenants: s.tenants.clone().unwrap_or_default(),
+        mappings: s.mappings.clone(),
+    }
+}
+
+fn scope_from_proto(p: proto::SnapshotScope) -> SnapshotScope {
+    SnapshotScope {
+        snapshot: p.snapshot,
+        destinations: p.destinations,
+        tenants: p.some_tenants.then_some(p.tenants),
+        mappings: p.mappings,
+    }
 }
 
 pub fn commit_to_proto(c: &CommitInfo) -> proto::Record {
@@ -426,6 +464,8 @@ pub fn encode_record(record: &proto::Record, out: &mut Vec<u8>) {
 pub struct RecordDecoder {
     last_relation: Option<Arc<Relation>>,
     described: bool,
+    /// Shared by the rows of one snapshot chunk, like the relation.
+    last_scope: Option<Arc<SnapshotScope>>,
 }
 
 impl RecordDecoder {
@@ -491,6 +531,18 @@ impl RecordDecoder {
         Ok(rel)
     }
 
+    fn scope(&mut self, p: proto::SnapshotScope) -> Arc<SnapshotScope> {
+        let scope = scope_from_proto(p);
+        match &self.last_scope {
+            Some(last) if **last == scope => last.clone(),
+            _ => {
+                let scope = Arc::new(scope);
+                self.last_scope = Some(scope.clone());
+                scope
+            }
+        }
+    }
+
     fn change(&mut self, c: proto::Change) -> Result<SequencedChange, RecordError> {
         let seq = c.seq;
         let missing = |field| RecordError::Missing { seq, field };
@@ -541,6 +593,29 @@ impl RecordDecoder {
                 cascade: c.truncate_cascade,
                 restart_identity: c.truncate_restart_identity,
             },
+            Ok(proto::Op::Snapshot) => {
+                if old.is_some() {
+                    return Err(RecordError::UnexpectedOld { seq });
+                }
+                Op::Snapshot {
+                    new: tuple(seq, c.new.ok_or_else(|| missing("new tuple"))?)?,
+                    scope: self.scope(c.scope.ok_or_else(|| missing("snapshot scope"))?),
+                }
+            }
+            Ok(proto::Op::SnapshotMark) => {
+                let m = c.mark.ok_or_else(|| missing("snapshot mark"))?;
+                Op::SnapshotMark {
+                    scope: self.scope(c.scope.ok_or_else(|| missing("snapshot scope"))?),
+                    mark: SnapshotMark {
+                        range: m.range,
+                        chunk: m.chunk,
+                        end_key: m.end_key,
+                        rows: m.rows,
+                        sweep_below: m.sweep_below,
+                        table_done: m.table_done,
+                    },
+                }
+            }
             Ok(proto::Op::Unspecified) | Err(_) => {
                 return Err(RecordError::InvalidEnum {
                     seq,

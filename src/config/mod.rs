@@ -44,12 +44,53 @@ pub const DEFAULT_CLICKHOUSE_BATCH_ROWS: usize = 100_000;
 pub const DEFAULT_CLICKHOUSE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "default";
 
+/// Chunks read at once by snapshots, across tables and key ranges: each holds an SQL
+/// connection to the source.
+pub const DEFAULT_SNAPSHOT_PARALLELISM: usize = 4;
+/// A snapshot chunk holds at most this many rows…
+pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 10_000;
+/// …and about this many bytes of values (the row that passes it ends the chunk).
+pub const DEFAULT_SNAPSHOT_CHUNK_MB: u64 = 16;
+
+/// `[snapshot]`: copying the rows that exist into the destinations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    pub mode: SnapshotMode,
+    /// Resync a destination held `needs resync` without being asked.
+    pub auto_resync: bool,
+    pub parallelism: usize,
+    pub chunk_rows: usize,
+    pub chunk_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Copy every mapped table into every destination on first start, and whatever a
+    /// destination is given later (a tenant, a mapping, the destination itself).
+    Initial,
+    /// Only what `pgfanout resync` (or `auto_resync`) asks for.
+    Never,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            mode: SnapshotMode::Initial,
+            auto_resync: true,
+            parallelism: DEFAULT_SNAPSHOT_PARALLELISM,
+            chunk_rows: DEFAULT_SNAPSHOT_CHUNK_ROWS,
+            chunk_bytes: (DEFAULT_SNAPSHOT_CHUNK_MB * 1024 * 1024) as usize,
+        }
+    }
+}
+
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: SourceConfig,
     pub log: LogConfig,
     pub state: StateConfig,
+    pub snapshot: SnapshotConfig,
     /// `[tenants]`: where tenant attributes (`tenant.x` in expressions) come from.
     pub tenants: Option<TenantsConfig>,
     /// `[[mappings]]`, in file order; [`DestinationConfig::mappings`] indexes into it.

@@ -17,6 +17,8 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) state: RawState,
+    #[serde(default)]
+    pub(super) snapshot: RawSnapshot,
     pub(super) tenants: Option<RawTenants>,
     #[serde(default)]
     pub(super) mappings: Vec<RawMapping>,
@@ -107,6 +109,16 @@ pub(super) struct RawLog {
     /// A duration, or "forever".
     pub(super) retention_age: Option<String>,
     pub(super) retention_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSnapshot {
+    pub(super) mode: Option<String>,
+    pub(super) auto_resync: Option<bool>,
+    pub(super) parallelism: Option<u64>,
+    pub(super) chunk_rows: Option<u64>,
+    pub(super) chunk_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -7,15 +7,16 @@ use crate::pgconn::{ConnInfo, Secret};
 use crate::sql::QualifiedName;
 use crate::target::{ColumnType, DEFAULT_VERSION_COLUMN};
 
-use super::raw::{child, RawConfig, RawDestination, RawMapping, RawTenants};
+use super::raw::{child, RawConfig, RawDestination, RawMapping, RawSnapshot, RawTenants};
 use super::{
     ClickHouseStore, Config, DestinationConfig, DestinationKind, LogConfig, MappedColumns,
-    MappingConfig, PostgresStore, Problem, SourceConfig, StageRules, StateConfig, StoreConfig,
-    StoreSettings, Tenants, TenantsConfig, DEFAULT_BATCH_ROWS, DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE, DEFAULT_CLICKHOUSE_FLUSH_INTERVAL,
-    DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL, DEFAULT_LOG_DIR, DEFAULT_MANAGE,
-    DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE, DEFAULT_SEGMENT_MB, DEFAULT_SLOT,
-    DEFAULT_STATE_SCHEMA, DEFAULT_STATUS_INTERVAL, DEFAULT_SYNC_INTERVAL,
+    MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode, SourceConfig, StageRules,
+    StateConfig, StoreConfig, StoreSettings, Tenants, TenantsConfig, DEFAULT_BATCH_ROWS,
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE,
+    DEFAULT_CLICKHOUSE_FLUSH_INTERVAL, DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_LOG_DIR, DEFAULT_MANAGE, DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE,
+    DEFAULT_SEGMENT_MB, DEFAULT_SLOT, DEFAULT_SNAPSHOT_CHUNK_MB, DEFAULT_STATE_SCHEMA,
+    DEFAULT_STATUS_INTERVAL, DEFAULT_SYNC_INTERVAL,
 };
 
 impl RawConfig {
@@ -110,6 +111,8 @@ impl RawConfig {
             retention_bytes: l.retention_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         };
 
+        let snapshot = validate_snapshot(&mut problem, self.snapshot);
+
         let st = self.state;
         let state_conn = match &st.url {
             None => conn.clone().map(|c| c.labelled("state")),
@@ -181,6 +184,7 @@ impl RawConfig {
                         schema,
                         checkpoint_interval,
                     },
+                    snapshot,
                     tenants,
                     mappings,
                     destinations,
@@ -188,6 +192,49 @@ impl RawConfig {
             }
             _ => Err(problems),
         }
+    }
+}
+
+fn validate_snapshot(problem: &mut dyn FnMut(&str, String), raw: RawSnapshot) -> SnapshotConfig {
+    let d = SnapshotConfig::default();
+    let mode = match raw.mode.as_deref() {
+        None | Some("initial") => SnapshotMode::Initial,
+        Some("never") => SnapshotMode::Never,
+        Some(other) => {
+            problem(
+                "snapshot.mode",
+                format!("unknown mode {other:?}; use \"initial\" (copy what exists on first start and whatever a destination is given later) or \"never\""),
+            );
+            SnapshotMode::Initial
+        }
+    };
+    let mut positive = |key: &str, v: Option<u64>, default: usize, max: u64| match v {
+        None => default,
+        Some(n) if n >= 1 && n <= max => n as usize,
+        Some(_) => {
+            problem(key, format!("must be between 1 and {max}"));
+            default
+        }
+    };
+    let parallelism = positive("snapshot.parallelism", raw.parallelism, d.parallelism, 64);
+    let chunk_rows = positive(
+        "snapshot.chunk_rows",
+        raw.chunk_rows,
+        d.chunk_rows,
+        1_000_000,
+    );
+    let chunk_mb = positive(
+        "snapshot.chunk_mb",
+        raw.chunk_mb,
+        DEFAULT_SNAPSHOT_CHUNK_MB as usize,
+        1024,
+    );
+    SnapshotConfig {
+        mode,
+        auto_resync: raw.auto_resync.unwrap_or(d.auto_resync),
+        parallelism,
+        chunk_rows,
+        chunk_bytes: chunk_mb * 1024 * 1024,
     }
 }
 

@@ -48,7 +48,9 @@
 // keys (tenant ids, oids, mapping indexes) come from the source, not from an attacker.
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::change::{Datum, OldTuple, Op, Relation, RowChange, SequencedChange, Tuple};
+use crate::change::{
+    Datum, OldTuple, Op, Relation, RowChange, SequencedChange, SnapshotScope, Tuple,
+};
 use crate::config::Tenants;
 use crate::problems::Problems;
 use crate::sink::{Batch, Cell, RowOp};
@@ -62,6 +64,7 @@ pub struct DestinationId(pub usize);
 /// One destination as routing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
+    pub name: String,
     pub tenants: Tenants,
     /// Mapping ids ([`MappingSpec::id`]) this destination receives. The destination's target
     /// tables are these mappings' targets in this order: a mapping's position here is the
@@ -77,6 +80,7 @@ pub struct DestinationSet {
     all: Vec<DestinationId>,
     /// Per destination, its mapping ids in table order.
     mappings: Vec<Vec<usize>>,
+    names: Vec<String>,
     /// Per mapping id, the destinations having it and the table index there.
     by_mapping: HashMap<usize, Vec<(DestinationId, usize)>>,
 }
@@ -101,8 +105,18 @@ impl DestinationSet {
                 set.by_mapping.entry(m).or_default().push((id, table));
             }
             set.mappings.push(d.mappings);
+            set.names.push(d.name);
         }
         set
+    }
+
+    pub fn name(&self, d: DestinationId) -> Option<&str> {
+        self.names.get(d.0).map(String::as_str)
+    }
+
+    /// Whether a snapshot of `scope` is for destination `d`.
+    pub fn in_scope(&self, d: DestinationId, scope: &SnapshotScope) -> bool {
+        self.name(d).is_some_and(|n| scope.has_destination(n))
     }
 
     /// The destinations serving `tenant`: its own, then the `*` ones.
@@ -200,7 +214,7 @@ impl TenantRegistry {
         let rel = &*change.relation;
         let op = change.op.name();
         match &change.op {
-            Op::Insert { new } | Op::Update { new, .. } => {
+            Op::Insert { new } | Op::Update { new, .. } | Op::Snapshot { new, .. } => {
                 let id = tenant_text(rel, new, key, op)?;
                 let mut previous = None;
                 if let Op::Update { old: Some(old), .. } = &change.op {
@@ -232,6 +246,7 @@ impl TenantRegistry {
                 self.tenants.remove(id);
             }
             Op::Truncate { .. } => self.tenants.clear(),
+            Op::SnapshotMark { .. } => {}
         }
         Ok(())
     }
@@ -242,6 +257,8 @@ impl TenantRegistry {
 pub struct MappingSpec<'a> {
     /// The mapping's id, as listed in [`Destination::mappings`].
     pub id: usize,
+    /// The mapping's name (snapshot scopes name mappings).
+    pub name: &'a str,
     /// The source column holding the tenant id.
     pub tenant_key: &'a str,
     /// Target column = expression, in target column order.
@@ -255,6 +272,7 @@ pub struct MappingSpec<'a> {
 #[derive(Debug, Clone)]
 pub struct MappingRoute {
     pub id: usize,
+    pub name: String,
     pub schema: String,
     pub table: String,
     pub tenant_key: String,
@@ -361,6 +379,7 @@ impl MappingRoute {
             CompiledMapping::compile(relation, type_of, tenant_attrs, &key_columns, None)?;
         Ok(MappingRoute {
             id: spec.id,
+            name: spec.name.to_owned(),
             schema: relation.schema.clone(),
             table: relation.name.clone(),
             tenant_key: spec.tenant_key.to_owned(),
@@ -385,13 +404,19 @@ pub enum Planned {
     Truncate {
         seq: u64,
     },
+    /// A snapshot of the source table is complete: remove the destination's rows whose
+    /// version is below `below` (neither read by the snapshot nor changed since it began).
+    Sweep {
+        seq: u64,
+        below: u64,
+    },
 }
 
 impl Planned {
     pub fn seq(&self) -> u64 {
         match self {
             Planned::Row(op) => op.seq(),
-            Planned::Truncate { seq } => *seq,
+            Planned::Truncate { seq } | Planned::Sweep { seq, .. } => *seq,
         }
     }
 
@@ -401,6 +426,10 @@ impl Planned {
             Planned::Row(op) => batch.ops.push((table, op)),
             Planned::Truncate { seq } => {
                 batch.truncate(table, seq);
+            }
+            // A truncate removes exactly the rows below its seq: the sweep's threshold.
+            Planned::Sweep { below, .. } => {
+                batch.truncate(table, below);
             }
         }
     }
@@ -545,6 +574,29 @@ pub fn plan(
         );
         return Ok(());
     }
+    match &change.change.op {
+        Op::SnapshotMark { scope, mark } => {
+            if mark.sweep_below > 0 && scope.has_mapping(&route.name) {
+                out.extend(
+                    destinations
+                        .with_mapping(route.id)
+                        .iter()
+                        .filter(|(d, _)| destinations.in_scope(*d, scope))
+                        .map(|&(destination, table)| Routed {
+                            destination,
+                            table,
+                            op: Planned::Sweep {
+                                seq,
+                                below: mark.sweep_below,
+                            },
+                        }),
+                );
+            }
+            return Ok(());
+        }
+        Op::Snapshot { scope, .. } if !scope.has_mapping(&route.name) => return Ok(()),
+        _ => {}
+    }
     let tk = route.tenant_key_index;
     if rel.columns.get(tk).map(|c| c.name.as_str()) != Some(route.tenant_key.as_str()) {
         return Err(RouteError::RelationChanged {
@@ -572,6 +624,30 @@ pub fn plan(
             }
         }
         Op::Update { old, new } => cx.update(old.as_ref(), new, out)?,
+        Op::Snapshot { new, scope } => {
+            let tenant = tenant_text(rel, new, tk, op)?;
+            if !scope.has_tenant(tenant)
+                || !destinations
+                    .serving(route.id, tenant)
+                    .any(|(d, _)| destinations.in_scope(d, scope))
+            {
+                return Ok(());
+            }
+            if let Some(cells) = cx.upsert_cells(new, tenant)? {
+                for (destination, table) in destinations.serving(route.id, tenant) {
+                    if destinations.in_scope(destination, scope) {
+                        out.push(Routed {
+                            destination,
+                            table,
+                            op: Planned::Row(RowOp::Upsert {
+                                seq,
+                                cells: cells.clone(),
+                            }),
+                        });
+                    }
+                }
+            }
+        }
         Op::Delete { old } => {
             let tenant = tenant_text(rel, old.tuple(), tk, op)?;
             if destinations.serving(route.id, tenant).next().is_none() {
@@ -589,7 +665,7 @@ pub fn plan(
             let key = cx.key_cells(old.tuple(), tenant)?;
             cx.emit(tenant, None, RowOp::Delete { seq, key }, out);
         }
-        Op::Truncate { .. } => {}
+        Op::Truncate { .. } | Op::SnapshotMark { .. } => {}
     }
     Ok(())
 }
@@ -844,6 +920,7 @@ mod tests {
         let filter = parse_filter("is_anonymous = false").unwrap();
         let key = ["user_id".to_owned()];
         let spec = MappingSpec {
+            name: "m",
             id: MAPPING,
             tenant_key: "tenancy_id",
             columns: &columns,
@@ -868,18 +945,22 @@ mod tests {
     fn destinations() -> DestinationSet {
         DestinationSet::new(vec![
             Destination {
+                name: String::new(),
                 tenants: tenants(&[A]),
                 mappings: vec![MAPPING],
             },
             Destination {
+                name: String::new(),
                 tenants: tenants(&[B]),
                 mappings: vec![MAPPING],
             },
             Destination {
+                name: String::new(),
                 tenants: Tenants::All,
                 mappings: vec![5, MAPPING],
             },
             Destination {
+                name: String::new(),
                 tenants: tenants(&[A]),
                 mappings: vec![7],
             },
@@ -986,6 +1067,7 @@ mod tests {
     #[test]
     fn unserved_tenant_and_other_tables_produce_nothing() {
         let only_own = DestinationSet::new(vec![Destination {
+            name: String::new(),
             tenants: tenants(&[A]),
             mappings: vec![MAPPING],
         }]);
@@ -1299,6 +1381,7 @@ mod tests {
         let columns = vec![("name".to_owned(), parse_expr("display_name").unwrap())];
         let key = ["name".to_owned(), "missing".to_owned()];
         let spec = MappingSpec {
+            name: "m",
             id: 0,
             tenant_key: "display_name",
             columns: &columns,

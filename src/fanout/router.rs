@@ -92,6 +92,7 @@ impl Routing {
             .collect();
         let spec = MappingSpec {
             id: m,
+            name: &mapping.name,
             tenant_key: &mapping.tenant_key,
             columns: &self.expressions[m].columns,
             filter: self.expressions[m].filter.as_ref(),

@@ -161,6 +161,7 @@ impl Setup {
             .map(|(i, d)| {
                 if which.is_some_and(|w| w != i) {
                     return Destination {
+                        name: d.config.name.clone(),
                         tenants: Tenants::Some(Default::default()),
                         mappings: Vec::new(),
                     };
@@ -173,6 +174,7 @@ impl Setup {
                     }
                 };
                 Destination {
+                    name: d.config.name.clone(),
                     tenants,
                     mappings: d.config.mappings.clone(),
                 }

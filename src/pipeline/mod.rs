@@ -36,6 +36,7 @@ use crate::fanout::{Fanout, FanoutError, Setup};
 use crate::lsn::Lsn;
 use crate::report::Chain;
 use crate::sequencer::Sequencer;
+use crate::snapshot::{self, Coordinator, Exchange, InTxn, Intake};
 use crate::source::{LogicalStream, Preflight, SlotPlan, SourceError, SourceEvent};
 use crate::state::{Binding, Checkpoint, Hold, HoldKind, StateDb, StateError};
 use recovery::{Observed, RecoveryError, Resume};
@@ -330,6 +331,33 @@ async fn run_once(
         }
         None => None,
     };
+    // Snapshots run beside the stream when there are destinations to fill.
+    let mut intake = None;
+    let _snapshots = if fanout.is_some() {
+        let exchange = Exchange::default();
+        intake = Some(Intake::new(exchange.clone()));
+        let (seq_tx, seq_rx) = watch::channel(resume.last_seq);
+        let mut durable_seen = durable_rx.clone();
+        let coordinator = Coordinator {
+            cfg: Arc::new(cfg.clone()),
+            store: state.snapshots().clone(),
+            holds: state.holds().clone(),
+            exchange,
+            durable: seq_rx,
+            fresh: created && resume.last_seq == 0 && !recreate,
+        };
+        Some((
+            AbortOnDrop(tokio::spawn(async move {
+                while durable_seen.changed().await.is_ok() {
+                    let seq = durable_seen.borrow().last_seq;
+                    seq_tx.send_replace(seq);
+                }
+            })),
+            AbortOnDrop(tokio::spawn(coordinator.run())),
+        ))
+    } else {
+        None
+    };
     stream.confirm_from(lsn_rx);
     let _heartbeat = cfg
         .source
@@ -358,7 +386,7 @@ async fn run_once(
                 _ = fanout_failed => {}
             }
         };
-        stream_into_log(&ctx, &mut stream, stop).await
+        stream_into_log(&ctx, &mut stream, intake.as_mut(), stop).await
     };
 
     // Shut down in order: make everything appended durable, confirm it, checkpoint it.
@@ -409,6 +437,7 @@ struct StreamCtx<'a> {
 async fn stream_into_log(
     ctx: &StreamCtx<'_>,
     stream: &mut LogicalStream,
+    mut intake: Option<&mut Intake>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let StreamCtx {
@@ -425,6 +454,11 @@ async fn stream_into_log(
     let mut skipping = false;
     let mut in_txn = false;
     let mut txn_changes = 0u64;
+    let mut txn = InTxn {
+        lsn: Lsn(0),
+        xid: 0,
+        commit_time: crate::value::Timestamp::from_pg_epoch_micros(0),
+    };
     let mut checkpoint_timer = tokio::time::interval(cfg.state.checkpoint_interval);
     checkpoint_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = *durable.borrow();
@@ -453,7 +487,16 @@ async fn stream_into_log(
             event = stream.next() => event?,
         };
         match event {
-            SourceEvent::Begin { final_lsn, xid, .. } => {
+            SourceEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time,
+            } => {
+                txn = InTxn {
+                    lsn: final_lsn,
+                    xid,
+                    commit_time,
+                };
                 skipping = final_lsn < resume.logged_end;
                 if skipping {
                     debug!(xid, lsn = %final_lsn, "skipping a transaction the change log already holds");
@@ -465,11 +508,35 @@ async fn stream_into_log(
                 if skipping || Some(change.relation.schema.as_str()) == state_schema {
                     continue;
                 }
+                if let Some(i) = intake.as_deref_mut() {
+                    i.observe(&change);
+                }
                 txn_changes += 1;
                 batch.push(sequencer.assign(change));
                 if batch.len() >= WRITER_BATCH {
                     send(to_writer, ToWriter::Changes(std::mem::take(&mut batch))).await?;
                 }
+            }
+            SourceEvent::Message {
+                transactional: true,
+                lsn,
+                prefix,
+                content,
+            } if prefix == snapshot::read::PREFIX && !skipping => {
+                let Some(i) = intake.as_deref_mut() else {
+                    continue;
+                };
+                let Some(mut emission) = i.message(&content, InTxn { lsn, ..txn }) else {
+                    continue;
+                };
+                for change in std::mem::take(&mut emission.changes) {
+                    txn_changes += 1;
+                    batch.push(sequencer.assign(change));
+                    if batch.len() >= WRITER_BATCH {
+                        send(to_writer, ToWriter::Changes(std::mem::take(&mut batch))).await?;
+                    }
+                }
+                emission.numbered(sequencer.last());
             }
             SourceEvent::Commit {
                 xid,
@@ -478,6 +545,9 @@ async fn stream_into_log(
                 commit_time,
             } => {
                 in_txn = false;
+                if let Some(i) = intake.as_deref_mut() {
+                    i.committed(xid);
+                }
                 if skipping {
                     continue;
                 }

@@ -84,7 +84,7 @@ impl CatalogError {
     }
 }
 
-fn query_error(
+pub(crate) fn query_error(
     action: &'static str,
     object: impl Into<String>,
     e: tokio_postgres::Error,
@@ -238,7 +238,8 @@ pub async fn types(client: &Client) -> Result<TypeRegistry, CatalogError> {
 /// The output settings the replication session starts with (`Session::startup`), so the text
 /// of a value read here is the text pgoutput sends for it, whatever the database's or role's
 /// defaults for the catalog connection are.
-const OUTPUT_SETTINGS: &str = "SET LOCAL DateStyle = 'ISO'; SET LOCAL IntervalStyle = 'postgres'; \
+pub(crate) const OUTPUT_SETTINGS: &str =
+    "SET LOCAL DateStyle = 'ISO'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3;";
 
 /// The tenant registry as `[tenants].query` returns it now.

@@ -171,6 +171,30 @@ impl HoldStore {
         Ok(n > 0)
     }
 
+    /// Clears the `needs resync` of `name` (a resync completed), keeping a failure: a failed
+    /// destination forgets only the resync it also needed. Whether there was one.
+    pub async fn clear_resync(&self, name: &str) -> Result<bool, StateError> {
+        let t = &self.table;
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "WITH d AS (DELETE FROM {t} WHERE name = $1 AND hold = 'needs resync' RETURNING 1), \
+                          u AS (UPDATE {t} SET resync_reason = NULL \
+                                WHERE name = $1 AND hold = 'failed' \
+                                  AND resync_reason IS NOT NULL RETURNING 1) \
+                     SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM u)"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(self.err(format!("clearing the resync of destination {name:?}")))?;
+        let n: i64 = row
+            .try_get(0)
+            .map_err(self.err(format!("clearing the resync of destination {name:?}")))?;
+        Ok(n > 0)
+    }
+
     /// Clears a `failed` hold of `name` (a restart retrying it) but not a resync: a failed
     /// destination that also needs one becomes `needs resync`. Whether it was failed.
     pub async fn clear_failed(&self, name: &str) -> Result<bool, StateError> {

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_checkpoint_binding.sql",
         sql: include_str!("../../migrations/0004_checkpoint_binding.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_snapshots.sql",
+        sql: include_str!("../../migrations/0005_snapshots.sql"),
+    },
 ];
 
 /// What a [`migrate`] run did.

@@ -28,6 +28,7 @@ mod checkpoint;
 mod destinations;
 mod holds;
 mod migrations;
+mod snapshots;
 
 use std::sync::Arc;
 
@@ -39,6 +40,9 @@ pub use checkpoint::{Binding, Checkpoint, CheckpointStore};
 pub use destinations::{DestinationReport, DestinationStore};
 pub use holds::{Hold, HoldKind, HoldStore, StoredHold};
 pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
+pub use snapshots::{
+    Coverage, NewSnapshot, RangeProgress, SnapshotRow, SnapshotState, SnapshotStore, TableProgress,
+};
 
 /// The schema pgfanout keeps its state in unless configured otherwise.
 pub const DEFAULT_SCHEMA: &str = "pgfanout";
@@ -52,6 +56,7 @@ pub struct StateDb {
     checkpoints: CheckpointStore,
     destinations: DestinationStore,
     holds: HoldStore,
+    snapshots: SnapshotStore,
 }
 
 impl StateDb {
@@ -69,7 +74,8 @@ impl StateDb {
             report,
             checkpoints: CheckpointStore::new(client.clone(), schema),
             destinations: DestinationStore::new(client.clone(), schema),
-            holds: HoldStore::new(client, schema),
+            holds: HoldStore::new(client.clone(), schema),
+            snapshots: SnapshotStore::new(client, schema),
         })
     }
 
@@ -90,6 +96,11 @@ impl StateDb {
     /// Destinations held back: `failed` until resumed, `needs resync` until resynced.
     pub fn holds(&self) -> &HoldStore {
         &self.holds
+    }
+
+    /// Snapshot requests and their progress, and what each destination was given.
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
     }
 
     /// The slot checkpoints (clone it to hand it to another task).

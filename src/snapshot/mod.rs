@@ -1,0 +1,860 @@
+//! Snapshots: the rows that already exist, copied into destinations while the stream flows.
+//!
+//! ```text
+//!   coordinator (requests in the state DB) ──▶ range workers (≤ parallelism, own SQL connection each)
+//!        per chunk:  L watermark ─▶ read chunk (keyset, REPEATABLE READ) ─▶ rows to the Exchange ─▶ H watermark
+//!                                                                              │
+//!   stream ──▶ Intake: L opens a window, changes of the table fill it, H ─▶ Merger: drop changed keys
+//!                  ─▶ the rest as `Op::Snapshot` changes + an `Op::SnapshotMark`, in the H transaction
+//!                  ─▶ sequencer ─▶ change log ─▶ fan-out (only to the scope's destinations)
+//!   worker: outcome ─▶ waits until the log made it durable ─▶ saves the range's position
+//! ```
+//!
+//! The algorithm is Netflix's DBLog (also Debezium's incremental snapshots); `window.rs` says
+//! why it is consistent and how a commit the chunk could not see is caught. What this shape
+//! buys: snapshot rows are change-log records numbered by the one sequencer at the high
+//! watermark, so delivery, the `_seq` guard, watermarks, `replay`, `status` and lag work for
+//! them unchanged, and a destination applies them in order with the stream's own changes.
+//!
+//! - **Scope.** Rows carry the destinations, tenants and mappings they are for; routing
+//!   gives them to no one else.
+//! - **Resumable.** A range's position is saved once its chunk is durable in the log; after a
+//!   crash the range continues from there (at most the chunks in flight are read again, and a
+//!   chunk read twice is harmless: its second copy is the rows' state at a later position).
+//! - **Deletes.** A table's last mark carries `sweep_below`: a destination removes its rows
+//!   whose version is not above the snapshot's start (neither read nor changed since, so gone
+//!   from the source). Only for snapshots of whole destinations or mappings: a snapshot of
+//!   some tenants cannot tell other tenants' rows apart, so it removes nothing.
+//! - **Where requests come from.** `[snapshot] mode = "initial"`: every destination on first
+//!   start, and what a destination is given later (coverage, kept in the state DB);
+//!   `pgfanout resync`; `auto_resync`: a destination held `needs resync` (the hold clears
+//!   once done).
+
+pub mod read;
+pub mod window;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::change::{Op, Relation, RowChange, SnapshotMark, SnapshotScope};
+use crate::config::{Config, SnapshotMode, Tenants};
+use crate::disposition::{Backoff, Classify, ErrorKind};
+use crate::lsn::Lsn;
+use crate::pgconn::SqlConnectError;
+use crate::report::Chain;
+use crate::source::catalog::{self, CatalogError};
+use crate::sql::QualifiedName;
+use crate::state::{
+    Coverage, HoldKind, HoldStore, NewSnapshot, RangeProgress, SnapshotRow, SnapshotState,
+    SnapshotStore, StateError, TableProgress,
+};
+use crate::value::Timestamp;
+use read::{Chunk, TableKey, Watermark};
+use window::{ChunkTable, Merger, Retry};
+
+/// How often the coordinator looks for new requests and `needs resync` holds.
+const POLL: Duration = Duration::from_secs(1);
+/// A chunk read again this many times in a row stops its snapshot (something keeps changing
+/// under it that the stream cannot account for).
+const MAX_RETRIES: u32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("could not connect to the source for a snapshot")]
+    Connect(#[source] SqlConnectError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("table {table} does not exist\nHINT: fix the mapping's source or create the table")]
+    NoTable { table: String },
+    #[error("table {table} has no primary key and no replica identity index: a snapshot cannot read it in chunks\nHINT: add a primary key, or ALTER TABLE {table} REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>")]
+    NoKey { table: String },
+    #[error("the snapshot names destination {name:?}, which is not configured")]
+    UnknownDestination { name: String },
+    #[error("the snapshot names mapping {name:?}, which none of its destinations has")]
+    UnknownMapping { name: String },
+    #[error("a chunk of {table} was read {MAX_RETRIES} times and every time changed under it")]
+    Unsettled { table: String },
+    #[error("the stream stopped")]
+    Stopped,
+}
+
+impl Classify for SnapshotError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SnapshotError::Connect(e) => e.kind(),
+            SnapshotError::Catalog(e) => e.kind(),
+            SnapshotError::State(e) => e.kind(),
+            SnapshotError::Stopped => ErrorKind::Transient,
+            _ => ErrorKind::Definite,
+        }
+    }
+}
+
+/// What became of a chunk or table mark the stream reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Numbered: durable once the log's durable seq reaches `last_seq`.
+    Emitted {
+        last_seq: u64,
+        rows: u64,
+    },
+    Retry(Retry),
+}
+
+struct PendingChunk {
+    table: Arc<ChunkTable>,
+    scope: Arc<SnapshotScope>,
+    mark: SnapshotMark,
+    read: Option<(Arc<Relation>, Chunk)>,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+struct PendingDone {
+    relation: Arc<Relation>,
+    scope: Arc<SnapshotScope>,
+    mark: SnapshotMark,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Chunks between their watermarks: filled by the range workers, taken by the stream.
+#[derive(Clone, Default)]
+pub struct Exchange(Arc<Mutex<ExchangeInner>>);
+
+#[derive(Default)]
+struct ExchangeInner {
+    chunks: HashMap<u64, PendingChunk>,
+    done: HashMap<u64, PendingDone>,
+}
+
+impl Exchange {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExchangeInner> {
+        // A panic while holding it cannot leave the maps half-updated (single inserts and
+        // removals), so a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Ids of chunks and table marks: random start, so a watermark a previous process wrote
+/// (resent after a restart) never matches a chunk of this one.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        rand::random::<u64>() >> 2 | 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The stream's side: watches changes for open windows and turns watermarks into changes.
+pub struct Intake {
+    exchange: Exchange,
+    merger: Merger,
+}
+
+/// Changes a watermark adds to its transaction; report their last seq with
+/// [`Emission::numbered`] once the sequencer numbered them.
+pub struct Emission {
+    pub changes: Vec<RowChange>,
+    rows: u64,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+impl Emission {
+    pub fn numbered(self, last_seq: u64) {
+        if let Some(r) = self.reply {
+            let _ = r.send(Outcome::Emitted {
+                last_seq,
+                rows: self.rows,
+            });
+        }
+    }
+}
+
+/// The transaction a watermark arrived in.
+#[derive(Debug, Clone, Copy)]
+pub struct InTxn {
+    pub lsn: Lsn,
+    pub xid: u32,
+    pub commit_time: Timestamp,
+}
+
+impl Intake {
+    pub fn new(exchange: Exchange) -> Self {
+        Intake {
+            exchange,
+            merger: Merger::default(),
+        }
+    }
+
+    pub fn observe(&mut self, change: &RowChange) {
+        self.merger.observe(change);
+    }
+
+    pub fn committed(&mut self, xid: u32) {
+        self.merger.committed(xid);
+    }
+
+    /// A message with [`read::PREFIX`] in a transaction the log does not hold yet.
+    pub fn message(&mut self, content: &[u8], at: InTxn) -> Option<Emission> {
+        let mut x = self.exchange.lock();
+        // Windows of chunks whose reader gave up (an error after the low watermark).
+        self.merger.retain(|id| x.chunks.contains_key(&id));
+        match Watermark::parse(content)? {
+            Watermark::Low { chunk, snapshot } => {
+                if let Some(p) = x.chunks.get(&chunk) {
+                    self.merger.low(chunk, p.table.clone(), &snapshot);
+                }
+                None
+            }
+            Watermark::High { chunk } => {
+                let Some(mut p) = x.chunks.remove(&chunk) else {
+                    self.merger.close(chunk);
+                    return None;
+                };
+                let reply = p.reply.take();
+                let Some((relation, read)) = p.read.take() else {
+                    self.merger.close(chunk);
+                    if let Some(r) = reply {
+                        let _ = r.send(Outcome::Retry(Retry::NoWindow));
+                    }
+                    return None;
+                };
+                match self
+                    .merger
+                    .high(chunk, &relation, read.rows, &read.snapshot)
+                {
+                    Err(retry) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Outcome::Retry(retry));
+                        }
+                        None
+                    }
+                    Ok((rows, dropped)) => {
+                        let n = rows.len() as u64;
+                        debug!(table = %relation.name, rows = n, dropped, "snapshot chunk emitted");
+                        let change = |op| RowChange {
+                            lsn: at.lsn,
+                            xid: at.xid,
+                            commit_time: at.commit_time,
+                            relation: relation.clone(),
+                            op,
+                        };
+                        let mut changes: Vec<RowChange> = rows
+                            .into_iter()
+                            .map(|new| {
+                                change(Op::Snapshot {
+                                    new,
+                                    scope: p.scope.clone(),
+                                })
+                            })
+                            .collect();
+                        p.mark.rows = n;
+                        changes.push(change(Op::SnapshotMark {
+                            scope: p.scope,
+                            mark: p.mark,
+                        }));
+                        Some(Emission {
+                            changes,
+                            rows: n,
+                            reply,
+                        })
+                    }
+                }
+            }
+            Watermark::Done { token } => {
+                let d = x.done.remove(&token)?;
+                Some(Emission {
+                    changes: vec![RowChange {
+                        lsn: at.lsn,
+                        xid: at.xid,
+                        commit_time: at.commit_time,
+                        relation: d.relation,
+                        op: Op::SnapshotMark {
+                            scope: d.scope,
+                            mark: d.mark,
+                        },
+                    }],
+                    rows: 0,
+                    reply: Some(d.reply),
+                })
+            }
+        }
+    }
+}
+
+/// Everything the coordinator works with.
+pub struct Coordinator {
+    pub cfg: Arc<Config>,
+    pub store: SnapshotStore,
+    pub holds: HoldStore,
+    pub exchange: Exchange,
+    /// The last seq the change log made durable.
+    pub durable: watch::Receiver<u64>,
+    /// The log was started by this run (nothing streamed before): an initial snapshot is due.
+    pub fresh: bool,
+}
+
+impl Coordinator {
+    /// Runs until dropped (the pipeline aborts it at shutdown; progress is in the state DB).
+    pub async fn run(self) {
+        if let Err(e) = self.plan_coverage().await {
+            warn!(error = %Chain(&e), "could not plan the snapshots the configuration asks for; retrying at the next start");
+        }
+        let mut tick = tokio::time::interval(POLL);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        );
+        loop {
+            tick.tick().await;
+            if self.cfg.snapshot.auto_resync {
+                if let Err(e) = self.request_resyncs().await {
+                    warn!(error = %Chain(&e), "could not read the destinations' holds");
+                }
+            }
+            let open = match self.store.open().await {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(error = %Chain(&e), "could not read the snapshot requests");
+                    continue;
+                }
+            };
+            let Some(next) = open.into_iter().next() else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            match self.execute(&next).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Transient => {
+                    let delay = backoff.next_delay(started.elapsed());
+                    warn!(snapshot = next.id, error = %Chain(&e), retry_in = ?delay, "snapshot interrupted; continuing from its last durable chunk");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    let message = Chain(&e).to_string();
+                    tracing::error!(snapshot = next.id, error = %message, "snapshot failed");
+                    if let Err(e) = self
+                        .store
+                        .finish(next.id, SnapshotState::Failed, None, Some(&message))
+                        .await
+                    {
+                        warn!(error = %Chain(&e), "could not record the snapshot's failure");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requests what the configuration gives destinations that they were not given yet.
+    async fn plan_coverage(&self) -> Result<(), SnapshotError> {
+        let have: BTreeSet<Coverage> = self.store.coverage().await?.into_iter().collect();
+        let mut want = Vec::new();
+        let mut requests = Vec::new();
+        let upgrade = have.is_empty() && !self.fresh;
+        let mut initial = Vec::new();
+        for d in &self.cfg.destinations {
+            let names: Vec<String> = d
+                .mappings
+                .iter()
+                .filter_map(|&m| self.cfg.mappings.get(m).map(|m| m.name.clone()))
+                .collect();
+            let tenants: Vec<String> = match &d.tenants {
+                Tenants::All => vec!["*".into()],
+                Tenants::Some(set) => {
+                    let mut v: Vec<String> = set.iter().cloned().collect();
+                    v.sort();
+                    v
+                }
+            };
+            let covered = |m: &str, t: &str| {
+                have.contains(&Coverage {
+                    destination: d.name.clone(),
+                    mapping: m.into(),
+                    tenant: t.into(),
+                })
+            };
+            let known = have.iter().any(|c| c.destination == d.name);
+            for m in &names {
+                for t in &tenants {
+                    want.push(Coverage {
+                        destination: d.name.clone(),
+                        mapping: m.clone(),
+                        tenant: t.clone(),
+                    });
+                }
+            }
+            if upgrade || self.cfg.snapshot.mode == SnapshotMode::Never {
+                continue;
+            }
+            if !known {
+                initial.push(d.name.clone());
+                continue;
+            }
+            let star = tenants == ["*"];
+            let new_mappings: Vec<String> = names
+                .iter()
+                .filter(|m| {
+                    !have
+                        .iter()
+                        .any(|c| c.destination == d.name && &c.mapping == *m)
+                })
+                .cloned()
+                .collect();
+            let old_mappings: Vec<String> = names
+                .iter()
+                .filter(|m| !new_mappings.contains(m))
+                .cloned()
+                .collect();
+            if !new_mappings.is_empty() {
+                requests.push(NewSnapshot {
+                    reason: "coverage: new mappings".into(),
+                    destinations: vec![d.name.clone()],
+                    tenants: None,
+                    mappings: Some(new_mappings),
+                    clears_hold: false,
+                });
+            }
+            if old_mappings.is_empty() {
+                continue;
+            }
+            if star {
+                if old_mappings.iter().any(|m| !covered(m, "*")) {
+                    requests.push(NewSnapshot {
+                        reason: "coverage: every tenant".into(),
+                        destinations: vec![d.name.clone()],
+                        tenants: None,
+                        mappings: Some(old_mappings),
+                        clears_hold: false,
+                    });
+                }
+            } else {
+                let new_tenants: Vec<String> = tenants
+                    .iter()
+                    .filter(|t| {
+                        old_mappings
+                            .iter()
+                            .any(|m| !covered(m, t) && !covered(m, "*"))
+                    })
+                    .cloned()
+                    .collect();
+                if !new_tenants.is_empty() {
+                    requests.push(NewSnapshot {
+                        reason: "coverage: new tenants".into(),
+                        destinations: vec![d.name.clone()],
+                        tenants: Some(new_tenants),
+                        mappings: Some(old_mappings),
+                        clears_hold: false,
+                    });
+                }
+            }
+        }
+        if !initial.is_empty() {
+            requests.insert(
+                0,
+                NewSnapshot {
+                    reason: if self.fresh {
+                        "initial"
+                    } else {
+                        "coverage: new destination"
+                    }
+                    .into(),
+                    destinations: initial,
+                    tenants: None,
+                    mappings: None,
+                    clears_hold: false,
+                },
+            );
+        }
+        if upgrade && !want.is_empty() {
+            info!("recording what each destination serves (first start with snapshots); nothing is copied for it: from now on, what a destination is given later is backfilled");
+        }
+        for r in &requests {
+            let id = self.store.request(r).await?;
+            info!(snapshot = id, reason = %r.reason, destinations = ?r.destinations, tenants = ?r.tenants, mappings = ?r.mappings, "snapshot requested");
+        }
+        let missing: Vec<Coverage> = want.into_iter().filter(|c| !have.contains(c)).collect();
+        self.store.add_coverage(&missing).await?;
+        Ok(())
+    }
+
+    /// A full snapshot for each destination held `needs resync` that has none open.
+    async fn request_resyncs(&self) -> Result<(), SnapshotError> {
+        let holds = self.holds.load_all().await?;
+        let needing: Vec<&str> = holds
+            .iter()
+            .filter(|h| h.hold.kind == HoldKind::NeedsResync || h.resync_reason.is_some())
+            .map(|h| h.name.as_str())
+            .filter(|n| self.cfg.destinations.iter().any(|d| d.name == *n))
+            .collect();
+        if needing.is_empty() {
+            return Ok(());
+        }
+        let open = self.store.open().await?;
+        for name in needing {
+            let covered = open
+                .iter()
+                .any(|s| s.request.clears_hold && s.request.destinations.iter().any(|d| d == name));
+            if !covered {
+                let id = self
+                    .store
+                    .request(&NewSnapshot {
+                        reason: "auto resync".into(),
+                        destinations: vec![name.to_owned()],
+                        tenants: None,
+                        mappings: None,
+                        clears_hold: true,
+                    })
+                    .await?;
+                info!(
+                    snapshot = id,
+                    destination = name,
+                    "destination needs a resync: snapshot requested (snapshot.auto_resync)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The mappings (by source table) snapshot `s` covers, checked against the configuration.
+    fn tables_of(
+        &self,
+        s: &SnapshotRow,
+    ) -> Result<Vec<(QualifiedName, Vec<String>)>, SnapshotError> {
+        let mut by_table: Vec<(QualifiedName, Vec<String>)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in &s.request.destinations {
+            let d = self
+                .cfg
+                .destinations
+                .iter()
+                .find(|d| &d.name == name)
+                .ok_or_else(|| SnapshotError::UnknownDestination { name: name.clone() })?;
+            for &m in &d.mappings {
+                let Some(m) = self.cfg.mappings.get(m) else {
+                    continue;
+                };
+                if s.request
+                    .mappings
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&m.name))
+                {
+                    continue;
+                }
+                seen.insert(m.name.clone());
+                match by_table.iter_mut().find(|(t, _)| *t == m.source) {
+                    Some((_, ms)) if !ms.contains(&m.name) => ms.push(m.name.clone()),
+                    Some(_) => {}
+                    None => by_table.push((m.source.clone(), vec![m.name.clone()])),
+                }
+            }
+        }
+        if let Some(only) = &s.request.mappings {
+            if let Some(name) = only.iter().find(|m| !seen.contains(*m)) {
+                return Err(SnapshotError::UnknownMapping { name: name.clone() });
+            }
+        }
+        Ok(by_table)
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, SnapshotError> {
+        self.cfg
+            .source
+            .conn
+            .connect_sql()
+            .await
+            .map_err(SnapshotError::Connect)
+    }
+
+    async fn execute(&self, s: &SnapshotRow) -> Result<(), SnapshotError> {
+        let tables = self.tables_of(s)?;
+        let client = self.connect().await?;
+        let mut relations = HashMap::new();
+        let mut keys = HashMap::new();
+        for (name, _) in &tables {
+            let rel =
+                catalog::relation(&client, name)
+                    .await?
+                    .ok_or_else(|| SnapshotError::NoTable {
+                        table: name.to_string(),
+                    })?;
+            let key =
+                read::table_key(&client, &rel)
+                    .await?
+                    .ok_or_else(|| SnapshotError::NoKey {
+                        table: name.to_string(),
+                    })?;
+            relations.insert(name.to_string(), Arc::new(rel));
+            keys.insert(name.to_string(), key);
+        }
+        let (start_seq, progress) = match (s.state, s.start_seq) {
+            (SnapshotState::Running, Some(start)) => (start, self.store.tables(s.id).await?),
+            _ => {
+                let start = *self.durable.borrow();
+                let mut plan = Vec::new();
+                for (name, mappings) in &tables {
+                    let rel = &relations[&name.to_string()];
+                    plan.push(TableProgress {
+                        source_table: name.to_string(),
+                        mappings: mappings.clone(),
+                        key_columns: keys[&name.to_string()].columns.clone(),
+                        estimated_rows: read::estimated_rows(&client, rel.oid).await?,
+                        done: false,
+                        ranges: vec![RangeProgress::default()],
+                    });
+                }
+                self.store.start(s.id, start, &plan).await?;
+                info!(snapshot = s.id, tables = plan.len(), reason = %s.request.reason, "snapshot started");
+                (start, plan)
+            }
+        };
+        drop(client);
+        // Rows of the snapshot's destinations not above this were written before it began.
+        let sweep_below = if s.request.tenants.is_none() {
+            start_seq + 1
+        } else {
+            0
+        };
+        let limits = Arc::new(Semaphore::new(self.cfg.snapshot.parallelism));
+        let mut workers = JoinSet::new();
+        let mut done_seq = 0u64;
+        for t in progress.iter() {
+            let rel = relations[&t.source_table].clone();
+            let key = &keys[&t.source_table];
+            if key.columns != t.key_columns {
+                // The key changed since the snapshot started: positions are in the old key.
+                return Err(SnapshotError::NoKey {
+                    table: t.source_table.clone(),
+                });
+            }
+            let scope = Arc::new(SnapshotScope {
+                snapshot: s.id,
+                destinations: s.request.destinations.clone(),
+                tenants: s.request.tenants.clone(),
+                mappings: t.mappings.clone(),
+            });
+            if t.done {
+                continue;
+            }
+            for r in t.ranges.iter().filter(|r| !r.done) {
+                let job = RangeJob {
+                    snapshot: s.id,
+                    table: t.source_table.clone(),
+                    relation: rel.clone(),
+                    key: key.clone(),
+                    scope: scope.clone(),
+                    range: r.clone(),
+                    store: self.store.clone(),
+                    exchange: self.exchange.clone(),
+                    durable: self.durable.clone(),
+                    conn: self.cfg.source.conn.clone(),
+                    limits: (self.cfg.snapshot.chunk_rows, self.cfg.snapshot.chunk_bytes),
+                    permits: limits.clone(),
+                };
+                workers.spawn(job.run());
+            }
+        }
+        while let Some(joined) = workers.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(SnapshotError::Stopped),
+            }
+        }
+        // Every range is durable: close each table with its mark (and sweep).
+        let client = self.connect().await?;
+        for t in progress.iter().filter(|t| !t.done) {
+            let relation = relations[&t.source_table].clone();
+            let scope = Arc::new(SnapshotScope {
+                snapshot: s.id,
+                destinations: s.request.destinations.clone(),
+                tenants: s.request.tenants.clone(),
+                mappings: t.mappings.clone(),
+            });
+            let token = next_id();
+            let (reply, outcome) = oneshot::channel();
+            self.exchange.lock().done.insert(
+                token,
+                PendingDone {
+                    relation,
+                    scope,
+                    mark: SnapshotMark {
+                        table_done: true,
+                        sweep_below,
+                        ..SnapshotMark::default()
+                    },
+                    reply,
+                },
+            );
+            read::emit(&client, 'D', token).await?;
+            match outcome.await.map_err(|_| SnapshotError::Stopped)? {
+                Outcome::Emitted { last_seq, .. } => {
+                    durable_at(&self.durable, last_seq).await?;
+                    done_seq = done_seq.max(last_seq);
+                }
+                Outcome::Retry(_) => return Err(SnapshotError::Stopped),
+            }
+            self.store.table_done(s.id, &t.source_table).await?;
+        }
+        let done_seq = if done_seq == 0 {
+            *self.durable.borrow()
+        } else {
+            done_seq
+        };
+        self.store
+            .finish(s.id, SnapshotState::Done, Some(done_seq), None)
+            .await?;
+        info!(
+            snapshot = s.id,
+            seq = done_seq,
+            "snapshot complete in the change log; the destinations apply it in order"
+        );
+        if s.request.clears_hold {
+            for d in &s.request.destinations {
+                if self.holds.clear_resync(d).await? {
+                    info!(destination = %d, "resynced: `needs resync` cleared");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until the change log has made `seq` durable.
+async fn durable_at(durable: &watch::Receiver<u64>, seq: u64) -> Result<(), SnapshotError> {
+    let mut rx = durable.clone();
+    rx.wait_for(|&d| d >= seq)
+        .await
+        .map(|_| ())
+        .map_err(|_| SnapshotError::Stopped)
+}
+
+/// One key range of one table, read chunk by chunk.
+struct RangeJob {
+    snapshot: u64,
+    table: String,
+    relation: Arc<Relation>,
+    key: TableKey,
+    scope: Arc<SnapshotScope>,
+    range: RangeProgress,
+    store: SnapshotStore,
+    exchange: Exchange,
+    durable: watch::Receiver<u64>,
+    conn: crate::pgconn::ConnInfo,
+    limits: (usize, usize),
+    permits: Arc<Semaphore>,
+}
+
+impl RangeJob {
+    async fn run(mut self) -> Result<(), SnapshotError> {
+        let _permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SnapshotError::Stopped)?;
+        let client = self
+            .conn
+            .connect_sql()
+            .await
+            .map_err(SnapshotError::Connect)?;
+        let table = Arc::new(ChunkTable {
+            oid: self.relation.oid,
+            key_columns: self.key.columns.clone(),
+        });
+        let mut retries = 0;
+        while !self.range.done {
+            let id = next_id();
+            let (reply, outcome) = oneshot::channel();
+            self.exchange.lock().chunks.insert(
+                id,
+                PendingChunk {
+                    table: table.clone(),
+                    scope: self.scope.clone(),
+                    mark: SnapshotMark::default(),
+                    read: None,
+                    reply: Some(reply),
+                },
+            );
+            let read = async {
+                read::emit(&client, 'L', id).await?;
+                let chunk = read::read_chunk(
+                    &client,
+                    &self.relation,
+                    &self.key,
+                    (
+                        self.range
+                            .position
+                            .as_deref()
+                            .or(self.range.lower.as_deref()),
+                        self.range.upper.as_deref(),
+                    ),
+                    self.limits,
+                )
+                .await?;
+                Ok::<_, SnapshotError>(chunk)
+            }
+            .await;
+            let chunk = match read {
+                Ok(c) => c,
+                Err(e) => {
+                    self.exchange.lock().chunks.remove(&id);
+                    return Err(e);
+                }
+            };
+            let (last_key, exhausted) = (chunk.last_key.clone(), chunk.exhausted);
+            if let Some(p) = self.exchange.lock().chunks.get_mut(&id) {
+                p.mark = SnapshotMark {
+                    range: self.range.range_no,
+                    chunk: self.range.chunks + 1,
+                    end_key: if exhausted {
+                        Vec::new()
+                    } else {
+                        last_key.clone().unwrap_or_default()
+                    },
+                    ..SnapshotMark::default()
+                };
+                p.read = Some((self.relation.clone(), chunk));
+            }
+            if let Err(e) = read::emit(&client, 'H', id).await {
+                self.exchange.lock().chunks.remove(&id);
+                return Err(e.into());
+            }
+            match outcome.await.map_err(|_| SnapshotError::Stopped)? {
+                Outcome::Emitted { last_seq, rows } => {
+                    retries = 0;
+                    durable_at(&self.durable, last_seq).await?;
+                    self.range.chunks += 1;
+                    self.range.rows += rows;
+                    if last_key.is_some() {
+                        self.range.position = last_key;
+                    }
+                    self.range.done = exhausted;
+                    self.store
+                        .save_range(self.snapshot, &self.table, &self.range)
+                        .await?;
+                }
+                Outcome::Retry(why) => {
+                    retries += 1;
+                    debug!(table = %self.table, ?why, "snapshot chunk read again");
+                    if retries >= MAX_RETRIES {
+                        return Err(SnapshotError::Unsettled {
+                            table: self.table.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
