@@ -55,6 +55,9 @@ CREATE TABLE snapshot_ranges (
     position text[],
     chunks bigint NOT NULL DEFAULT 0,
     rows bigint NOT NULL DEFAULT 0,
+    -- The seq of the last chunk's mark in the change log: after a crash, the log is read from
+    -- there for marks made durable but not yet recorded here.
+    mark_seq bigint NOT NULL DEFAULT 0,
     done boolean NOT NULL DEFAULT false,
     PRIMARY KEY (snapshot, source_table, range_no),
     FOREIGN KEY (snapshot, source_table)

@@ -101,6 +101,23 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Copy what destination D is given (narrowed to a tenant or a mapping) from the source
+    /// again, consistently with the stream; the running daemon does the work. Follows it.
+    Resync {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: String,
+        /// Only this tenant's rows (the value of the mappings' tenant_key).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this mapping's table.
+        #[arg(long)]
+        mapping: Option<String>,
+        /// Print the request's id and return without following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Inspect the change log.
     Log {
         #[command(subcommand)]
@@ -260,6 +277,34 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 "replayed {} change(s) up to seq {} into {destination}: {} row operation(s) applied",
                 r.changes, r.last_seq, r.ops
             );
+        }
+        Command::Resync {
+            config,
+            destination,
+            tenant,
+            mapping,
+            no_wait,
+        } => {
+            let config = load_config(&config)?;
+            let id = pgfanout::cmd::resync::request(
+                &config,
+                &destination,
+                tenant.as_deref(),
+                mapping.as_deref(),
+            )
+            .await?;
+            eprintln!("snapshot {id} requested for destination {destination:?}");
+            if !no_wait {
+                let mut err = std::io::stderr();
+                let terminal = err.is_terminal();
+                let p = pgfanout::cmd::resync::follow(&config, id, &mut err, terminal).await?;
+                eprintln!(
+                    "snapshot {id} done: {} row(s) from {} table(s) in the change log up to seq {}; the destination applies them in order (`pgfanout status` shows its lag)",
+                    p.rows,
+                    p.tables,
+                    p.done_seq.map_or_else(|| "-".into(), |s| s.to_string())
+                );
+            }
         }
         Command::Migrate { config } => {
             let config = load_config(&config)?;

@@ -247,3 +247,211 @@ async fn an_initial_snapshot_under_write_load_equals_the_source() {
     );
     assert!(daemon.stop().success());
 }
+
+/// Per (table, range), the chunk numbers of the marks in the log, in log order.
+fn chunk_marks(log: &Path) -> std::collections::BTreeMap<(String, u32), Vec<u64>> {
+    let mut marks: std::collections::BTreeMap<(String, u32), Vec<u64>> = Default::default();
+    for c in read_log(log) {
+        if let pgfanout::change::Op::SnapshotMark { mark, .. } = &c.change.op {
+            if !mark.table_done {
+                marks
+                    .entry((c.change.relation.name.clone(), mark.range))
+                    .or_default()
+                    .push(mark.chunk);
+            }
+        }
+    }
+    marks
+}
+
+/// SIGKILL five times at random moments while a snapshot runs under write load: the targets
+/// still equal the source, every chunk is in the log once, and no range ever starts over
+/// (its chunks are numbered 1, 2, 3 … without a repeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_five_times_continues_from_its_last_chunk() {
+    let (db, source) = source_with_rows("snap_kill", 30_000).await;
+    let a = fresh_db("snap_kill_a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let destinations = pg_destination("a", &a, &["t1", "t2", "t3", "t4"], &TABLES);
+    let config = write_config(
+        dir.path(),
+        &db,
+        "chunk_rows = 300\nparallelism = 2",
+        &destinations,
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(churn(db.clone(), w, 30_000, stop.clone())))
+        .collect();
+    let daemon = kill_at_random_moments(daemon, &config, 5, 400).await;
+    wait_snapshots_done(&source).await;
+    stop_workload(&stop, workers).await;
+    wait_projection(&source, &a, &TABLES, &TENANTS).await;
+    let marks = chunk_marks(&dir.path().join("log"));
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    for (range, chunks) in &marks {
+        let expected: Vec<u64> = (1..=chunks.len() as u64).collect();
+        assert_eq!(chunks, &expected, "the chunks of {range:?} in the log");
+    }
+    assert!(daemon.stop().success());
+}
+
+/// `pgfanout resync` refills a wiped target table and removes a row the source never had,
+/// with the daemon running; a tenant added to a destination's configuration is backfilled
+/// at the next start while another destination streams on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_refills_a_wiped_table_and_a_new_tenant_is_backfilled() {
+    let (db, source) = source_with_rows("snap_resync", 6_000).await;
+    let (a, b) = (
+        fresh_db("snap_resync_a").await,
+        fresh_db("snap_resync_b").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let both = |a_tenants: &[&str]| {
+        pg_destination("a", &a, a_tenants, &TABLES) + &pg_destination("b", &b, &["t2"], &TABLES)
+    };
+    let config = write_config(dir.path(), &db, "chunk_rows = 1000", &both(&["t1"]));
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    wait_snapshots_done(&source).await;
+    wait_projection(&source, &a, &TABLES, &["t1"]).await;
+
+    // Wiped, plus a row the source does not have.
+    let target = sql(&a).await;
+    target
+        .batch_execute("DELETE FROM orders; INSERT INTO orders (tenant, id, v, _seq) VALUES ('t1', -5, 'stray', 1)")
+        .await
+        .unwrap();
+    let out = cli(
+        &["resync", "--destination", "a", "--mapping", "orders"],
+        &config,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "resync failed: {stderr}");
+    assert!(stderr.contains("done:"), "{stderr}");
+    wait_projection(&source, &a, &TABLES, &["t1"]).await;
+
+    // Refused before anything is requested.
+    for (args, says) in [
+        (
+            &["resync", "--destination", "nope"][..],
+            "no destination named \"nope\"",
+        ),
+        (
+            &["resync", "--destination", "a", "--tenant", "t2"][..],
+            "does not serve tenant \"t2\"",
+        ),
+        (
+            &["resync", "--destination", "a", "--mapping", "x"][..],
+            "has no mapping \"x\"",
+        ),
+    ] {
+        let out = cli(args, &config).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // Tenant t3 is added to destination a under write load: backfilled at the next start.
+    assert!(daemon.stop().success());
+    let config = write_config(dir.path(), &db, "chunk_rows = 1000", &both(&["t1", "t3"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..1)
+        .map(|w| tokio::spawn(churn(db.clone(), w, 6_000, stop.clone())))
+        .collect();
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    wait_snapshots_done(&source).await;
+    stop_workload(&stop, workers).await;
+    wait_projection(&source, &a, &TABLES, &["t1", "t3"]).await;
+    wait_projection(&source, &b, &TABLES, &["t2"]).await;
+    let reasons: Vec<String> = source
+        .query("SELECT reason FROM pgfanout.snapshots ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons, ["initial", "resync", "coverage: new tenants"]);
+    assert!(daemon.stop().success());
+}
+
+/// ClickHouse: the initial snapshot under the same write load; under FINAL every live row
+/// equals the source's, each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_snapshot_under_write_load_reaches_clickhouse() {
+    let ch = clickhouse();
+    let (db, source) = source_with_rows("snap_ch", 20_000).await;
+    let database = fresh_ch_db("snap_ch");
+    let dir = tempfile::tempdir().unwrap();
+    let destination = format!(
+        "\n[[destinations]]\nname = \"analytics\"\nkind = \"clickhouse\"\nurl = {}\n\
+         database = {}\ntenants = \"*\"\nmappings = [\"accounts\", \"orders\", \"notes\"]\n\
+         tenant_columns = [\"tenant\"]\nflush_interval = \"100ms\"\n",
+        toml_str(&ch.url()),
+        toml_str(&database)
+    );
+    let config = write_config(
+        dir.path(),
+        &db,
+        "chunk_rows = 1500\nparallelism = 3",
+        &destination,
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(churn(db.clone(), w, 20_000, stop.clone())))
+        .collect();
+    wait_snapshots_done(&source).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_workload(&stop, workers).await;
+    let deadline = Instant::now() + WAIT * 3;
+    for t in TABLES {
+        loop {
+            let want: String = source
+                .query(
+                    &format!(
+                        "SELECT tenant || E'\\t' || id || E'\\t' || coalesce(v, '\\N') || E'\\t' || coalesce(length(big)::text, '\\N')
+                         FROM {t} ORDER BY tenant, id"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0) + "\n")
+                .collect();
+            let got = ch
+                .query(&format!(
+                    "SELECT tenant, id, v, length(big) FROM `{database}`.`{t}` FINAL \
+                     WHERE _is_deleted = 0 ORDER BY tenant, id"
+                ))
+                .unwrap_or_default();
+            if want == got {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for ClickHouse {t} to equal the source: {} rows expected, {} found; first differing: {:?}",
+                want.lines().count(),
+                got.lines().count(),
+                want.lines().zip(got.lines()).find(|(a, b)| a != b)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let counts = ch
+            .query(&format!(
+                "SELECT count(), uniqExact(tenant, id) FROM `{database}`.`{t}` FINAL"
+            ))
+            .unwrap();
+        let (n, distinct) = counts.trim().split_once('\t').unwrap();
+        assert_eq!(n, distinct, "{t}: rows under FINAL vs distinct keys");
+    }
+    assert!(daemon.stop().success());
+}

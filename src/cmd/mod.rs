@@ -9,6 +9,7 @@ pub mod check;
 pub mod destination;
 pub mod log;
 pub mod report;
+pub mod resync;
 pub mod status;
 pub mod tail;
 pub mod verify;

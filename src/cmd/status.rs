@@ -7,10 +7,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::changelog::{self, LogError};
+use crate::cmd::resync::{progress, progress_line, SnapshotProgress};
 use crate::config::Config;
 use crate::pgconn::{PgError, SqlConnectError};
 use crate::sql::quote_ident;
-use crate::state::{DestinationStore, HoldKind, HoldStore, StateError, StoredHold};
+use crate::state::{DestinationStore, HoldKind, HoldStore, SnapshotStore, StateError, StoredHold};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -18,7 +19,11 @@ pub struct Status {
     pub log: LogStatus,
     pub checkpoint: Option<CheckpointStatus>,
     pub destinations: Vec<DestinationStatus>,
+    /// Open snapshots, then the latest finished ones (at most [`RECENT_SNAPSHOTS`] in all).
+    pub snapshots: Vec<SnapshotProgress>,
 }
+
+const RECENT_SNAPSHOTS: i64 = 5;
 
 /// One configured destination, as its writer last reported it.
 #[derive(Debug, Serialize)]
@@ -37,6 +42,8 @@ pub struct DestinationStatus {
     pub report_age_seconds: Option<f64>,
     /// What holds it back, if anything (`state` is then `failed` or `needs resync`).
     pub hold: Option<HoldStatus>,
+    /// The open snapshot filling it, if any.
+    pub snapshot: Option<SnapshotProgress>,
 }
 
 /// A destination held back: `failed` (stopped until `pgfanout destination resume`) or
@@ -234,11 +241,31 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         Err(e) if never_written(&e) => Vec::new(),
         Err(e) => return Err(StatusError::Destinations(e)),
     };
-    let holds = match HoldStore::new(state, &cfg.state.schema).load_all().await {
+    let holds = match HoldStore::new(state.clone(), &cfg.state.schema)
+        .load_all()
+        .await
+    {
         Ok(h) => h,
         Err(e) if never_written(&e) => Vec::new(),
         Err(e) => return Err(StatusError::Destinations(e)),
     };
+    let store = SnapshotStore::new(state, &cfg.state.schema);
+    let mut snapshots = Vec::new();
+    match store.recent(RECENT_SNAPSHOTS).await {
+        Ok(mut rows) => {
+            // Open ones first, each group newest first.
+            rows.sort_by_key(|r| (!r.state.is_open(), std::cmp::Reverse(r.id)));
+            for r in &rows {
+                snapshots.push(
+                    progress(&store, r)
+                        .await
+                        .map_err(StatusError::Destinations)?,
+                );
+            }
+        }
+        Err(e) if never_written(&e) => {}
+        Err(e) => return Err(StatusError::Destinations(e)),
+    }
     let destinations = cfg
         .destinations
         .iter()
@@ -253,6 +280,13 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
                 }
                 status.hold = Some(h.into());
             }
+            status.snapshot = snapshots
+                .iter()
+                .find(|p| {
+                    matches!(p.state.as_str(), "pending" | "running")
+                        && p.destinations.contains(&d.name)
+                })
+                .cloned();
             status
         })
         .collect();
@@ -261,6 +295,7 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         log,
         checkpoint,
         destinations,
+        snapshots,
     })
 }
 
@@ -281,6 +316,7 @@ fn destination_status(
             last_error: None,
             report_age_seconds: None,
             hold: None,
+            snapshot: None,
         },
         Some(r) => {
             let lag_changes = summary.last_seq.saturating_sub(r.watermark);
@@ -298,6 +334,7 @@ fn destination_status(
                 last_error: r.last_error.clone(),
                 report_age_seconds: Some(r.age_seconds),
                 hold: None,
+                snapshot: None,
             }
         }
     }
@@ -397,6 +434,43 @@ impl fmt::Display for Status {
                         write!(f, "; last error: {e}")?;
                     }
                 }
+            }
+            if let Some(p) = &d.snapshot {
+                write!(
+                    f,
+                    "\n  snapshot {} ({}): {}",
+                    p.id,
+                    p.reason,
+                    progress_line(p, std::time::Duration::ZERO)
+                )?;
+            }
+            writeln!(f)?;
+        }
+        for p in &self.snapshots {
+            write!(
+                f,
+                "snapshot {} ({}, {}): {}",
+                p.id,
+                p.reason,
+                p.destinations.join(", "),
+                p.state
+            )?;
+            if let Some(t) = &p.tenants {
+                write!(f, ", tenants {}", t.join(", "))?;
+            }
+            if let Some(m) = &p.mappings {
+                write!(f, ", mappings {}", m.join(", "))?;
+            }
+            write!(
+                f,
+                "; tables {}/{}, {} rows",
+                p.tables_done, p.tables, p.rows
+            )?;
+            if let Some(seq) = p.done_seq {
+                write!(f, ", in the log up to seq {seq}")?;
+            }
+            if let Some(e) = &p.error {
+                write!(f, "; error: {e}")?;
             }
             writeln!(f)?;
         }

@@ -875,7 +875,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::change::{Column, ReplicaIdentity};
+    use crate::change::{Column, ReplicaIdentity, SnapshotMark};
     use crate::lsn::Lsn;
     use crate::sink::text;
     use crate::transform::{parse_expr, parse_filter};
@@ -945,22 +945,22 @@ mod tests {
     fn destinations() -> DestinationSet {
         DestinationSet::new(vec![
             Destination {
-                name: String::new(),
+                name: "d0".into(),
                 tenants: tenants(&[A]),
                 mappings: vec![MAPPING],
             },
             Destination {
-                name: String::new(),
+                name: "d1".into(),
                 tenants: tenants(&[B]),
                 mappings: vec![MAPPING],
             },
             Destination {
-                name: String::new(),
+                name: "d2".into(),
                 tenants: Tenants::All,
                 mappings: vec![5, MAPPING],
             },
             Destination {
-                name: String::new(),
+                name: "d3".into(),
                 tenants: tenants(&[A]),
                 mappings: vec![7],
             },
@@ -1403,5 +1403,81 @@ mod tests {
             msg.contains("target key column missing is not a mapped column"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn snapshot_rows_reach_only_their_scope_and_the_last_mark_sweeps() {
+        let scope = |destinations: &[&str], tenants: Option<&[&str]>, mappings: &[&str]| {
+            Arc::new(SnapshotScope {
+                snapshot: 1,
+                destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
+                tenants: tenants.map(|t| t.iter().map(|x| (*x).to_owned()).collect()),
+                mappings: mappings.iter().map(|m| (*m).to_owned()).collect(),
+            })
+        };
+        let snap = |scope| Op::Snapshot {
+            new: row("7", A, "Ann", false),
+            scope,
+        };
+        // A's row for destinations d0 (A) and d1 (B): only d0 serves A.
+        let out = run(10, snap(scope(&["d0", "d1"], None, &["m"])));
+        assert_eq!(
+            out,
+            vec![upsert(
+                0,
+                0,
+                10,
+                &[Some("7"), Some("project-a"), Some("Ann")]
+            )]
+        );
+        // The shared store (d2) too when named; not the others serving A.
+        let out = run(11, snap(scope(&["d2"], None, &["m"])));
+        assert_eq!(
+            out,
+            vec![upsert(
+                2,
+                1,
+                11,
+                &[Some("7"), Some("project-a"), Some("Ann")]
+            )]
+        );
+        // Another tenant, another mapping, a filtered row: nothing.
+        assert!(run(12, snap(scope(&["d0", "d2"], Some(&[B]), &["m"]))).is_empty());
+        assert!(run(13, snap(scope(&["d0", "d2"], None, &["other"]))).is_empty());
+        let anonymous = Op::Snapshot {
+            new: row("8", A, "Bob", true),
+            scope: scope(&["d0"], None, &["m"]),
+        };
+        assert!(run(14, anonymous).is_empty());
+        // The table's last mark sweeps each named destination with the mapping, whatever its
+        // tenants; a chunk's mark and a mark without a threshold do nothing.
+        let mark = |sweep_below, table_done| Op::SnapshotMark {
+            scope: scope(&["d1", "d2", "d3"], None, &["m"]),
+            mark: SnapshotMark {
+                sweep_below,
+                table_done,
+                ..SnapshotMark::default()
+            },
+        };
+        assert_eq!(
+            run(20, mark(5, true)),
+            vec![
+                Routed {
+                    destination: DestinationId(1),
+                    table: 0,
+                    op: Planned::Sweep { seq: 20, below: 5 },
+                },
+                Routed {
+                    destination: DestinationId(2),
+                    table: 1,
+                    op: Planned::Sweep { seq: 20, below: 5 },
+                },
+            ]
+        );
+        assert!(run(21, mark(0, true)).is_empty());
+        assert!(run(22, mark(0, false)).is_empty());
+        let mut batch = Batch::new(30);
+        Planned::Sweep { seq: 20, below: 5 }.add_to(1, &mut batch);
+        assert_eq!(batch.truncates, vec![(1, 5)]);
     }
 }

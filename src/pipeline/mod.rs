@@ -303,6 +303,7 @@ async fn run_once(
     };
     let (writer_done_tx, writer_done) = std_mpsc::channel();
     let readers = log.readers();
+    let snapshot_log = readers.clone();
     // Until the destinations report their watermarks, retention keeps everything.
     let keep_from = Arc::new(AtomicU64::new(if setup.is_some() { 1 } else { u64::MAX }));
     let writer_keep_from = keep_from.clone();
@@ -345,6 +346,7 @@ async fn run_once(
             exchange,
             durable: seq_rx,
             fresh: created && resume.last_seq == 0 && !recreate,
+            log: snapshot_log,
         };
         Some((
             AbortOnDrop(tokio::spawn(async move {

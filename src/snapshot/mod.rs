@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::change::{Op, Relation, RowChange, SnapshotMark, SnapshotScope};
+use crate::changelog::{LogRecord, Readers};
 use crate::config::{Config, SnapshotMode, Tenants};
 use crate::disposition::{Backoff, Classify, ErrorKind};
 use crate::lsn::Lsn;
@@ -302,6 +303,8 @@ pub struct Coordinator {
     pub durable: watch::Receiver<u64>,
     /// The log was started by this run (nothing streamed before): an initial snapshot is due.
     pub fresh: bool,
+    /// The change log, for marks made durable but not recorded before a crash.
+    pub log: Readers,
 }
 
 impl Coordinator {
@@ -598,7 +601,11 @@ impl Coordinator {
             keys.insert(name.to_string(), key);
         }
         let (start_seq, progress) = match (s.state, s.start_seq) {
-            (SnapshotState::Running, Some(start)) => (start, self.store.tables(s.id).await?),
+            (SnapshotState::Running, Some(start)) => {
+                let mut tables = self.store.tables(s.id).await?;
+                self.catch_up_from_log(s.id, start, &mut tables).await?;
+                (start, tables)
+            }
             _ => {
                 let start = *self.durable.borrow();
                 let mut plan = Vec::new();
@@ -647,7 +654,24 @@ impl Coordinator {
                 continue;
             }
             for r in t.ranges.iter().filter(|r| !r.done) {
+                // A snapshot of some tenants reads only their rows when the table's mappings
+                // agree on the tenant column (routing filters the rest anyway).
+                let tenant_keys: BTreeSet<&str> = self
+                    .cfg
+                    .mappings
+                    .iter()
+                    .filter(|m| t.mappings.contains(&m.name))
+                    .map(|m| m.tenant_key.as_str())
+                    .collect();
+                let only = match (&s.request.tenants, tenant_keys.len()) {
+                    (Some(values), 1) => tenant_keys.first().map(|c| read::OnlyTenants {
+                        column: (*c).to_owned(),
+                        values: values.clone(),
+                    }),
+                    _ => None,
+                };
                 let job = RangeJob {
+                    only,
                     snapshot: s.id,
                     table: t.source_table.clone(),
                     relation: rel.clone(),
@@ -730,6 +754,85 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Brings `tables` up to the marks of snapshot `id` the change log holds: a crash between
+    /// a chunk becoming durable and its position being saved must not read it twice.
+    async fn catch_up_from_log(
+        &self,
+        id: u64,
+        start_seq: u64,
+        tables: &mut [TableProgress],
+    ) -> Result<(), SnapshotError> {
+        let from = tables
+            .iter()
+            .flat_map(|t| t.ranges.iter().filter(|_| !t.done))
+            .filter(|r| !r.done)
+            .map(|r| {
+                if r.mark_seq > 0 {
+                    r.mark_seq
+                } else {
+                    start_seq
+                }
+            })
+            .min();
+        let Some(from) = from else {
+            return Ok(());
+        };
+        let log = self.log.clone();
+        let marks = tokio::task::spawn_blocking(move || {
+            let mut reader = log.open(from + 1)?;
+            let mut marks = Vec::new();
+            while let Some(r) = reader.next_record()? {
+                if let LogRecord::Change(c) = r {
+                    if let Op::SnapshotMark { scope, mark } = c.change.op {
+                        if scope.snapshot == id {
+                            let rel = &c.change.relation;
+                            marks.push((format!("{}.{}", rel.schema, rel.name), mark, c.seq));
+                        }
+                    }
+                }
+            }
+            Ok::<_, crate::changelog::LogError>(marks)
+        })
+        .await
+        .map_err(|_| SnapshotError::Stopped)?;
+        let marks = match marks {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(snapshot = id, error = %Chain(&e), "could not read the change log for the snapshot's latest chunks; they are read again");
+                return Ok(());
+            }
+        };
+        for (table, mark, seq) in marks {
+            let Some(t) = tables.iter_mut().find(|t| t.source_table == table) else {
+                continue;
+            };
+            if mark.table_done {
+                t.done = true;
+                self.store.table_done(id, &table).await?;
+                continue;
+            }
+            let Some(r) = t.ranges.iter_mut().find(|r| r.range_no == mark.range) else {
+                continue;
+            };
+            if mark.chunk <= r.chunks || r.done {
+                continue;
+            }
+            r.chunks = mark.chunk;
+            r.rows += mark.rows;
+            r.mark_seq = seq;
+            if mark.end_key.is_empty() {
+                r.done = true;
+            } else {
+                r.position = Some(mark.end_key);
+            }
+            info!(snapshot = id, table = %table, range = r.range_no, chunk = r.chunks, "snapshot progress recovered from the change log");
+            self.store.save_range(id, &table, r).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Waits until the change log has made `seq` durable.
 async fn durable_at(durable: &watch::Receiver<u64>, seq: u64) -> Result<(), SnapshotError> {
     let mut rx = durable.clone();
@@ -741,6 +844,7 @@ async fn durable_at(durable: &watch::Receiver<u64>, seq: u64) -> Result<(), Snap
 
 /// One key range of one table, read chunk by chunk.
 struct RangeJob {
+    only: Option<read::OnlyTenants>,
     snapshot: u64,
     table: String,
     relation: Arc<Relation>,
@@ -799,6 +903,7 @@ impl RangeJob {
                             .or(self.range.lower.as_deref()),
                         self.range.upper.as_deref(),
                     ),
+                    self.only.as_ref(),
                     self.limits,
                 )
                 .await?;
@@ -840,6 +945,7 @@ impl RangeJob {
                         self.range.position = last_key;
                     }
                     self.range.done = exhausted;
+                    self.range.mark_seq = last_seq;
                     self.store
                         .save_range(self.snapshot, &self.table, &self.range)
                         .await?;

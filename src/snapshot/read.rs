@@ -137,13 +137,22 @@ pub struct Chunk {
 /// Rows fetched per round trip while filling a chunk.
 const FETCH: usize = 1_000;
 
-/// Reads the rows of `table` with key in `(after, upto]`, in key order, until `max_rows` or
-/// `max_bytes` (the row that passes it is the chunk's last), in one read-only transaction.
+/// Only the rows whose `column` holds one of `values` (a snapshot of some tenants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlyTenants {
+    pub column: String,
+    pub values: Vec<String>,
+}
+
+/// Reads the rows of `table` with key in `(after, upto]` (and of `only`'s tenants), in key
+/// order, until `max_rows` or `max_bytes` (the row that passes it is the chunk's last), in one
+/// read-only transaction.
 pub async fn read_chunk(
     client: &Client,
     table: &Relation,
     key: &TableKey,
     (after, upto): (Option<&[String]>, Option<&[String]>),
+    only: Option<&OnlyTenants>,
     (max_rows, max_bytes): (usize, usize),
 ) -> Result<Chunk, CatalogError> {
     let name = QualifiedName {
@@ -178,6 +187,15 @@ pub async fn read_chunk(
     }
     if let Some(u) = upto {
         bounds.push(format!("({key_list}) <= ({})", literal(u)));
+    }
+    if let Some(o) = only {
+        // Untyped literals take the column's type, as the tenant ids' text does in pgoutput.
+        let values: Vec<String> = o.values.iter().map(|v| quote_literal(v)).collect();
+        bounds.push(format!(
+            "{} IN ({})",
+            quote_ident(&o.column),
+            values.join(", ")
+        ));
     }
     let filter = if bounds.is_empty() {
         String::new()

@@ -82,6 +82,8 @@ pub struct RangeProgress {
     pub chunks: u64,
     pub rows: u64,
     pub done: bool,
+    /// The seq of the last chunk's mark in the change log (0: none yet).
+    pub mark_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +332,7 @@ impl SnapshotStore {
             .client
             .query(
                 &format!(
-                    "SELECT source_table, range_no, lower_key, upper_key, position, chunks, rows, done \
+                    "SELECT source_table, range_no, lower_key, upper_key, position, chunks, rows, done, mark_seq \
                      FROM {} WHERE snapshot = $1 ORDER BY source_table, range_no",
                     self.t("snapshot_ranges")
                 ),
@@ -349,6 +351,7 @@ impl SnapshotStore {
                 chunks: to_u64(r.try_get(5).map_err(get)?),
                 rows: to_u64(r.try_get(6).map_err(get)?),
                 done: r.try_get(7).map_err(get)?,
+                mark_seq: to_u64(r.try_get(8).map_err(get)?),
             };
             if let Some(t) = tables.iter_mut().find(|t| t.source_table == table) {
                 t.ranges.push(range);
@@ -367,7 +370,7 @@ impl SnapshotStore {
         self.client
             .execute(
                 &format!(
-                    "UPDATE {} SET position = $4, chunks = $5, rows = $6, done = $7 \
+                    "UPDATE {} SET position = $4, chunks = $5, rows = $6, done = $7, mark_seq = $8 \
                      WHERE snapshot = $1 AND source_table = $2 AND range_no = $3",
                     self.t("snapshot_ranges")
                 ),
@@ -379,6 +382,7 @@ impl SnapshotStore {
                     &to_i64(range.chunks),
                     &to_i64(range.rows),
                     &range.done,
+                    &to_i64(range.mark_seq),
                 ],
             )
             .await
