@@ -93,7 +93,8 @@ fn write_config(dir: &Path, db: &str, destinations: &str) -> PathBuf {
 }
 
 /// A configuration streaming `tables` of `db` into `dir/log`, followed by `rest` (tenants,
-/// mappings, destinations).
+/// mappings, destinations). Without snapshots: these tests count the stream's own changes
+/// and holds (tests/snapshot.rs tests snapshots, initial ones and resyncs).
 fn write_config_with(dir: &Path, db: &str, tables: &[&str], rest: &str) -> PathBuf {
     let path = dir.join("pgfanout.toml");
     let tables: Vec<String> = tables.iter().map(|t| toml_str(t)).collect();
@@ -103,7 +104,8 @@ fn write_config_with(dir: &Path, db: &str, tables: &[&str], rest: &str) -> PathB
             "[source]\nurl = {}\nslot = \"s_{db}\"\n\
              tables = [{}]\nstatus_interval = \"100ms\"\n\
              [log]\ndir = {}\nsync_interval = \"20ms\"\n\
-             [state]\ncheckpoint_interval = \"200ms\"\n{rest}",
+             [state]\ncheckpoint_interval = \"200ms\"\n\
+             [snapshot]\nmode = \"never\"\nauto_resync = false\n{rest}",
             toml_str(&url_on(server(), db)),
             tables.join(", "),
             toml_str(&dir.join("log").display().to_string()),

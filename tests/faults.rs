@@ -208,6 +208,8 @@ fn slot_name(case: &str) -> String {
     format!("f_{case}")
 }
 
+/// Without snapshots: each case's log is compared with the reference run's, and a snapshot's
+/// rows land wherever its chunks happen to meet the stream (tests/snapshot.rs kills snapshots).
 fn write_config(dir: &Path, shared: &Shared, case: &Case, pg_db: &str, ch_db: &str) -> PathBuf {
     let path = dir.join("pgfanout.toml");
     let tables = ["public.tenancy", "public.project_user", "public.team"].map(toml_str);
@@ -224,7 +226,8 @@ fn write_config(dir: &Path, shared: &Shared, case: &Case, pg_db: &str, ch_db: &s
             "[source]\nurl = {}\nslot = {}\ntables = [{}]\nstatus_interval = \"100ms\"\n\
              heartbeat_interval = \"200ms\"\n\
              [log]\ndir = {}\nsync_interval = \"20ms\"\nsegment_mb = 1\n{retention}\
-             [state]\nschema = {}\ncheckpoint_interval = \"200ms\"\n{MAPPINGS}\n\
+             [state]\nschema = {}\ncheckpoint_interval = \"200ms\"\n\
+             [snapshot]\nmode = \"never\"\nauto_resync = false\n{MAPPINGS}\n\
              [[destinations]]\nname = \"pg\"\nkind = \"postgres\"\nurl = {}\n\
              tenants = [{}]\nmappings = [\"users\", \"teams\"]\n\
              flush_interval = \"50ms\"\nbatch_rows = 200\n\n\

@@ -54,6 +54,24 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
             None
         }
     };
+    // A missing table is the mappings' problem, reported above.
+    let snapshot = crate::snapshot::check_tables(cfg).await.map(|p| {
+        p.into_iter()
+            .filter(|e| !matches!(e, crate::snapshot::SnapshotError::NoTable { .. }))
+            .collect::<Vec<_>>()
+    });
+    match snapshot {
+        Ok(problems) if problems.is_empty() => report.push(
+            "snapshot",
+            Outcome::Ok("every mapped table has a key to read it by in chunks".into()),
+        ),
+        Ok(problems) => {
+            for p in problems {
+                report.push("snapshot", Outcome::Problem(Chain(&p).to_string()));
+            }
+        }
+        Err(e) => report.push("snapshot", Outcome::Problem(Chain(&e).to_string())),
+    }
     for (i, d) in cfg.destinations.iter().enumerate() {
         // The target tables, when the mappings compiled (ClickHouse tables are checked
         // read-only; PostgreSQL ones when the writer starts, since creating may be part of it).

@@ -579,6 +579,41 @@ impl Coordinator {
             .map_err(SnapshotError::Connect)
     }
 
+    /// A large table is read as several key ranges at once (up to `parallelism`), each at
+    /// least two chunks long; bounds come from a sample of its keys.
+    async fn ranges(
+        &self,
+        client: &tokio_postgres::Client,
+        rel: &Relation,
+        key: &TableKey,
+        estimated: u64,
+    ) -> Result<Vec<RangeProgress>, SnapshotError> {
+        let per_range = 2 * self.cfg.snapshot.chunk_rows as u64;
+        let wanted = (estimated / per_range.max(1)).min(self.cfg.snapshot.parallelism as u64);
+        let points = if wanted >= 2 {
+            read::split_points(client, rel, key, estimated, wanted as usize).await?
+        } else {
+            Vec::new()
+        };
+        let mut ranges = Vec::with_capacity(points.len() + 1);
+        let mut lower = None;
+        for (i, p) in points
+            .iter()
+            .chain(std::iter::once(&Vec::new()))
+            .enumerate()
+        {
+            let upper = (!p.is_empty()).then(|| p.clone());
+            ranges.push(RangeProgress {
+                range_no: i as u32,
+                lower: lower.clone(),
+                upper: upper.clone(),
+                ..RangeProgress::default()
+            });
+            lower = upper;
+        }
+        Ok(ranges)
+    }
+
     async fn execute(&self, s: &SnapshotRow) -> Result<(), SnapshotError> {
         let tables = self.tables_of(s)?;
         let client = self.connect().await?;
@@ -611,13 +646,15 @@ impl Coordinator {
                 let mut plan = Vec::new();
                 for (name, mappings) in &tables {
                     let rel = &relations[&name.to_string()];
+                    let key = &keys[&name.to_string()];
+                    let estimated = read::estimated_rows(&client, rel).await?;
                     plan.push(TableProgress {
                         source_table: name.to_string(),
                         mappings: mappings.clone(),
-                        key_columns: keys[&name.to_string()].columns.clone(),
-                        estimated_rows: read::estimated_rows(&client, rel.oid).await?,
+                        key_columns: key.columns.clone(),
+                        estimated_rows: estimated,
                         done: false,
-                        ranges: vec![RangeProgress::default()],
+                        ranges: self.ranges(&client, rel, key, estimated).await?,
                     });
                 }
                 self.store.start(s.id, start, &plan).await?;
@@ -831,6 +868,33 @@ impl Coordinator {
         }
         Ok(())
     }
+}
+
+/// Why each mapped table could not be snapshotted (a missing table, no key to read it by);
+/// empty when every one can. For `pgfanout check`.
+pub async fn check_tables(cfg: &Config) -> Result<Vec<SnapshotError>, SnapshotError> {
+    let client = cfg
+        .source
+        .conn
+        .connect_sql()
+        .await
+        .map_err(SnapshotError::Connect)?;
+    let mut tables: Vec<&QualifiedName> = cfg.mappings.iter().map(|m| &m.source).collect();
+    tables.sort_by_key(|t| t.to_string());
+    tables.dedup();
+    let mut problems = Vec::new();
+    for name in tables {
+        let table = name.to_string();
+        match catalog::relation(&client, name).await? {
+            None => problems.push(SnapshotError::NoTable { table }),
+            Some(rel) => {
+                if read::table_key(&client, &rel).await?.is_none() {
+                    problems.push(SnapshotError::NoKey { table });
+                }
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// Waits until the change log has made `seq` durable.

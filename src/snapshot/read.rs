@@ -62,19 +62,89 @@ pub async fn table_key(
     Ok(Some(key))
 }
 
-/// The planner's row estimate (`pg_class.reltuples`; 0 when never analyzed).
-pub async fn estimated_rows(client: &Client, oid: u32) -> Result<u64, CatalogError> {
+/// About how many rows `table` has: the planner's estimate (`pg_class.reltuples`) once the
+/// table was analyzed; before that, an exact count below 1 GiB of table and a 1% block sample
+/// above.
+pub async fn estimated_rows(client: &Client, table: &Relation) -> Result<u64, CatalogError> {
+    let name = QualifiedName {
+        schema: table.schema.clone(),
+        name: table.name.clone(),
+    };
+    let err = |e| query_error("estimating the rows of", name.to_string(), e);
     let row = client
         .query_one(
-            "SELECT greatest(reltuples, 0)::float8 FROM pg_catalog.pg_class WHERE oid = $1::oid",
-            &[&oid],
+            "SELECT reltuples::float8, pg_catalog.pg_relation_size(oid) FROM pg_catalog.pg_class WHERE oid = $1::oid",
+            &[&table.oid],
         )
         .await
-        .map_err(|e| query_error("estimating the rows of", format!("table {oid}"), e))?;
-    let n: f64 = row
-        .try_get(0)
-        .map_err(|e| query_error("estimating the rows of", format!("table {oid}"), e))?;
-    Ok(n as u64)
+        .map_err(err)?;
+    let (tuples, bytes): (f64, i64) = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
+    if tuples >= 0.0 {
+        return Ok(tuples as u64);
+    }
+    let (sample, factor) = if bytes < 1 << 30 {
+        ("", 1)
+    } else {
+        (" TABLESAMPLE SYSTEM (1)", 100)
+    };
+    let row = client
+        .query_one(
+            &format!("SELECT count(*) FROM {}{sample}", name.quoted()),
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    let n: i64 = row.try_get(0).map_err(err)?;
+    Ok(u64::try_from(n).unwrap_or(0) * factor)
+}
+
+/// Keys that cut `table` (about `rows` rows) into `ranges` ranges of about equal size, from a
+/// block sample, in key order: the upper bound of each range but the last. Fewer when the
+/// sample has fewer distinct keys.
+pub async fn split_points(
+    client: &Client,
+    table: &Relation,
+    key: &TableKey,
+    rows: u64,
+    ranges: usize,
+) -> Result<Vec<Vec<String>>, CatalogError> {
+    const SAMPLE_ROWS: f64 = 20_000.0;
+    let name = QualifiedName {
+        schema: table.schema.clone(),
+        name: table.name.clone(),
+    };
+    let err = |e| query_error("sampling the keys of", name.to_string(), e);
+    let percent = (100.0 * SAMPLE_ROWS / rows.max(1) as f64).clamp(0.001, 100.0);
+    let key_list = key
+        .columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let messages = client
+        .simple_query(&format!(
+            "BEGIN READ ONLY; {OUTPUT_SETTINGS} \
+             SELECT {key_list} FROM {} TABLESAMPLE SYSTEM ({percent}) ORDER BY {key_list}; COMMIT",
+            name.quoted()
+        ))
+        .await
+        .map_err(err)?;
+    let sample: Vec<Vec<String>> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..key.columns.len())
+                    .map(|i| r.get(i).unwrap_or_default().to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    let mut points: Vec<Vec<String>> = (1..ranges)
+        .filter_map(|i| sample.get(sample.len() * i / ranges).cloned())
+        .collect();
+    points.dedup();
+    Ok(points)
 }
 
 /// A watermark message: `L <chunk> <snapshot>` (low, with the snapshot taken just before it
