@@ -38,6 +38,7 @@ mod replay;
 pub mod route;
 mod router;
 mod setup;
+mod toast;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

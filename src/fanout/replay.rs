@@ -9,11 +9,12 @@ use tracing::{info, warn};
 use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
 use crate::disposition::{disposition, Backoff, Classify, Disposition, Scope};
-use crate::fanout::route::Routed;
+use crate::fanout::route::{PartialOps, Routed};
 use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
 
 use super::setup::{DestinationPlan, Setup};
+use super::toast::Refill;
 use super::{read_step, FanoutError};
 
 /// Records read from the log per step.
@@ -110,6 +111,8 @@ pub async fn replay(
         last_seq: 0,
     };
     let mut batch = Batch::new(0);
+    let mut partial = PartialOps::new();
+    let mut refill = Refill::new(setup.source.clone(), setup.routing.clone());
     let mut rows = 0usize;
     let mut routed: Vec<Routed> = Vec::new();
     loop {
@@ -125,12 +128,26 @@ pub async fn replay(
             report.last_seq = c.seq;
             router.route(&c, &mut routed)?;
             for r in routed.drain(..) {
-                r.op.add_to(r.table, &mut batch);
+                r.op.add_to(r.table, &mut batch, &mut partial);
                 rows += 1;
             }
             batch.last_seq = c.seq;
         }
         if rows >= plan.config.batch_rows || (done && rows > 0) {
+            // Unchanged TOAST values the destination has no copy of, from the source, as a
+            // running destination reads them (invariant 25).
+            if let (false, Some(writer)) = (partial.is_empty(), sink.as_mut()) {
+                let unknown = writer
+                    .unknown_unchanged(destination, &batch)
+                    .await
+                    .map_err(dest_err)?;
+                if !unknown.is_empty() {
+                    refill
+                        .fill(destination, &mut batch, &partial, &unknown)
+                        .await?;
+                }
+            }
+            partial.clear();
             apply_retrying(&mut sink, plan, destination, Some(&batch))
                 .await
                 .map_err(dest_err)?;

@@ -41,12 +41,18 @@
 //! - A tenant the registry does not know evaluates with every attribute NULL: the tenancy row
 //!   may arrive after the rows that reference it, and the mapping decides what a NULL means.
 //! - Every op carries the change's seq.
+//! - An upsert that still carries [`Cell::Unchanged`] after the old row filled what it could
+//!   is [`Planned::Partial`]: with it goes the tuple it was evaluated from and the tenant's
+//!   attributes ([`SourceRow`]), so that the destination's worker can re-read the missing
+//!   values from the source and evaluate the same mapping again when the destination holds no
+//!   copy of them (`fanout::toast`). One `SourceRow` is shared by every destination's op.
 //!
 //! Errors name tables and columns, never values.
 
 // Per-change lookups: FxHash is several times cheaper than SipHash on short keys, and the
 // keys (tenant ids, oids, mapping indexes) come from the source, not from an attacker.
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 
 use crate::change::{
     Datum, OldTuple, Op, Relation, RowChange, SequencedChange, SnapshotScope, Tuple,
@@ -400,6 +406,12 @@ impl MappingRoute {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Planned {
     Row(RowOp<'static>),
+    /// An upsert with [`Cell::Unchanged`] cells, and what re-reading them from the source
+    /// takes.
+    Partial {
+        op: RowOp<'static>,
+        source: Arc<SourceRow>,
+    },
     /// The source table was truncated: remove the rows of the destination's tenants.
     Truncate {
         seq: u64,
@@ -412,18 +424,43 @@ pub enum Planned {
     },
 }
 
+/// What evaluating an upsert again with its unchanged TOAST values read from the source takes:
+/// the source row as the change carried it (the old row's values filled in), the mapping and
+/// the tenant's attributes as they were at the change. Its datums are slices of the log record
+/// (no copies); it lives as long as the batch holding the op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRow {
+    /// The mapping id ([`MappingRoute::id`]).
+    pub mapping: usize,
+    /// The source relation the tuple is of, as the change described it.
+    pub relation: Arc<Relation>,
+    /// The tuple evaluated, with [`Datum::UnchangedToast`] where values are missing.
+    pub tuple: Tuple,
+    /// The tenant's attributes, in the registry's order.
+    pub attributes: Vec<Option<String>>,
+}
+
+/// A batch's ops whose unchanged values may have to be read from the source: (index into
+/// [`Batch::ops`], what re-reading takes), in op order.
+pub type PartialOps = Vec<(usize, Arc<SourceRow>)>;
+
 impl Planned {
     pub fn seq(&self) -> u64 {
         match self {
-            Planned::Row(op) => op.seq(),
+            Planned::Row(op) | Planned::Partial { op, .. } => op.seq(),
             Planned::Truncate { seq } | Planned::Sweep { seq, .. } => *seq,
         }
     }
 
-    /// Adds this operation on destination table `table` to `batch`.
-    pub fn add_to(self, table: usize, batch: &mut Batch<'static>) {
+    /// Adds this operation on destination table `table` to `batch`; a partial upsert's source
+    /// row goes to `partial`, under the op's index in the batch.
+    pub fn add_to(self, table: usize, batch: &mut Batch<'static>, partial: &mut PartialOps) {
         match self {
             Planned::Row(op) => batch.ops.push((table, op)),
+            Planned::Partial { op, source } => {
+                partial.push((batch.ops.len(), source));
+                batch.ops.push((table, op));
+            }
             Planned::Truncate { seq } => {
                 batch.truncate(table, seq);
             }
@@ -608,6 +645,7 @@ pub fn plan(
     let cx = Planner {
         route,
         rel,
+        relation: &change.change.relation,
         op,
         seq,
         registry,
@@ -620,7 +658,8 @@ pub fn plan(
                 return Ok(());
             }
             if let Some(cells) = cx.upsert_cells(new, tenant)? {
-                cx.emit(tenant, None, RowOp::Upsert { seq, cells }, out);
+                let row = cx.upsert(cells, new, tenant);
+                cx.emit(tenant, None, row, out);
             }
         }
         Op::Update { old, new } => cx.update(old.as_ref(), new, out)?,
@@ -663,7 +702,7 @@ pub fn plan(
                 }
             }
             let key = cx.key_cells(old.tuple(), tenant)?;
-            cx.emit(tenant, None, RowOp::Delete { seq, key }, out);
+            cx.emit(tenant, None, Planned::Row(RowOp::Delete { seq, key }), out);
         }
         Op::Truncate { .. } | Op::SnapshotMark { .. } => {}
     }
@@ -674,6 +713,8 @@ pub fn plan(
 struct Planner<'a> {
     route: &'a MappingRoute,
     rel: &'a Relation,
+    /// `rel`, shared (for [`SourceRow`]).
+    relation: &'a Arc<Relation>,
     op: &'static str,
     seq: u64,
     registry: &'a TenantRegistry,
@@ -683,7 +724,7 @@ struct Planner<'a> {
 impl Planner<'_> {
     /// Pushes `row` for every destination of `tenant` with the mapping, except those that
     /// also serve `skip` (a tenant whose ops were already planned for them).
-    fn emit(&self, tenant: &str, skip: Option<&str>, row: RowOp<'static>, out: &mut Vec<Routed>) {
+    fn emit(&self, tenant: &str, skip: Option<&str>, row: Planned, out: &mut Vec<Routed>) {
         for (destination, table) in self.destinations.serving(self.route.id, tenant) {
             if let Some(skip) = skip {
                 if self
@@ -697,8 +738,30 @@ impl Planner<'_> {
             out.push(Routed {
                 destination,
                 table,
-                op: Planned::Row(row.clone()),
+                op: row.clone(),
             });
+        }
+    }
+
+    /// The upsert of `cells`, evaluated from `tuple`: partial when a cell is unchanged (see
+    /// [`SourceRow`]).
+    fn upsert(&self, cells: Vec<Cell<'static>>, tuple: &Tuple, tenant: &str) -> Planned {
+        let partial = cells.iter().any(|c| matches!(c, Cell::Unchanged));
+        let op = RowOp::Upsert {
+            seq: self.seq,
+            cells,
+        };
+        if !partial {
+            return Planned::Row(op);
+        }
+        Planned::Partial {
+            op,
+            source: Arc::new(SourceRow {
+                mapping: self.route.id,
+                relation: self.relation.clone(),
+                tuple: tuple.clone(),
+                attributes: self.registry.attributes_or_null(tenant).to_vec(),
+            }),
         }
     }
 
@@ -849,7 +912,7 @@ impl Planner<'_> {
                 // A destination serving both tenants needs no delete when the key is the same:
                 // the new op below replaces the row under the same seq.
                 let skip = (old_key == new_key).then_some(tenant);
-                let delete = RowOp::Delete { seq, key: old_key };
+                let delete = Planned::Row(RowOp::Delete { seq, key: old_key });
                 self.emit(old_tenant, skip, delete, out);
             }
         } else if new_row.is_none() && matches!(old, Some(OldTuple::Full(_))) {
@@ -859,8 +922,8 @@ impl Planner<'_> {
 
         if served_new {
             let row = match new_row {
-                Some(cells) => RowOp::Upsert { seq, cells },
-                None => RowOp::Delete { seq, key: new_key },
+                Some(cells) => self.upsert(cells, new, tenant),
+                None => Planned::Row(RowOp::Delete { seq, key: new_key }),
             };
             self.emit(tenant, None, row, out);
         }

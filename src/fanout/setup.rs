@@ -7,6 +7,7 @@ use crate::change::Relation;
 use crate::config::Tenants;
 use crate::config::{Config, DestinationConfig, MappingConfig, StoreConfig};
 use crate::fanout::route::{Destination, DestinationSet, MappingRoute, TenantRegistry};
+use crate::pgconn::ConnInfo;
 use crate::report::Chain;
 use crate::sink::{ColumnType, TargetColumn, TargetTable};
 use crate::source::catalog;
@@ -29,6 +30,9 @@ pub struct Setup {
     /// Per mapping, compiled against the catalog's description of its source table.
     pub compiled: Vec<(Arc<Relation>, MappingRoute)>,
     pub destinations: Vec<DestinationPlan>,
+    /// The source database, for reading unchanged TOAST values no destination holds
+    /// (`fanout::toast`).
+    pub source: ConnInfo,
 }
 
 impl Setup {
@@ -148,6 +152,7 @@ impl Setup {
             registry: Arc::new(registry),
             compiled,
             destinations,
+            source: cfg.source.conn.clone(),
         })
     }
 

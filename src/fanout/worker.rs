@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
 use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
-use crate::fanout::route::{Planned, Routed};
+use crate::fanout::route::{PartialOps, Planned, Routed};
 use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
 use crate::state::{Hold, HoldKind};
@@ -43,6 +43,7 @@ use crate::value::Timestamp;
 use super::dispatch::Chunk;
 use super::router::Router;
 use super::setup::{DestinationPlan, Setup};
+use super::toast::Refill;
 use super::{read_step, until_stopped, DestShared, DestinationState, FanoutError};
 
 /// Records read from the log per step while catching up.
@@ -115,6 +116,11 @@ struct OwnReader {
 /// The batch being built and what was written.
 struct Pending {
     batch: Batch<'static>,
+    /// The batch's upserts with unchanged TOAST values, and what re-reading them takes.
+    partial: PartialOps,
+    /// Reads those the destination has no copy of from the source (kept here, with the batch
+    /// it fills: one source connection per session, opened when first needed).
+    refill: Refill,
     rows: usize,
     started: Option<Instant>,
     next_seq: u64,
@@ -257,6 +263,8 @@ impl Worker {
         self.shared.set_needs_from(next_seq);
         let mut p = Pending {
             batch: Batch::new(next_seq - 1),
+            partial: PartialOps::new(),
+            refill: Refill::new(self.setup.source.clone(), self.setup.routing.clone()),
             rows: 0,
             started: None,
             next_seq,
@@ -447,7 +455,22 @@ impl Worker {
             return Ok(());
         }
         let last_seq = p.batch.last_seq;
-        let batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
+        let mut batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
+        let partial = std::mem::take(&mut p.partial);
+        if !partial.is_empty() {
+            // Only upserts whose unchanged values the destination knows no copy of go to
+            // the source (invariant 25).
+            let unknown = sink.unknown_unchanged(self.name(), &batch).await?;
+            if !unknown.is_empty() {
+                let filled = p
+                    .refill
+                    .fill(self.name(), &mut batch, &partial, &unknown)
+                    .await?;
+                debug!(destination = %self.name(), unknown = unknown.len(), filled, "filled unchanged TOAST values from the source");
+            }
+        }
+        // The tuples kept for re-reading hold log record buffers: let them go now.
+        drop(partial);
         sink.apply(self.name(), &batch).await?;
         if sink.keeps_buffers_after(&batch) {
             // Buffers the size of this batch's huge values would stay with the connection.
@@ -466,7 +489,7 @@ impl Worker {
 
 impl Pending {
     fn push(&mut self, table: usize, op: Planned) {
-        op.add_to(table, &mut self.batch);
+        op.add_to(table, &mut self.batch, &mut self.partial);
         self.rows += 1;
     }
 

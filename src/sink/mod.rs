@@ -374,6 +374,27 @@ impl Writer {
         matches!(self, Writer::Postgres(_)) && batch.shared_bytes() >= RECONNECT_AFTER_SHARED_BYTES
     }
 
+    /// The ops of `batch` (indexes into its ops, ascending) whose [`Cell::Unchanged`] cells the
+    /// destination knows no copy of — not earlier in the batch, not in its current row — so
+    /// that writing them as they are would leave those columns NULL. Costs one read per
+    /// table holding such upserts, nothing for a batch without unchanged cells.
+    pub async fn unknown_unchanged(
+        &mut self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<Vec<usize>, SinkError> {
+        let partial = batch.ops.iter().any(|(_, op)| {
+            matches!(op, RowOp::Upsert { cells, .. } if cells.iter().any(|c| matches!(c, Cell::Unchanged)))
+        });
+        if !partial {
+            return Ok(Vec::new());
+        }
+        Ok(match self {
+            Writer::Postgres(s) => s.unknown_unchanged(destination, batch).await?,
+            Writer::ClickHouse(s) => s.unknown_unchanged(destination, batch).await?,
+        })
+    }
+
     /// Re-applies history without reading or moving the watermark.
     pub async fn replay(&mut self, destination: &str, batch: &Batch<'_>) -> Result<(), SinkError> {
         match self {

@@ -15,6 +15,7 @@
 
 pub mod catalog;
 pub mod pgoutput;
+pub mod rows;
 pub mod session;
 pub mod slot;
 

@@ -613,7 +613,7 @@ impl ClickHouseSink {
                 failpoint::hit(failpoint::CH_MID_BATCH)
                     .map_err(|e| io_error("inserting the batch", Some(&t.label), e))?;
             }
-            let current = self.current_values(t, plan).await?;
+            let current = self.current_values(t, plan, true).await?;
             let body = self.encode(destination, t, plan, &current)?;
             // Server errors cannot point at a row: they name the seqs the insert held.
             let seqs = plan.rows.iter().map(|r| r.seq);
@@ -637,6 +637,36 @@ impl ClickHouseSink {
             .await?;
         }
         Ok(())
+    }
+
+    /// The ops of `batch` (indexes into its ops) whose unchanged cells ClickHouse holds no copy
+    /// of, so that writing them would leave those columns NULL (or the type's default): upserts
+    /// that still carry [`Cell::Unchanged`] once collapsed with the batch's earlier ops of their
+    /// key, whose row (at the old key for a key change) is not live in ClickHouse, or whose key
+    /// the batch deleted before. Reads only the keys, one query per table with such upserts.
+    pub async fn unknown_unchanged(
+        &self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<Vec<usize>, ClickHouseError> {
+        let plans = self.plan(destination, batch)?;
+        let mut unknown = Vec::new();
+        for (ti, plan) in plans.iter().enumerate() {
+            let partial = |row: &PlannedRow<'_, '_>| matches!(&row.op, PlannedOp::Upsert(c) if c.iter().any(|c| matches!(c, Cell::Unchanged)));
+            if !plan.rows.iter().any(partial) {
+                continue;
+            }
+            let live = self.current_values(&self.tables[ti], plan, false).await?;
+            unknown.extend(
+                plan.rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, row)| partial(row) && (row.after_delete || !live.contains_key(i)))
+                    .map(|(_, row)| row.index),
+            );
+        }
+        unknown.sort_unstable();
+        Ok(unknown)
     }
 
     fn table(&self, destination: &str, ti: usize) -> Result<&Table, ClickHouseError> {
@@ -691,7 +721,7 @@ impl ClickHouseSink {
         let collapse = batch.ops.iter().any(|(_, op)| {
             matches!(op, RowOp::Upsert { cells, .. } if cells.iter().any(|c| matches!(c, Cell::Unchanged)))
         });
-        for (ti, op) in &batch.ops {
+        for (index, (ti, op)) in batch.ops.iter().enumerate() {
             let t = self.table(destination, *ti)?;
             seq_in_batch("change", op.seq(), batch).map_err(|reason| invalid(&t.label, reason))?;
             let plan = &mut plans[*ti];
@@ -708,6 +738,7 @@ impl ClickHouseSink {
             if !collapse && well_formed {
                 plan.rows.push(PlannedRow {
                     seq: op.seq(),
+                    index,
                     op: match op {
                         RowOp::Upsert { cells, .. } => PlannedOp::Upsert(Cow::Borrowed(cells)),
                         RowOp::Delete { key, .. } => PlannedOp::Delete(key),
@@ -726,6 +757,7 @@ impl ClickHouseSink {
                     let earlier = plan.index.get(&key).map(|&i| &plan.rows[i]);
                     let mut row = PlannedRow {
                         seq: *seq,
+                        index,
                         op: PlannedOp::Upsert(Cow::Borrowed(cells.as_slice())),
                         after_delete: false,
                         lookup: None,
@@ -787,6 +819,7 @@ impl ClickHouseSink {
                     });
                     PlannedRow {
                         seq: *seq,
+                        index,
                         op: PlannedOp::Delete(old),
                         after_delete: false,
                         lookup: None,
@@ -806,10 +839,13 @@ impl ClickHouseSink {
 
     /// For upserts with unchanged cells left: the current live values of those columns, as
     /// RowBinary, per row index of the plan.
+    /// With `values` false only the keys are read: which rows are live (their values are all
+    /// `None`).
     async fn current_values(
         &self,
         t: &Table,
         plan: &TablePlan<'_, '_>,
+        values: bool,
     ) -> Result<HashMap<usize, Vec<Option<Bytes>>>, ClickHouseError> {
         let mut out = HashMap::default();
         let wanted: Vec<usize> = plan
@@ -827,7 +863,7 @@ impl ClickHouseSink {
         }
         // The columns any of these rows leaves unchanged.
         let mut cols: Vec<usize> = Vec::new();
-        for &i in &wanted {
+        for &i in wanted.iter().filter(|_| values) {
             if let PlannedOp::Upsert(cells) = &plan.rows[i].op {
                 for (c, cell) in cells.iter().enumerate() {
                     if matches!(cell, Cell::Unchanged) && !cols.contains(&c) {
@@ -1064,6 +1100,8 @@ fn fill<'a>(cells: &[Cell<'a>], from: &[Cell<'a>]) -> Vec<Cell<'a>> {
 
 struct PlannedRow<'b, 'a> {
     seq: u64,
+    /// Index into the batch's ops of the op this row is (the last one of its key).
+    index: usize,
     op: PlannedOp<'b, 'a>,
     /// The key whose current row holds this upsert's unchanged values, when not its own (the
     /// old key of a key change).

@@ -15,6 +15,11 @@ pub(super) struct Upsert<'b, 'a> {
     /// For a row whose key changed (deleted at its old key under the same seq): the old key,
     /// whose row holds the values of the `Unchanged` cells.
     pub(super) moved_from: Option<Vec<&'b Cell<'a>>>,
+    /// Index into the batch's ops of the last op collapsed into this one.
+    pub(super) op: usize,
+    /// The batch deleted this key before (and no moved row carries the values): the target's
+    /// row is not this row's past, so it holds no copy of the `Unchanged` cells.
+    pub(super) after_delete: bool,
 }
 
 pub(super) struct Delete<'b, 'a> {
@@ -232,10 +237,10 @@ pub(super) fn plan<'b, 'a>(
         vec![Default::default(); tables.len()];
     let mut latest: Vec<Vec<Latest<'b, 'a>>> = (0..tables.len()).map(|_| Vec::new()).collect();
     // The last delete: (table, seq, key, the cells it replaced when the batch wrote the row).
-    type Replaced<'b, 'a> = (Vec<&'b Cell<'a>>, Option<Vec<&'b Cell<'a>>>);
+    type Replaced<'b, 'a> = (Vec<&'b Cell<'a>>, Option<Vec<&'b Cell<'a>>>, bool);
     type LastDelete<'b, 'a> = (usize, i64, Vec<&'b Cell<'a>>, Option<Replaced<'b, 'a>>);
     let mut last_delete: Option<LastDelete<'b, 'a>> = None;
-    for (ti, op) in &batch.ops {
+    for (op_index, (ti, op)) in batch.ops.iter().enumerate() {
         let t = table_at(*ti)?;
         let tname = t.name.to_string();
         let seq = checked_seq(&tname, "change", op.seq())?;
@@ -247,6 +252,8 @@ pub(super) fn plan<'b, 'a>(
                     seq,
                     cells: cells.iter().collect(),
                     moved_from: None,
+                    op: op_index,
+                    after_delete: false,
                 };
                 // A key change: the delete of the old key came just before, under this seq.
                 if let Some((dt, dseq, old_key, replaced)) = last_delete.take() {
@@ -256,13 +263,18 @@ pub(super) fn plan<'b, 'a>(
                         match replaced {
                             // Moved again: still unknown cells come from where the earlier
                             // write's do.
-                            Some((prev, prev_moved_from)) => {
+                            Some((prev, prev_moved_from, prev_after_delete)) => {
                                 for (cell, p) in u.cells.iter_mut().zip(prev) {
                                     if matches!(cell, Cell::Unchanged) {
                                         *cell = p;
                                     }
                                 }
-                                u.moved_from = prev_moved_from.or(Some(old_key));
+                                u.after_delete = prev_after_delete;
+                                u.moved_from = if prev_after_delete {
+                                    prev_moved_from
+                                } else {
+                                    prev_moved_from.or(Some(old_key))
+                                };
                             }
                             None => u.moved_from = Some(old_key),
                         }
@@ -275,7 +287,9 @@ pub(super) fn plan<'b, 'a>(
                     index[*ti]
                         .get(&key_text)
                         .and_then(|&slot| match &latest[*ti][slot] {
-                            Latest::Upsert(u) => Some((u.cells.clone(), u.moved_from.clone())),
+                            Latest::Upsert(u) => {
+                                Some((u.cells.clone(), u.moved_from.clone(), u.after_delete))
+                            }
                             _ => None,
                         });
                 last_delete = Some((*ti, seq, key_cells.clone(), replaced));
@@ -300,16 +314,24 @@ pub(super) fn plan<'b, 'a>(
                     continue;
                 }
                 let mut new = new;
-                if let (Latest::Upsert(n), Latest::Upsert(o)) = (&mut new, &*old) {
-                    for (cell, prev) in n.cells.iter_mut().zip(&o.cells) {
-                        if matches!(cell, Cell::Unchanged) {
-                            *cell = prev;
+                match (&mut new, &*old) {
+                    (Latest::Upsert(n), Latest::Upsert(o)) => {
+                        for (cell, prev) in n.cells.iter_mut().zip(&o.cells) {
+                            if matches!(cell, Cell::Unchanged) {
+                                *cell = prev;
+                            }
+                        }
+                        // Cells still unchanged come from where the earlier upsert's do.
+                        if n.moved_from.is_none() {
+                            n.moved_from = o.moved_from.clone();
+                            n.after_delete = o.after_delete;
                         }
                     }
-                    // Cells still unchanged come from where the earlier upsert's do.
-                    if n.moved_from.is_none() {
-                        n.moved_from = o.moved_from.clone();
+                    // The delete is collapsed away: the target's row is what it removed.
+                    (Latest::Upsert(n), Latest::Delete(_)) if n.moved_from.is_none() => {
+                        n.after_delete = true;
                     }
+                    _ => {}
                 }
                 *old = new;
             }

@@ -334,6 +334,7 @@ impl PostgresSink {
         let sql = statements(&spec, &key_idx, &casts);
         let prep = |e| query_error("preparing statements", None, Some(&name), e);
         let upsert = self.client.prepare(&sql.upsert).await.map_err(prep)?;
+        let missing = self.client.prepare(&sql.missing).await.map_err(prep)?;
         let keep = match &sql.keep {
             Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
             None => None,
@@ -350,6 +351,7 @@ impl PostgresSink {
             key_idx,
             casts,
             upsert,
+            missing,
             keep,
             carry,
             delete,
@@ -446,6 +448,86 @@ impl PostgresSink {
         .map_err(wm_err("advancing the watermark"))?;
         tx.commit().await.map_err(wm_err("committing the batch"))?;
         Ok(ApplyOutcome::Applied)
+    }
+
+    /// The ops of `batch` (indexes into its ops) whose unchanged cells this destination knows
+    /// no copy of, so that writing them would leave those columns NULL: upserts that still
+    /// carry [`crate::sink::Cell::Unchanged`] once collapsed with the batch's earlier ops of
+    /// their key, and whose key (the old key, for a row whose key changed) has no live row in
+    /// the target, or whose key the batch deleted before. One statement per table with such
+    /// upserts; none for a batch without them.
+    pub async fn unknown_unchanged(
+        &self,
+        destination: &str,
+        batch: &Batch<'_>,
+    ) -> Result<Vec<usize>, PostgresError> {
+        let plan = plan(destination, &self.tables, batch)?;
+        let mut unknown = Vec::new();
+        for p in &plan.tables {
+            let t = &self.tables[p.table];
+            let mut probe = Vec::new();
+            for u in &p.upserts {
+                if !u
+                    .cells
+                    .iter()
+                    .any(|c| matches!(c, crate::sink::Cell::Unchanged))
+                {
+                    continue;
+                }
+                if u.after_delete && u.moved_from.is_none() {
+                    unknown.push(u.op);
+                } else {
+                    probe.push(u);
+                }
+            }
+            if probe.is_empty() {
+                continue;
+            }
+            let keys: Vec<Vec<Option<&str>>> = (0..t.key_idx.len())
+                .map(|j| {
+                    probe
+                        .iter()
+                        .map(|u| match &u.moved_from {
+                            Some(old) => old[j].as_str(),
+                            None => u.cells[t.key_idx[j]].as_str(),
+                        })
+                        .collect()
+                })
+                .collect();
+            let index: Vec<i32> = (0..probe.len())
+                .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+                .collect();
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                Vec::with_capacity(keys.len() + 1);
+            params.extend(
+                keys.iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
+            params.push(&index);
+            let rows = self.client.query(&t.missing, &params).await.map_err(|e| {
+                query_error(
+                    "finding rows without a copy of their unchanged values",
+                    Some(destination),
+                    Some(&t.name),
+                    e,
+                )
+            })?;
+            for row in rows {
+                let i: i32 = row.try_get(0).map_err(|e| {
+                    query_error(
+                        "finding rows without a copy of their unchanged values",
+                        Some(destination),
+                        Some(&t.name),
+                        e,
+                    )
+                })?;
+                if let Some(u) = usize::try_from(i).ok().and_then(|i| probe.get(i)) {
+                    unknown.push(u.op);
+                }
+            }
+        }
+        unknown.sort_unstable();
+        Ok(unknown)
     }
 
     /// Writes `batch` for `destination` in one transaction without reading, locking or moving

@@ -8,6 +8,7 @@ use crate::sql::QualifiedName;
 
 pub(super) struct Sql {
     pub(super) upsert: String,
+    pub(super) missing: String,
     pub(super) keep: Option<String>,
     pub(super) carry: Option<String>,
     pub(super) delete: String,
@@ -147,8 +148,27 @@ pub(super) fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -
         )
     });
 
-    // delete
+    // missing: which of these keys have no live row (nothing to keep unchanged values from)
     let k = key_idx.len();
+    let missing = {
+        let mut params: Vec<String> = (1..=k).map(|p| format!("${p}::text[]")).collect();
+        params.push(format!("${}::int4[]", k + 1));
+        let mut names: Vec<String> = (0..k).map(|j| format!("m{j}")).collect();
+        names.push("i".into());
+        let live = if t.soft_delete {
+            format!(" AND NOT t.{del}")
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT u.i FROM unnest({}) AS u({})              WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {}{live})",
+            params.join(", "),
+            names.join(", "),
+            key_match(&|j| format!("u.m{j}"))
+        )
+    };
+
+    // delete
     let mut params: Vec<String> = (1..=k).map(|p| format!("${p}::text[]")).collect();
     params.push(format!("${}::int8[]", k + 1));
     let mut names: Vec<String> = (0..k).map(|j| format!("d{j}")).collect();
@@ -172,6 +192,7 @@ pub(super) fn statements(t: &TargetTable, key_idx: &[usize], casts: &[String]) -
     };
     Sql {
         upsert,
+        missing,
         keep,
         carry,
         delete,
@@ -188,6 +209,9 @@ pub(super) struct Prepared {
     /// Per column, the type to cast text to, as `format_type` spells the catalog's type.
     pub(super) casts: Vec<String>,
     pub(super) upsert: Statement,
+    /// The indexes of the given keys that have no live row: `$1..$k` text[] per key column,
+    /// `$k+1` int4[] of indexes.
+    pub(super) missing: Statement,
     /// None when every column is a key column (nothing can be unchanged).
     pub(super) keep: Option<Statement>,
     /// Like `keep`, for rows whose key changed; None alike.
