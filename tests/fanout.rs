@@ -1588,3 +1588,134 @@ async fn a_recreated_slot_holds_every_destination_needs_resync_and_a_foreign_wat
     drop_slot(&source, &format!("o_{db}")).await;
     drop_slot(&source, &format!("s_{db}")).await;
 }
+
+/// A large value PostgreSQL keeps out of line (TOAST): about 9.6 kB of random hex, which does
+/// not compress.
+const TOASTED: &str =
+    "(SELECT string_agg(md5(random()::text || k), '') FROM generate_series(1, 300) AS k)";
+
+/// Rows that enter a destination through an update leaving their large value alone — a filter
+/// flip, a move from a tenant no destination serves or from another destination's tenant, a
+/// flip back in after the value changed while the row was out — carry that value, which the
+/// change does not (REPLICA IDENTITY DEFAULT) and no destination holds: it is read from the
+/// source (invariant 25). With FULL the old row carries it, as the log shows.
+async fn rows_entering_a_destination_keep_unchanged_toast_values(identity: &str) {
+    let prefix = format!("toast_{}", identity.to_lowercase());
+    let (db, source) = seeded_source(&format!("{prefix}_src")).await;
+    source
+        .batch_execute(&format!(
+            "ALTER TABLE project_user REPLICA IDENTITY {identity}"
+        ))
+        .await
+        .unwrap();
+    let (a, b) = (
+        fresh_db(&format!("{prefix}_a")).await,
+        fresh_db(&format!("{prefix}_b")).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let destinations =
+        destination_toml("a", &a, &[TENANT_A]) + &destination_toml("b", &b, &[TENANT_B]);
+    let config = write_config(dir.path(), &db, &destinations);
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+
+    // Every row has a large value; a third are filtered out (anonymous). Ids are distinct
+    // across tenants, so a row moves between tenants with its id (the target's key).
+    for (tenant, first) in [(TENANT_A, 1), (TENANT_B, 1001), (TENANT_C, 2001)] {
+        source
+            .execute(
+                &format!(
+                    "INSERT INTO project_user (tenancy_id, id, display_name, email, is_anonymous, bio)
+                     SELECT $1::text::uuid, g, 'User ' || g, 'u' || g || '@x.org', g % 3 = 0, {TOASTED}
+                     FROM generate_series($2::int, $2::int + 29) g"
+                ),
+                &[&tenant, &first],
+            )
+            .await
+            .unwrap();
+    }
+    let (target_a, target_b) = (sql(&a).await, sql(&b).await);
+    // The targets hold the inserted rows before the updates come: no insert in the same batch
+    // supplies the values.
+    wait_equal(&source, &target_a, "a", &[TENANT_A]).await;
+    wait_equal(&source, &target_b, "b", &[TENANT_B]).await;
+
+    source
+        .batch_execute(&format!(
+            "-- filter flips into both destinations
+             UPDATE project_user SET is_anonymous = false WHERE is_anonymous AND id % 2 = 0;
+             -- moves from a tenant no destination serves (C), and from A's destination to B's
+             UPDATE project_user SET tenancy_id = '{TENANT_B}' WHERE tenancy_id = '{TENANT_C}' AND id < 2020;
+             UPDATE project_user SET tenancy_id = '{TENANT_B}' WHERE tenancy_id = '{TENANT_A}' AND id <= 10;
+             -- out of the filter, the large value changed while out, back in unchanged
+             UPDATE project_user SET is_anonymous = true, bio = {TOASTED} WHERE id BETWEEN 11 AND 16;
+             UPDATE project_user SET is_anonymous = false WHERE id BETWEEN 11 AND 16;
+             -- rows the targets hold: their own copy is kept (no source read needed)
+             UPDATE project_user SET display_name = 'edited' WHERE id % 5 = 1;"
+        ))
+        .await
+        .unwrap();
+    // And in later transactions, each in a batch of its own.
+    for statement in [
+        "UPDATE project_user SET is_anonymous = false WHERE is_anonymous AND id < 1000".to_owned(),
+        format!(
+            "UPDATE project_user SET tenancy_id = '{TENANT_A}' WHERE tenancy_id = '{TENANT_C}'"
+        ),
+    ] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        source.batch_execute(&statement).await.unwrap();
+    }
+    let n_a = wait_equal(&source, &target_a, "a", &[TENANT_A]).await;
+    let n_b = wait_equal(&source, &target_b, "b", &[TENANT_B]).await;
+    assert!(n_a > 20 && n_b > 40, "{n_a} {n_b}");
+    for (target, name) in [(&target_a, "a"), (&target_b, "b")] {
+        let missing: i64 = target
+            .query_one(
+                "SELECT count(*) FROM users WHERE bio IS NULL OR length(bio) < 9000",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(missing, 0, "{name}: rows without their large value");
+    }
+    assert!(daemon.stop().success());
+
+    // Whether the log's updates carried the value in the old row: never with DEFAULT (pgoutput
+    // sends only the key), always with FULL (PostgreSQL logs the whole old row, its TOASTed
+    // values inlined).
+    let out = cli(&["log", "read", "--from-seq", "1"], &config).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut unchanged = 0;
+    for change in json_lines(&out.stdout) {
+        let leaves_bio = change["unchanged"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|c| c == "bio"));
+        if change["op"] != "update" || !leaves_bio {
+            continue;
+        }
+        unchanged += 1;
+        let old_has_bio = change["old"].get("bio").is_some_and(|b| b.is_string());
+        assert_eq!(
+            old_has_bio,
+            identity == "FULL",
+            "{identity}: {}",
+            change["old"]
+        );
+    }
+    assert!(unchanged > 30, "{unchanged} updates left bio unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_entering_a_destination_keep_unchanged_toast_values_replica_identity_default() {
+    rows_entering_a_destination_keep_unchanged_toast_values("DEFAULT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_entering_a_destination_keep_unchanged_toast_values_replica_identity_full() {
+    rows_entering_a_destination_keep_unchanged_toast_values("FULL").await;
+}

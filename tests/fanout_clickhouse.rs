@@ -728,3 +728,174 @@ async fn a_rejected_value_stops_only_that_destination_and_credentials_stay_out_o
         "{written}"
     );
 }
+
+/// Rows that enter a ClickHouse destination through an update leaving their large value alone
+/// — a filter flip, a move from a tenant the destination does not serve, a flip back in after
+/// the value changed while the row was out — carry that value, which the change does not
+/// (REPLICA IDENTITY DEFAULT) and ClickHouse does not hold: it is read from the source
+/// (invariant 25). With FULL the old row carries it.
+async fn rows_entering_clickhouse_keep_unchanged_toast_values(identity: &str) {
+    let ch = clickhouse();
+    let prefix = format!("chtoast_{}", identity.to_lowercase());
+    let (db, source) = source(&prefix).await;
+    source
+        .batch_execute(&format!(
+            "ALTER TABLE project_user REPLICA IDENTITY {identity}"
+        ))
+        .await
+        .unwrap();
+    let database = format!("{db}_internal");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, d) = (TENANCIES[0].0, TENANCIES[1].0, TENANCIES[3].0);
+    let path = dir.path().join("pgfanout.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[source]
+url = {}
+slot = "s_{db}"
+tables = ["public.tenancy", "public.project_user"]
+status_interval = "100ms"
+[log]
+dir = {}
+sync_interval = "20ms"
+[state]
+checkpoint_interval = "200ms"
+[tenants]
+query = "SELECT id AS tenant, project_id, branch_id FROM public.tenancy"
+table = "public.tenancy"
+[[mappings]]
+name = "users"
+source = "public.project_user"
+tenant_key = "tenancy_id"
+target = "users"
+key = ["project_id", "branch_id", "id"]
+filter = "is_anonymous = false"
+[mappings.columns]
+project_id = "tenant.project_id"
+branch_id = "tenant.branch_id"
+id = "project_user_id"
+display_name = "display_name"
+profile_image_url = "profile_image_url"
+[[destinations]]
+name = "analytics"
+kind = "clickhouse"
+url = {}
+database = {}
+tenants = ["{b}"]
+mappings = ["users"]
+tenant_columns = ["project_id", "branch_id"]
+version_column = "sync_sequence_id"
+deleted_column = "sync_is_deleted"
+flush_interval = "100ms"
+"#,
+            toml_str(&url_on(server(), &db)),
+            toml_str(&dir.path().join("log").display().to_string()),
+            toml_str(&ch.url()),
+            toml_str(&database),
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&path);
+    wait_streaming(&mut daemon, &source, &db).await;
+
+    // Every row has a large value; a third are filtered out (anonymous).
+    for (tenancy, first) in [(a, 1), (b, 1001), (d, 2001)] {
+        source
+            .execute(
+                &format!(
+                    "INSERT INTO project_user (tenancy_id, project_user_id, display_name, is_anonymous,
+                                               profile_image_url)
+                     SELECT $1::text::uuid, md5('u' || g)::uuid, 'User ' || g, g % 3 = 0, {BIG}
+                     FROM generate_series($2::int, $2::int + 29) g"
+                ),
+                &[&tenancy, &first],
+            )
+            .await
+            .unwrap();
+    }
+    let projection = "SELECT u.project_user_id::text, md5(u.profile_image_url)
+                      FROM project_user u WHERE u.tenancy_id = $1::text::uuid AND NOT u.is_anonymous";
+    let live = format!(
+        "SELECT toString(id), lower(hex(MD5(profile_image_url))) FROM `{database}`.users FINAL \
+         WHERE sync_is_deleted = 0"
+    );
+    let wait = |min: usize| {
+        let (source, live) = (&source, &live);
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let rows = source.query(projection, &[&b]).await.unwrap();
+                let want: String = rows
+                    .iter()
+                    .map(|r| format!("{}\t{}\n", r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .collect();
+                let got = ch_query(ch, live).map(|t| sorted(&t));
+                if got.as_deref() == Some(sorted(&want).as_str()) && rows.len() >= min {
+                    return rows.len();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for ClickHouse to equal the projection: want {} rows, got {:?}; first differing line: {:?}",
+                    rows.len(),
+                    got.as_ref().map(|g| g.lines().count()),
+                    got.as_ref().and_then(|g| g.lines().zip(sorted(&want).lines()).find(|(x, y)| x != y).map(|(x, y)| (x.to_owned(), y.to_owned())))
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // ClickHouse holds the inserted rows before the updates come.
+    wait(20).await;
+
+    source
+        .batch_execute(&format!(
+            "-- filter flips
+             UPDATE project_user SET is_anonymous = false WHERE is_anonymous AND tenancy_id = '{b}'
+                 AND display_name IN ('User 1003', 'User 1009', 'User 1015');
+             -- moves from tenants the destination does not serve
+             UPDATE project_user SET tenancy_id = '{b}' WHERE tenancy_id = '{a}' AND display_name < 'User 2';
+             UPDATE project_user SET tenancy_id = '{b}' WHERE tenancy_id = '{d}' AND display_name < 'User 2010';
+             -- out of the filter, the large value changed while out, back in unchanged
+             UPDATE project_user SET is_anonymous = true, profile_image_url = {BIG}
+                 WHERE display_name IN ('User 1001', 'User 1002', 'User 1004');
+             UPDATE project_user SET is_anonymous = false
+                 WHERE display_name IN ('User 1001', 'User 1002', 'User 1004');
+             -- rows ClickHouse holds: its own copy is kept
+             UPDATE project_user SET display_name = display_name || ' (edited)' WHERE display_name LIKE '%7';"
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    source
+        .batch_execute(&format!(
+            "UPDATE project_user SET is_anonymous = false WHERE is_anonymous AND tenancy_id = '{b}'"
+        ))
+        .await
+        .unwrap();
+    let n = wait(40).await;
+    let missing = ch_query(
+        ch,
+        &format!(
+            "SELECT count() FROM `{database}`.users FINAL \
+             WHERE sync_is_deleted = 0 AND length(ifNull(profile_image_url, '')) < 9000"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        missing.trim(),
+        "0",
+        "rows without their large value ({n} rows)"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_entering_clickhouse_keep_unchanged_toast_values_replica_identity_default() {
+    rows_entering_clickhouse_keep_unchanged_toast_values("DEFAULT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_entering_clickhouse_keep_unchanged_toast_values_replica_identity_full() {
+    rows_entering_clickhouse_keep_unchanged_toast_values("FULL").await;
+}
