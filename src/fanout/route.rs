@@ -1260,6 +1260,74 @@ mod tests {
     }
 
     #[test]
+    fn an_upsert_with_unchanged_toast_carries_what_reading_it_again_takes() {
+        let mut new = row("7", A, "", false);
+        new.0[2] = Datum::UnchangedToast;
+        // REPLICA IDENTITY DEFAULT: the change does not carry the value.
+        let out = run(
+            40,
+            Op::Update {
+                old: None,
+                new: new.clone(),
+            },
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        let sources: Vec<&Arc<SourceRow>> = out
+            .iter()
+            .map(|r| match &r.op {
+                Planned::Partial { op, source } => {
+                    let cells = vec![text("7"), text("project-a"), Cell::Unchanged];
+                    assert_eq!(op, &RowOp::Upsert { seq: 40, cells });
+                    source
+                }
+                other => panic!("not partial: {other:?}"),
+            })
+            .collect();
+        assert_eq!(sources[0].mapping, MAPPING);
+        assert_eq!(sources[0].relation.name, "project_user");
+        assert_eq!(sources[0].tuple, new);
+        assert_eq!(sources[0].attributes, vec![Some("project-a".to_owned())]);
+        // One source row, shared by every destination's op.
+        assert!(Arc::ptr_eq(sources[0], sources[1]));
+        // Adding it to a batch files the source row under the op's index.
+        let mut batch = Batch::new(40);
+        let mut partial = PartialOps::new();
+        Planned::Row(RowOp::Delete {
+            seq: 39,
+            key: vec![text("1")],
+        })
+        .add_to(0, &mut batch, &mut partial);
+        out[0].op.clone().add_to(0, &mut batch, &mut partial);
+        assert_eq!(partial.len(), 1);
+        assert_eq!(partial[0].0, 1);
+        // A whole old row that lacks the value too (pgoutput sends FULL old rows with their
+        // TOASTed values inlined, but the decoder accepts the marker there): still partial.
+        let out = run(
+            41,
+            Op::Update {
+                old: Some(OldTuple::Full(new.clone())),
+                new: new.clone(),
+            },
+        );
+        assert!(
+            out.iter().all(|r| matches!(r.op, Planned::Partial { .. })),
+            "{out:?}"
+        );
+        // An insert or an update carrying every value is a plain row.
+        let out = run(
+            42,
+            Op::Update {
+                old: None,
+                new: row("7", A, "x", false),
+            },
+        );
+        assert!(
+            out.iter().all(|r| matches!(r.op, Planned::Row(_))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn old_row_without_tenant_is_not_deleted_anywhere() {
         let mut old = row("6", A, "Ada", false);
         old.0[1] = Datum::Null;

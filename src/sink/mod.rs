@@ -67,8 +67,9 @@ pub use postgres::{ApplyOutcome, Location, PostgresError, PostgresSink};
 pub enum RowOp<'a> {
     /// Insert or update the row. `cells` has one cell per [`TargetTable::columns`], in column
     /// order. [`Cell::Unchanged`] keeps the target's current value; when the row does not
-    /// exist yet the column is written as NULL (an unchanged TOAST value of a row the target
-    /// never saw is unknown). Key cells must be text.
+    /// exist yet the column is written as NULL. (The fan-out fills such cells from the source
+    /// first, see [`Writer::unknown_unchanged`]: what is left unchanged then belongs to a row
+    /// the source no longer has either.) Key cells must be text.
     Upsert { seq: u64, cells: Vec<Cell<'a>> },
     /// Delete the row with this key: one text cell per [`TargetTable::key`] column, in key
     /// order.

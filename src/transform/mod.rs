@@ -36,7 +36,8 @@
 //!
 //! **Unchanged TOAST.** pgoutput does not resend a TOASTed value an update left alone. An
 //! output that depends on such a value is [`Cell::Unchanged`] and the writer keeps the
-//! target's value. That is exact for expressions over that one column (pass-through, casts,
+//! target's value (for a row the target does not hold, the fan-out reads the value from the
+//! source and evaluates the mapping again). That is exact for expressions over that one column (pass-through, casts,
 //! `lower`, `hash`, JSON access); for an expression that also reads other columns the target
 //! keeps its old value even if the other inputs changed — callers that have the old row
 //! (REPLICA IDENTITY FULL) should substitute its values before evaluating. `IS NULL` on an

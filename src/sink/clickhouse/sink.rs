@@ -26,9 +26,11 @@
 //! **Unchanged TOAST values.** PostgreSQL does not send a large value an update left alone.
 //! The value is taken, in this order, from: the old tuple (the router fills it when the table
 //! has REPLICA IDENTITY FULL); an earlier upsert of the same row in the batch; the row's
-//! current live version in ClickHouse. A row none of these knows (it was never synced and the
-//! old tuple is not sent) gets NULL, or the type's default in a non-Nullable column, and a
-//! warning names the table and column.
+//! current live version in ClickHouse; the source table (the fan-out asks
+//! [`ClickHouseSink::unknown_unchanged`] which rows none of the others knows, and reads those
+//! from the source before the batch comes here, see `fanout::toast`). A row the source no
+//! longer has either (a later change, also in the log, deleted it) gets NULL, or the type's
+//! default in a non-Nullable column, with a warning naming the table and column.
 //!
 //! **Sort key.** Each table is ordered by the destination's tenant columns, then the rest of
 //! the mapping's key. The tenant columns must be part of the key (checked at start), so a
@@ -992,7 +994,7 @@ impl ClickHouseSink {
                                 None => {
                                     if !unknown_warned {
                                         warn!(destination, table = %t.label, column = %t.spec.columns[c].name, seq = row.seq,
-                                            "an unchanged TOAST value of a row ClickHouse does not hold is unknown; writing NULL or the type's default");
+                                            "an unchanged TOAST value is unknown to ClickHouse and the source (the row is gone there; a later delete removes it); writing NULL or the type's default");
                                         unknown_warned = true;
                                     }
                                     t.encoders[c].encode_default(&mut out);

@@ -7,6 +7,8 @@
 //! column's type as the catalog reports it:
 //!
 //! ```text
+//! missing: SELECT u.i FROM unnest(key text[]…, int4[]) AS u(…)
+//!            WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.key = u.key [AND NOT t._deleted])
 //! upsert:  INSERT INTO t (cols…, _seq) SELECT CAST(u.v0 AS type0), …, u.s
 //!            FROM unnest($1::text[], …, $n::int8[]) AS u(v0, …, s)
 //!          ON CONFLICT (key) DO UPDATE SET col = excluded.col, …, _seq = excluded._seq
@@ -28,8 +30,11 @@
 //!
 //! Rows carrying [`Cell::Unchanged`] first go through `keep`, which updates an existing row and
 //! keeps those columns; the `upsert` that follows then finds the row at the same `_seq` and
-//! leaves it alone, or inserts it when it did not exist — with NULL in the unchanged columns,
-//! since their value is unknown to the change.
+//! leaves it alone, or inserts it when it did not exist. Before the batch is written, the
+//! fan-out asks [`PostgresSink::unknown_unchanged`] which such rows have no live row to keep
+//! the values from (the `missing` statement: keys without a live row, one statement per
+//! table) and fills those from the source (`fanout::toast`), so an unchanged column is NULL
+//! only for a row the source no longer has either — a later delete in the log removes it.
 //!
 //! The watermark row is locked first (`INSERT … ON CONFLICT DO UPDATE … RETURNING seq`, which
 //! creates it when absent and row-locks it like `SELECT … FOR UPDATE`), so two writers for one
