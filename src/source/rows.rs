@@ -68,7 +68,7 @@ pub async fn row_key(client: &Client, rel: &Relation) -> Result<Option<Vec<usize
 pub type CurrentValues = HashMap<Vec<String>, Vec<Option<String>>>;
 
 /// The current values of `columns` of the rows of `rel` whose `key` columns have the texts in
-/// `keys` (one text per key column each): set-based, [`KEYS_PER_QUERY`] keys per statement. A
+/// `keys` (one text per key column each): set-based, `KEYS_PER_QUERY` keys per statement. A
 /// row that no longer exists is simply absent.
 pub async fn current_values(
     client: &Client,
