@@ -761,6 +761,9 @@ dir = {}
 sync_interval = "20ms"
 [state]
 checkpoint_interval = "200ms"
+[snapshot]
+mode = "never"
+auto_resync = false
 [tenants]
 query = "SELECT id AS tenant, project_id, branch_id FROM public.tenancy"
 table = "public.tenancy"

@@ -1608,7 +1608,7 @@ mod tests {
         assert!(run(21, mark(0, true)).is_empty());
         assert!(run(22, mark(0, false)).is_empty());
         let mut batch = Batch::new(30);
-        Planned::Sweep { seq: 20, below: 5 }.add_to(1, &mut batch);
+        Planned::Sweep { seq: 20, below: 5 }.add_to(1, &mut batch, &mut PartialOps::new());
         assert_eq!(batch.truncates, vec![(1, 5)]);
     }
 }
