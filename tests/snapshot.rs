@@ -334,6 +334,27 @@ async fn resync_refills_a_wiped_table_and_a_new_tenant_is_backfilled() {
     assert!(out.status.success(), "resync failed: {stderr}");
     assert!(stderr.contains("done:"), "{stderr}");
     wait_projection(&source, &a, &TABLES, &["t1"]).await;
+    // status --json lists it with its progress; `log read` shows its rows.
+    let out = cli(&["status", "--json"], &config).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resync = status["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["reason"] == "resync")
+        .unwrap_or_else(|| panic!("no resync in {status}"));
+    assert_eq!(resync["state"], "done", "{resync}");
+    assert_eq!(resync["tables"], 1, "{resync}");
+    assert_eq!(resync["tables_done"], 1, "{resync}");
+    assert!(resync["rows"].as_u64().unwrap() >= 6_000, "{resync}");
+    let from = resync["done_seq"].as_u64().unwrap().to_string();
+    let out = cli(
+        &["log", "read", "--from-seq", &from, "--limit", "1"],
+        &config,
+    )
+    .await;
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("\"op\":\"snapshot_mark\""), "{line}");
 
     // Refused before anything is requested.
     for (args, says) in [

@@ -12,8 +12,8 @@ use pgfanout::lsn::Lsn;
 use pgfanout::pgconn::{Host, SslMode};
 use pgfanout::report::Chain;
 use pgfanout::state::{
-    migrate, Binding, Checkpoint, Hold, HoldKind, Migration, StateDb, StateError, DEFAULT_SCHEMA,
-    MIGRATIONS,
+    migrate, Binding, Checkpoint, Coverage, Hold, HoldKind, Migration, NewSnapshot, RangeProgress,
+    SnapshotState, StateDb, StateError, TableProgress, DEFAULT_SCHEMA, MIGRATIONS,
 };
 use support::*;
 
@@ -76,9 +76,13 @@ async fn migrate_creates_schema_tables_and_history_then_applies_nothing() {
         tables(&client, DEFAULT_SCHEMA).await,
         [
             "checkpoints",
+            "coverage",
             "destination_holds",
             "destinations",
-            "migrations"
+            "migrations",
+            "snapshot_ranges",
+            "snapshot_tables",
+            "snapshots"
         ]
     );
     let expected: Vec<(i32, String, String)> = MIGRATIONS
@@ -316,14 +320,88 @@ async fn a_hostile_schema_name_is_quoted() {
         tables(&client, schema).await,
         [
             "checkpoints",
+            "coverage",
             "destination_holds",
             "destinations",
-            "migrations"
+            "migrations",
+            "snapshot_ranges",
+            "snapshot_tables",
+            "snapshots"
         ]
     );
     assert!(!schema_exists(&client, DEFAULT_SCHEMA).await);
     assert!(!schema_exists(&client, "pg").await);
     assert_eq!(history(&client, schema).await.len(), MIGRATIONS.len());
+
+    // Snapshots: a request, its start with tables and ranges, progress, the end; coverage.
+    let snapshots = state.snapshots();
+    let request = NewSnapshot {
+        reason: "resync".into(),
+        destinations: vec!["a".into()],
+        tenants: Some(vec!["t'1".into()]),
+        mappings: None,
+        clears_hold: true,
+    };
+    let id = snapshots.request(&request).await.unwrap();
+    let open = snapshots.open().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].id, &open[0].request, open[0].state),
+        (id, &request, SnapshotState::Pending)
+    );
+    let range = |n: u32, lower: Option<&str>, upper: Option<&str>| RangeProgress {
+        range_no: n,
+        lower: lower.map(|k| vec![k.to_owned(), "1".into()]),
+        upper: upper.map(|k| vec![k.to_owned(), "1".into()]),
+        ..RangeProgress::default()
+    };
+    let table = TableProgress {
+        source_table: "public.orders".into(),
+        mappings: vec!["orders".into()],
+        key_columns: vec!["tenant".into(), "id".into()],
+        estimated_rows: 1234,
+        done: false,
+        ranges: vec![range(0, None, Some("m")), range(1, Some("m"), None)],
+    };
+    snapshots
+        .start(id, 77, std::slice::from_ref(&table))
+        .await
+        .unwrap();
+    let mut second = table.ranges[1].clone();
+    second.position = Some(vec!["q".into(), "9".into()]);
+    second.chunks = 3;
+    second.rows = 2500;
+    second.mark_seq = 990;
+    snapshots
+        .save_range(id, "public.orders", &second)
+        .await
+        .unwrap();
+    let tables = snapshots.tables(id).await.unwrap();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(tables[0].ranges, vec![table.ranges[0].clone(), second]);
+    assert_eq!(tables[0].estimated_rows, 1234);
+    snapshots.table_done(id, "public.orders").await.unwrap();
+    snapshots
+        .finish(id, SnapshotState::Done, Some(1000), None)
+        .await
+        .unwrap();
+    let done = snapshots.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.start_seq, done.done_seq),
+        (SnapshotState::Done, Some(77), Some(1000))
+    );
+    assert!(snapshots.open().await.unwrap().is_empty());
+    assert!(snapshots.tables(id).await.unwrap()[0].done);
+    let covered = Coverage {
+        destination: "a".into(),
+        mapping: "orders".into(),
+        tenant: "*".into(),
+    };
+    snapshots
+        .add_coverage(&[covered.clone(), covered.clone()])
+        .await
+        .unwrap();
+    assert_eq!(snapshots.coverage().await.unwrap(), vec![covered]);
 
     // The binding round-trips too, with a system identifier beyond bigint's range.
     let bound = |lsn: u64, seq: u64, lineage: Lineage| Checkpoint {
