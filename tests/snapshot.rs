@@ -499,8 +499,21 @@ async fn a_destination_that_missed_changes_is_resynced_on_its_own() {
     wait_projection(&source, &a, &TABLES, &TENANTS).await;
     assert!(daemon.stop().success());
 
+    // The server lets go of the slot a moment after the daemon exits.
+    let slot = format!("s_{db}");
+    wait_for("the slot to be released", || async {
+        source
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .map(|_| ())
+    })
+    .await;
     source
-        .execute("SELECT pg_drop_replication_slot($1)", &[&format!("s_{db}")])
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
         .await
         .unwrap();
     source

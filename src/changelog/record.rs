@@ -151,6 +151,11 @@ pub fn encode_change(
     const CHANGE_RELATION: u8 = (5 << 3) | 2;
     let field_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
 
+    const CHANGE_SCOPE: u8 = (13 << 3) | 2;
+    let scope = match &c.change.op {
+        Op::Snapshot { scope, .. } => relations.scope(scope).to_vec(),
+        _ => Vec::new(),
+    };
     let describe = describe_relation || !relations.is_last(&c.change.relation);
     let rel = relations.encoded(&c.change.relation);
     let rel = if describe { rel } else { &[][..] };
@@ -163,7 +168,8 @@ pub fn encode_change(
     let total = body.encoded_len()
         + old_len.map_or(0, field_len)
         + new_len.map_or(0, field_len)
-        + if describe { field_len(rel.len()) } else { 0 };
+        + if describe { field_len(rel.len()) } else { 0 }
+        + if scope.is_empty() { 0 } else { field_len(scope.len()) };
     // Spliced values are not copied into `out`: no room for them.
     let spliced: usize = [old_t, new_t].into_iter().flatten().map(spliced_len).sum();
     out.reserve(1 + encoded_len_varint(total as u64) + total - spliced);
@@ -183,6 +189,12 @@ pub fn encode_change(
         out.push(CHANGE_RELATION);
         encode_varint(rel.len() as u64, out);
         out.extend_from_slice(rel);
+    }
+    if !scope.is_empty() {
+        let out = &mut encoded.bytes;
+        out.push(CHANGE_SCOPE);
+        encode_varint(scope.len() as u64, out);
+        out.extend_from_slice(&scope);
     }
 }
 
@@ -360,7 +372,10 @@ fn change_body(c: &SequencedChange, with_tuples: bool) -> proto::Change {
         Op::Snapshot { new, scope } => {
             p.op = proto::Op::Snapshot as i32;
             p.new = convert(new);
-            p.scope = Some(scope_to_proto(scope));
+            // The writer's hot path splices in the scope's cached encoding instead.
+            if with_tuples {
+                p.scope = Some(scope_to_proto(scope));
+            }
         }
         Op::SnapshotMark { scope, mark } => {
             p.op = proto::Op::SnapshotMark as i32;
@@ -415,9 +430,26 @@ pub struct RelationEncoder {
     last: Option<(Arc<Relation>, proto::Relation)>,
     /// The protobuf encoding of the last relation, for [`encode_change`].
     last_bytes: Option<(Arc<Relation>, Vec<u8>)>,
+    /// The encoding of the last snapshot scope: every row of a chunk shares it.
+    last_scope: Option<(Arc<SnapshotScope>, Vec<u8>)>,
 }
 
 impl RelationEncoder {
+    /// The protobuf encoding of `scope` (cached while consecutive rows share it).
+    fn scope(&mut self, scope: &Arc<SnapshotScope>) -> &[u8] {
+        let cached = matches!(&self.last_scope, Some((s, _)) if Arc::ptr_eq(s, scope) || **s == **scope);
+        if !cached {
+            let mut bytes = Vec::new();
+            // Encoding into a Vec cannot fail.
+            let _ = scope_to_proto(scope).encode(&mut bytes);
+            self.last_scope = Some((scope.clone(), bytes));
+        }
+        match &self.last_scope {
+            Some((_, bytes)) => bytes,
+            None => &[],
+        }
+    }
+
     /// Whether `rel` is the relation encoded last (that is, of the previous change).
     pub fn is_last(&self, rel: &Arc<Relation>) -> bool {
         matches!(&self.last_bytes, Some((cached, _)) if Arc::ptr_eq(cached, rel) || **cached == **rel)
@@ -767,6 +799,36 @@ mod tests {
             Op::Truncate {
                 cascade: true,
                 restart_identity: false,
+            },
+            // Snapshot rows carry their scope (cached by the encoder); marks theirs and the mark.
+            Op::Snapshot {
+                new: Tuple(vec![Datum::Text("1".into()), Datum::Null]),
+                scope: Arc::new(SnapshotScope {
+                    snapshot: 9,
+                    destinations: vec!["a".into(), "b".into()],
+                    tenants: Some(vec!["t".into()]),
+                    mappings: vec!["m".into()],
+                }),
+            },
+            Op::Snapshot {
+                new: Tuple(vec![Datum::Text("2".into()), Datum::Text("y".into())]),
+                scope: Arc::new(SnapshotScope {
+                    snapshot: 9,
+                    destinations: vec!["a".into()],
+                    tenants: None,
+                    mappings: vec![],
+                }),
+            },
+            Op::SnapshotMark {
+                scope: Arc::new(SnapshotScope::default()),
+                mark: SnapshotMark {
+                    range: 2,
+                    chunk: 7,
+                    end_key: vec!["k".into(), "1".into()],
+                    rows: 10,
+                    sweep_below: 3,
+                    table_done: true,
+                },
             },
         ];
         for (i, op) in ops.into_iter().enumerate() {

@@ -940,6 +940,32 @@ impl RangeJob {
             oid: self.relation.oid,
             key_columns: self.key.columns.clone(),
         });
+        let (save, mut to_save) = tokio::sync::mpsc::unbounded_channel::<(u64, RangeProgress)>();
+        let saver = {
+            let (store, durable) = (self.store.clone(), self.durable.clone());
+            let (snapshot, name) = (self.snapshot, self.table.clone());
+            tokio::spawn(async move {
+                while let Some((seq, range)) = to_save.recv().await {
+                    durable_at(&durable, seq).await?;
+                    store.save_range(snapshot, &name, &range).await?;
+                }
+                Ok::<(), SnapshotError>(())
+            })
+        };
+        let read = self.read_chunks(&client, table, &save).await;
+        drop(save);
+        let saved = saver.await.map_err(|_| SnapshotError::Stopped)?;
+        read?;
+        saved
+    }
+
+    /// Reads the range's chunks, handing each emitted one to `save`.
+    async fn read_chunks(
+        &mut self,
+        client: &tokio_postgres::Client,
+        table: Arc<ChunkTable>,
+        save: &tokio::sync::mpsc::UnboundedSender<(u64, RangeProgress)>,
+    ) -> Result<(), SnapshotError> {
         let mut retries = 0;
         while !self.range.done {
             let id = next_id();
@@ -955,9 +981,9 @@ impl RangeJob {
                 },
             );
             let read = async {
-                read::emit(&client, 'L', id).await?;
+                read::emit(client, 'L', id).await?;
                 let chunk = read::read_chunk(
-                    &client,
+                    client,
                     &self.relation,
                     &self.key,
                     (
@@ -995,14 +1021,13 @@ impl RangeJob {
                 };
                 p.read = Some((self.relation.clone(), chunk));
             }
-            if let Err(e) = read::emit(&client, 'H', id).await {
+            if let Err(e) = read::emit(client, 'H', id).await {
                 self.exchange.lock().chunks.remove(&id);
                 return Err(e.into());
             }
             match outcome.await.map_err(|_| SnapshotError::Stopped)? {
                 Outcome::Emitted { last_seq, rows } => {
                     retries = 0;
-                    durable_at(&self.durable, last_seq).await?;
                     self.range.chunks += 1;
                     self.range.rows += rows;
                     if last_key.is_some() {
@@ -1010,9 +1035,11 @@ impl RangeJob {
                     }
                     self.range.done = exhausted;
                     self.range.mark_seq = last_seq;
-                    self.store
-                        .save_range(self.snapshot, &self.table, &self.range)
-                        .await?;
+                    // The next chunk is read while this one is made durable; its position is
+                    // saved only then, in chunk order.
+                    if save.send((last_seq, self.range.clone())).is_err() {
+                        break;
+                    }
                 }
                 Outcome::Retry(why) => {
                     retries += 1;
