@@ -1,7 +1,8 @@
-//! What the destination benchmarks share (`bench_fanout`, `bench_clickhouse`, and
-//! `bench_e2e` for finding `pg_recvlogical`): the bench table, the preload, the three
-//! workloads with their marker rows, the source and mapping parts of the pgfanout
-//! configuration, and starting and stopping `pgfanout run`.
+//! What the destination benchmarks share (`bench_fanout`, `bench_clickhouse`,
+//! `bench_snapshot`, and `bench_e2e` for finding `pg_recvlogical`): the bench table, the
+//! preload, the three workloads with their marker rows, the source and mapping parts of the
+//! pgfanout configuration, starting and stopping `pgfanout run`, and finding PostgreSQL's
+//! client programs.
 //!
 //! Included by each example with `mod bench_common;`; each uses only part of it.
 #![allow(dead_code)]
@@ -91,15 +92,18 @@ pub async fn setup_source(source: &Client, slots: &[String]) -> Result<(), BoxEr
 pub fn source_and_mappings_toml(source_url: &str, slot: &str, log_dir: &Path) -> String {
     format!(
         "[source]\nurl = \"{source_url}\"\npublication = \"bench\"\nmanage = false\nslot = \"{slot}\"\n\
-         [log]\ndir = \"{}\"\n\
-         [[mappings]]\nname = \"bench\"\nsource = \"public.bench\"\ntenant_key = \"tenant\"\ntarget = \"bench\"\n\
-         [mappings.columns]\nid = \"id\"\ntenant = \"tenant\"\nemail = \"email\"\nname = \"name\"\nscore = \"score\"\n\
-         balance = \"balance\"\nactive = \"active\"\ncreated_at = \"created_at\"\nnote = \"note\"\ntags = \"tags\"\n\
-         [[mappings]]\nname = \"marker\"\nsource = \"public.marker\"\ntenant_key = \"tenant\"\ntarget = \"marker\"\n\
-         [mappings.columns]\nid = \"id\"\ntenant = \"tenant\"\n",
+         [log]\ndir = \"{}\"\n{MAPPINGS}",
         log_dir.display()
     )
 }
+
+/// The two identity mappings, `bench` and `marker`.
+pub const MAPPINGS: &str =
+    "[[mappings]]\nname = \"bench\"\nsource = \"public.bench\"\ntenant_key = \"tenant\"\ntarget = \"bench\"\n\
+     [mappings.columns]\nid = \"id\"\ntenant = \"tenant\"\nemail = \"email\"\nname = \"name\"\nscore = \"score\"\n\
+     balance = \"balance\"\nactive = \"active\"\ncreated_at = \"created_at\"\nnote = \"note\"\ntags = \"tags\"\n\
+     [[mappings]]\nname = \"marker\"\nsource = \"public.marker\"\ntenant_key = \"tenant\"\ntarget = \"marker\"\n\
+     [mappings.columns]\nid = \"id\"\ntenant = \"tenant\"\n";
 
 /// The untimed starting rows: [`PRELOAD`] rows before the update-heavy and mixed workloads
 /// (none before insert-only), then marker 1.
@@ -171,7 +175,8 @@ async fn insert_marker(source: &Client, id: i32) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn insert_sql(from: u64, n: u64) -> String {
+/// Inserts rows `from..from + n` of the bench table (one tenant) in one statement.
+pub fn insert_sql(from: u64, n: u64) -> String {
     format!(
         "INSERT INTO bench SELECT g, '{TENANT}', 'user' || g || '@example.com', 'User number ' || g,
                 g % 1000, (g % 100000) / 100.0, g % 2 = 0, now(), repeat('n', 20), ARRAY['a', 'b' || (g % 10)]
@@ -227,20 +232,34 @@ pub const MARKER_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The newest installed `pg_recvlogical`.
 pub fn find_recvlogical() -> Option<String> {
+    find_pg_bin("pg_recvlogical")
+}
+
+/// PostgreSQL's program `name` (`psql`, `pgbench`, …): the newest
+/// `/usr/lib/postgresql/*/bin/NAME`, else `NAME` in PATH.
+pub fn find_pg_bin(name: &str) -> Option<String> {
     let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    // Numerically: 9.6 < 10 < 16.
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
     dirs.iter()
         .rev()
-        .map(|d| d.join("pg_recvlogical"))
+        .map(|d| d.join(name))
         .find(|p| p.exists())
-        .map(|p| p.display().to_string())
         .or_else(|| {
-            Path::new("/usr/bin/pg_recvlogical")
-                .exists()
-                .then(|| "/usr/bin/pg_recvlogical".into())
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|d| Path::new(d).join(name))
+                .find(|p| p.exists())
         })
+        .map(|p| p.display().to_string())
 }
