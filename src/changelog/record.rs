@@ -169,7 +169,11 @@ pub fn encode_change(
         + old_len.map_or(0, field_len)
         + new_len.map_or(0, field_len)
         + if describe { field_len(rel.len()) } else { 0 }
-        + if scope.is_empty() { 0 } else { field_len(scope.len()) };
+        + if scope.is_empty() {
+            0
+        } else {
+            field_len(scope.len())
+        };
     // Spliced values are not copied into `out`: no room for them.
     let spliced: usize = [old_t, new_t].into_iter().flatten().map(spliced_len).sum();
     out.reserve(1 + encoded_len_varint(total as u64) + total - spliced);
@@ -437,7 +441,8 @@ pub struct RelationEncoder {
 impl RelationEncoder {
     /// The protobuf encoding of `scope` (cached while consecutive rows share it).
     fn scope(&mut self, scope: &Arc<SnapshotScope>) -> &[u8] {
-        let cached = matches!(&self.last_scope, Some((s, _)) if Arc::ptr_eq(s, scope) || **s == **scope);
+        let cached =
+            matches!(&self.last_scope, Some((s, _)) if Arc::ptr_eq(s, scope) || **s == **scope);
         if !cached {
             let mut bytes = Vec::new();
             // Encoding into a Vec cannot fail.

@@ -571,12 +571,7 @@ impl Coordinator {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, SnapshotError> {
-        self.cfg
-            .source
-            .conn
-            .connect_sql()
-            .await
-            .map_err(SnapshotError::Connect)
+        connect(&self.cfg.source.conn).await
     }
 
     /// A large table is read as several key ranges at once (up to `parallelism`), each at
@@ -897,6 +892,13 @@ pub async fn check_tables(cfg: &Config) -> Result<Vec<SnapshotError>, SnapshotEr
     Ok(problems)
 }
 
+/// A source connection for snapshot work.
+async fn connect(conn: &crate::pgconn::ConnInfo) -> Result<tokio_postgres::Client, SnapshotError> {
+    let client = conn.connect_sql().await.map_err(SnapshotError::Connect)?;
+    read::prepare_session(&client).await?;
+    Ok(client)
+}
+
 /// Waits until the change log has made `seq` durable.
 async fn durable_at(durable: &watch::Receiver<u64>, seq: u64) -> Result<(), SnapshotError> {
     let mut rx = durable.clone();
@@ -931,11 +933,7 @@ impl RangeJob {
             .acquire_owned()
             .await
             .map_err(|_| SnapshotError::Stopped)?;
-        let client = self
-            .conn
-            .connect_sql()
-            .await
-            .map_err(SnapshotError::Connect)?;
+        let client = connect(&self.conn).await?;
         let table = Arc::new(ChunkTable {
             oid: self.relation.oid,
             key_columns: self.key.columns.clone(),

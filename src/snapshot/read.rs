@@ -13,6 +13,17 @@ use crate::change::{Datum, Relation, Tuple};
 use crate::source::catalog::{query_error, CatalogError, OUTPUT_SETTINGS};
 use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
+/// Sets up a snapshot connection. Its watermark commits wait for their WAL flush whatever the
+/// server's default: the walsender sends only flushed WAL, so with `synchronous_commit = off`
+/// each watermark would wait for the WAL writer (up to `wal_writer_delay`, 200 ms by default)
+/// before the stream could see it.
+pub async fn prepare_session(client: &Client) -> Result<(), CatalogError> {
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .map_err(|e| query_error("setting up", "a snapshot connection".to_owned(), e))
+}
+
 /// The prefix of the snapshot's logical messages.
 pub const PREFIX: &str = "pgfanout_snapshot";
 
