@@ -343,6 +343,7 @@ async fn run_once(
             cfg: Arc::new(cfg.clone()),
             store: state.snapshots().clone(),
             holds: state.holds().clone(),
+            reports: state.destinations().clone(),
             exchange,
             durable: seq_rx,
             fresh: created && resume.last_seq == 0 && !recreate,

@@ -52,13 +52,15 @@ use crate::report::Chain;
 use crate::source::catalog::{self, CatalogError};
 use crate::sql::QualifiedName;
 use crate::state::{
-    Coverage, HoldKind, HoldStore, NewSnapshot, RangeProgress, SnapshotRow, SnapshotState,
-    SnapshotStore, StateError, TableProgress,
+    Coverage, DestinationStore, HoldKind, HoldStore, NewSnapshot, RangeProgress, SnapshotRow,
+    SnapshotState, SnapshotStore, StateError, TableProgress,
 };
 use crate::value::Timestamp;
 use read::{Chunk, TableKey, Watermark};
 use window::{ChunkTable, Merger, Retry};
 
+/// Snapshots looked at for a destination's resync (newest first).
+const RECENT: i64 = 100;
 /// How often the coordinator looks for new requests and `needs resync` holds.
 const POLL: Duration = Duration::from_secs(1);
 /// A chunk read again this many times in a row stops its snapshot (something keeps changing
@@ -298,6 +300,8 @@ pub struct Coordinator {
     pub cfg: Arc<Config>,
     pub store: SnapshotStore,
     pub holds: HoldStore,
+    /// The destinations' reported watermarks: a resync clears `needs resync` once applied.
+    pub reports: DestinationStore,
     pub exchange: Exchange,
     /// The last seq the change log made durable.
     pub durable: watch::Receiver<u64>,
@@ -321,6 +325,9 @@ impl Coordinator {
         );
         loop {
             tick.tick().await;
+            if let Err(e) = self.clear_resynced().await {
+                warn!(error = %Chain(&e), "could not clear the holds of resynced destinations");
+            }
             if self.cfg.snapshot.auto_resync {
                 if let Err(e) = self.request_resyncs().await {
                     warn!(error = %Chain(&e), "could not read the destinations' holds");
@@ -491,40 +498,87 @@ impl Coordinator {
         Ok(())
     }
 
-    /// A full snapshot for each destination held `needs resync` that has none open.
-    async fn request_resyncs(&self) -> Result<(), SnapshotError> {
-        let holds = self.holds.load_all().await?;
-        let needing: Vec<&str> = holds
-            .iter()
+    /// Destinations held `needs resync` (configured ones), with the hold's age in seconds.
+    async fn needing_resync(&self) -> Result<Vec<(String, f64)>, SnapshotError> {
+        Ok(self
+            .holds
+            .load_all()
+            .await?
+            .into_iter()
             .filter(|h| h.hold.kind == HoldKind::NeedsResync || h.resync_reason.is_some())
-            .map(|h| h.name.as_str())
-            .filter(|n| self.cfg.destinations.iter().any(|d| d.name == *n))
-            .collect();
+            .filter(|h| self.cfg.destinations.iter().any(|d| d.name == h.name))
+            .map(|h| (h.name, h.age_seconds))
+            .collect())
+    }
+
+    /// The newest full snapshot of `name` requested after its hold was set (`hold_age`
+    /// seconds ago), if any. A failed one counts too: it is not requested again on its own
+    /// (the error needs a human; `pgfanout resync` asks again).
+    fn resync_of<'a>(
+        snapshots: &'a [SnapshotRow],
+        name: &str,
+        hold_age: f64,
+    ) -> Option<&'a SnapshotRow> {
+        snapshots.iter().find(|s| {
+            s.request.clears_hold
+                && s.request.destinations.iter().any(|d| d == name)
+                && s.age_seconds < hold_age
+                && s.state != SnapshotState::Cancelled
+        })
+    }
+
+    /// Clears `needs resync` once a full snapshot requested after it is done *and* the
+    /// destination has applied it (its watermark reached the snapshot's last seq).
+    async fn clear_resynced(&self) -> Result<(), SnapshotError> {
+        let needing = self.needing_resync().await?;
         if needing.is_empty() {
             return Ok(());
         }
-        let open = self.store.open().await?;
-        for name in needing {
-            let covered = open
+        let snapshots = self.store.recent(RECENT).await?;
+        let reports = self.reports.load_all().await?;
+        for (name, hold_age) in needing {
+            let Some(s) = Self::resync_of(&snapshots, &name, hold_age) else {
+                continue;
+            };
+            let (SnapshotState::Done, Some(done_seq)) = (s.state, s.done_seq) else {
+                continue;
+            };
+            let applied = reports
                 .iter()
-                .any(|s| s.request.clears_hold && s.request.destinations.iter().any(|d| d == name));
-            if !covered {
-                let id = self
-                    .store
-                    .request(&NewSnapshot {
-                        reason: "auto resync".into(),
-                        destinations: vec![name.to_owned()],
-                        tenants: None,
-                        mappings: None,
-                        clears_hold: true,
-                    })
-                    .await?;
-                info!(
-                    snapshot = id,
-                    destination = name,
-                    "destination needs a resync: snapshot requested (snapshot.auto_resync)"
-                );
+                .any(|r| r.name == name && r.watermark >= done_seq);
+            if applied && self.holds.clear_resync(&name).await? {
+                info!(destination = %name, snapshot = s.id, seq = done_seq, "resynced: the destination applied the snapshot; `needs resync` cleared");
             }
+        }
+        Ok(())
+    }
+
+    /// A full snapshot for each destination held `needs resync` that has none since its hold.
+    async fn request_resyncs(&self) -> Result<(), SnapshotError> {
+        let needing = self.needing_resync().await?;
+        if needing.is_empty() {
+            return Ok(());
+        }
+        let snapshots = self.store.recent(RECENT).await?;
+        for (name, hold_age) in needing {
+            if Self::resync_of(&snapshots, &name, hold_age).is_some() {
+                continue;
+            }
+            let id = self
+                .store
+                .request(&NewSnapshot {
+                    reason: "auto resync".into(),
+                    destinations: vec![name.clone()],
+                    tenants: None,
+                    mappings: None,
+                    clears_hold: true,
+                })
+                .await?;
+            info!(
+                snapshot = id,
+                destination = %name,
+                "destination needs a resync: snapshot requested (snapshot.auto_resync)"
+            );
         }
         Ok(())
     }
@@ -775,13 +829,7 @@ impl Coordinator {
             seq = done_seq,
             "snapshot complete in the change log; the destinations apply it in order"
         );
-        if s.request.clears_hold {
-            for d in &s.request.destinations {
-                if self.holds.clear_resync(d).await? {
-                    info!(destination = %d, "resynced: `needs resync` cleared");
-                }
-            }
-        }
+        // A `needs resync` hold clears once the destination has applied it (`clear_resynced`).
         Ok(())
     }
 }
