@@ -310,11 +310,23 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let config = load_config(&config)?;
             let state =
                 pgfanout::state::StateDb::connect(&config.state.conn, &config.state.schema).await?;
-            eprintln!(
-                "state schema {} is up to date: {:?}",
-                state.schema(),
-                state.migrations()
-            );
+            let report = state.migrations();
+            let version = report
+                .current
+                .map_or_else(|| "none".to_owned(), |v| v.to_string());
+            if report.applied.is_empty() {
+                eprintln!(
+                    "state schema {} is up to date (version {version})",
+                    state.schema()
+                );
+            } else {
+                let applied: Vec<String> = report.applied.iter().map(|v| v.to_string()).collect();
+                eprintln!(
+                    "state schema {}: applied migration(s) {}; now at version {version}",
+                    state.schema(),
+                    applied.join(", ")
+                );
+            }
         }
         Command::Log {
             command:

@@ -237,10 +237,25 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
         .await
         .unwrap();
     let migrate = pgfanout(&["migrate"], &cfg);
+    let said = String::from_utf8_lossy(&migrate.stderr);
+    assert!(migrate.status.success(), "{said}");
+    let versions: Vec<String> = pgfanout::state::MIGRATIONS
+        .iter()
+        .map(|m| m.version.to_string())
+        .collect();
+    let last = versions.last().unwrap();
     assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
+        said.contains(&format!(
+            "applied migration(s) {}; now at version {last}",
+            versions.join(", ")
+        )),
+        "{said}"
+    );
+    let again = pgfanout(&["migrate"], &cfg);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains(&format!("is up to date (version {last})")),
+        "{said}"
     );
     create_slot(&client, &slot).await;
     client
