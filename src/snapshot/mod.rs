@@ -624,10 +624,6 @@ impl Coordinator {
         Ok(by_table)
     }
 
-    async fn connect(&self) -> Result<tokio_postgres::Client, SnapshotError> {
-        connect(&self.cfg.source.conn).await
-    }
-
     /// A large table is read as several key ranges at once (up to `parallelism`), each at
     /// least two chunks long; bounds come from a sample of its keys.
     async fn ranges(
@@ -665,7 +661,7 @@ impl Coordinator {
 
     async fn execute(&self, s: &SnapshotRow) -> Result<(), SnapshotError> {
         let tables = self.tables_of(s)?;
-        let client = self.connect().await?;
+        let client = connect(&self.cfg.source.conn).await?;
         let mut relations = HashMap::new();
         let mut keys = HashMap::new();
         for (name, _) in &tables {
@@ -730,15 +726,10 @@ impl Coordinator {
                     table: t.source_table.clone(),
                 });
             }
-            let scope = Arc::new(SnapshotScope {
-                snapshot: s.id,
-                destinations: s.request.destinations.clone(),
-                tenants: s.request.tenants.clone(),
-                mappings: t.mappings.clone(),
-            });
             if t.done {
                 continue;
             }
+            let scope = scope_of(s, t);
             for r in t.ranges.iter().filter(|r| !r.done) {
                 // A snapshot of some tenants reads only their rows when the table's mappings
                 // agree on the tenant column (routing filters the rest anyway).
@@ -782,15 +773,10 @@ impl Coordinator {
             }
         }
         // Every range is durable: close each table with its mark (and sweep).
-        let client = self.connect().await?;
+        let client = connect(&self.cfg.source.conn).await?;
         for t in progress.iter().filter(|t| !t.done) {
             let relation = relations[&t.source_table].clone();
-            let scope = Arc::new(SnapshotScope {
-                snapshot: s.id,
-                destinations: s.request.destinations.clone(),
-                tenants: s.request.tenants.clone(),
-                mappings: t.mappings.clone(),
-            });
+            let scope = scope_of(s, t);
             let token = next_id();
             let (reply, outcome) = oneshot::channel();
             self.exchange.lock().done.insert(
@@ -938,6 +924,16 @@ pub async fn check_tables(cfg: &Config) -> Result<Vec<SnapshotError>, SnapshotEr
         }
     }
     Ok(problems)
+}
+
+/// What the rows of table `t` in snapshot `s` are for.
+fn scope_of(s: &SnapshotRow, t: &TableProgress) -> Arc<SnapshotScope> {
+    Arc::new(SnapshotScope {
+        snapshot: s.id,
+        destinations: s.request.destinations.clone(),
+        tenants: s.request.tenants.clone(),
+        mappings: t.mappings.clone(),
+    })
 }
 
 /// A source connection for snapshot work.
