@@ -185,18 +185,21 @@ async fn the_walkthrough_passes_check() {
     std::fs::write(&path, &config).unwrap();
 
     let writer_password = password_of(&destination_sql, "pgfanout_writer");
-    let out = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("PGPASSWORD", password_of(&source_sql, "replicator"))
-        .env(
+    let env = [
+        ("PGPASSWORD", password_of(&source_sql, "replicator")),
+        (
             "ACME_DB_URL",
             format!(
                 "postgres://pgfanout_writer:{writer_password}@127.0.0.1:{}/acme?sslmode=require",
                 pg.port()
             ),
-        )
-        .env("CH_PASSWORD", "")
+        ),
+        ("CH_PASSWORD", String::new()),
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .envs(env.clone())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -212,6 +215,66 @@ async fn the_walkthrough_passes_check() {
             "check did not report {name}:\n{stdout}"
         );
     }
+    // CH_PASSWORD is empty here: an empty password is no password, nothing to warn about.
+    assert!(
+        !stdout.contains("destination analytics: a password is configured"),
+        "{stdout}"
+    );
+
+    // Step 8: the configuration runs. A user that exists before the first start arrives by the
+    // snapshot, one written afterwards by the stream, in the tenant's database and in ClickHouse.
+    let app = pg.sql("app").await.unwrap();
+    let tenant = "6d6c1f3e-8a51-4a8e-9d7c-1b0a2f6e4c11";
+    app.batch_execute(&format!(
+        "INSERT INTO public.project_user (tenancy_id, project_user_id, email) VALUES ('{tenant}', 1, 'Ada@Example.org')"
+    ))
+    .await
+    .unwrap();
+    let daemon = support::Daemon(support::Spawned(
+        Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .envs(env)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    app.batch_execute(&format!(
+        "INSERT INTO public.project_user (tenancy_id, project_user_id, email) VALUES ('{tenant}', 2, 'Grace@Example.org');
+         INSERT INTO public.contact_channels VALUES ('{tenant}', 1, 2, 'email', 'grace@example.org')"
+    ))
+    .await
+    .unwrap();
+    let acme = pg.sql("acme").await.unwrap();
+    let users = support::wait_for("both users in acme", || async {
+        let rows = acme
+            .query("SELECT id, email FROM public.users ORDER BY id", &[])
+            .await
+            .ok()?;
+        let users: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        (users.len() == 2).then_some(users)
+    })
+    .await;
+    assert_eq!(
+        users,
+        [
+            (1, "ada@example.org".to_owned()),
+            (2, "grace@example.org".to_owned())
+        ]
+    );
+    support::wait_for("the users and the channel in ClickHouse", || async {
+        let q = "SELECT (SELECT count() FROM analytics_internal.users FINAL WHERE sync_is_deleted = 0) \
+                 + (SELECT count() FROM analytics_internal.contact_channels FINAL WHERE sync_is_deleted = 0)";
+        let n = tokio::task::spawn_blocking(move || ch.query(q)).await.ok()?.ok()?;
+        (n.trim() == "3").then_some(())
+    })
+    .await;
+    daemon.signal("-TERM");
+    assert!(
+        daemon.exited().await.success(),
+        "pgfanout run did not stop cleanly"
+    );
 }
 
 /// Every `pgfanout …` line in a shell block names a real command, and each of its flags is one

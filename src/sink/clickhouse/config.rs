@@ -112,9 +112,14 @@ pub fn server_url(text: &str) -> Result<String, String> {
 }
 
 /// Whether `store`'s password goes over plain HTTP: the client sends it with every request, and
-/// `http://` does not encrypt.
+/// `http://` does not encrypt. An empty password (`password = "${CH_PASSWORD}"` with the
+/// variable empty) is no password.
 pub fn password_over_http(store: &ClickHouseStore) -> bool {
-    store.password.is_some() && url::Url::parse(&store.url).is_ok_and(|u| u.scheme() == "http")
+    store
+        .password
+        .as_ref()
+        .is_some_and(|p| !p.expose().is_empty())
+        && url::Url::parse(&store.url).is_ok_and(|u| u.scheme() == "http")
 }
 
 /// The warning for [`password_over_http`], naming the destination.
