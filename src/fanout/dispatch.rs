@@ -86,6 +86,8 @@ struct Dispatcher {
     commit_time: Option<Timestamp>,
     last_flush: Instant,
     last_progress: Instant,
+    /// Beats with each round (idle or between commits), not per record.
+    heartbeat: crate::telemetry::live::Task,
 }
 
 /// Runs until `stop` is set or routing fails. `reader` starts where the attached
@@ -104,6 +106,7 @@ pub(super) fn run(
         commit_time: None,
         last_flush: Instant::now(),
         last_progress: Instant::now(),
+        heartbeat: crate::telemetry::live::task("fanout-dispatch", PROGRESS_EVERY),
     };
     let mut routed: Vec<Routed> = Vec::new();
     loop {
@@ -184,6 +187,7 @@ impl Dispatcher {
         let progress = self.last_progress.elapsed() >= PROGRESS_EVERY;
         if progress {
             self.last_progress = Instant::now();
+            self.heartbeat.beat();
         }
         for i in 0..self.links.len() {
             let link = &mut self.links[i];
