@@ -1,5 +1,7 @@
 //! The lag history behind the status page's sparklines: per destination, one sample every
-//! [`SAMPLE_EVERY`] for the last [`KEEP`], in memory only (a restart starts it over).
+//! [`SAMPLE_EVERY`] for the last [`KEEP`], in memory only (a restart starts it over). The
+//! first sample is taken as soon as a destination is reported, so a page opened just after
+//! start shows a point.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,6 +11,8 @@ use serde::Serialize;
 use crate::telemetry::live::DestinationView;
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How often the admin thread offers a sample (taken only when one is due).
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 pub const KEEP: Duration = Duration::from_secs(3600);
 /// Samples per destination: the ring's bound.
 const SAMPLES: usize = (KEEP.as_secs() / SAMPLE_EVERY.as_secs()) as usize;
@@ -40,6 +44,12 @@ impl History {
     fn sample_at(&mut self, at: u64, views: &[DestinationView]) {
         for v in views {
             let ring = self.rings.entry(v.name.clone()).or_default();
+            if ring
+                .back()
+                .is_some_and(|last| at < last.at + SAMPLE_EVERY.as_secs())
+            {
+                continue;
+            }
             if ring.len() == SAMPLES {
                 ring.pop_front();
             }
@@ -71,7 +81,10 @@ mod tests {
             lag_seconds: 0.0,
         };
         for i in 0..(SAMPLES as u64 + 5) {
-            h.sample_at(i, &[view(i)]);
+            let at = i * SAMPLE_EVERY.as_secs();
+            h.sample_at(at, &[view(i)]);
+            // Offered again before the next is due: not taken.
+            h.sample_at(at + 1, &[view(0)]);
         }
         let ring = &h.rings()["a"];
         assert_eq!(ring.len(), SAMPLES);

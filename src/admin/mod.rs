@@ -165,7 +165,7 @@ async fn serve(app: Arc<App>, listener: std::net::TcpListener, mut stop: watch::
         }
     };
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
-    let mut sample = tokio::time::interval(history::SAMPLE_EVERY);
+    let mut sample = tokio::time::interval(history::CHECK_EVERY);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

@@ -94,7 +94,7 @@ pub fn tasks() -> Vec<TaskHealth> {
         .map(|b| {
             let since =
                 Duration::from_millis(now.saturating_sub(b.last_ms.load(Ordering::Relaxed)));
-            let limit = (b.every * STALE_PERIODS).max(STALE_MIN);
+            let limit = stale_after(b.every);
             TaskHealth {
                 name: b.name.clone(),
                 seconds_since_beat: since.as_secs_f64(),
@@ -103,6 +103,11 @@ pub fn tasks() -> Vec<TaskHealth> {
             }
         })
         .collect()
+}
+
+/// How long a task that beats every `every` may go without a beat.
+fn stale_after(every: Duration) -> Duration {
+    (every * STALE_PERIODS).max(STALE_MIN)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,5 +174,14 @@ mod tests {
         assert_eq!(mine[0].stale_after_seconds, STALE_MIN.as_secs_f64());
         drop(t);
         assert!(tasks().iter().all(|h| h.name != "test-task"));
+    }
+
+    #[test]
+    fn stale_after_five_periods_never_sooner_than_the_minimum() {
+        assert_eq!(stale_after(Duration::from_secs(2)), STALE_MIN);
+        assert_eq!(
+            stale_after(Duration::from_secs(10)),
+            Duration::from_secs(50)
+        );
     }
 }
