@@ -6,6 +6,7 @@
 #   - kill(1) for the crash tests: package procps
 #   - ClickHouse (the ClickHouse destination's tests, demo and benchmarks start private servers,
 #     testkit/src/localch.rs): packages clickhouse-server clickhouse-client
+#   - Chromium (tests/admin.rs loads the status page headless): package chromium
 set -euo pipefail
 
 need=()
@@ -18,6 +19,8 @@ fi
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The crash tests signal processes with kill(1) (SIGKILL, SIGSTOP, SIGCONT, SIGTERM).
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
+# tests/admin.rs renders the admin endpoint's status page in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # A newer release's single `clickhouse` binary (or PGFANOUT_CLICKHOUSE_BIN) serves as both.
 if [ -z "${PGFANOUT_CLICKHOUSE_BIN:-}" ] && ! command -v clickhouse >/dev/null 2>&1; then
   command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
@@ -26,7 +29,7 @@ fi
 
 if [ ${#need[@]} -eq 0 ]; then
   ch=$( (clickhouse-client --version || clickhouse client --version) 2>/dev/null | grep -o 'version [0-9.]*[0-9]' | head -1 || true)
-  echo "install-deps: everything is installed (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1), ClickHouse ${ch#version }, openssl)"
+  echo "install-deps: everything is installed (PostgreSQL $(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1), ClickHouse ${ch#version }, openssl, chromium)"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -45,6 +45,30 @@ pub enum Disposition {
     Fatal,
 }
 
+impl ErrorKind {
+    /// Its name in metrics (`kind` label) and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::LogGone => "log_gone",
+            ErrorKind::Definite => "definite",
+        }
+    }
+}
+
+impl Disposition {
+    /// Its name in metrics (`disposition` label) and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Retry => "retry",
+            Disposition::StopDestination => "stop_destination",
+            Disposition::NeedsResync => "needs_resync",
+            Disposition::Fatal => "fatal",
+        }
+    }
+}
+
 /// Where the error happened: in the source's pipeline (the slot, the change log, the state
 /// database) or in one destination's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,10 +12,11 @@
 //!
 //! The modules are layered, lowest first; a module uses only lower layers (`tests/layers.rs`):
 //! core types and rules (`lsn`, `binding`, `value`, `sql`, `digest`, `problems`, `disposition`,
-//! `report`, `failpoint`, then
+//! `report`, `failpoint`, `telemetry`, then
 //! `change`, `target`) → `pgconn` → `config` → stages (`source`, `sequencer`, `changelog`,
-//! `state`, `transform`, then `sink`) → `fanout` → `pipeline` → `cmd` → the binary.
+//! `state`, `transform`, then `sink`) → `fanout` → `pipeline` → `cmd` → `admin` (the HTTP endpoint of `run`) → the binary.
 
+pub mod admin;
 pub mod binding;
 pub mod change;
 pub mod changelog;
@@ -37,5 +38,6 @@ pub mod source;
 pub mod sql;
 pub mod state;
 pub mod target;
+pub mod telemetry;
 pub mod transform;
 pub mod value;

@@ -245,7 +245,8 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 endpos,
                 recreate_slot,
             };
-            pgfanout::pipeline::run(&config, opts, ctrl_c()).await?;
+            // With the admin endpoint ([admin] listen) beside it.
+            pgfanout::admin::run(&config, opts, ctrl_c()).await?;
         }
         Command::Check { config } => {
             let config = load_config(&config)?;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "disposition",
         "report",
         "failpoint",
+        "telemetry",
     ],
     &["change", "target"],
     // The ground floor for connections.
@@ -33,6 +34,8 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     // The edge: commands (and, compiled into the binary only, the demo).
     &["cmd"],
+    // The admin endpoint of `run`: serves `cmd::status`'s JSON beside the pipeline.
+    &["admin"],
 ];
 
 /// Files compiled into the binary, not the library: the top of the graph.

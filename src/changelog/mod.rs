@@ -958,6 +958,11 @@ impl ChangeLog {
         self.shared.lock().segments.len()
     }
 
+    /// Bytes of the segment files, as of the last sync.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.lock().segments.iter().map(|s| s.len).sum()
+    }
+
     /// The last durable commit.
     pub fn last_durable(&self) -> Option<CommitInfo> {
         self.shared.lock().durable

@@ -1,5 +1,6 @@
 //! The commands a user runs, one file each: the edge where results become text for a person
-//! and errors become messages. `run` is the pipeline itself ([`crate::pipeline`]); `replay`
+//! and errors become messages. `run` is the pipeline itself ([`crate::pipeline`], served by
+//! [`crate::admin`]); `replay`
 //! is [`crate::fanout::replay`].
 //!
 //! `demo.rs` lives here too but is compiled into the binary only (`src/main.rs`): it starts

@@ -52,6 +52,29 @@ pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 10_000;
 /// …and about this many bytes of values (the row that passes it ends the chunk).
 pub const DEFAULT_SNAPSHOT_CHUNK_MB: u64 = 16;
 
+/// Where `pgfanout run` serves `/health`, `/ready`, `/metrics`, `/status` and its status page:
+/// the loopback interface only, unless configured otherwise.
+pub const DEFAULT_ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9187),
+);
+/// The value of `admin.listen` that turns the endpoint off.
+pub const ADMIN_OFF: &str = "off";
+
+/// `[admin]`: the HTTP endpoint of `pgfanout run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `None`: no endpoint (`listen = "off"`).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(DEFAULT_ADMIN_LISTEN),
+        }
+    }
+}
+
 /// `[snapshot]`: copying the rows that exist into the destinations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotConfig {
@@ -91,6 +114,7 @@ pub struct Config {
     pub log: LogConfig,
     pub state: StateConfig,
     pub snapshot: SnapshotConfig,
+    pub admin: AdminConfig,
     /// `[tenants]`: where tenant attributes (`tenant.x` in expressions) come from.
     pub tenants: Option<TenantsConfig>,
     /// `[[mappings]]`, in file order; [`DestinationConfig::mappings`] indexes into it.

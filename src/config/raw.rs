@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     pub(super) state: RawState,
     #[serde(default)]
     pub(super) snapshot: RawSnapshot,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
     pub(super) tenants: Option<RawTenants>,
     #[serde(default)]
     pub(super) mappings: Vec<RawMapping>,
@@ -119,6 +121,13 @@ pub(super) struct RawSnapshot {
     pub(super) parallelism: Option<u64>,
     pub(super) chunk_rows: Option<u64>,
     pub(super) chunk_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    /// An IP address and port, or "off".
+    pub(super) listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -501,3 +501,19 @@ fn type_errors_never_echo_a_value() {
         "missing field `url`"
     );
 }
+
+#[test]
+fn admin_listen_defaults_to_loopback_turns_off_and_names_its_key() {
+    let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
+    assert_eq!(c.admin.listen, Some(DEFAULT_ADMIN_LISTEN));
+    assert!(c.admin.listen.unwrap().ip().is_loopback());
+    let c = parse("[source]\nurl = \"postgres://u@h/db\"\n[admin]\nlisten = \"off\"").unwrap();
+    assert_eq!(c.admin.listen, None);
+    let c =
+        parse("[source]\nurl = \"postgres://u@h/db\"\n[admin]\nlisten = \"0.0.0.0:9000\"").unwrap();
+    assert_eq!(c.admin.listen, Some("0.0.0.0:9000".parse().unwrap()));
+    let p = problems("[source]\nurl = \"postgres://u@h/db\"\n[admin]\nlisten = \"localhost\"");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "admin.listen");
+    assert!(p[0].message.contains("\"off\""), "{}", p[0].message);
+}

@@ -7,16 +7,17 @@ use crate::pgconn::{ConnInfo, Secret};
 use crate::sql::QualifiedName;
 use crate::target::{ColumnType, DEFAULT_VERSION_COLUMN};
 
-use super::raw::{child, RawConfig, RawDestination, RawMapping, RawSnapshot, RawTenants};
+use super::raw::{child, RawAdmin, RawConfig, RawDestination, RawMapping, RawSnapshot, RawTenants};
 use super::{
-    ClickHouseStore, Config, DestinationConfig, DestinationKind, LogConfig, MappedColumns,
-    MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode, SourceConfig, StageRules,
-    StateConfig, StoreConfig, StoreSettings, Tenants, TenantsConfig, DEFAULT_BATCH_ROWS,
-    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE,
-    DEFAULT_CLICKHOUSE_FLUSH_INTERVAL, DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_LOG_DIR, DEFAULT_MANAGE, DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE,
-    DEFAULT_SEGMENT_MB, DEFAULT_SLOT, DEFAULT_SNAPSHOT_CHUNK_MB, DEFAULT_STATE_SCHEMA,
-    DEFAULT_STATUS_INTERVAL, DEFAULT_SYNC_INTERVAL,
+    AdminConfig, ClickHouseStore, Config, DestinationConfig, DestinationKind, LogConfig,
+    MappedColumns, MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode,
+    SourceConfig, StageRules, StateConfig, StoreConfig, StoreSettings, Tenants, TenantsConfig,
+    ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_BATCH_ROWS, DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE, DEFAULT_CLICKHOUSE_FLUSH_INTERVAL,
+    DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL, DEFAULT_LOG_DIR, DEFAULT_MANAGE,
+    DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE, DEFAULT_SEGMENT_MB, DEFAULT_SLOT,
+    DEFAULT_SNAPSHOT_CHUNK_MB, DEFAULT_STATE_SCHEMA, DEFAULT_STATUS_INTERVAL,
+    DEFAULT_SYNC_INTERVAL,
 };
 
 impl RawConfig {
@@ -112,6 +113,7 @@ impl RawConfig {
         };
 
         let snapshot = validate_snapshot(&mut problem, self.snapshot);
+        let admin = validate_admin(&mut problem, self.admin);
 
         let st = self.state;
         let state_conn = match &st.url {
@@ -185,6 +187,7 @@ impl RawConfig {
                         checkpoint_interval,
                     },
                     snapshot,
+                    admin,
                     tenants,
                     mappings,
                     destinations,
@@ -193,6 +196,24 @@ impl RawConfig {
             _ => Err(problems),
         }
     }
+}
+
+fn validate_admin(problem: &mut dyn FnMut(&str, String), raw: RawAdmin) -> AdminConfig {
+    let listen = match raw.listen.as_deref() {
+        None => Some(DEFAULT_ADMIN_LISTEN),
+        Some(ADMIN_OFF) => None,
+        Some(text) => match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problem(
+                    "admin.listen",
+                    format!("expected an IP address and port such as \"{DEFAULT_ADMIN_LISTEN}\" or \"[::1]:9187\" (a host name is not resolved), or \"{ADMIN_OFF}\" to serve no endpoint"),
+                );
+                None
+            }
+        },
+    };
+    AdminConfig { listen }
 }
 
 fn validate_snapshot(problem: &mut dyn FnMut(&str, String), raw: RawSnapshot) -> SnapshotConfig {

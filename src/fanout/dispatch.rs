@@ -24,6 +24,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// How often an attached destination with nothing to do hears how far the log went (so its
 /// watermark, and retention, can move on).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Changes between two heartbeats while a transaction goes on (`round` beats otherwise).
+const BEAT_EVERY_CHANGES: u64 = 4096;
 /// Longest wait for new records before looking at the stop flag and re-attach requests.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
@@ -86,6 +88,8 @@ struct Dispatcher {
     commit_time: Option<Timestamp>,
     last_flush: Instant,
     last_progress: Instant,
+    /// Beats with each round (idle or between commits), not per record.
+    heartbeat: crate::telemetry::live::Task,
 }
 
 /// Runs until `stop` is set or routing fails. `reader` starts where the attached
@@ -104,6 +108,7 @@ pub(super) fn run(
         commit_time: None,
         last_flush: Instant::now(),
         last_progress: Instant::now(),
+        heartbeat: crate::telemetry::live::task("fanout-dispatch", PROGRESS_EVERY),
     };
     let mut routed: Vec<Routed> = Vec::new();
     loop {
@@ -126,6 +131,11 @@ pub(super) fn run(
                 // Only now, with every op of this change pending: a chunk ends at a change
                 // boundary (a tenant move or key change yields two ops with one seq).
                 d.send_full();
+                // Inside a huge transaction no round comes: beat every so many changes
+                // (seqs are dense), never a clock read per change.
+                if c.seq % BEAT_EVERY_CHANGES == 0 {
+                    d.heartbeat.beat();
+                }
             }
             Some(LogRecord::Commit(ci)) => {
                 d.last_seq = ci.last_seq;
@@ -184,6 +194,7 @@ impl Dispatcher {
         let progress = self.last_progress.elapsed() >= PROGRESS_EVERY;
         if progress {
             self.last_progress = Instant::now();
+            self.heartbeat.beat();
         }
         for i in 0..self.links.len() {
             let link = &mut self.links[i];

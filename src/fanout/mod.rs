@@ -50,6 +50,7 @@ use tracing::{info, warn};
 
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
 use crate::config::Config;
+use crate::config::Tenants;
 use crate::disposition::{Classify, ErrorKind};
 use crate::fanout::route::{RouteError, SetupError};
 use crate::pgconn::SqlConnectError;
@@ -57,6 +58,7 @@ use crate::problems::Problems;
 use crate::report::Chain;
 use crate::source::catalog::CatalogError;
 use crate::state::{DestinationReport, Hold, HoldKind, StateDb, StateError, StoredHold};
+use crate::telemetry::{self, live};
 use crate::value::Timestamp;
 
 pub use replay::{replay, ReplayReport};
@@ -358,9 +360,23 @@ impl Fanout {
                 shared,
                 stop: stop_rx.clone(),
                 catch_up_permits: permits.clone(),
+                metrics: worker::BatchMetrics::new(&plan.config.name),
             });
         }
         let reporter_readers = readers.clone();
+        // Per-tenant series only for the tenants a destination lists by name.
+        let listed_tenants = setup
+            .destinations
+            .iter()
+            .map(|p| match &p.config.tenants {
+                Tenants::All => Vec::new(),
+                Tenants::Some(list) => {
+                    let mut list: Vec<String> = list.iter().cloned().collect();
+                    list.sort();
+                    list
+                }
+            })
+            .collect();
         let reader = readers.open(readers.durable_seq() + 1)?;
         let router = setup.router(None, None);
         let flag = stop_flag.clone();
@@ -395,6 +411,9 @@ impl Fanout {
                         shared: shared_all,
                         keep_from,
                         readers: reporter_readers,
+                        listed_tenants,
+                        tenants_capped: false,
+                        heartbeat: live::task("fanout-reporter", REPORT_EVERY),
                     };
                     let mut stop = stop_rx;
                     let mut next = tokio::time::Instant::now();
@@ -476,6 +495,11 @@ struct Reporter {
     shared: Vec<(String, Arc<DestShared>)>,
     keep_from: Arc<AtomicU64>,
     readers: Readers,
+    /// Per destination (in `shared`'s order), the tenants it lists by name, sorted.
+    listed_tenants: Vec<Vec<String>>,
+    /// Warned that [`telemetry::TENANT_SERIES_CAP`] left tenants out.
+    tenants_capped: bool,
+    heartbeat: live::Task,
 }
 
 impl Reporter {
@@ -532,12 +556,67 @@ impl Reporter {
             .min()
             .unwrap_or(u64::MAX);
         self.keep_from.store(floor, Ordering::Relaxed);
+        self.publish(&reports);
+        self.heartbeat.beat();
         if let Some(s) = &self.state {
             if let Err(e) = s.destinations().save(&reports).await {
                 warn!(error = %Chain(&e), "cannot report destination status to the state database");
                 self.state = None;
             }
         }
+    }
+
+    /// The destinations' metrics and their view for `/ready` and the status page: once per
+    /// round, never per batch.
+    fn publish(&mut self, reports: &[DestinationReport]) {
+        let last = self.readers.last_durable();
+        let log_seq = last.map_or(0, |c| c.last_seq);
+        let log_time = last.map(|c| c.commit_time.pg_epoch_micros());
+        let mut tenant_series = 0;
+        let mut views = Vec::with_capacity(reports.len());
+        for (r, tenants) in reports.iter().zip(&self.listed_tenants) {
+            let lag_changes = log_seq.saturating_sub(r.watermark);
+            // As `status` computes it: commit time of the log's last transaction minus that
+            // of the last one applied.
+            let lag_seconds = match (lag_changes, log_time, r.applied_commit_time) {
+                (0, _, _) => 0.0,
+                (_, Some(last), Some(applied)) => (last - applied).max(0) as f64 / 1e6,
+                _ => 0.0,
+            };
+            let dest = || ("destination", r.name.clone());
+            metrics::gauge!(telemetry::DEST_APPLIED_SEQ, &[dest()]).set(r.watermark as f64);
+            metrics::gauge!(telemetry::DEST_LAG_CHANGES, &[dest()]).set(lag_changes as f64);
+            metrics::gauge!(telemetry::DEST_LAG_SECONDS, &[dest()]).set(lag_seconds);
+            for state in telemetry::DESTINATION_STATES {
+                let on = if *state == r.state { 1.0 } else { 0.0 };
+                metrics::gauge!(
+                    telemetry::DEST_STATE,
+                    &[dest(), ("state", (*state).to_owned())]
+                )
+                .set(on);
+            }
+            for tenant in tenants {
+                if tenant_series == telemetry::TENANT_SERIES_CAP {
+                    if !self.tenants_capped {
+                        self.tenants_capped = true;
+                        warn!(cap = telemetry::TENANT_SERIES_CAP, "more tenants have a destination of their own than get per-tenant metrics; the destinations' series cover the rest");
+                    }
+                    break;
+                }
+                tenant_series += 1;
+                let labels = [dest(), ("tenant", tenant.clone())];
+                metrics::gauge!(telemetry::TENANT_LAG_CHANGES, &labels).set(lag_changes as f64);
+                metrics::gauge!(telemetry::TENANT_LAG_SECONDS, &labels).set(lag_seconds);
+            }
+            views.push(live::DestinationView {
+                name: r.name.clone(),
+                state: r.state.clone(),
+                applied_seq: r.watermark,
+                lag_changes,
+                lag_seconds,
+            });
+        }
+        live::set_destinations(views);
     }
 
     /// A destination that needs changes the log no longer holds (the size cap deleted them)

@@ -38,6 +38,7 @@ use crate::fanout::route::{PartialOps, Planned, Routed};
 use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
 use crate::state::{Hold, HoldKind};
+use crate::telemetry;
 use crate::value::Timestamp;
 
 use super::dispatch::Chunk;
@@ -104,6 +105,25 @@ pub(super) struct Worker {
     pub shared: Arc<DestShared>,
     pub stop: watch::Receiver<bool>,
     pub catch_up_permits: Arc<Semaphore>,
+    pub metrics: BatchMetrics,
+}
+
+/// A destination's per-batch metrics, their handles taken once.
+pub(super) struct BatchMetrics {
+    rows: metrics::Histogram,
+    seconds: metrics::Histogram,
+    applied: metrics::Counter,
+}
+
+impl BatchMetrics {
+    pub(super) fn new(destination: &str) -> Self {
+        let label = || ("destination", destination.to_owned());
+        BatchMetrics {
+            rows: metrics::histogram!(telemetry::DEST_BATCH_ROWS, &[label()]),
+            seconds: metrics::histogram!(telemetry::DEST_BATCH_SECONDS, &[label()]),
+            applied: metrics::counter!(telemetry::DEST_ROWS_APPLIED_TOTAL, &[label()]),
+        }
+    }
 }
 
 /// The log reader (and a router for this destination alone) used while catching up and to
@@ -167,7 +187,13 @@ impl Worker {
                 Err(e) => e,
             };
             self.shared.detached.store(true, Ordering::SeqCst);
-            match disposition(e.kind(), Scope::Destination) {
+            let (kind, then) = (e.kind(), disposition(e.kind(), Scope::Destination));
+            metrics::counter!(telemetry::DEST_ERRORS_TOTAL,
+                "destination" => self.name().to_owned(),
+                "kind" => kind.as_str(),
+                "disposition" => then.as_str())
+            .increment(1);
+            match then {
                 Disposition::NeedsResync => {
                     if self.shared.hold_kind() != Some(HoldKind::NeedsResync) {
                         error!(destination = %self.name(), error = %Chain(&e), "destination needs a resync: the change log no longer holds the changes after its watermark; it streams on from the oldest change the log holds");
@@ -454,6 +480,7 @@ impl Worker {
         if p.batch.last_seq <= p.written {
             return Ok(());
         }
+        let started = Instant::now();
         let last_seq = p.batch.last_seq;
         let mut batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
         let partial = std::mem::take(&mut p.partial);
@@ -472,6 +499,12 @@ impl Worker {
         // The tuples kept for re-reading hold log record buffers: let them go now.
         drop(partial);
         sink.apply(self.name(), &batch).await?;
+        // A write that only moves the watermark is not a batch of rows.
+        if !batch.ops.is_empty() {
+            self.metrics.rows.record(batch.ops.len() as f64);
+            self.metrics.applied.increment(batch.ops.len() as u64);
+            self.metrics.seconds.record(started.elapsed().as_secs_f64());
+        }
         if sink.keeps_buffers_after(&batch) {
             // Buffers the size of this batch's huge values would stay with the connection.
             debug!(destination = %self.name(), bytes = batch.shared_bytes(), "reconnecting to let go of the buffers of a batch with huge values");

@@ -252,7 +252,9 @@ fn drive<F>(connection: F)
 where
     F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
 {
+    let open = crate::telemetry::OpenConnection::new("sql");
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "SQL connection ended");
         }

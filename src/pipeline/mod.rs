@@ -39,6 +39,7 @@ use crate::sequencer::Sequencer;
 use crate::snapshot::{self, Coordinator, Exchange, InTxn, Intake};
 use crate::source::{LogicalStream, Preflight, SlotPlan, SourceError, SourceEvent};
 use crate::state::{Binding, Checkpoint, Hold, HoldKind, StateDb, StateError};
+use crate::telemetry::{self, live};
 use recovery::{Observed, RecoveryError, Resume};
 
 /// Changes handed to the writer in one message (amortises the channel per change).
@@ -163,6 +164,17 @@ pub async fn run(
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
+            match &result {
+                Ok(_) => live::set_not_streaming("stopped"),
+                Err(e) => {
+                    let kind = e.kind();
+                    metrics::counter!(telemetry::SOURCE_ERRORS_TOTAL,
+                        "kind" => kind.as_str(),
+                        "disposition" => disposition(kind, Scope::Source).as_str())
+                    .increment(1);
+                    live::set_not_streaming(format!("not streaming: {}", Chain(e)));
+                }
+            }
             match result {
                 Err(e)
                     if disposition(e.kind(), Scope::Source) == Disposition::Retry
@@ -362,6 +374,8 @@ async fn run_once(
         None
     };
     stream.confirm_from(lsn_rx);
+    // Start-up's checks passed and the slot streams: ready (as far as the pipeline goes).
+    live::set_streaming();
     let _heartbeat = cfg
         .source
         .heartbeat_interval
@@ -464,6 +478,14 @@ async fn stream_into_log(
     };
     let mut checkpoint_timer = tokio::time::interval(cfg.state.checkpoint_interval);
     checkpoint_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The loop is alive while its timer fires (it does under load too: `biased` below); a
+    // writer that stopped taking changes blocks it, and so shows as stale.
+    let heartbeat = live::task("stream", cfg.state.checkpoint_interval);
+    // Handles taken once: recording at a commit is then an atomic add.
+    let received = metrics::counter!(telemetry::CHANGES_RECEIVED_TOTAL);
+    let received_bytes = metrics::counter!(telemetry::RECEIVED_BYTES_TOTAL);
+    let slot_lag = metrics::gauge!(telemetry::SLOT_LAG_BYTES);
+    let mut bytes_counted = stream.bytes_received();
     let mut last_checkpoint = *durable.borrow();
     // The state schema lives in the source database by default: its own writes must not
     // become changes (they would also make seq depend on checkpoint timing).
@@ -480,7 +502,9 @@ async fn stream_into_log(
             biased;
             _ = &mut shutdown => break,
             _ = checkpoint_timer.tick() => {
+                heartbeat.beat();
                 let now = *durable.borrow();
+                slot_lag.set(stream.received().0.saturating_sub(now.lsn.0) as f64);
                 if now != last_checkpoint {
                     save_checkpoint(state, binding, now).await;
                     last_checkpoint = now;
@@ -554,6 +578,10 @@ async fn stream_into_log(
                 if skipping {
                     continue;
                 }
+                received.increment(txn_changes);
+                let bytes = stream.bytes_received();
+                received_bytes.increment(bytes - bytes_counted);
+                bytes_counted = bytes;
                 let done = reached(end_lsn);
                 if !batch.is_empty() {
                     send(to_writer, ToWriter::Changes(std::mem::take(&mut batch))).await?;
@@ -576,6 +604,7 @@ async fn stream_into_log(
                 }
             }
             SourceEvent::Keepalive { wal_end } if !in_txn => {
+                slot_lag.set(wal_end.0.saturating_sub(durable.borrow().lsn.0) as f64);
                 // Nothing in flight: the WAL up to the server's end holds nothing for us. The
                 // writer records that before the slot may move past it.
                 send(to_writer, ToWriter::Empty(wal_end)).await?;
@@ -673,7 +702,9 @@ fn write_loop(
         idle: None,
         durable_tx,
         lsn_tx,
+        metrics: LogMetrics::new(),
     };
+    w.metrics.record(&log, durable.last_seq);
     let mut oldest_unsynced: Option<Instant> = None;
     let mut last_retention = Instant::now();
     let mut segments = log.segment_count();
@@ -741,6 +772,42 @@ struct Published {
     idle: Option<Lsn>,
     durable_tx: watch::Sender<Durable>,
     lsn_tx: watch::Sender<Lsn>,
+    metrics: LogMetrics,
+}
+
+/// The change log's metrics, recorded by the writer once per sync (group commit).
+struct LogMetrics {
+    logged: metrics::Counter,
+    last_seq: metrics::Gauge,
+    oldest_seq: metrics::Gauge,
+    size: metrics::Gauge,
+    segments: metrics::Gauge,
+    counted_seq: u64,
+}
+
+impl LogMetrics {
+    fn new() -> Self {
+        LogMetrics {
+            logged: metrics::counter!(telemetry::CHANGES_LOGGED_TOTAL),
+            last_seq: metrics::gauge!(telemetry::LOG_LAST_SEQ),
+            oldest_seq: metrics::gauge!(telemetry::LOG_OLDEST_SEQ),
+            size: metrics::gauge!(telemetry::LOG_SIZE_BYTES),
+            segments: metrics::gauge!(telemetry::LOG_SEGMENTS),
+            counted_seq: 0,
+        }
+    }
+
+    /// The log is durable up to `last_seq`.
+    fn record(&mut self, log: &ChangeLog, last_seq: u64) {
+        if last_seq > self.counted_seq {
+            self.logged.increment(last_seq - self.counted_seq);
+        }
+        self.counted_seq = last_seq;
+        self.last_seq.set(last_seq as f64);
+        self.oldest_seq.set(log.oldest_seq().unwrap_or(0) as f64);
+        self.size.set(log.size_bytes() as f64);
+        self.segments.set(log.segment_count() as f64);
+    }
 }
 
 impl Published {
@@ -760,6 +827,7 @@ impl Published {
             }
         })?;
         self.publish(p);
+        self.metrics.record(log, p.last_seq);
         Ok(())
     }
 

@@ -245,6 +245,8 @@ impl Intake {
                     Ok((rows, dropped)) => {
                         let n = rows.len() as u64;
                         debug!(table = %relation.name, rows = n, dropped, "snapshot chunk emitted");
+                        metrics::counter!(crate::telemetry::SNAPSHOT_CHUNKS_TOTAL).increment(1);
+                        metrics::counter!(crate::telemetry::SNAPSHOT_ROWS_TOTAL).increment(n);
                         let change = |op| RowChange {
                             lsn: at.lsn,
                             xid: at.xid,

@@ -195,6 +195,8 @@ pub struct LogicalStream {
     /// Where a consumer that makes changes durable elsewhere publishes its durable LSN.
     durable: Option<tokio::sync::watch::Receiver<Lsn>>,
     frames_since_check: u32,
+    /// Bytes of replication messages read (for the metrics: read once per transaction).
+    bytes_received: u64,
 }
 
 /// While frames keep arriving, look at the clock once per this many.
@@ -315,6 +317,7 @@ impl Preflight {
             next_status: Instant::now() + cfg.status_interval,
             durable: None,
             frames_since_check: 0,
+            bytes_received: 0,
         })
     }
 }
@@ -331,6 +334,16 @@ impl LogicalStream {
     /// The position reported to PostgreSQL as flushed.
     pub fn flushed(&self) -> Lsn {
         self.flushed
+    }
+
+    /// The highest WAL end the server reported.
+    pub fn received(&self) -> Lsn {
+        self.received
+    }
+
+    /// Bytes of replication messages read so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
     }
 
     /// Whether the next call to [`next`](Self::next) can return without waiting on the network.
@@ -417,6 +430,7 @@ impl LogicalStream {
                 CopyFrame::Data(data) => data,
                 CopyFrame::Done => return Err(SourceError::StreamEnded),
             };
+            self.bytes_received += data.len() as u64;
             match pgoutput::parse_replication_message(&data)? {
                 ReplicationMessage::PrimaryKeepalive {
                     wal_end,

@@ -187,6 +187,8 @@ pub struct Session {
     transport: Transport,
     /// The server certificate's `tls-server-end-point` data, when encrypted and computable.
     end_point: Option<Vec<u8>>,
+    /// Counted in the open connections while the session lives.
+    _open: crate::telemetry::OpenConnection,
 }
 
 impl Session {
@@ -232,6 +234,10 @@ impl Session {
             target,
             transport,
             end_point,
+            _open: crate::telemetry::OpenConnection::new(match replication {
+                Some(_) => "replication",
+                None => "sql",
+            }),
         };
         session.startup(info, replication).await?;
         crate::pgconn::warn_if_plaintext(info, session.transport);
