@@ -64,6 +64,12 @@ pub enum DemoError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} did not complete within {}s: {detail}; the last lines of pgfanout run's log:\n{log}", WAIT.as_secs())]
+    Timeout {
+        what: String,
+        detail: String,
+        log: String,
+    },
     #[error("pgfanout run exited on its own ({status}); the last lines of its log:\n{log}")]
     DaemonExited { status: ExitStatus, log: String },
     #[error("the workload stopped")]
@@ -291,6 +297,9 @@ impl Demo {
                 self.sleep_until(begin + opts.duration).await?;
             }
         }
+        if self.interrupted() > 0 {
+            self.event("▶ interrupted: the workload ends now and the demonstrations not yet shown are skipped; the checks still run (interrupt again to stop at once)");
+        }
         if let Some(w) = self.workload.take() {
             w.stop().await.map_err(DemoError::Workload)?;
         }
@@ -408,7 +417,6 @@ impl Demo {
             rows.push(Row {
                 name: d.name.clone(),
                 kind: d.kind(),
-                tenants: d.projects().join(", "),
                 state: reported.map_or_else(|| "-".into(), |r| r.state.clone()),
                 applied: reported.map_or(0, |r| r.watermark),
                 lag_changes: reported.map_or(0, |r| r.lag_changes),
@@ -519,14 +527,10 @@ impl Demo {
                             .map(move |t| format!("{name}.{}: {}", t.table, t.describe()))
                     })
                     .collect();
-                return Err(DemoError::Io {
-                    what: format!(
-                        "{what} did not complete within {}s: {}; the last lines of pgfanout's log:\n{}",
-                        WAIT.as_secs(),
-                        detail.join("; "),
-                        self.daemon_log_tail()
-                    ),
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                return Err(DemoError::Timeout {
+                    what: what.to_owned(),
+                    detail: detail.join("; "),
+                    log: self.daemon_log_tail(),
                 });
             }
             tokio::time::sleep(TICK / 2).await;

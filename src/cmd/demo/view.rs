@@ -12,7 +12,6 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 pub struct Row {
     pub name: String,
     pub kind: &'static str,
-    pub tenants: String,
     pub state: String,
     pub applied: u64,
     pub lag_changes: u64,
@@ -33,6 +32,8 @@ pub struct Header {
 
 pub struct Screen {
     terminal: bool,
+    /// The terminal's width: a wrapped line would throw the redraw off by a line.
+    columns: usize,
     /// Lines of the table now on the terminal, to move back over.
     drawn: usize,
     last_plain: Option<Instant>,
@@ -42,6 +43,7 @@ impl Screen {
     pub fn new(terminal: bool) -> Screen {
         Screen {
             terminal,
+            columns: if terminal { columns() } else { usize::MAX },
             drawn: 0,
             last_plain: None,
         }
@@ -63,7 +65,8 @@ impl Screen {
         if self.terminal {
             self.erase(&mut out);
             for l in &lines {
-                let _ = writeln!(out, "{l}");
+                let fit: String = l.chars().take(self.columns.saturating_sub(1)).collect();
+                let _ = writeln!(out, "{fit}");
             }
             self.drawn = lines.len();
         } else {
@@ -96,41 +99,68 @@ impl Screen {
 fn render(h: &Header, rows: &[Row]) -> Vec<String> {
     let slot = h.slot_lag_bytes.map_or_else(|| "-".to_owned(), bytes);
     let mut lines = vec![
+        format!("── {}s · {}", h.elapsed.as_secs(), h.phase),
+        format!("   workload: {}", h.workload),
         format!(
-            "── {:>4}s  {}  ── workload: {}",
-            h.elapsed.as_secs(),
-            h.phase,
-            h.workload
-        ),
-        format!(
-            "   change log: last seq {}, {}   slot: {} of WAL not yet confirmed",
+            "   change log: last seq {}, {} · slot: {slot} of WAL not yet confirmed",
             h.log_seq,
             bytes(h.log_bytes as i64),
-            slot
-        ),
-        format!(
-            "   {:<14} {:<10} {:<22} {:<14} {:>11} {:>15}  {}",
-            "destination", "kind", "tenants", "state", "applied seq", "lag", "live rows"
         ),
     ];
+    // The live-row columns, named after the target tables of the first destination.
+    let tables: Vec<&str> = rows
+        .first()
+        .map(|r| r.rows.iter().map(|(t, _)| short(t)).collect())
+        .unwrap_or_default();
+    let mut head = format!(
+        "   {:<14} {:<10} {:<14} {:>8} {:>12}",
+        "destination", "kind", "state", "applied", "lag"
+    );
+    for t in &tables {
+        head.push_str(&format!(" {t:>8}"));
+    }
+    lines.push(head);
     for r in rows {
-        let live: Vec<String> = r
-            .rows
-            .iter()
-            .map(|(t, n)| format!("{t} {}", n.map_or_else(|| "-".into(), |n| n.to_string())))
-            .collect();
-        lines.push(format!(
-            "   {:<14} {:<10} {:<22} {:<14} {:>11} {:>15}  {}",
+        let mut line = format!(
+            "   {:<14} {:<10} {:<14} {:>8} {:>12}",
             r.name,
             r.kind,
-            r.tenants,
             r.state,
             r.applied,
-            format!("{} ({:.1}s)", r.lag_changes, r.lag_seconds),
-            live.join(", ")
-        ));
+            format!("{} / {:.1}s", r.lag_changes, r.lag_seconds),
+        );
+        for (_, n) in &r.rows {
+            line.push_str(&format!(
+                " {:>8}",
+                n.map_or_else(|| "-".into(), |n| n.to_string())
+            ));
+        }
+        lines.push(line);
     }
     lines
+}
+
+/// A table's name for a column header.
+fn short(table: &str) -> &str {
+    table.rsplit('_').next().unwrap_or(table)
+}
+
+/// The terminal's width from `stty size` (it reads the terminal on its stdin), 80 if unknown.
+fn columns() -> usize {
+    std::process::Command::new("stty")
+        .arg("size")
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+        })
+        .filter(|&c: &usize| c > 0)
+        .unwrap_or(80)
 }
 
 fn bytes(n: i64) -> String {
