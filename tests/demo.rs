@@ -85,9 +85,30 @@ fn a_short_demo_passes_every_check_it_prints() {
         compared > 0 && compared == sum,
         "{summary}: the lines add up to {sum}"
     );
-    // The replay brought rows back, the daemon resumed after a seq.
+    // The replay brought rows back.
     let replay = checks.iter().find(|l| l.contains(" replay: ")).unwrap();
     assert!(!replay.starts_with("ok      replay: 0 of"), "{replay}");
+
+    // Nothing is left behind: the servers are stopped, the files removed.
+    let servers = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("private servers: "))
+        .unwrap_or_else(|| panic!("the demo names no servers:\n{stdout}"));
+    let port: u16 = servers
+        .split_once("127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no PostgreSQL port in {servers}"));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the demo's PostgreSQL on port {port} still answers"
+    );
+    let dir = servers
+        .split_once("files in ")
+        .and_then(|(_, rest)| rest.split_once(" (all removed"))
+        .map(|(d, _)| std::path::PathBuf::from(d))
+        .unwrap_or_else(|| panic!("no directory in {servers}"));
+    assert!(!dir.exists(), "{} is still there", dir.display());
 }
 
 #[test]

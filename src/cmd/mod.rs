@@ -2,7 +2,7 @@
 //! and errors become messages. `run` is the pipeline itself ([`crate::pipeline`]); `replay`
 //! is [`crate::fanout::replay`].
 //!
-//! `demo.rs` lives here too but is compiled into the binary only (`src/main.rs`): it starts
+//! `demo/` lives here too but is compiled into the binary only (`src/main.rs`): it starts
 //! the private servers of the `pgfanout-testkit` crate, which the product library never links.
 
 pub mod check;

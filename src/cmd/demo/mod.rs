@@ -219,6 +219,15 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         .tempdir()
         .map_err(io("creating the demo's temporary directory"))?;
     let config_path = stack.write_config(dir.path())?;
+    screen.event(&format!(
+        "  private servers: PostgreSQL on 127.0.0.1:{}{}; files in {} (all removed at the end)",
+        stack.pg.port(),
+        stack
+            .ch
+            .as_ref()
+            .map_or_else(String::new, |c| format!(", ClickHouse on {}", c.url())),
+        dir.path().display()
+    ));
     let config = pgfanout::cmd::load_config(&config_path)?;
     let source = stack.sql(stack::SOURCE_DB).await?;
     let mut conns = Vec::new();
