@@ -570,6 +570,9 @@ impl Demo {
         let deadline = Instant::now() + WAIT;
         let resumed = loop {
             self.daemon_alive()?;
+            if self.interrupted() > 1 {
+                return Err(DemoError::Interrupted);
+            }
             if let Some(seq) = resumed_after(&self.daemon_log, offset) {
                 break Some(seq);
             }
@@ -684,6 +687,9 @@ impl Demo {
             }
             if missing == 0 || Instant::now() >= deadline {
                 break (restored, missing);
+            }
+            if self.interrupted() > 1 {
+                return Err(DemoError::Interrupted);
             }
             self.refresh(false).await;
             tokio::time::sleep(TICK / 2).await;
