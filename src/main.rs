@@ -14,7 +14,7 @@ use pgfanout::report::Chain;
 use pgfanout::source::SlotSpec;
 
 // Compiled into the binary, not the library: the demo starts the testkit's private servers.
-#[path = "cmd/demo.rs"]
+#[path = "cmd/demo/mod.rs"]
 mod demo;
 
 /// Rows are many small allocations made on one thread and freed on another (the dispatcher
@@ -27,14 +27,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "pgfanout",
     version,
-    about = "Change-data-capture from a PostgreSQL logical replication slot"
+    about = "Change-data-capture from a PostgreSQL logical replication slot",
+    // Bare `pgfanout` prints the help (exit status 2, as for any missing subcommand).
+    arg_required_else_help = true
 )]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,11 +130,13 @@ enum Command {
         #[command(subcommand)]
         command: DestinationCommand,
     },
-    /// The embedded default: a private PostgreSQL, a small multi-tenant schema, live changes.
+    /// The whole pipeline on private servers (removed at the end): a source, two tenant
+    /// databases and ClickHouse (when installed), a workload, a live view, a SIGKILL and a
+    /// replay, then checks that every target equals its projection of the source.
     Demo {
-        /// Exit after this many changes (default: run until Ctrl-C).
-        #[arg(long)]
-        limit: Option<u64>,
+        /// How long the workload runs (Ctrl-C ends it early; the checks still run).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
     },
 }
 
@@ -197,7 +201,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command.unwrap_or(Command::Demo { limit: None }))) {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The one place an error reaches a person on the command line: its message, then
@@ -358,8 +362,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let resumed = pgfanout::cmd::destination::resume(&config, &name).await?;
             print!("{resumed}");
         }
-        Command::Demo { limit } => {
-            demo::run(&mut stdout, limit, ctrl_c()).await?;
+        Command::Demo { duration } => {
+            drop(stdout); // the demo prints through its own handle
+            demo::run(demo::DemoOptions { duration }).await?;
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! [`crate::admin`]); `replay`
 //! is [`crate::fanout::replay`].
 //!
-//! `demo.rs` lives here too but is compiled into the binary only (`src/main.rs`): it starts
+//! `demo/` lives here too but is compiled into the binary only (`src/main.rs`): it starts
 //! the private servers of the `pgfanout-testkit` crate, which the product library never links.
 
 pub mod check;
