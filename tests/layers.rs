@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "disposition",
         "report",
         "failpoint",
+        "progress",
     ],
     &["change", "target"],
     // The ground floor for connections.
