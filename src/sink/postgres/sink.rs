@@ -447,10 +447,10 @@ impl PostgresSink {
                 .client
                 .query_one(
                     "SELECT array_remove(ARRAY[ \
-                       CASE WHEN has_table_privilege($1, 'SELECT') THEN NULL ELSE 'SELECT' END, \
-                       CASE WHEN has_table_privilege($1, 'INSERT') THEN NULL ELSE 'INSERT' END, \
-                       CASE WHEN has_table_privilege($1, 'UPDATE') THEN NULL ELSE 'UPDATE' END, \
-                       CASE WHEN has_table_privilege($1, 'DELETE') THEN NULL ELSE 'DELETE' END], NULL)",
+                       CASE WHEN has_table_privilege($1::oid, 'SELECT') THEN NULL ELSE 'SELECT' END, \
+                       CASE WHEN has_table_privilege($1::oid, 'INSERT') THEN NULL ELSE 'INSERT' END, \
+                       CASE WHEN has_table_privilege($1::oid, 'UPDATE') THEN NULL ELSE 'UPDATE' END, \
+                       CASE WHEN has_table_privilege($1::oid, 'DELETE') THEN NULL ELSE 'DELETE' END], NULL)",
                     &[&oid],
                 )
                 .await
