@@ -395,6 +395,8 @@ async fn status_tells_whether_a_daemon_runs_and_reads_watermarks_from_the_destin
         "{status:#}"
     );
     let text = status_text(&config).await;
+    // Shown with --nocapture: what an operator reads.
+    eprintln!("{text}");
     assert!(
         text.starts_with("daemon: no daemon running (last heartbeat 6"),
         "{text}"
@@ -501,4 +503,83 @@ async fn own_watermark(target: &tokio_postgres::Client) -> u64 {
         .ok()
         .flatten()
         .map_or(0, |r| r.get::<_, i64>(0) as u64)
+}
+
+/// Without a daemon, `status` reads a ClickHouse destination's watermark from its own table
+/// (none yet is 0, not an error), and says why it could not read an unreachable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_watermarks_from_clickhouse_and_names_an_unreachable_destination() {
+    let (db, _source) = source_db("st_ch").await;
+    let ch = clickhouse();
+    let ch_db = fresh_ch_db("st_ch");
+    let dir = tempfile::tempdir().unwrap();
+    let unreachable = "postgresql://nobody@127.0.0.1:1/nothing".to_owned();
+    let config = write_config(
+        dir.path(),
+        &db,
+        "",
+        &format!(
+            "\n[[destinations]]\nname = \"analytics\"\nkind = \"clickhouse\"\nurl = {}\n\
+             database = {}\ntenants = [\"{TENANT_A}\"]\nmappings = [\"users\"]\n\
+             \n[[destinations]]\nname = \"gone\"\nkind = \"postgres\"\nurl = {}\n\
+             tenants = [\"{TENANT_B}\"]\nmappings = [\"users\"]\n",
+            toml_str(&ch.url()),
+            toml_str(&ch_db),
+            toml_str(&unreachable),
+        ),
+    );
+    let by_name = |status: &serde_json::Value, name: &str| {
+        status["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no destination {name} in {status:#}"))
+    };
+
+    // Never run: no watermark table in ClickHouse is watermark 0, not an error.
+    let status = status_json(&config).await;
+    assert_eq!(status["daemon"]["running"], false, "{status:#}");
+    assert!(status["daemon"]["last_heartbeat_age_seconds"].is_null());
+    let analytics = by_name(&status, "analytics");
+    assert_eq!(analytics["watermark"].as_u64(), Some(0), "{status:#}");
+    assert!(analytics["destination_error"].is_null(), "{status:#}");
+    let gone = by_name(&status, "gone");
+    assert!(
+        gone["destination_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1")),
+        "{status:#}"
+    );
+
+    // A watermark stored in ClickHouse is what status shows.
+    ch.query(&format!(
+        "CREATE TABLE `{ch_db}`._pgfanout_watermarks (destination String, seq UInt64, lineage String) \
+         ENGINE = MergeTree ORDER BY destination"
+    ))
+    .unwrap();
+    ch.query(&format!(
+        "INSERT INTO `{ch_db}`._pgfanout_watermarks VALUES ('analytics', 42, '')"
+    ))
+    .unwrap();
+    let status = status_json(&config).await;
+    let analytics = by_name(&status, "analytics");
+    assert_eq!(analytics["watermark"].as_u64(), Some(42), "{status:#}");
+    assert_eq!(analytics["watermark_source"], "destination", "{status:#}");
+    let tenant_a = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == TENANT_A)
+        .cloned()
+        .unwrap_or_else(|| panic!("no tenant {TENANT_A} in {status:#}"));
+    assert_eq!(tenant_a["destination"], "analytics");
+    assert_eq!(tenant_a["watermark"].as_u64(), Some(42));
+    let text = status_text(&config).await;
+    assert!(
+        text.contains("daemon: no daemon running (no heartbeat"),
+        "{text}"
+    );
+    assert!(text.contains("cannot read its own watermark"), "{text}");
 }
