@@ -188,9 +188,13 @@ async fn check_finds_what_run_would_trip_on_and_passes_once_fixed() {
         &destination("alpha", &target_db, &[TENANT_A], false),
     );
 
-    // 3. A target table with a column of the wrong type, one missing, no version column.
+    // 3. A target table with a column of the wrong type, one missing, no version column; a
+    //    watermark table the batch transaction cannot use.
     target
-        .batch_execute("CREATE TABLE users (id int, project_id text, email int)")
+        .batch_execute(
+            "CREATE TABLE users (id int, project_id text, email int);
+             CREATE TABLE _pgfanout_watermarks (destination text, seq text)",
+        )
         .await
         .unwrap();
     let (ok, report) = check(&config).await;
@@ -200,8 +204,14 @@ async fn check_finds_what_run_would_trip_on_and_passes_once_fixed() {
         &[
             "column \"public\".\"users\".\"email\" has type integer but the mapping writes text",
             "column \"public\".\"users\".\"_seq\" does not exist; add it (ALTER TABLE \"public\".\"users\" ADD COLUMN \"_seq\" bigint NOT NULL)",
+            "column \"public\".\"_pgfanout_watermarks\".\"seq\" must be bigint",
+            "table \"public\".\"_pgfanout_watermarks\" has no primary key or unique index on (destination)",
         ],
     );
+    target
+        .batch_execute("DROP TABLE _pgfanout_watermarks")
+        .await
+        .unwrap();
     assert!(!problems(&report).contains("tenant"), "{report}");
 
     // 4. Columns right, but no key the upsert can conflict on.
@@ -406,6 +416,25 @@ async fn status_tells_whether_a_daemon_runs_and_reads_watermarks_from_the_destin
             "destination alpha: stopped, watermark {wm}, 0 changes"
         )),
         "{text}"
+    );
+
+    // A destination behind the log: its lag counts from its own watermark, in changes and
+    // in seconds (the commit of its last applied change, from the log).
+    target
+        .batch_execute("UPDATE public._pgfanout_watermarks SET seq = 2000")
+        .await
+        .unwrap();
+    let status = status_json(&config).await;
+    let alpha = &status["destinations"][0];
+    assert_eq!(alpha["watermark"].as_u64(), Some(2000), "{status:#}");
+    assert_eq!(alpha["lag_changes"].as_u64(), Some(wm - 2000), "{status:#}");
+    assert!(
+        alpha["lag_seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["tenants"][0]["lag_changes"].as_u64(),
+        Some(wm - 2000)
     );
 
     // replay: past the end, before the oldest retained seq, an unknown tenant.
