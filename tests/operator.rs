@@ -612,3 +612,53 @@ async fn status_reads_watermarks_from_clickhouse_and_names_an_unreachable_destin
     );
     assert!(text.contains("cannot read its own watermark"), "{text}");
 }
+
+/// A destination role that may not write its target table, nor create the watermark table,
+/// fails `check` with the GRANTs to run; it passes once they are granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_privileges_a_destination_role_lacks() {
+    let (db, source) = source_db("chk_priv").await;
+    source
+        .batch_execute("ALTER TABLE project_user REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
+    let target_db = fresh_db("chk_priv_target").await;
+    let target = sql(&target_db).await;
+    target
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, project_id text, email text, _seq bigint NOT NULL);
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = url_on(server(), &target_db).replace("postgres@", &format!("{SCRAM_USER}@"));
+    let config = write_config(
+        dir.path(),
+        &db,
+        "",
+        &format!(
+            "\n[[destinations]]\nname = \"alpha\"\nkind = \"postgres\"\nurl = {}\n\
+             tenants = [\"{TENANT_A}\"]\nmappings = [\"users\"]\ncreate_tables = false\n",
+            toml_str(&url)
+        ),
+    );
+    let (ok, report) = check(&config).await;
+    assert!(!ok, "{report}");
+    assert_problems(
+        &report,
+        &[
+            "this role lacks SELECT, INSERT, UPDATE, DELETE on table \"public\".\"users\"",
+            "table \"public\".\"_pgfanout_watermarks\" does not exist and this role may not create it",
+        ],
+    );
+    target
+        .batch_execute(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON users TO {SCRAM_USER};
+             GRANT CREATE ON SCHEMA public TO {SCRAM_USER}"
+        ))
+        .await
+        .unwrap();
+    let (ok, report) = check(&config).await;
+    assert!(ok, "{report}");
+}
