@@ -30,6 +30,7 @@ pub mod lsn;
 pub mod pgconn;
 pub mod pipeline;
 pub mod problems;
+pub mod progress;
 pub mod report;
 pub mod sequencer;
 pub mod sink;

@@ -300,9 +300,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             .await?;
             eprintln!("snapshot {id} requested for destination {destination:?}");
             if !no_wait {
-                let mut err = std::io::stderr();
-                let terminal = err.is_terminal();
-                let p = pgfanout::cmd::resync::follow(&config, id, &mut err, terminal).await?;
+                let p = pgfanout::cmd::resync::follow(&config, id).await?;
                 eprintln!(
                     "snapshot {id} done: {} row(s) from {} table(s) in the change log up to seq {}; the destination applies them in order (`pgfanout status` shows its lag)",
                     p.rows,

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
         "report",
         "failpoint",
         "telemetry",
+        "progress",
     ],
     &["change", "target"],
     // The ground floor for connections.

@@ -77,6 +77,7 @@ async fn migrate_creates_schema_tables_and_history_then_applies_nothing() {
         [
             "checkpoints",
             "coverage",
+            "daemon_heartbeats",
             "destination_holds",
             "destinations",
             "migrations",
@@ -321,6 +322,7 @@ async fn a_hostile_schema_name_is_quoted() {
         [
             "checkpoints",
             "coverage",
+            "daemon_heartbeats",
             "destination_holds",
             "destinations",
             "migrations",

@@ -12,15 +12,15 @@
 
 pub use super::report::{Check, Outcome, Report};
 use crate::changelog;
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, StoreConfig, Tenants};
 use crate::pgconn::{password_in_clear, plaintext_warning, ConnInfo, Transport};
 use crate::report::Chain;
 use crate::sink::clickhouse::config as clickhouse_config;
-use crate::sink::ClickHouseSink;
+use crate::sink::{ClickHouseSink, PostgresSink};
 use crate::source::session::Session;
 use crate::source::slot::{self, PublicationState};
 use crate::source::SourceError;
-use crate::sql::quote_literal;
+use crate::sql::{quote_ident, quote_literal};
 
 pub async fn check(cfg: &Config) -> Report {
     let mut report = Report::default();
@@ -72,15 +72,31 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
         }
         Err(e) => report.push("snapshot", Outcome::Problem(Chain(&e).to_string())),
     }
+    if let Some(setup) = &setup {
+        check_tenant_ids(cfg, setup, report);
+    }
     for (i, d) in cfg.destinations.iter().enumerate() {
-        // The target tables, when the mappings compiled (ClickHouse tables are checked
-        // read-only; PostgreSQL ones when the writer starts, since creating may be part of it).
+        // The target tables, when the mappings compiled: what the writer checks at start,
+        // read-only (a missing table is fine when the writer would create it).
         let tables = setup.as_ref().map(|s| &s.destinations[i].tables);
         let outcome = match &d.store {
             StoreConfig::Postgres(pg) => match pg.conn.connect_sql_observed().await {
-                Ok((_, transport)) => {
+                Ok((client, transport)) => {
                     warn_if_in_clear(report, &pg.conn, transport);
-                    Outcome::Ok(format!("{}: reachable", d.name))
+                    // The same checks the writer runs at start, without its DDL.
+                    let sink = PostgresSink::new(client, pg.schema.clone());
+                    let checked = match tables {
+                        Some(t) => sink.check_tables(t, d.create_tables).await,
+                        None => Ok(()),
+                    };
+                    match checked {
+                        Ok(()) => Outcome::Ok(format!(
+                            "{}: reachable{}",
+                            d.name,
+                            if tables.is_some() { "; its tables match" } else { "" }
+                        )),
+                        Err(e) => Outcome::Problem(format!("{}: {}", d.name, Chain(&e))),
+                    }
                 }
                 Err(e) => Outcome::Problem(format!("{}: {}", d.name, Chain(&e))),
             },
@@ -119,6 +135,48 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
                 );
             }
         }
+    }
+}
+
+/// Every tenant id a destination lists must be one `[tenants].query` returns: a typo would
+/// route nothing to it, silently. (Without `[tenants]` there is no list to check against.)
+fn check_tenant_ids(cfg: &Config, setup: &crate::fanout::Setup, report: &mut Report) {
+    if cfg.tenants.is_none() {
+        return;
+    }
+    let mut problems = 0;
+    for d in &cfg.destinations {
+        let Tenants::Some(listed) = &d.tenants else {
+            continue;
+        };
+        let mut unknown: Vec<&str> = listed
+            .iter()
+            .map(String::as_str)
+            .filter(|t| setup.registry.attributes(t).is_none())
+            .collect();
+        if unknown.is_empty() {
+            continue;
+        }
+        unknown.sort_unstable();
+        problems += 1;
+        report.push(
+            "tenants",
+            Outcome::Problem(format!(
+                "destination {}: tenant id(s) {} match no tenant that [tenants].query returns, so nothing would reach it for them\nHINT: correct the ids in destinations.tenants (they are values of the mappings' tenant_key), or add the tenants",
+                d.name,
+                unknown
+                    .iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        );
+    }
+    if problems == 0 {
+        report.push(
+            "tenants",
+            Outcome::Ok("every tenant id the destinations list is a known tenant".into()),
+        );
     }
 }
 
@@ -215,15 +273,22 @@ async fn check_source(cfg: &Config, report: &mut Report) {
                     src.publication
                 ))
             } else {
+                let quoted = missing
+                    .iter()
+                    .map(|t| t.quoted())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 Outcome::Problem(format!(
-                    "publication {} does not publish {list}\nHINT: ALTER PUBLICATION {} ADD TABLE …, or set source.manage = true",
-                    src.publication, src.publication
+                    "publication {} does not publish {list}: their changes would never arrive\nHINT: ALTER PUBLICATION {} ADD TABLE {quoted}, or set source.manage = true",
+                    src.publication,
+                    quote_ident(&src.publication)
                 ))
             }
         }
         Err(e) => Outcome::Problem(Chain(&e).to_string()),
     };
     report.push("publication", publication);
+    check_mapped_tables_published(cfg, &mut session, report).await;
     let slot_outcome = match slot::slot_state(&mut session, &src.slot).await {
         Ok(Some(row)) => match slot::check_slot(&src.slot, &row, src) {
             Ok(()) => Outcome::Ok(format!(
@@ -246,6 +311,50 @@ async fn check_source(cfg: &Config, report: &mut Report) {
     };
     report.push("slot", slot_outcome);
     let _ = session.close(false).await;
+}
+
+/// Without `source.tables`, `run` leaves an existing publication as it is: a mapped table it
+/// does not publish would never send a change, whatever `manage` says. (With `source.tables`,
+/// validation already requires every mapped table to be listed, and the check above covers
+/// them.)
+async fn check_mapped_tables_published(cfg: &Config, session: &mut Session, report: &mut Report) {
+    let src = &cfg.source;
+    if src.tables.is_some() || cfg.mappings.is_empty() {
+        return;
+    }
+    let mut mapped: Vec<_> = cfg.mappings.iter().map(|m| m.source.clone()).collect();
+    mapped.sort_by_key(|t| t.to_string());
+    mapped.dedup();
+    let probe = crate::config::SourceConfig {
+        tables: Some(mapped),
+        ..src.clone()
+    };
+    match slot::publication_state(session, &probe).await {
+        // Reported above: created FOR ALL TABLES by run, or a problem without manage.
+        Ok(PublicationState::Missing) => {}
+        Ok(PublicationState::Exists { missing }) if missing.is_empty() => {}
+        Ok(PublicationState::Exists { missing }) => {
+            let list = missing
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let quoted = missing
+                .iter()
+                .map(|t| t.quoted())
+                .collect::<Vec<_>>()
+                .join(", ");
+            report.push(
+                "publication",
+                Outcome::Problem(format!(
+                    "publication {} does not publish the mapped table(s) {list}: their changes would never arrive\nHINT: ALTER PUBLICATION {} ADD TABLE {quoted}, or list the tables in source.tables with source.manage = true",
+                    src.publication,
+                    quote_ident(&src.publication)
+                )),
+            );
+        }
+        Err(e) => report.push("publication", Outcome::Problem(Chain(&e).to_string())),
+    }
 }
 
 async fn check_state(cfg: &Config, report: &mut Report) {

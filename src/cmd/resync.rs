@@ -6,13 +6,13 @@
 //! a full resync clears the destination's `needs resync` hold once done. Progress is read from
 //! the state database: a bar on a terminal, a plain line every few seconds otherwise.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::{Config, Tenants};
 use crate::disposition::{Classify, ErrorKind};
+use crate::progress::Progress;
 use crate::state::{NewSnapshot, SnapshotRow, SnapshotState, SnapshotStore, StateDb, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +37,6 @@ pub enum ResyncError {
     Failed { id: u64, error: String },
     #[error("snapshot {id} was cancelled")]
     Cancelled { id: u64 },
-    #[error("writing the progress")]
-    Output(#[from] std::io::Error),
 }
 
 impl Classify for ResyncError {
@@ -173,23 +171,13 @@ pub async fn request(
     Ok(id)
 }
 
-/// Follows snapshot `id` until it ends, writing progress to `out`: a redrawn bar when
-/// `terminal`, else a line every `every`. Returns its last progress.
-pub async fn follow(
-    cfg: &Config,
-    id: u64,
-    out: &mut (dyn Write + Send),
-    terminal: bool,
-) -> Result<SnapshotProgress, ResyncError> {
+/// Follows snapshot `id` until it ends, showing its progress (`crate::progress`: a bar on a
+/// terminal, else a log line every few seconds). Returns its last progress.
+pub async fn follow(cfg: &Config, id: u64) -> Result<SnapshotProgress, ResyncError> {
     let state = StateDb::connect(&cfg.state.conn, &cfg.state.schema).await?;
     let store = state.snapshots();
-    let every = if terminal {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(5)
-    };
     let started = Instant::now();
-    let mut last_line = Instant::now() - every;
+    let mut bar = Progress::start(format!("snapshot {id}"), "rows", None);
     loop {
         let Some(s) = store.get(id).await? else {
             return Err(ResyncError::Cancelled { id });
@@ -197,15 +185,11 @@ pub async fn follow(
         let p = progress(store, &s).await?;
         match s.state {
             SnapshotState::Done => {
-                if terminal {
-                    writeln!(out)?;
-                }
+                bar.finish();
                 return Ok(p);
             }
             SnapshotState::Failed => {
-                if terminal {
-                    writeln!(out)?;
-                }
+                bar.finish();
                 return Err(ResyncError::Failed {
                     id,
                     error: p.error.unwrap_or_else(|| "no reason recorded".into()),
@@ -214,16 +198,12 @@ pub async fn follow(
             SnapshotState::Cancelled => return Err(ResyncError::Cancelled { id }),
             SnapshotState::Pending | SnapshotState::Running => {}
         }
-        if last_line.elapsed() >= every {
-            last_line = Instant::now();
-            let line = progress_line(&p, started.elapsed());
-            if terminal {
-                write!(out, "\r\x1b[2K{line}")?;
-            } else {
-                writeln!(out, "{line}")?;
-            }
-            out.flush()?;
+        if p.state == "pending" {
+            bar.set_detail(progress_line(&p, started.elapsed()));
+        } else {
+            bar.set_detail(format!("tables {}/{}", p.tables_done, p.tables));
         }
+        bar.update(p.rows, (p.estimated_rows > 0).then_some(p.estimated_rows));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

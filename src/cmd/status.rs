@@ -1,6 +1,7 @@
 //! `pgfanout status`: where the slot, the change log and the last checkpoint stand. Read-only:
 //! it applies no migrations and takes no lock.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -8,19 +9,60 @@ use serde::Serialize;
 
 use crate::changelog::{self, LogError};
 use crate::cmd::resync::{progress, progress_line, SnapshotProgress};
-use crate::config::Config;
+use crate::config::{Config, DestinationConfig, StoreConfig, Tenants};
 use crate::pgconn::{PgError, SqlConnectError};
+use crate::report::Chain;
+use crate::sink::{ClickHouseError, ClickHouseSink, PostgresSink};
 use crate::sql::quote_ident;
-use crate::state::{DestinationStore, HoldKind, HoldStore, SnapshotStore, StateError, StoredHold};
+use crate::state::{
+    DaemonStore, DestinationStore, Heartbeat, HoldKind, HoldStore, SnapshotStore, StateError,
+    StoredHold, HEARTBEAT_EVERY, STALE_AFTER_BEATS,
+};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Whether a daemon runs for this slot, from its heartbeat in the state database.
+    pub daemon: DaemonStatus,
     pub slot: Option<SlotStatus>,
     pub log: LogStatus,
     pub checkpoint: Option<CheckpointStatus>,
     pub destinations: Vec<DestinationStatus>,
     /// Open snapshots, then the latest finished ones (at most [`RECENT_SNAPSHOTS`] in all).
     pub snapshots: Vec<SnapshotProgress>,
+    /// Tenants that have destinations of their own (a destination whose `tenants` is a list),
+    /// one entry per (tenant, destination), by tenant.
+    pub tenants: Vec<TenantStatus>,
+}
+
+/// The daemon streaming this configuration's slot, as its heartbeat says.
+#[derive(Debug, Serialize)]
+pub struct DaemonStatus {
+    /// A heartbeat younger than `stale_after_seconds`, and no clean stop since.
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+    pub version: Option<String>,
+    /// RFC 3339, UTC.
+    pub started_at: Option<String>,
+    /// Seconds since the last heartbeat; `None` when no daemon ever wrote one.
+    pub last_heartbeat_age_seconds: Option<f64>,
+    /// When it stopped cleanly (RFC 3339, UTC); `None` while it runs, or after a kill.
+    pub stopped_at: Option<String>,
+    /// A heartbeat older than this means no daemon is running.
+    pub stale_after_seconds: f64,
+}
+
+/// One tenant's place in one of the destinations that list it. A destination applies changes
+/// in seq order, so every tenant it serves stands at its watermark; the lag counts the log's
+/// changes past it (an upper bound for the tenant's own).
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStatus {
+    pub tenant: String,
+    pub destination: String,
+    pub state: String,
+    pub watermark: u64,
+    pub lag_changes: u64,
+    pub lag_seconds: f64,
 }
 
 const RECENT_SNAPSHOTS: i64 = 5;
@@ -40,6 +82,12 @@ pub struct DestinationStatus {
     pub last_error: Option<String>,
     /// Seconds since the daemon wrote this report (it writes every few seconds while running).
     pub report_age_seconds: Option<f64>,
+    /// Where `watermark` comes from: `report` (the running daemon's report) or `destination`
+    /// (read from the destination's own watermark table, because no daemon is running or
+    /// its report is stale; never lower than the report).
+    pub watermark_source: String,
+    /// Why the destination's own watermark could not be read, when it was tried.
+    pub destination_error: Option<String>,
     /// What holds it back, if anything (`state` is then `failed` or `needs resync`).
     pub hold: Option<HoldStatus>,
     /// The open snapshot filling it, if any.
@@ -249,6 +297,15 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         Err(e) if never_written(&e) => Vec::new(),
         Err(e) => return Err(StatusError::Destinations(e)),
     };
+    let heartbeat = match DaemonStore::new(state.clone(), &cfg.state.schema)
+        .load(&cfg.source.slot)
+        .await
+    {
+        Ok(h) => h,
+        Err(e) if never_written(&e) => None,
+        Err(e) => return Err(StatusError::Destinations(e)),
+    };
+    let daemon = daemon_status(heartbeat.as_ref());
     let store = SnapshotStore::new(state, &cfg.state.schema);
     let mut snapshots = Vec::new();
     match store.recent(RECENT_SNAPSHOTS).await {
@@ -266,13 +323,41 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
         Err(e) if never_written(&e) => {}
         Err(e) => return Err(StatusError::Destinations(e)),
     }
-    let destinations = cfg
+    // Without a live daemon (or with its report stale) the reports may be far behind: ask
+    // each destination for its own watermark.
+    let stale = |r: Option<&crate::state::DestinationReport>| {
+        !daemon.running || r.is_none_or(|r| r.age_seconds > daemon.stale_after_seconds)
+    };
+    let mut own = read_own_watermarks(
+        cfg.destinations
+            .iter()
+            .filter(|d| stale(reports.iter().find(|r| r.name == d.name)))
+            .cloned()
+            .collect(),
+    )
+    .await;
+    let mut destinations: Vec<DestinationStatus> = cfg
         .destinations
         .iter()
         .map(|d| {
             let hold = holds.iter().find(|h| h.name == d.name);
-            let mut status =
-                destination_status(d, reports.iter().find(|r| r.name == d.name), &summary);
+            let report = reports.iter().find(|r| r.name == d.name);
+            let mut status = destination_status(d, report, &summary);
+            if report.is_some() && !daemon.running {
+                status.state = "stopped".into();
+            }
+            match own.remove(&d.name) {
+                Some(Ok(wm)) if wm > status.watermark || report.is_none() => {
+                    status.watermark = wm;
+                    status.lag_changes = summary.last_seq.saturating_sub(wm);
+                    // Recomputed from the log below.
+                    status.lag_seconds = f64::NAN;
+                    status.watermark_source = "destination".into();
+                }
+                Some(Ok(_)) => status.watermark_source = "destination".into(),
+                Some(Err(e)) => status.destination_error = Some(e),
+                None => {}
+            }
             if let Some(h) = hold {
                 status.state = h.hold.kind.as_str().to_owned();
                 if h.hold.kind == HoldKind::Failed {
@@ -290,13 +375,166 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
             status
         })
         .collect();
+    let last_commit_us = summary.last_commit.map(|c| c.commit_time.pg_epoch_micros());
+    for d in destinations.iter_mut().filter(|d| d.lag_seconds.is_nan()) {
+        d.lag_seconds = 0.0;
+        if d.lag_changes == 0 || d.watermark == 0 {
+            continue;
+        }
+        if let (Some(last), Some(applied)) = (
+            last_commit_us,
+            commit_time_of(&cfg.log.dir, d.watermark).await,
+        ) {
+            d.lag_seconds = (last - applied).max(0) as f64 / 1e6;
+        }
+    }
+    let tenants = tenant_status(cfg, &destinations);
     Ok(Status {
+        daemon,
         slot,
         log,
         checkpoint,
         destinations,
         snapshots,
+        tenants,
     })
+}
+
+/// How long `status` waits for one destination's own watermark.
+const OWN_WATERMARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Records read past a watermark looking for its transaction's commit.
+const COMMIT_LOOKUP_RECORDS: usize = 10_000;
+
+fn daemon_status(h: Option<&Heartbeat>) -> DaemonStatus {
+    let stale_after = STALE_AFTER_BEATS * HEARTBEAT_EVERY.as_secs_f64();
+    match h {
+        None => DaemonStatus {
+            running: false,
+            pid: None,
+            host: None,
+            version: None,
+            started_at: None,
+            last_heartbeat_age_seconds: None,
+            stopped_at: None,
+            stale_after_seconds: stale_after,
+        },
+        Some(h) => DaemonStatus {
+            running: h.alive(),
+            pid: Some(h.identity.pid),
+            host: Some(h.identity.host.clone()),
+            version: Some(h.identity.version.clone()),
+            started_at: Some(h.started_at.clone()),
+            last_heartbeat_age_seconds: Some(h.age_seconds),
+            stopped_at: h.stopped_at.clone(),
+            stale_after_seconds: STALE_AFTER_BEATS * h.interval_seconds,
+        },
+    }
+}
+
+/// Each destination's watermark as the destination itself stores it (the sinks' own read),
+/// all at once, each bounded by [`OWN_WATERMARK_TIMEOUT`]; an error as its message.
+async fn read_own_watermarks(
+    destinations: Vec<DestinationConfig>,
+) -> HashMap<String, Result<u64, String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in destinations {
+        tasks.spawn(async move {
+            let read = tokio::time::timeout(OWN_WATERMARK_TIMEOUT, own_watermark(&d)).await;
+            let result = match read {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no answer within {} s",
+                    OWN_WATERMARK_TIMEOUT.as_secs()
+                )),
+            };
+            (d.name, result)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((name, result)) = done {
+            out.insert(name, result);
+        }
+    }
+    out
+}
+
+async fn own_watermark(d: &DestinationConfig) -> Result<u64, String> {
+    match &d.store {
+        StoreConfig::Postgres(pg) => {
+            let client = pg
+                .conn
+                .connect_sql()
+                .await
+                .map_err(|e| Chain(&e).to_string())?;
+            match PostgresSink::new(client, pg.schema.clone())
+                .watermark(&d.name)
+                .await
+            {
+                Ok(wm) => Ok(wm),
+                // No watermark table (or schema) yet: nothing applied.
+                Err(e) if matches!(e.sqlstate(), Some("42P01" | "3F000")) => Ok(0),
+                Err(e) => Err(Chain(&e).to_string()),
+            }
+        }
+        StoreConfig::ClickHouse(ch) => {
+            let mut sink = ClickHouseSink::connect(ch)
+                .await
+                .map_err(|e| Chain(&e).to_string())?;
+            match sink.watermark(&d.name).await {
+                Ok(wm) => Ok(wm),
+                // UNKNOWN_TABLE, UNKNOWN_DATABASE: nothing applied yet.
+                Err(ClickHouseError::Server {
+                    code: Some(60 | 81),
+                    ..
+                }) => Ok(0),
+                Err(e) => Err(Chain(&e).to_string()),
+            }
+        }
+    }
+}
+
+/// The commit time (microseconds since 2000-01-01) of the transaction holding change `seq`,
+/// from the change log; `None` when the log no longer (or not yet) holds it.
+async fn commit_time_of(dir: &std::path::Path, seq: u64) -> Option<i64> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut reader = changelog::LogReader::open(&dir, seq).ok()?;
+        for _ in 0..COMMIT_LOOKUP_RECORDS {
+            match reader.next_record().ok()?? {
+                changelog::LogRecord::Commit(c) if c.last_seq >= seq => {
+                    return Some(c.commit_time.pg_epoch_micros())
+                }
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Per tenant listed by a destination, that destination's standing.
+fn tenant_status(cfg: &Config, destinations: &[DestinationStatus]) -> Vec<TenantStatus> {
+    let mut out = Vec::new();
+    for (d, status) in cfg.destinations.iter().zip(destinations) {
+        let Tenants::Some(listed) = &d.tenants else {
+            continue;
+        };
+        for t in listed {
+            out.push(TenantStatus {
+                tenant: t.clone(),
+                destination: d.name.clone(),
+                state: status.state.clone(),
+                watermark: status.watermark,
+                lag_changes: status.lag_changes,
+                lag_seconds: status.lag_seconds,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.tenant, &a.destination).cmp(&(&b.tenant, &b.destination)));
+    out
 }
 
 /// One destination as its last report says (`never reported` without one).
@@ -315,6 +553,8 @@ fn destination_status(
             lag_seconds: 0.0,
             last_error: None,
             report_age_seconds: None,
+            watermark_source: "report".into(),
+            destination_error: None,
             hold: None,
             snapshot: None,
         },
@@ -333,6 +573,8 @@ fn destination_status(
                 lag_seconds,
                 last_error: r.last_error.clone(),
                 report_age_seconds: Some(r.age_seconds),
+                watermark_source: "report".into(),
+                destination_error: None,
                 hold: None,
                 snapshot: None,
             }
@@ -340,8 +582,35 @@ fn destination_status(
     }
 }
 
+impl fmt::Display for DaemonStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = match (self.pid, &self.host) {
+            (Some(pid), Some(host)) => format!("pid {pid} on {host}"),
+            _ => String::new(),
+        };
+        match (self.running, self.last_heartbeat_age_seconds, &self.stopped_at) {
+            (true, Some(age), _) => write!(
+                f,
+                "daemon: running ({who}, version {}, since {}; last heartbeat {age:.1} s ago)",
+                self.version.as_deref().unwrap_or("?"),
+                self.started_at.as_deref().unwrap_or("?")
+            ),
+            (_, None, _) => write!(f, "daemon: no daemon running (no heartbeat: `pgfanout run` never ran with this state schema and slot)"),
+            (_, Some(age), Some(at)) => write!(
+                f,
+                "daemon: no daemon running (stopped at {at}; last heartbeat {age:.1} s ago, {who})"
+            ),
+            (_, Some(age), None) => write!(
+                f,
+                "daemon: no daemon running (last heartbeat {age:.1} s ago, {who}; it was killed or lost its state database)\n  destination watermarks below are read from the destinations"
+            ),
+        }
+    }
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.daemon)?;
         match &self.slot {
             Some(s) => {
                 write!(f, "slot {}: ", s.name)?;
@@ -404,8 +673,13 @@ impl fmt::Display for Status {
                 "destination {}: {}, watermark {}, {} changes / {:.1} s behind",
                 d.name, d.state, d.watermark, d.lag_changes, d.lag_seconds
             )?;
-            if let Some(age) = d.report_age_seconds {
+            if d.watermark_source == "destination" {
+                write!(f, " (watermark read from the destination)")?;
+            } else if let Some(age) = d.report_age_seconds {
                 write!(f, " (reported {age:.1} s ago)")?;
+            }
+            if let Some(e) = &d.destination_error {
+                write!(f, "\n  cannot read its own watermark: {e}")?;
             }
             match &d.hold {
                 Some(h) => {
@@ -445,6 +719,13 @@ impl fmt::Display for Status {
                 )?;
             }
             writeln!(f)?;
+        }
+        for t in &self.tenants {
+            writeln!(
+                f,
+                "tenant {} in {}: {}, watermark {}, {} changes / {:.1} s behind",
+                t.tenant, t.destination, t.state, t.watermark, t.lag_changes, t.lag_seconds
+            )?;
         }
         for p in &self.snapshots {
             write!(

@@ -103,8 +103,20 @@ pub enum FanoutError {
     Log(#[from] LogError),
     #[error("no destination named {name:?}; configured: {known}")]
     UnknownDestination { name: String, known: String },
-    #[error("seq {from_seq} is beyond the change log's end (seq {end}): there is nothing to replay\nHINT: `pgfanout status` shows the seqs the log holds")]
-    BeyondLog { from_seq: u64, end: u64 },
+    #[error("seq {from_seq} is beyond the change log's end: the log holds seq {oldest} to {end}; there is nothing to replay\nHINT: replay from a seq in that range (`pgfanout status` shows it)")]
+    BeyondLog {
+        from_seq: u64,
+        oldest: u64,
+        end: u64,
+    },
+    #[error("seq {from_seq} is no longer in the change log: the log holds seq {oldest} to {end} (retention removed what came before)\nHINT: replay from seq {oldest} or later; for older changes, resync the destination (`pgfanout resync`)")]
+    BeforeLog {
+        from_seq: u64,
+        oldest: u64,
+        end: u64,
+    },
+    #[error("the change log in {dir} holds no changes: there is nothing to replay")]
+    EmptyLog { dir: String },
     #[error("destination {destination:?} does not serve tenant {tenant:?} (it serves: {served})\nHINT: replay a tenant the destination's `tenants` lists")]
     TenantNotServed {
         destination: String,

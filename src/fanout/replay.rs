@@ -10,6 +10,7 @@ use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
 use crate::disposition::{disposition, Backoff, Classify, Disposition, Scope};
 use crate::fanout::route::{PartialOps, Routed};
+use crate::progress::Progress;
 use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
 
@@ -54,16 +55,37 @@ pub async fn replay(
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
-    // Refuse a seq the log no longer holds before touching anything.
+    // Refuse a seq outside what the log holds before touching anything: past the end would
+    // replay nothing and report success; before the oldest would silently skip changes.
     let dir = cfg.log.dir.clone();
-    let mut reader = tokio::task::spawn_blocking(move || LogReader::open(&dir, from_seq))
-        .await
-        .map_err(|_| FanoutError::Gone)??;
-    // A seq past the end would replay nothing and report success: say so instead.
+    let (mut reader, oldest) = tokio::task::spawn_blocking(move || {
+        let summary = crate::changelog::summary(&dir)?;
+        let Some(oldest) = summary.oldest_seq else {
+            return Err(FanoutError::EmptyLog {
+                dir: dir.display().to_string(),
+            });
+        };
+        let end = summary.last_seq;
+        if from_seq > end {
+            return Err(FanoutError::BeyondLog {
+                from_seq,
+                oldest,
+                end,
+            });
+        }
+        if from_seq.max(1) < oldest {
+            return Err(FanoutError::BeforeLog {
+                from_seq,
+                oldest,
+                end,
+            });
+        }
+        Ok((LogReader::open(&dir, from_seq)?, oldest))
+    })
+    .await
+    .map_err(|_| FanoutError::Gone)??;
     let end = reader.durable_seq();
-    if from_seq > end {
-        return Err(FanoutError::BeyondLog { from_seq, end });
-    }
+    let first = from_seq.max(oldest);
     if let (Some(t), crate::config::Tenants::Some(served)) =
         (tenant, &cfg.destinations[index].tenants)
     {
@@ -115,6 +137,11 @@ pub async fn replay(
     let mut refill = Refill::new(setup.source.clone(), setup.routing.clone());
     let mut rows = 0usize;
     let mut routed: Vec<Routed> = Vec::new();
+    let mut progress = Progress::start(
+        format!("replay into {destination}"),
+        "changes",
+        Some(end.saturating_sub(first) + 1),
+    );
     loop {
         // The log is read in steps off the runtime; each step is routed, then applied.
         let (r, records, _) = read_step(reader, REPLAY_READ, None)
@@ -155,10 +182,16 @@ pub async fn replay(
             batch = Batch::new(batch.last_seq);
             rows = 0;
         }
+        // The log may grow while a daemon runs: so does the total.
+        progress.update(
+            report.changes,
+            Some(reader.durable_seq().saturating_sub(first) + 1),
+        );
         if done {
             break;
         }
     }
+    progress.finish();
     info!(destination, from_seq, changes = report.changes, ops = report.ops, elapsed = ?started.elapsed(), "replay finished");
     Ok(report)
 }

@@ -331,8 +331,10 @@ impl MappingRoute {
             )),
             Some(c) if !c.is_key => problems.push(format!(
                 "tenant key column {} is not part of the replica identity of {name}, so deletes \
-                 cannot be routed; add it to the primary key or set REPLICA IDENTITY FULL",
-                spec.tenant_key
+                 cannot be routed; add it to the primary key or set REPLICA IDENTITY FULL \
+                 (ALTER TABLE {} REPLICA IDENTITY FULL)",
+                spec.tenant_key,
+                crate::sql::QualifiedName::new(&relation.schema, &relation.name).quoted()
             )),
             Some(_) => {}
         }

@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 use crate::changelog::{LogError, LogReader, LogRecord, Readers};
 use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind, Scope};
 use crate::fanout::route::{PartialOps, Planned, Routed};
+use crate::progress::Progress;
 use crate::report::Chain;
 use crate::sink::{Batch, SinkError, Writer};
 use crate::state::{Hold, HoldKind};
@@ -300,6 +301,9 @@ impl Worker {
             last_push: Instant::now(),
         };
         let mut own: Option<OwnReader> = None;
+        // While detached: how far the catch-up from the log has come (log lines every ten
+        // seconds), from the seq it started at.
+        let mut catch_up: Option<(Progress, u64)> = None;
         loop {
             let stopping = *self.stop.borrow();
             if stopping {
@@ -310,11 +314,26 @@ impl Worker {
                 self.shared.set_state(DestinationState::CatchingUp, None);
                 // Queued chunks predate the detachment; the log has all of it.
                 while self.rx.try_recv().is_ok() {}
+                let (progress, from) = catch_up.get_or_insert_with(|| {
+                    let what = format!(
+                        "destination {}: catching up from the change log",
+                        self.name()
+                    );
+                    let total = self.readers.durable_seq().saturating_sub(p.next_seq) + 1;
+                    (Progress::logged(what, "changes", Some(total)), p.next_seq)
+                });
                 let at_end = self.read_own(&mut own, &mut p, None).await?;
+                progress.update(
+                    p.next_seq.saturating_sub(*from),
+                    Some(self.readers.durable_seq().saturating_sub(*from) + 1),
+                );
                 if self.due(&p) {
                     self.flush(&mut sink, &mut p).await?;
                 }
                 if at_end {
+                    if let Some((progress, _)) = catch_up.take() {
+                        progress.finish();
+                    }
                     self.shared.reattach.store(true, Ordering::SeqCst);
                     let mut stop = self.stop.clone();
                     tokio::select! {

@@ -14,6 +14,7 @@
 //! log already holds (its commit LSN is below what the log vouches for) is skipped, so every
 //! change keeps the seq it had.
 
+mod liveness;
 pub mod recovery;
 
 use std::future::Future;
@@ -192,14 +193,16 @@ pub async fn run(
             }
         }
     };
+    let liveness = liveness::Liveness::start(cfg);
     tokio::pin!(stopper);
     tokio::pin!(runner);
-    tokio::select! {
-        result = &mut runner => return result,
-        _ = &mut stopper => {}
-    }
-    // The signal came and the runner sees the flag: drive it to its clean end.
-    runner.await
+    let result = tokio::select! {
+        result = &mut runner => result,
+        // The signal came and the runner sees the flag: drive it to its clean end.
+        _ = &mut stopper => runner.await,
+    };
+    liveness.stop().await;
+    result
 }
 
 async fn run_once(

@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_snapshots.sql",
         sql: include_str!("../../migrations/0005_snapshots.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_daemon_heartbeat.sql",
+        sql: include_str!("../../migrations/0006_daemon_heartbeat.sql"),
+    },
 ];
 
 /// What a [`migrate`] run did.

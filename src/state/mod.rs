@@ -7,7 +7,8 @@
 //!        │
 //!        ├──▶ CheckpointStore: load(slot) / save(slot, checkpoint) — never moves backwards
 //!        ├──▶ DestinationStore: the destinations' last reports (for `status`)
-//!        └──▶ HoldStore: destinations held back (`failed`, `needs resync`) until cleared
+//!        ├──▶ HoldStore: destinations held back (`failed`, `needs resync`) until cleared
+//!        └──▶ DaemonStore: the running daemon's heartbeat (is one running at all?)
 //! ```
 //!
 //! - The schema's SQL lives in `migrations/NNNN_name.sql`, embedded in the binary
@@ -25,6 +26,7 @@
 //! replication session).
 
 mod checkpoint;
+mod daemon;
 mod destinations;
 mod holds;
 mod migrations;
@@ -37,6 +39,7 @@ use crate::pgconn::{ConnInfo, PgError, SqlConnectError};
 use crate::sql::quote_ident;
 
 pub use checkpoint::{Binding, Checkpoint, CheckpointStore};
+pub use daemon::{DaemonIdentity, DaemonStore, Heartbeat, HEARTBEAT_EVERY, STALE_AFTER_BEATS};
 pub use destinations::{DestinationReport, DestinationStore};
 pub use holds::{Hold, HoldKind, HoldStore, StoredHold};
 pub use migrations::{migrate, MigrateReport, Migration, MIGRATIONS};
@@ -57,6 +60,7 @@ pub struct StateDb {
     destinations: DestinationStore,
     holds: HoldStore,
     snapshots: SnapshotStore,
+    daemon: DaemonStore,
 }
 
 impl StateDb {
@@ -75,7 +79,8 @@ impl StateDb {
             checkpoints: CheckpointStore::new(client.clone(), schema),
             destinations: DestinationStore::new(client.clone(), schema),
             holds: HoldStore::new(client.clone(), schema),
-            snapshots: SnapshotStore::new(client, schema),
+            snapshots: SnapshotStore::new(client.clone(), schema),
+            daemon: DaemonStore::new(client, schema),
         })
     }
 
@@ -101,6 +106,11 @@ impl StateDb {
     /// Snapshot requests and their progress, and what each destination was given.
     pub fn snapshots(&self) -> &SnapshotStore {
         &self.snapshots
+    }
+
+    /// The daemon's heartbeat.
+    pub fn daemon(&self) -> &DaemonStore {
+        &self.daemon
     }
 
     /// The slot checkpoints (clone it to hand it to another task).

@@ -158,6 +158,152 @@ impl PostgresSink {
         Ok(())
     }
 
+    /// What [`ensure_tables`](Self::ensure_tables) would report, without changing anything
+    /// (`pgfanout check`): the same checks of every existing table; a missing table or schema
+    /// is a problem only when it would not be created, and the watermark table, when it
+    /// exists, must have what the batch transaction writes (or could be created: the role may
+    /// create in its schema). Every problem at once.
+    pub async fn check_tables(
+        &self,
+        tables: &[TargetTable],
+        create: bool,
+    ) -> Result<(), PostgresError> {
+        let mut problems = Vec::new();
+        check_identifier(&mut problems, "watermark schema", &self.schema);
+        for t in tables {
+            check_spec(&mut problems, t);
+        }
+        if !problems.is_empty() {
+            return Err(PostgresError::Schema {
+                problems: problems.into(),
+            });
+        }
+        if !self.schema_exists(&self.schema).await? {
+            if !create {
+                problems.push(format!(
+                    "schema {} does not exist (it holds the watermark table {WATERMARK_TABLE}); create it or set create_tables = true",
+                    quote_ident(&self.schema)
+                ));
+            }
+        } else {
+            self.check_watermark_table(&mut problems).await?;
+        }
+        for t in tables {
+            if create && !self.table_exists(t).await? {
+                continue;
+            }
+            self.check_table(&mut problems, t).await?;
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PostgresError::Schema {
+                problems: problems.into(),
+            })
+        }
+    }
+
+    async fn table_exists(&self, t: &TargetTable) -> Result<bool, PostgresError> {
+        let name = t.qualified_name();
+        let row = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p'))",
+                &[&t.schema, &t.name],
+            )
+            .await
+            .map_err(|e| query_error("reading the catalog", None, Some(&name), e))?;
+        Ok(row.get(0))
+    }
+
+    /// The watermark table as the batch transaction uses it (`INSERT … ON CONFLICT
+    /// (destination)`), or, when it does not exist yet, the right to create it.
+    async fn check_watermark_table(&self, problems: &mut Vec<String>) -> Result<(), PostgresError> {
+        let wm = self.watermark_table();
+        let catalog = |e| query_error("reading the catalog", None, Some(&wm), e);
+        let row = self
+            .client
+            .query_one(
+                "SELECT c.oid, has_schema_privilege(n.oid, 'CREATE') \
+                 FROM pg_namespace n LEFT JOIN pg_class c \
+                   ON c.relnamespace = n.oid AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+                 WHERE n.nspname = $1",
+                &[&self.schema, &WATERMARK_TABLE],
+            )
+            .await
+            .map_err(catalog)?;
+        let oid: Option<u32> = row.try_get(0).map_err(catalog)?;
+        let can_create: bool = row.try_get(1).map_err(catalog)?;
+        let Some(oid) = oid else {
+            if !can_create {
+                problems.push(format!(
+                    "table {} does not exist and this role may not create it (no CREATE on schema {}); GRANT CREATE ON SCHEMA {} TO the destination's user, or create it: CREATE TABLE {} (destination text PRIMARY KEY, seq bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), lineage text)",
+                    wm.quoted(),
+                    quote_ident(&self.schema),
+                    quote_ident(&self.schema),
+                    wm.quoted()
+                ));
+            }
+            return Ok(());
+        };
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text, atttypid FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await
+            .map_err(catalog)?;
+        let mut have = HashMap::new();
+        for r in &rows {
+            let name: String = r.try_get(0).map_err(catalog)?;
+            let typid: u32 = r.try_get(1).map_err(catalog)?;
+            have.insert(name, PgType::from_oid(typid));
+        }
+        for (col, ty, decl) in [
+            ("destination", PgType::Text, "text"),
+            ("seq", PgType::Int8, "bigint"),
+        ] {
+            match have.get(col) {
+                Some(t) if *t == ty => {}
+                Some(_) => problems.push(format!(
+                    "column {}.{} must be {decl}; drop the table {} and let pgfanout create it (it restarts each destination from seq 0, replaying the log)",
+                    wm.quoted(),
+                    quote_ident(col),
+                    wm.quoted()
+                )),
+                None => problems.push(format!(
+                    "column {}.{} does not exist; drop the table {} and let pgfanout create it",
+                    wm.quoted(),
+                    quote_ident(col),
+                    wm.quoted()
+                )),
+            }
+        }
+        let unique: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a \
+                   ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                 WHERE i.indrelid = $1 AND i.indisunique AND i.indnkeyatts = 1 \
+                   AND i.indpred IS NULL AND a.attname = 'destination')",
+                &[&oid],
+            )
+            .await
+            .map_err(catalog)?
+            .get(0);
+        if !unique && have.contains_key("destination") {
+            problems.push(format!(
+                "table {} has no primary key or unique index on (destination); add one (ALTER TABLE {} ADD PRIMARY KEY (destination))",
+                wm.quoted(),
+                wm.quoted()
+            ));
+        }
+        Ok(())
+    }
+
     async fn schema_exists(&self, schema: &str) -> Result<bool, PostgresError> {
         let row = self
             .client
@@ -291,6 +437,33 @@ impl PostgresSink {
                     key.join(", "),
                     name.quoted(),
                     key.join(", ")
+                ));
+            }
+        }
+        if problems.len() == before {
+            // Writes would fail at the first batch (42501) and stop the destination: say so
+            // before any change is taken.
+            let missing: Vec<String> = self
+                .client
+                .query_one(
+                    "SELECT array_remove(ARRAY[ \
+                       CASE WHEN has_table_privilege($1::oid, 'SELECT') THEN NULL ELSE 'SELECT' END, \
+                       CASE WHEN has_table_privilege($1::oid, 'INSERT') THEN NULL ELSE 'INSERT' END, \
+                       CASE WHEN has_table_privilege($1::oid, 'UPDATE') THEN NULL ELSE 'UPDATE' END, \
+                       CASE WHEN has_table_privilege($1::oid, 'DELETE') THEN NULL ELSE 'DELETE' END], NULL)",
+                    &[&oid],
+                )
+                .await
+                .map_err(catalog)?
+                .try_get(0)
+                .map_err(catalog)?;
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "this role lacks {} on table {}; GRANT {} ON {} TO the destination's user",
+                    missing.join(", "),
+                    name.quoted(),
+                    missing.join(", "),
+                    name.quoted()
                 ));
             }
         }
