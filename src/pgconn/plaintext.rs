@@ -20,7 +20,11 @@ impl ConnInfo {
     /// Whether this connection's password (when it has one) can travel unencrypted: over TCP
     /// with `sslmode` disable or prefer. A unix socket never leaves the host.
     pub fn password_exposure(&self) -> Option<Exposure> {
-        if self.password.is_none() || matches!(self.host, Host::Unix(_)) {
+        // The password file's password counts too: it is sent as if written in the string.
+        if !self
+            .attempts()
+            .any(|a| a.password.is_some() && matches!(a.host, Host::Tcp(_)))
+        {
             return None;
         }
         match self.sslmode {
