@@ -109,7 +109,7 @@ impl RawConfig {
 
         let st = self.state;
         let state_conn = match &st.url {
-            None => conn.clone().map(|c| c.labelled("state")),
+            None => conn.clone().map(|c| c.labelled("state", "source.url")),
             Some(url) => conn_info(&mut problem, "state.url", url, "state"),
         };
         let schema = st.schema.unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
@@ -628,7 +628,7 @@ fn conn_info(
             ));
             None
         }
-        Ok(c) => Some(c.labelled(label)),
+        Ok(c) => Some(c.labelled(label, key)),
         Err(e) => {
             problem(key, e.to_string());
             None

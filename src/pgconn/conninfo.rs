@@ -168,6 +168,9 @@ pub struct ConnInfo {
     /// What this connection is for, in warnings: `source`, `state`, `destination acme`.
     /// Set by the configuration; not part of the URL.
     pub label: Option<String>,
+    /// The configuration key the string came from (`source.url`, …), shown with the target
+    /// so that a message about the connection says what to fix.
+    pub key: Option<String>,
 }
 
 /// Where a value came from, for error messages.
@@ -525,6 +528,7 @@ impl ConnInfo {
             target_session_attrs,
             passfile,
             label: None,
+            key: None,
         };
         if info.channel_binding == ChannelBinding::Require {
             if info.sslmode == SslMode::Disable {
@@ -608,9 +612,11 @@ impl ConnInfo {
         }
     }
 
-    /// The same connection info, named for warnings (see [`ConnInfo::label`]).
-    pub fn labelled(mut self, label: impl Into<String>) -> ConnInfo {
+    /// The same connection info, named for warnings (see [`ConnInfo::label`]), from the
+    /// configuration key `key`.
+    pub fn labelled(mut self, label: impl Into<String>, key: impl Into<String>) -> ConnInfo {
         self.label = Some(label.into());
+        self.key = Some(key.into());
         self
     }
 
@@ -635,7 +641,11 @@ impl fmt::Display for ConnInfo {
                 Host::Unix(dir) => write!(f, "{}/.s.PGSQL.{port}", dir.display())?,
             }
         }
-        write!(f, " (database {}, user {})", self.dbname, self.user)
+        write!(f, " (database {}, user {}", self.dbname, self.user)?;
+        match &self.key {
+            Some(key) => write!(f, "; {key})"),
+            None => f.write_str(")"),
+        }
     }
 }
 
@@ -654,6 +664,7 @@ impl fmt::Debug for ConnInfo {
             .field("target_session_attrs", &self.target_session_attrs)
             .field("passfile", &self.passfile)
             .field("label", &self.label)
+            .field("key", &self.key)
             .finish_non_exhaustive()
     }
 }

@@ -17,7 +17,7 @@ pub mod tls;
 
 pub use auth::{AuthMethod, AuthPolicy, AuthRefusal, ChannelBinding, RequireAuth};
 pub use conninfo::{ConnInfo, ConnInfoError, Host, Origin, SslMode, TargetSessionAttrs};
-pub use error::PgError;
+pub use error::{PgError, ServerMessage};
 pub use plaintext::{password_in_clear, plaintext_warning, Exposure};
 pub use secret::Secret;
 pub use sql::{not_target_reason, Socket, SqlConnectError, Transport};

@@ -45,8 +45,9 @@ impl ConnInfo {
 }
 
 /// Whether a password went over a connection that opened as `transport`: over TCP without TLS.
+/// (The password file's counts: it is sent as a password in the string would be.)
 pub fn password_in_clear(info: &ConnInfo, transport: Transport) -> bool {
-    transport == Transport::Tcp && info.password.is_some()
+    transport == Transport::Tcp && info.attempts().any(|a| a.password.is_some())
 }
 
 /// The warning for a password on an unencrypted connection, naming the connection.
