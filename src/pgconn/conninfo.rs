@@ -29,7 +29,7 @@ use super::Secret;
 
 const DEFAULT_PORT: u16 = 5432;
 /// Debian's (and most distributions') compiled-in socket directory.
-pub(super) const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// Every key pgfanout takes, with the environment variable that gives its default (libpq's).
 const KEYS: &[(&str, &str)] = &[
@@ -65,6 +65,16 @@ impl Host {
             Host::Unix(PathBuf::from(h))
         } else {
             Host::Tcp(h.to_owned())
+        }
+    }
+
+    /// The name the password file's entries use for this host: as written, except that a
+    /// unix socket in the default directory is `localhost` (libpq's rule).
+    fn passfile_name(&self) -> Option<&str> {
+        match self {
+            Host::Tcp(h) => Some(h),
+            Host::Unix(dir) if dir == std::path::Path::new(DEFAULT_SOCKET_DIR) => Some("localhost"),
+            Host::Unix(dir) => dir.to_str(),
         }
     }
 }
@@ -565,7 +575,8 @@ impl ConnInfo {
             let password = self.password.clone().or_else(|| {
                 self.passfile
                     .as_ref()
-                    .and_then(|f| f.lookup(host, port, &self.dbname, &self.user))
+                    .zip(host.passfile_name())
+                    .and_then(|(f, name)| f.lookup(name, port, &self.dbname, &self.user))
             });
             ConnInfo {
                 host: host.clone(),
@@ -954,9 +965,12 @@ mod tests {
     fn password_file_only_when_no_password_is_given() {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();
+        let private = |path: &std::path::Path, text: &str| {
+            std::fs::write(path, text).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
         let pgpass = home.path().join(".pgpass");
-        std::fs::write(&pgpass, "a:5432:db:u:from-a\n*:5433:*:u:from-any\n").unwrap();
-        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        private(&pgpass, "a:5432:db:u:from-a\n*:5433:*:u:from-any\n");
         let home_env = [("HOME", home.path().to_str().unwrap())];
         let c = with_env("host=a,b port=5432,5433 dbname=db user=u", &home_env).unwrap();
         assert_eq!(
@@ -987,8 +1001,7 @@ mod tests {
 
         // PGPASSFILE, or passfile= in the string, instead of ~/.pgpass.
         let other = home.path().join("other");
-        std::fs::write(&other, "*:*:*:*:from-other\n").unwrap();
-        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+        private(&other, "*:*:*:*:from-other\n");
         let other_str = other.to_str().unwrap();
         let c = with_env(
             "host=a dbname=db user=u",
@@ -1007,6 +1020,19 @@ mod tests {
         assert_eq!(
             c.attempts().next().unwrap().password.unwrap().expose(),
             "from-other"
+        );
+
+        // A socket in the default directory is "localhost" to the file; another by its path.
+        private(&pgpass, "localhost:5432:*:*:local\n/tmp/pg:5499:*:*:tmp\n");
+        let c = with_env("dbname=db user=u", &home_env).unwrap();
+        assert_eq!(
+            c.attempts().next().unwrap().password.unwrap().expose(),
+            "local"
+        );
+        let c = with_env("host=/tmp/pg port=5499 dbname=db user=u", &home_env).unwrap();
+        assert_eq!(
+            c.attempts().next().unwrap().password.unwrap().expose(),
+            "tmp"
         );
 
         // Readable by others: ignored, as libpq does.

@@ -7,11 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::conninfo::{Host, DEFAULT_SOCKET_DIR};
 use super::Secret;
-
-/// The host name the file's entries use for a unix socket in the default directory (libpq).
-const LOCALHOST: &str = "localhost";
 
 /// A field of an entry: `None` is the wildcard `*`.
 type Pattern = Option<String>;
@@ -86,13 +82,8 @@ impl PassFile {
     }
 
     /// The password of the first entry matching a connection to `host`:`port` as `user` on
-    /// `database`.
-    pub fn lookup(&self, host: &Host, port: u16, database: &str, user: &str) -> Option<Secret> {
-        let host = match host {
-            Host::Tcp(h) => h.as_str(),
-            Host::Unix(dir) if dir == Path::new(DEFAULT_SOCKET_DIR) => LOCALHOST,
-            Host::Unix(dir) => dir.to_str()?,
-        };
+    /// `database`; `host` as the file names it (`Host::passfile_name`).
+    pub fn lookup(&self, host: &str, port: u16, database: &str, user: &str) -> Option<Secret> {
         let port = port.to_string();
         let matches =
             |pattern: &Pattern, value: &str| pattern.as_deref().is_none_or(|p| p == value);
@@ -150,7 +141,7 @@ mod tests {
         PassFile::parse(Path::new("/test/.pgpass"), text)
     }
 
-    fn pw(f: &PassFile, host: &Host, port: u16, db: &str, user: &str) -> Option<String> {
+    fn pw(f: &PassFile, host: &str, port: u16, db: &str, user: &str) -> Option<String> {
         f.lookup(host, port, db, user)
             .map(|s| s.expose().to_owned())
     }
@@ -164,47 +155,31 @@ mod tests {
              *:*:*:*:fallback\r\n\
              too:few:fields\n",
         );
-        let db = Host::Tcp("db.example".into());
-        assert_eq!(pw(&f, &db, 5432, "shop", "app").as_deref(), Some("first"));
-        assert_eq!(pw(&f, &db, 6543, "other", "app").as_deref(), Some("second"));
+        let db = "db.example";
+        assert_eq!(pw(&f, db, 5432, "shop", "app").as_deref(), Some("first"));
+        assert_eq!(pw(&f, db, 6543, "other", "app").as_deref(), Some("second"));
         assert_eq!(
-            pw(&f, &Host::Tcp("x".into()), 1, "d", "u").as_deref(),
+            pw(&f, "x", 1, "d", "u").as_deref(),
             Some("fallback"),
             "CR stripped"
         );
-        assert_eq!(file("h:1:d:u:p").lookup(&db, 1, "d", "u"), None);
+        assert_eq!(file("h:1:d:u:p").lookup(db, 1, "d", "u"), None);
         let star = file(r"\*:*:*:*:literal");
         assert_eq!(
-            pw(&star, &db, 1, "d", "u"),
+            pw(&star, db, 1, "d", "u"),
             None,
             "an escaped star is a literal"
         );
-        assert_eq!(
-            pw(&star, &Host::Tcp("*".into()), 1, "d", "u").as_deref(),
-            Some("literal")
-        );
+        assert_eq!(pw(&star, "*", 1, "d", "u").as_deref(), Some("literal"));
     }
 
     #[test]
     fn backslash_escapes_colon_and_backslash_in_every_field() {
         let f = file(r"h\:x:5432:d\\b:u:pa\:ss\\word:tail");
         assert_eq!(
-            pw(&f, &Host::Tcp("h:x".into()), 5432, r"d\b", "u").as_deref(),
+            pw(&f, "h:x", 5432, r"d\b", "u").as_deref(),
             Some(r"pa:ss\word:tail"),
             "the password is the rest of the line, unescaped"
-        );
-    }
-
-    #[test]
-    fn default_socket_directory_matches_localhost_other_directories_by_path() {
-        let f = file("localhost:5432:*:*:local\n/tmp/pg:5499:*:*:tmp\n");
-        let default = Host::Unix(DEFAULT_SOCKET_DIR.into());
-        assert_eq!(pw(&f, &default, 5432, "d", "u").as_deref(), Some("local"));
-        let tmp = Host::Unix("/tmp/pg".into());
-        assert_eq!(pw(&f, &tmp, 5499, "d", "u").as_deref(), Some("tmp"));
-        assert_eq!(
-            pw(&f, &Host::Tcp("localhost".into()), 5432, "d", "u").as_deref(),
-            Some("local")
         );
     }
 
