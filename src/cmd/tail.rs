@@ -89,7 +89,7 @@ pub async fn tail<W: Write>(
     info!(changes, confirmed = %confirmed, slot = stream.slot(), "tail finished");
     if let Err(e) = stream.close().await {
         // The output is complete; a failed goodbye only delays the slot's progress report.
-        warn!(error = %e, "could not close the replication session cleanly");
+        warn!(error = %crate::report::Chain(&e), "could not close the replication session cleanly");
     }
     Ok(TailSummary { changes, confirmed })
 }

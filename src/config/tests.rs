@@ -123,7 +123,10 @@ fn log_and_state_sections() {
 
     // Defaults: the state lives in the source database.
     let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
-    assert_eq!(c.state.conn.clone().labelled("source"), c.source.conn);
+    assert_eq!(
+        c.state.conn.clone().labelled("source", "source.url"),
+        c.source.conn
+    );
     assert_eq!(c.state.conn.label.as_deref(), Some("state"));
     assert_eq!(c.state.schema, DEFAULT_STATE_SCHEMA);
     assert_eq!(c.log.dir, PathBuf::from(DEFAULT_LOG_DIR));

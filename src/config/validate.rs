@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pgconn::{ConnInfo, Secret};
+use crate::pgconn::{ConnInfo, Secret, TargetSessionAttrs};
 use crate::sql::QualifiedName;
 use crate::target::{ColumnType, DEFAULT_VERSION_COLUMN};
 
@@ -30,13 +30,7 @@ impl RawConfig {
             })
         };
         let s = self.source;
-        let conn = match s.url.parse::<ConnInfo>() {
-            Ok(c) => Some(c.labelled("source")),
-            Err(e) => {
-                problem("source.url", e.to_string());
-                None
-            }
-        };
+        let conn = conn_info(&mut problem, "source.url", &s.url, "source");
         let slot = s.slot.unwrap_or_else(|| DEFAULT_SLOT.to_owned());
         if let Err(m) = validate_slot_name(&slot) {
             problem("source.slot", m);
@@ -117,14 +111,8 @@ impl RawConfig {
 
         let st = self.state;
         let state_conn = match &st.url {
-            None => conn.clone().map(|c| c.labelled("state")),
-            Some(url) => match url.parse::<ConnInfo>() {
-                Ok(c) => Some(c.labelled("state")),
-                Err(e) => {
-                    problem("state.url", e.to_string());
-                    None
-                }
-            },
+            None => conn.clone().map(|c| c.labelled("state", "source.url")),
+            Some(url) => conn_info(&mut problem, "state.url", url, "state"),
         };
         let schema = st.schema.unwrap_or_else(|| DEFAULT_STATE_SCHEMA.to_owned());
         if schema.is_empty() || schema.len() > crate::sql::MAX_IDENTIFIER_BYTES {
@@ -643,6 +631,32 @@ pub(super) fn not_for_kind(
     }
 }
 
+/// A connection string (URL or `key=value`, with the `PG*` variables and the password file
+/// for what it leaves out), named `label` in warnings. pgfanout writes to every PostgreSQL it
+/// connects to (slot and publication, state, destination rows), so of several hosts it must
+/// settle on one that accepts writes, as only `target_session_attrs` can tell.
+fn conn_info(
+    problem: &mut impl FnMut(&str, String),
+    key: &str,
+    url: &str,
+    label: &str,
+) -> Option<ConnInfo> {
+    match url.parse::<ConnInfo>() {
+        Ok(c) if !c.more_hosts.is_empty() && c.target_session_attrs == TargetSessionAttrs::Any => {
+            problem(key, format!(
+                "lists {} hosts with target_session_attrs=any, so pgfanout could settle on a standby, which refuses the writes it makes; add target_session_attrs=read-write (or primary)",
+                c.more_hosts.len() + 1
+            ));
+            None
+        }
+        Ok(c) => Some(c.labelled(label, key)),
+        Err(e) => {
+            problem(key, e.to_string());
+            None
+        }
+    }
+}
+
 pub(super) fn postgres_store(
     problem: &mut impl FnMut(&str, String),
     at: &dyn Fn(&str) -> String,
@@ -674,13 +688,12 @@ pub(super) fn postgres_store(
             ("tenant_columns", d.tenant_columns.is_some(), ""),
         ],
     );
-    let conn = match d.url.parse::<ConnInfo>() {
-        Ok(c) => Some(c.labelled(format!("destination {}", d.name))),
-        Err(e) => {
-            problem(&at("url"), e.to_string());
-            None
-        }
-    };
+    let conn = conn_info(
+        problem,
+        &at("url"),
+        &d.url,
+        &format!("destination {}", d.name),
+    );
     Some(PostgresStore {
         conn: conn?,
         schema: d

@@ -23,10 +23,35 @@ impl From<tokio_postgres::Error> for PgError {
     }
 }
 
+/// A server error as PostgreSQL's own clients show it: `SEVERITY: message (SQLSTATE code)`,
+/// then its DETAIL and HINT lines. Only for errors whose text cannot quote row values (see
+/// `disposition::sqlstate_message_is_safe`).
+pub struct ServerMessage<'a>(pub &'a tokio_postgres::error::DbError);
+
+impl fmt::Display for ServerMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let db = self.0;
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        )?;
+        if let Some(detail) = db.detail() {
+            write!(f, "\nDETAIL: {detail}")?;
+        }
+        if let Some(hint) = db.hint() {
+            write!(f, "\nHINT: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(db) = self.0.as_db_error() {
-            return write!(f, "{db} (SQLSTATE {})", db.code().code());
+            return ServerMessage(db).fmt(f);
         }
         write!(f, "{}", self.0)?;
         let mut cause = std::error::Error::source(&self.0);

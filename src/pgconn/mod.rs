@@ -9,17 +9,18 @@
 pub mod auth;
 mod conninfo;
 mod error;
+mod passfile;
 mod plaintext;
 mod secret;
 mod sql;
 pub mod tls;
 
 pub use auth::{AuthMethod, AuthPolicy, AuthRefusal, ChannelBinding, RequireAuth};
-pub use conninfo::{ConnInfo, ConnInfoError, Host, SslMode};
-pub use error::PgError;
+pub use conninfo::{ConnInfo, ConnInfoError, Host, Origin, SslMode, TargetSessionAttrs};
+pub use error::{PgError, ServerMessage};
 pub use plaintext::{password_in_clear, plaintext_warning, Exposure};
 pub use secret::Secret;
-pub use sql::{Socket, SqlConnectError, Transport};
+pub use sql::{not_target_reason, Socket, SqlConnectError, Transport};
 
 /// Warns (once per connection and target) when `info` has a password and opened as
 /// `transport` without TLS over TCP; for connection sites outside this module (the

@@ -20,7 +20,11 @@ impl ConnInfo {
     /// Whether this connection's password (when it has one) can travel unencrypted: over TCP
     /// with `sslmode` disable or prefer. A unix socket never leaves the host.
     pub fn password_exposure(&self) -> Option<Exposure> {
-        if self.password.is_none() || matches!(self.host, Host::Unix(_)) {
+        // The password file's password counts too: it is sent as if written in the string.
+        if !self
+            .attempts()
+            .any(|a| a.password.is_some() && matches!(a.host, Host::Tcp(_)))
+        {
             return None;
         }
         match self.sslmode {
@@ -41,8 +45,9 @@ impl ConnInfo {
 }
 
 /// Whether a password went over a connection that opened as `transport`: over TCP without TLS.
+/// (The password file's counts: it is sent as a password in the string would be.)
 pub fn password_in_clear(info: &ConnInfo, transport: Transport) -> bool {
-    transport == Transport::Tcp && info.password.is_some()
+    transport == Transport::Tcp && info.attempts().any(|a| a.password.is_some())
 }
 
 /// The warning for a password on an unencrypted connection, naming the connection.

@@ -30,7 +30,7 @@ use tokio::net::{TcpSocket, TcpStream, UnixStream};
 
 use super::auth::{AuthPolicy, AuthRefusal, AuthRequest, Link};
 use super::tls::{self, TlsConfigError};
-use super::{ConnInfo, Host, PgError, SslMode};
+use super::{ConnInfo, Host, PgError, SslMode, TargetSessionAttrs};
 use crate::disposition::{pg_error_kind, Classify, ErrorKind};
 
 /// Most of an authentication request's body the guard reads before deciding (a SASL mechanism
@@ -49,6 +49,35 @@ pub enum SqlConnectError {
         #[source]
         source: PgError,
     },
+    #[error("{target} is not what target_session_attrs={} asks for ({})", attrs.as_str(), not_target_reason(*attrs))]
+    NotTarget {
+        target: String,
+        attrs: TargetSessionAttrs,
+    },
+    /// Several hosts, none of which would do: each one's failure, in the order tried.
+    #[error("could not connect to any of the {} hosts: {}", .0.len(), AllHosts(.0))]
+    AllHosts(Vec<SqlConnectError>),
+}
+
+/// Why a server that answered was passed over, in words.
+pub fn not_target_reason(attrs: TargetSessionAttrs) -> &'static str {
+    match attrs {
+        TargetSessionAttrs::Primary => "it is a standby, in recovery",
+        _ => "it accepts no writes: a standby, or default_transaction_read_only is on",
+    }
+}
+
+/// Each failure with its causes, one after another (the error has no single source).
+struct AllHosts<'a>(&'a [SqlConnectError]);
+
+impl std::fmt::Display for AllHosts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{}", crate::report::Chain(e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Classify for SqlConnectError {
@@ -59,6 +88,15 @@ impl Classify for SqlConnectError {
         match self {
             SqlConnectError::Connect { source, .. } => pg_error_kind(source.inner()),
             SqlConnectError::Tls(_) => ErrorKind::Definite,
+            // A failover can make a standby the primary.
+            SqlConnectError::NotTarget { .. } => ErrorKind::Transient,
+            SqlConnectError::AllHosts(errors) => {
+                if errors.iter().any(|e| e.kind() == ErrorKind::Transient) {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Definite
+                }
+            }
         }
     }
 }
@@ -68,7 +106,8 @@ impl SqlConnectError {
     pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
             SqlConnectError::Connect { source, .. } => Some(source.inner()),
-            SqlConnectError::Tls(_) => None,
+            SqlConnectError::Tls(_) | SqlConnectError::NotTarget { .. } => None,
+            SqlConnectError::AllHosts(errors) => errors.iter().rev().find_map(|e| e.pg_error()),
         }
     }
 }
@@ -175,8 +214,28 @@ impl ConnInfo {
         Ok(self.connect_sql_observed().await?.0)
     }
 
-    /// [`ConnInfo::connect_sql`], also telling how the connection travels.
+    /// [`ConnInfo::connect_sql`], also telling how the connection travels. With several
+    /// hosts, tries each in order (as libpq) and settles on the first that connects and is
+    /// what `target_session_attrs` asks for.
     pub async fn connect_sql_observed(
+        &self,
+    ) -> Result<(tokio_postgres::Client, Transport), SqlConnectError> {
+        let mut failures = Vec::new();
+        for attempt in self.attempts() {
+            match attempt.connect_sql_one().await {
+                Ok(open) => return Ok(open),
+                Err(e) if self.more_hosts.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(target = %attempt, error = %crate::report::Chain(&e), "host skipped; trying the next");
+                    failures.push(e);
+                }
+            }
+        }
+        Err(SqlConnectError::AllHosts(failures))
+    }
+
+    /// One attempt, to this connection info's first host only.
+    async fn connect_sql_one(
         &self,
     ) -> Result<(tokio_postgres::Client, Transport), SqlConnectError> {
         use tokio_postgres::config::SslMode as PgSslMode;
@@ -243,6 +302,19 @@ impl ConnInfo {
             (Host::Tcp(_), false) => Transport::Tcp,
         };
         super::plaintext::warn_if_exposed(self, transport);
+        if let Some((probe, disqualifies)) = self.target_session_attrs.probe() {
+            let answer = client.simple_query(probe).await.map_err(connect_err)?;
+            let value = answer.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            });
+            if value.as_deref() == Some(disqualifies) {
+                return Err(SqlConnectError::NotTarget {
+                    target,
+                    attrs: self.target_session_attrs,
+                });
+            }
+        }
         Ok((client, transport))
     }
 }

@@ -95,7 +95,7 @@ pub(crate) fn query_error(
     // (its text is "db error", and its server message may quote row values).
     let message = match e.as_db_error() {
         Some(db) if sqlstate_message_is_safe(db.code().code()) => {
-            format!("{db} (SQLSTATE {})", db.code().code())
+            crate::pgconn::ServerMessage(db).to_string()
         }
         Some(db) => format!(
             "the server reported SQLSTATE {} (message withheld: it may quote row values)",

@@ -30,7 +30,9 @@ use crate::disposition::{sqlstate_kind, Classify, ErrorKind};
 use crate::lsn::Lsn;
 use crate::pgconn::auth::{AuthRequest, Link};
 use crate::pgconn::tls;
-use crate::pgconn::{AuthRefusal, ChannelBinding, ConnInfo, Host, Socket, SslMode, Transport};
+use crate::pgconn::{
+    AuthRefusal, ChannelBinding, ConnInfo, Host, Socket, SslMode, TargetSessionAttrs, Transport,
+};
 
 /// Read granularity: large enough that a busy stream costs few syscalls.
 const READ_CHUNK: usize = 256 * 1024;
@@ -107,7 +109,7 @@ pub enum SessionError {
     },
     #[error(transparent)]
     TlsConfig(#[from] tls::TlsConfigError),
-    #[error("server asked for a password for user {user}, but the connection URL has none\nHINT: add the password to the URL, e.g. from an environment variable: postgres://{user}:${{PGPASSWORD}}@…")]
+    #[error("server asked for a password for user {user}, but the connection string gives none\nHINT: add a line for this server to ~/.pgpass (or the file PGPASSFILE names), set PGPASSWORD, or put it in the string from an environment variable: password=${{SOURCE_PASSWORD}}")]
     PasswordRequired { user: String },
     #[error("server requested an authentication method pgfanout does not support ({0}); configure pg_hba.conf for scram-sha-256, md5, password or trust")]
     UnsupportedAuth(&'static str),
@@ -128,6 +130,27 @@ pub enum SessionError {
     Io(#[from] io::Error),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("{target} is not what target_session_attrs={} asks for ({})", attrs.as_str(), crate::pgconn::not_target_reason(*attrs))]
+    NotTarget {
+        target: String,
+        attrs: TargetSessionAttrs,
+    },
+    /// Several hosts, none of which would do: each one's failure, in the order tried.
+    #[error("could not connect to any of the {} hosts: {}", .0.len(), AllHosts(.0))]
+    AllHosts(Vec<SessionError>),
+}
+
+/// Each failure with its causes, one after another (the error has no single source).
+struct AllHosts<'a>(&'a [SessionError]);
+
+impl fmt::Display for AllHosts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{}", crate::report::Chain(e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Classify for SessionError {
@@ -139,6 +162,15 @@ impl Classify for SessionError {
                 ErrorKind::Transient
             }
             SessionError::Io(_) => ErrorKind::Transient,
+            // A failover can make a standby the primary.
+            SessionError::NotTarget { .. } => ErrorKind::Transient,
+            SessionError::AllHosts(errors) => {
+                if errors.iter().any(|e| e.kind() == ErrorKind::Transient) {
+                    ErrorKind::Transient
+                } else {
+                    ErrorKind::Definite
+                }
+            }
             // 55006, object in use: a slot still held by a session that is going away.
             SessionError::Server { error, .. } if error.code == "55006" => ErrorKind::Transient,
             SessionError::Server { error, .. } => sqlstate_kind(&error.code),
@@ -194,7 +226,28 @@ pub struct Session {
 impl Session {
     /// Connects and authenticates. `replication` is the value of the `replication` startup
     /// parameter (`database` for a logical replication session), or `None` for plain SQL.
+    /// With several hosts, tries each in order (as libpq) and settles on the first that
+    /// connects and is what `target_session_attrs` asks for.
     pub async fn connect(
+        info: &ConnInfo,
+        replication: Option<&str>,
+    ) -> Result<Session, SessionError> {
+        let mut failures = Vec::new();
+        for attempt in info.attempts() {
+            match Self::connect_one(&attempt, replication).await {
+                Ok(session) => return Ok(session),
+                Err(e) if info.more_hosts.is_empty() => return Err(e),
+                Err(e) => {
+                    debug!(target = %attempt, error = %crate::report::Chain(&e), "host skipped; trying the next");
+                    failures.push(e);
+                }
+            }
+        }
+        Err(SessionError::AllHosts(failures))
+    }
+
+    /// One attempt, to `info`'s first host only.
+    async fn connect_one(
         info: &ConnInfo,
         replication: Option<&str>,
     ) -> Result<Session, SessionError> {
@@ -241,6 +294,15 @@ impl Session {
         };
         session.startup(info, replication).await?;
         crate::pgconn::warn_if_plaintext(info, session.transport);
+        if let Some((probe, disqualifies)) = info.target_session_attrs.probe() {
+            let rows = session.simple_query(probe).await?;
+            if rows.first().and_then(|r| r.get(0)) == Some(disqualifies) {
+                return Err(SessionError::NotTarget {
+                    target: session.target.clone(),
+                    attrs: info.target_session_attrs,
+                });
+            }
+        }
         Ok(session)
     }
 

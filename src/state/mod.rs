@@ -70,6 +70,7 @@ impl StateDb {
         let mut client = conninfo.connect_sql().await.map_err(|e| match e {
             SqlConnectError::Tls(e) => StateError::Tls(e),
             SqlConnectError::Connect { target, source } => StateError::Connect { target, source },
+            other => StateError::Hosts(other),
         })?;
         let report = migrate(&mut client, schema, MIGRATIONS).await?;
         let client = Arc::new(client);
@@ -136,6 +137,10 @@ pub enum StateError {
         source: PgError,
     },
 
+    /// Several hosts, or a host that `target_session_attrs` passed over.
+    #[error("could not connect to the state database")]
+    Hosts(#[source] SqlConnectError),
+
     #[error("{what} (state schema {})", quote_ident(.schema))]
     Query {
         what: String,
@@ -195,6 +200,7 @@ impl Classify for StateError {
             StateError::Connect { source, .. }
             | StateError::Query { source, .. }
             | StateError::Apply { source, .. } => pg_error_kind(source.inner()),
+            StateError::Hosts(e) => e.kind(),
             StateError::InvalidSchema { .. }
             | StateError::Tls(_)
             | StateError::ChecksumMismatch { .. }

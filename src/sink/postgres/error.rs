@@ -10,6 +10,7 @@ use crate::disposition::{
     pg_error_is_transient, sqlstate_description, sqlstate_destination_kind,
     sqlstate_message_is_safe, sqlstate_object_vanished, Classify, ErrorKind,
 };
+use crate::pgconn::ServerMessage;
 use crate::problems::Problems;
 use crate::sql::{quote_ident, QualifiedName};
 
@@ -139,12 +140,10 @@ pub(super) fn query_error(
     // (its text is "db error", and its server message may quote row values).
     let message = match e.as_db_error() {
         Some(db) if sqlstate_object_vanished(db.code().code()) => format!(
-            "{db} (SQLSTATE {})\nHINT: it vanished from the destination; restore it (or recreate it and replay the destination), then run `pgfanout destination resume`",
-            db.code().code()
+            "{}\nHINT: it vanished from the destination; restore it (or recreate it and replay the destination), then run `pgfanout destination resume`",
+            ServerMessage(db)
         ),
-        Some(db) if sqlstate_message_is_safe(db.code().code()) => {
-            format!("{db} (SQLSTATE {})", db.code().code())
-        }
+        Some(db) if sqlstate_message_is_safe(db.code().code()) => ServerMessage(db).to_string(),
         Some(db) => {
             // Data exceptions, constraint violations, raised exceptions: their text and detail
             // may quote the offending value. Keep the SQLSTATE and the identifiers.
