@@ -376,19 +376,28 @@ impl Fanout {
             });
         }
         let reporter_readers = readers.clone();
-        // Per-tenant series only for the tenants a destination lists by name.
-        let listed_tenants = setup
-            .destinations
-            .iter()
-            .map(|p| match &p.config.tenants {
-                Tenants::All => Vec::new(),
-                Tenants::Some(list) => {
-                    let mut list: Vec<String> = list.iter().cloned().collect();
-                    list.sort();
-                    list
-                }
-            })
-            .collect();
+        // Per-tenant series only for the tenants a destination lists by name, up to the cap.
+        let (listed_tenants, left_out) = telemetry::cap_tenant_series(
+            setup
+                .destinations
+                .iter()
+                .map(|p| match &p.config.tenants {
+                    Tenants::All => Vec::new(),
+                    Tenants::Some(list) => {
+                        let mut list: Vec<String> = list.iter().cloned().collect();
+                        list.sort();
+                        list
+                    }
+                })
+                .collect(),
+        );
+        if left_out > 0 {
+            warn!(
+                cap = telemetry::TENANT_SERIES_CAP,
+                left_out,
+                "more tenants have a destination of their own than get per-tenant metrics; the destinations' own series cover the rest"
+            );
+        }
         let reader = readers.open(readers.durable_seq() + 1)?;
         let router = setup.router(None, None);
         let flag = stop_flag.clone();
@@ -424,7 +433,6 @@ impl Fanout {
                         keep_from,
                         readers: reporter_readers,
                         listed_tenants,
-                        tenants_capped: false,
                         heartbeat: live::task("fanout-reporter", REPORT_EVERY),
                     };
                     let mut stop = stop_rx;
@@ -507,10 +515,9 @@ struct Reporter {
     shared: Vec<(String, Arc<DestShared>)>,
     keep_from: Arc<AtomicU64>,
     readers: Readers,
-    /// Per destination (in `shared`'s order), the tenants it lists by name, sorted.
+    /// Per destination (in `shared`'s order), the tenants it lists by name, sorted, that get
+    /// series of their own ([`telemetry::cap_tenant_series`]).
     listed_tenants: Vec<Vec<String>>,
-    /// Warned that [`telemetry::TENANT_SERIES_CAP`] left tenants out.
-    tenants_capped: bool,
     heartbeat: live::Task,
 }
 
@@ -580,11 +587,10 @@ impl Reporter {
 
     /// The destinations' metrics and their view for `/ready` and the status page: once per
     /// round, never per batch.
-    fn publish(&mut self, reports: &[DestinationReport]) {
+    fn publish(&self, reports: &[DestinationReport]) {
         let last = self.readers.last_durable();
         let log_seq = last.map_or(0, |c| c.last_seq);
         let log_time = last.map(|c| c.commit_time.pg_epoch_micros());
-        let mut tenant_series = 0;
         let mut views = Vec::with_capacity(reports.len());
         for (r, tenants) in reports.iter().zip(&self.listed_tenants) {
             let lag_changes = log_seq.saturating_sub(r.watermark);
@@ -608,14 +614,6 @@ impl Reporter {
                 .set(on);
             }
             for tenant in tenants {
-                if tenant_series == telemetry::TENANT_SERIES_CAP {
-                    if !self.tenants_capped {
-                        self.tenants_capped = true;
-                        warn!(cap = telemetry::TENANT_SERIES_CAP, "more tenants have a destination of their own than get per-tenant metrics; the destinations' series cover the rest");
-                    }
-                    break;
-                }
-                tenant_series += 1;
                 let labels = [dest(), ("tenant", tenant.clone())];
                 metrics::gauge!(telemetry::TENANT_LAG_CHANGES, &labels).set(lag_changes as f64);
                 metrics::gauge!(telemetry::TENANT_LAG_SECONDS, &labels).set(lag_seconds);

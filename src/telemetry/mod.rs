@@ -75,6 +75,20 @@ pub const BUILD_INFO: &str = "pgfanout_build_info";
 /// in the order of the configuration, are left out and a warning says so once.
 pub const TENANT_SERIES_CAP: usize = 100;
 
+/// Per destination, the tenants that get series of their own: those it lists, in order, until
+/// [`TENANT_SERIES_CAP`] in all; and how many were left out.
+pub fn cap_tenant_series(mut listed: Vec<Vec<String>>) -> (Vec<Vec<String>>, usize) {
+    let mut room = TENANT_SERIES_CAP;
+    let mut left_out = 0;
+    for tenants in &mut listed {
+        let keep = tenants.len().min(room);
+        left_out += tenants.len() - keep;
+        tenants.truncate(keep);
+        room -= keep;
+    }
+    (listed, left_out)
+}
+
 /// Every state a destination's [`DEST_STATE`] series may carry.
 pub const DESTINATION_STATES: &[&str] = &[
     "starting",
@@ -202,5 +216,29 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_series_stop_at_the_cap_in_the_order_given() {
+        let names = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+        let (kept, left_out) = cap_tenant_series(vec![
+            names("a", 60),
+            Vec::new(),
+            names("b", 60),
+            names("c", 5),
+        ]);
+        assert_eq!(
+            kept.iter().map(Vec::len).collect::<Vec<_>>(),
+            [60, 0, 40, 0]
+        );
+        assert_eq!(kept[2].last().map(String::as_str), Some("b39"));
+        assert_eq!(left_out, 25);
+        let (kept, left_out) = cap_tenant_series(vec![names("a", 3)]);
+        assert_eq!((kept[0].len(), left_out), (3, 0));
     }
 }
