@@ -10,7 +10,8 @@
 //! It starts the testkit's PostgreSQL (the source and two tenant databases) and ClickHouse
 //! when installed, writes a configuration, runs the daemon with a workload while a live view
 //! shows each destination's state, applied seq, lag and rows, kills the daemon with SIGKILL
-//! and starts it again, damages a tenant database and repairs it with `pgfanout replay`, then
+//! and starts it again, damages a tenant database and repairs it with `pgfanout replay` (writes
+//! paused: see `damage_and_replay`), then
 //! stops the workload, waits for every destination to catch up and checks each target
 //! against its projection of the source. Compiled into the binary only (`src/main.rs`).
 
