@@ -689,4 +689,28 @@ async fn check_names_the_privileges_a_destination_role_lacks() {
         .unwrap();
     let (ok, report) = check(&config).await;
     assert!(ok, "{report}");
+
+    // With create_tables, a missing table is fine only where the role may create it.
+    target
+        .batch_execute(&format!(
+            "DROP TABLE users; REVOKE CREATE ON SCHEMA public FROM {SCRAM_USER}"
+        ))
+        .await
+        .unwrap();
+    let creating = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("create_tables = false", "create_tables = true");
+    std::fs::write(&config, creating).unwrap();
+    let (ok, report) = check(&config).await;
+    assert!(!ok, "{report}");
+    assert_problems(
+        &report,
+        &["tables pgfanout would create in schema \"public\" cannot be created: this role has no CREATE on it"],
+    );
+    target
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {SCRAM_USER}"))
+        .await
+        .unwrap();
+    let (ok, report) = check(&config).await;
+    assert!(ok, "{report}");
 }
