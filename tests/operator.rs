@@ -481,6 +481,34 @@ async fn status_tells_whether_a_daemon_runs_and_reads_watermarks_from_the_destin
             "{all:?}: expected {expected:?} in: {err}"
         );
     }
+    // A destination given every tenant: a tenant [tenants].query does not return is refused.
+    let all_tenants = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("tenants = [\"{TENANT_A}\"]"), "tenants = \"*\"");
+    let config_all = dir.path().join("all-tenants.toml");
+    std::fs::write(&config_all, all_tenants).unwrap();
+    let out = cli(
+        &[
+            "replay",
+            "--destination",
+            "alpha",
+            "--from-seq",
+            &oldest.to_string(),
+            "--tenant",
+            NO_TENANT,
+        ],
+        &config_all,
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "tenant \"{NO_TENANT}\" is not among the tenants [tenants].query returns"
+            )),
+        "{err}"
+    );
+
     // In range: replays, and says how many.
     let out = cli(
         &[
@@ -657,6 +685,30 @@ async fn check_names_the_privileges_a_destination_role_lacks() {
             "GRANT SELECT, INSERT, UPDATE, DELETE ON users TO {SCRAM_USER};
              GRANT CREATE ON SCHEMA public TO {SCRAM_USER}"
         ))
+        .await
+        .unwrap();
+    let (ok, report) = check(&config).await;
+    assert!(ok, "{report}");
+
+    // With create_tables, a missing table is fine only where the role may create it.
+    target
+        .batch_execute(&format!(
+            "DROP TABLE users; REVOKE CREATE ON SCHEMA public FROM {SCRAM_USER}"
+        ))
+        .await
+        .unwrap();
+    let creating = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("create_tables = false", "create_tables = true");
+    std::fs::write(&config, creating).unwrap();
+    let (ok, report) = check(&config).await;
+    assert!(!ok, "{report}");
+    assert_problems(
+        &report,
+        &["tables pgfanout would create in schema \"public\" cannot be created: this role has no CREATE on it"],
+    );
+    target
+        .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO {SCRAM_USER}"))
         .await
         .unwrap();
     let (ok, report) = check(&config).await;

@@ -178,8 +178,12 @@ impl PostgresSink {
                 problems: problems.into(),
             });
         }
+        // Schemas the writer would create or create in, each checked once.
+        let mut may_create: Vec<&str> = Vec::new();
         if !self.schema_exists(&self.schema).await? {
-            if !create {
+            if create {
+                may_create.push(&self.schema);
+            } else {
                 problems.push(format!(
                     "schema {} does not exist (it holds the watermark table {WATERMARK_TABLE}); create it or set create_tables = true",
                     quote_ident(&self.schema)
@@ -190,9 +194,15 @@ impl PostgresSink {
         }
         for t in tables {
             if create && !self.table_exists(t).await? {
+                if !may_create.contains(&t.schema.as_str()) {
+                    may_create.push(&t.schema);
+                }
                 continue;
             }
             self.check_table(&mut problems, t).await?;
+        }
+        for schema in may_create {
+            self.check_may_create_in(&mut problems, schema).await?;
         }
         if problems.is_empty() {
             Ok(())
@@ -201,6 +211,45 @@ impl PostgresSink {
                 problems: problems.into(),
             })
         }
+    }
+
+    /// Whether this role may create tables in `schema`, or create `schema` when it is
+    /// missing (what `create_tables` does at start).
+    async fn check_may_create_in(
+        &self,
+        problems: &mut Vec<String>,
+        schema: &str,
+    ) -> Result<(), PostgresError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT n.oid IS NULL, current_database()::text, \
+                        CASE WHEN n.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE') \
+                             ELSE has_schema_privilege(n.oid, 'CREATE') END \
+                 FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = $1",
+                &[&schema],
+            )
+            .await
+            .map_err(|e| query_error("reading the catalog", None, None, e))?;
+        let missing: bool = row.get(0);
+        let database: String = row.get(1);
+        let allowed: bool = row.get(2);
+        if allowed {
+            return Ok(());
+        }
+        let schema = quote_ident(schema);
+        problems.push(if missing {
+            format!(
+                "schema {schema} does not exist and this role may not create it (no CREATE on database {}); GRANT CREATE ON DATABASE {} TO the destination's user, or create the schema and its tables",
+                quote_ident(&database),
+                quote_ident(&database)
+            )
+        } else {
+            format!(
+                "tables pgfanout would create in schema {schema} cannot be created: this role has no CREATE on it; GRANT CREATE ON SCHEMA {schema} TO the destination's user, or create the tables and set create_tables = false"
+            )
+        });
+        Ok(())
     }
 
     async fn table_exists(&self, t: &TargetTable) -> Result<bool, PostgresError> {
