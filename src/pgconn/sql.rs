@@ -758,6 +758,7 @@ mod tests {
         AuthPolicy {
             channel_binding: ChannelBinding::Prefer,
             require_auth: require_auth.map(|r| RequireAuth::parse(r).unwrap()),
+            has_password: true,
         }
     }
 
@@ -864,6 +865,7 @@ mod tests {
             AuthPolicy {
                 channel_binding: ChannelBinding::Require,
                 require_auth: None,
+                has_password: true,
             },
             Arc::default(),
             true,
