@@ -229,7 +229,15 @@ async fn password_file_from_home_or_pgpassfile() {
     assert_says(
         "group-readable .pgpass",
         &out,
-        &["WARN", "group or world access", ".pgpass"],
+        &[
+            "WARN",
+            "group or world access",
+            ".pgpass",
+            "PROBLEM source: pgfanout refused to authenticate to 127.0.0.1",
+            "PROBLEM state database: could not connect to 127.0.0.1",
+            "asked for SCRAM-SHA-256, but no password was given",
+            "HINT: add a line for this server to ~/.pgpass",
+        ],
     );
 }
 

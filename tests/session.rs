@@ -83,11 +83,19 @@ async fn wrong_or_missing_passwords_fail_with_clear_errors() {
         let err = identify(&tcp_url(user, None, "sslmode=disable"))
             .await
             .unwrap_err();
+        // Refused before answering, saying where a password goes (as SQL connections do).
         assert!(
-            matches!(err, SessionError::PasswordRequired { .. }),
+            matches!(
+                err,
+                SessionError::AuthRefused {
+                    refusal: pgfanout::pgconn::AuthRefusal::NoPassword(_),
+                    ..
+                }
+            ),
             "{user}: {err}"
         );
         assert!(err.to_string().contains(user), "{err}");
+        assert!(err.to_string().contains(".pgpass"), "{err}");
     }
 }
 

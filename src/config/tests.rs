@@ -520,3 +520,39 @@ fn admin_listen_defaults_to_loopback_turns_off_and_names_its_key() {
     assert_eq!(p[0].key, "admin.listen");
     assert!(p[0].message.contains("\"off\""), "{}", p[0].message);
 }
+
+#[test]
+fn every_connection_key_takes_both_forms_and_several_hosts_need_read_write() {
+    let c = parse(
+        r#"
+        [source]
+        url = "host=a,b port=5432,5433 dbname=app user=rep password='${PGPASS}' target_session_attrs=read-write"
+        [state]
+        url = "postgres://st@s1:5432,s2:5432/state?target_session_attrs=primary"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.source.conn.password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(c.source.conn.more_hosts.len(), 1);
+    assert_eq!(c.state.conn.key.as_deref(), Some("state.url"));
+    assert!(
+        c.state.conn.to_string().ends_with("; state.url)"),
+        "{}",
+        c.state.conn
+    );
+
+    let e = parse("[source]\nurl = \"host=a,b password=${PGPASS}\"").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("source.url") && msg.contains("target_session_attrs=read-write"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let e = parse("[source]\nurl = \"host=a password='${PGPASS}\"").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("source.url") && msg.contains("no closing quote"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+}

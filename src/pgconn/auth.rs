@@ -235,6 +235,9 @@ pub struct Link {
 pub struct AuthPolicy {
     pub channel_binding: ChannelBinding,
     pub require_auth: Option<RequireAuth>,
+    /// Whether a password was given (string, PGPASSWORD or the password file): without one,
+    /// a request for it is refused with a message that says where to put it.
+    pub has_password: bool,
 }
 
 impl AuthPolicy {
@@ -248,6 +251,14 @@ impl AuthPolicy {
                     rule,
                 });
             }
+        }
+        if !self.has_password
+            && matches!(
+                request,
+                AuthRequest::Cleartext | AuthRequest::Md5 | AuthRequest::Sasl { .. }
+            )
+        {
+            return Err(AuthRefusal::NoPassword(request.method()));
         }
         if self.channel_binding == ChannelBinding::Require {
             let reason = if !link.encrypted {
@@ -287,6 +298,8 @@ pub enum AuthRefusal {
         rule: RequireAuth,
     },
     ChannelBindingRequired(NoBinding),
+    /// The server asks for a password and none was given.
+    NoPassword(AuthMethod),
 }
 
 impl fmt::Display for AuthRefusal {
@@ -296,6 +309,11 @@ impl fmt::Display for AuthRefusal {
                 f,
                 "the server {}, which require_auth={rule} does not allow; nothing was sent\nHINT: the server's pg_hba.conf chooses the method: make it one require_auth allows, or change require_auth",
                 requested.request()
+            ),
+            AuthRefusal::NoPassword(method) => write!(
+                f,
+                "the server {}, but no password was given\nHINT: add a line for this server to ~/.pgpass (or the file PGPASSFILE names), set PGPASSWORD, or give password= in the connection string (from an environment variable: password=${{DB_PASSWORD}})",
+                method.request()
             ),
             AuthRefusal::ChannelBindingRequired(reason) => {
                 f.write_str("channel_binding=require, but ")?;
@@ -337,6 +355,7 @@ mod tests {
         AuthPolicy {
             channel_binding: cb,
             require_auth: ra.map(|s| RequireAuth::parse(s).unwrap()),
+            has_password: true,
         }
     }
 
@@ -459,5 +478,25 @@ mod tests {
                 .check(AuthRequest::Cleartext, PLAIN)
                 .is_ok());
         }
+    }
+
+    #[test]
+    fn a_password_request_without_a_password_is_refused_saying_where_to_put_one() {
+        let mut p = policy(ChannelBinding::Prefer, None);
+        p.has_password = false;
+        for request in [
+            AuthRequest::Cleartext,
+            AuthRequest::Md5,
+            AuthRequest::Sasl {
+                plus_offered: false,
+            },
+        ] {
+            let e = p.check(request, PLAIN).unwrap_err().to_string();
+            assert!(
+                e.contains("no password was given") && e.contains(".pgpass"),
+                "{e}"
+            );
+        }
+        assert!(p.check(AuthRequest::NoneAsked, PLAIN).is_ok());
     }
 }

@@ -591,7 +591,7 @@ impl ConnInfo {
 
 impl ConnInfo {
     /// Configuration for an ordinary SQL connection to the same server and database.
-    pub fn sql_config(&self) -> tokio_postgres::Config {
+    pub(super) fn sql_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         match &self.host {
             Host::Tcp(h) => c.host(h),
@@ -615,11 +615,13 @@ impl ConnInfo {
         c
     }
 
-    /// This connection's rules for the server's authentication requests.
+    /// This connection's rules for the server's authentication requests (for one attempt,
+    /// whose password includes the password file's).
     pub fn auth_policy(&self) -> AuthPolicy {
         AuthPolicy {
             channel_binding: self.channel_binding,
             require_auth: self.require_auth,
+            has_password: self.password.is_some(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The ground floor for every connection to PostgreSQL: libpq-style connection info
-//! ([`ConnInfo`], one parse for replication and SQL connections), TLS with libpq's `sslmode`
+//! ([`ConnInfo`], one parse for replication and SQL connections: URL or `key=value`, the
+//! `PG*` variables, the password file in `passfile.rs`, several hosts), TLS with libpq's `sslmode`
 //! semantics ([`tls`]), the authentication rules `channel_binding` and `require_auth`
 //! ([`auth`]), SQL connections that keep them (`sql.rs`), the warning about passwords on
 //! unencrypted connections (`plaintext.rs`), and [`Secret`] for passwords. The replication

@@ -52,10 +52,13 @@ impl PassFile {
         {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    "password file has group or world access; permissions should be u=rw (0600) or less; ignoring it (as libpq does)"
-                );
+                // Warned once per file: every connection string of the configuration reads it.
+                if crate::report::first_time(&format!("passfile {}", path.display())) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "password file has group or world access; permissions should be u=rw (0600) or less; ignoring it (as libpq does)"
+                    );
+                }
                 return None;
             }
         }

@@ -760,6 +760,7 @@ mod tests {
         AuthPolicy {
             channel_binding: ChannelBinding::Prefer,
             require_auth: require_auth.map(|r| RequireAuth::parse(r).unwrap()),
+            has_password: true,
         }
     }
 
@@ -866,6 +867,7 @@ mod tests {
             AuthPolicy {
                 channel_binding: ChannelBinding::Require,
                 require_auth: None,
+                has_password: true,
             },
             Arc::default(),
             true,

@@ -109,6 +109,8 @@ pub enum SessionError {
     },
     #[error(transparent)]
     TlsConfig(#[from] tls::TlsConfigError),
+    /// (The authentication policy refuses such a request first, see `AuthRefusal::NoPassword`;
+    /// this stays for a request the policy let through without a password.)
     #[error("server asked for a password for user {user}, but the connection string gives none\nHINT: add a line for this server to ~/.pgpass (or the file PGPASSFILE names), set PGPASSWORD, or put it in the string from an environment variable: password=${{SOURCE_PASSWORD}}")]
     PasswordRequired { user: String },
     #[error("server requested an authentication method pgfanout does not support ({0}); configure pg_hba.conf for scram-sha-256, md5, password or trust")]
