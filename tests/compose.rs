@@ -208,6 +208,28 @@ fn the_mounted_config_loads_with_the_compose_environment_and_names_its_services(
         .map(|d| d.name.as_str())
         .collect();
     assert_eq!(names, ["acme", "globex", "analytics"]);
+    // The admin endpoint listens beyond the container's loopback, on the port compose publishes
+    // and the healthcheck probes.
+    let admin = config.admin.listen.expect("[admin] listen is on");
+    assert!(
+        admin.ip().is_unspecified(),
+        "admin.listen {admin} is not reachable from outside the container"
+    );
+    let stack = compose();
+    let pgfanout = service(&stack, "pgfanout");
+    assert!(
+        strings(&pgfanout["ports"])
+            .iter()
+            .any(|p| p.ends_with(&format!(":{}", admin.port()))),
+        "compose does not publish admin.listen's port {}",
+        admin.port()
+    );
+    assert!(
+        strings(&pgfanout["healthcheck"]["test"])
+            .iter()
+            .any(|a| a.contains(&format!("127.0.0.1:{}/ready", admin.port()))),
+        "the healthcheck does not probe admin.listen's port"
+    );
     // Every host it connects to is a service of the stack, on the port the container serves.
     let compose = compose();
     let raw: toml::Value = toml::from_str(&text).unwrap();

@@ -276,8 +276,9 @@ impl Demo {
         // The daemon, and the initial snapshot of the rows that exist.
         self.start_daemon()?;
         self.event(&format!(
-            "▶ pgfanout run started (pid {}): it creates the slot, copies the rows that exist (initial snapshot) and streams",
+            "▶ pgfanout run started (pid {}): it creates the slot, copies the rows that exist (initial snapshot) and streams; its status page is http://{}/ (metrics at /metrics)",
             self.daemon.as_ref().map_or(0, Daemon::pid),
+            self.stack.admin,
         ));
         self.phase = "initial snapshot".into();
         let Some(copied) = self.wait_equal("the initial snapshot", None).await? else {

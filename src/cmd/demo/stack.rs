@@ -110,6 +110,8 @@ pub enum StackError {
     },
     #[error("a server start-up task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("finding a free loopback port for the status page")]
+    AdminPort(#[source] std::io::Error),
 }
 
 /// Where a destination writes.
@@ -145,6 +147,9 @@ pub struct Stack {
     pub pg: LocalPostgres,
     pub ch: Option<Arc<LocalClickHouse>>,
     pub destinations: Vec<Destination>,
+    /// Where the daemon serves its status page and metrics: a free loopback port, so that a
+    /// demo never collides with a pgfanout already on the default 9187.
+    pub admin: std::net::SocketAddr,
 }
 
 /// Starts the servers (ClickHouse only when installed; `None` and the reason otherwise),
@@ -201,11 +206,16 @@ pub async fn start() -> Result<(Stack, Option<String>), StackError> {
             tenants: TENANTS.iter().collect(),
         });
     }
+    // Bound and released at once: the daemon binds it again a moment later.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(StackError::AdminPort)?;
     Ok((
         Stack {
             pg,
             ch,
             destinations,
+            admin,
         },
         skipped,
     ))
@@ -230,9 +240,11 @@ impl Stack {
              status_interval = \"1s\"\n\n\
              [log]\ndir = {}\n\n\
              [state]\ncheckpoint_interval = \"1s\"\n\n\
-             [snapshot]\nmode = \"initial\"\n{MAPPINGS}",
+             [snapshot]\nmode = \"initial\"\n\n\
+             [admin]\nlisten = {}\n{MAPPINGS}",
             toml_str(&self.pg.socket_url(SOURCE_DB)),
             toml_str(&dir.join("log").display().to_string()),
+            toml_str(&self.admin.to_string()),
         );
         for d in &self.destinations {
             let tenants: Vec<String> = d.tenants.iter().map(|t| toml_str(t.id)).collect();
