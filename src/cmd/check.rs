@@ -20,7 +20,7 @@ use crate::sink::{ClickHouseSink, PostgresSink};
 use crate::source::session::Session;
 use crate::source::slot::{self, PublicationState};
 use crate::source::SourceError;
-use crate::sql::{quote_ident, quote_literal};
+use crate::sql::{quote_ident, quote_literal, QualifiedName};
 
 pub async fn check(cfg: &Config) -> Report {
     let mut report = Report::default();
@@ -262,26 +262,16 @@ async fn check_source(cfg: &Config, report: &mut Report) {
             Outcome::Ok(format!("{} covers the configured tables", src.publication))
         }
         Ok(PublicationState::Exists { missing }) => {
-            let list = missing
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let (list, add) = unpublished(&src.publication, &missing);
             if src.manage {
                 Outcome::Note(format!(
                     "{} lacks {list}; pgfanout run adds them",
                     src.publication
                 ))
             } else {
-                let quoted = missing
-                    .iter()
-                    .map(|t| t.quoted())
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 Outcome::Problem(format!(
-                    "publication {} does not publish {list}: their changes would never arrive\nHINT: ALTER PUBLICATION {} ADD TABLE {quoted}, or set source.manage = true",
+                    "publication {} does not publish {list}: their changes would never arrive\nHINT: {add}, or set source.manage = true",
                     src.publication,
-                    quote_ident(&src.publication)
                 ))
             }
         }
@@ -317,6 +307,20 @@ async fn check_source(cfg: &Config, report: &mut Report) {
 /// does not publish would never send a change, whatever `manage` says. (With `source.tables`,
 /// validation already requires every mapped table to be listed, and the check above covers
 /// them.)
+/// Tables a publication lacks, as a list for people and as the statement that adds them.
+fn unpublished(publication: &str, missing: &[QualifiedName]) -> (String, String) {
+    let list: Vec<String> = missing.iter().map(|t| t.to_string()).collect();
+    let quoted: Vec<String> = missing.iter().map(|t| t.quoted()).collect();
+    (
+        list.join(", "),
+        format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(publication),
+            quoted.join(", ")
+        ),
+    )
+}
+
 async fn check_mapped_tables_published(cfg: &Config, session: &mut Session, report: &mut Report) {
     let src = &cfg.source;
     if src.tables.is_some() || cfg.mappings.is_empty() {
@@ -334,22 +338,12 @@ async fn check_mapped_tables_published(cfg: &Config, session: &mut Session, repo
         Ok(PublicationState::Missing) => {}
         Ok(PublicationState::Exists { missing }) if missing.is_empty() => {}
         Ok(PublicationState::Exists { missing }) => {
-            let list = missing
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let quoted = missing
-                .iter()
-                .map(|t| t.quoted())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let (list, add) = unpublished(&src.publication, &missing);
             report.push(
                 "publication",
                 Outcome::Problem(format!(
-                    "publication {} does not publish the mapped table(s) {list}: their changes would never arrive\nHINT: ALTER PUBLICATION {} ADD TABLE {quoted}, or list the tables in source.tables with source.manage = true",
+                    "publication {} does not publish the mapped table(s) {list}: their changes would never arrive\nHINT: {add}, or list the tables in source.tables with source.manage = true",
                     src.publication,
-                    quote_ident(&src.publication)
                 )),
             );
         }

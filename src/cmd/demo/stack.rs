@@ -33,27 +33,9 @@ pub const SOURCE_DB: &str = "app";
 /// The ClickHouse database of the shared destination.
 pub const CH_DATABASE: &str = "analytics";
 
-const SCHEMA: &str = "
-CREATE TABLE tenancy (id uuid PRIMARY KEY, project_id text NOT NULL UNIQUE);
-CREATE TABLE users (
-    tenancy_id uuid NOT NULL REFERENCES tenancy (id),
-    id bigint GENERATED ALWAYS AS IDENTITY,
-    email text NOT NULL,
-    display_name text,
-    is_anonymous boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (tenancy_id, id)
-);
-CREATE TABLE contact_channels (
-    tenancy_id uuid NOT NULL,
-    id bigint GENERATED ALWAYS AS IDENTITY,
-    user_id bigint NOT NULL,
-    kind text NOT NULL,
-    value text NOT NULL,
-    is_verified boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (tenancy_id, id),
-    FOREIGN KEY (tenancy_id, user_id) REFERENCES users (tenancy_id, id) ON DELETE CASCADE
-);
-";
+/// The source's tables and its tenancies: the same file the compose stack's source runs
+/// (docker/source-schema.sql), so the demo and the stack cannot drift apart.
+const SCHEMA: &str = include_str!("../../../docker/source-schema.sql");
 
 /// Users (each with a channel) every tenant has before pgfanout starts: the initial snapshot
 /// copies them.
@@ -170,12 +152,6 @@ pub async fn start() -> Result<(Stack, Option<String>), StackError> {
     let source = pg.sql(SOURCE_DB).await?;
     source.batch_execute(SCHEMA).await?;
     for t in &TENANTS {
-        source
-            .execute(
-                "INSERT INTO tenancy VALUES ($1::text::uuid, $2)",
-                &[&t.id, &t.project],
-            )
-            .await?;
         source
             .execute(
                 "WITH u AS (

@@ -80,6 +80,23 @@ impl PostgresSink {
         QualifiedName::new(&self.schema, WATERMARK_TABLE)
     }
 
+    /// What can be told from the configuration alone — identifiers, the table specs — for
+    /// both the writer's start ([`Self::ensure_tables`]) and `check` ([`Self::check_tables`]).
+    fn check_specs(&self, tables: &[TargetTable]) -> Result<(), PostgresError> {
+        let mut problems = Vec::new();
+        check_identifier(&mut problems, "watermark schema", &self.schema);
+        for t in tables {
+            check_spec(&mut problems, t);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PostgresError::Schema {
+                problems: problems.into(),
+            })
+        }
+    }
+
     /// Makes `tables` the tables batches refer to (by index). With `create`, creates missing
     /// schemas and tables from the specification; then checks every table against the catalog —
     /// columns present with compatible types, the version (and soft-delete) column, the key a
@@ -90,16 +107,7 @@ impl PostgresSink {
         tables: &[TargetTable],
         create: bool,
     ) -> Result<(), PostgresError> {
-        let mut problems = Vec::new();
-        check_identifier(&mut problems, "watermark schema", &self.schema);
-        for t in tables {
-            check_spec(&mut problems, t);
-        }
-        if !problems.is_empty() {
-            return Err(PostgresError::Schema {
-                problems: problems.into(),
-            });
-        }
+        self.check_specs(tables)?;
         let wm = self.watermark_table();
         let mut ddl = Vec::new();
         if create {
@@ -139,6 +147,7 @@ impl PostgresSink {
                 .map_err(|e| query_error("creating destination tables", None, None, e))?;
         }
 
+        let mut problems = Vec::new();
         let mut checked = Vec::new();
         for t in tables {
             if let Some(c) = self.check_table(&mut problems, t).await? {
@@ -168,16 +177,8 @@ impl PostgresSink {
         tables: &[TargetTable],
         create: bool,
     ) -> Result<(), PostgresError> {
+        self.check_specs(tables)?;
         let mut problems = Vec::new();
-        check_identifier(&mut problems, "watermark schema", &self.schema);
-        for t in tables {
-            check_spec(&mut problems, t);
-        }
-        if !problems.is_empty() {
-            return Err(PostgresError::Schema {
-                problems: problems.into(),
-            });
-        }
         // Schemas the writer would create or create in, each checked once.
         let mut may_create: Vec<&str> = Vec::new();
         if !self.schema_exists(&self.schema).await? {
