@@ -261,7 +261,7 @@ pub async fn replay(
             .map_err(|_| FanoutError::Gone)??;
     }
     progress.finish();
-    info!(destination, from_seq, changes = report.changes, ops = report.ops, elapsed = ?started.elapsed(), "replay finished");
+    info!(destination, from_seq, changes = report.changes, ops = report.ops, passes = report.rounds, elapsed = ?started.elapsed(), "replay finished");
     Ok(report)
 }
 
