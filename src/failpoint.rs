@@ -17,6 +17,10 @@
 //!   code around the point handles as it would a real I/O error in that place: a failed write
 //!   or fsync poisons the change-log writer, a broken connection makes a destination retry.
 //!
+//! - `return(gate:PATH)` holds the thread at the point until the file `PATH` exists (having
+//!   created `PATH.reached` to say it is there), then passes: a test lets the process go on
+//!   when it has done what it wanted done meanwhile.
+//!
 //! The actions are the `fail` crate's: `N*off->1*return(crash)` lets a point pass `N` times
 //! and fires once on the next call, so a fault lands mid-run, not at the first call.
 //!
@@ -47,6 +51,8 @@ pub const PG_MID_BATCH: &str = "sink::postgres::mid_batch";
 pub const CH_AFTER_DATA_BEFORE_WATERMARK: &str = "sink::clickhouse::after_data_before_watermark";
 /// ClickHouse destination: between two tables' inserts of one batch.
 pub const CH_MID_BATCH: &str = "sink::clickhouse::mid_batch";
+/// `pgfanout replay`, once: the end of the log to replay is fixed, nothing written yet.
+pub const REPLAY_BEFORE_APPLY: &str = "fanout::replay::before_apply";
 
 /// Every point, in the order data flows through them.
 pub const POINTS: &[&str] = &[
@@ -59,12 +65,17 @@ pub const POINTS: &[&str] = &[
     PG_MID_BATCH,
     CH_AFTER_DATA_BEFORE_WATERMARK,
     CH_MID_BATCH,
+    REPLAY_BEFORE_APPLY,
 ];
 
 /// The argument of `return(…)` that ends the process.
 pub const CRASH: &str = "crash";
 /// The argument of `return(…)` that returns an I/O error.
 pub const ERROR: &str = "error";
+/// The prefix of the argument of `return(gate:PATH)`: the point creates `PATH.reached` and
+/// blocks its thread until `PATH` exists, then passes. It lets a test hold a process at a
+/// point and let it go, without guessing durations.
+pub const GATE: &str = "gate:";
 
 /// The source of an injected I/O error: names the point (tests look for it in the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +107,9 @@ pub fn hit(_point: &'static str) -> io::Result<()> {
 
 #[cfg(feature = "failpoints")]
 fn fire(point: &'static str, arg: Option<&str>) -> io::Result<()> {
+    if let Some(path) = arg.and_then(|a| a.strip_prefix(GATE)) {
+        return gate(point, std::path::Path::new(path));
+    }
     if arg == Some(CRASH) {
         // One line to say why the process is gone (stderr is unbuffered), then as SIGKILL.
         tracing::error!(failpoint = point, "failpoint: crashing the process");
@@ -104,6 +118,19 @@ fn fire(point: &'static str, arg: Option<&str>) -> io::Result<()> {
     // `arm` admits only `return(crash)` and `return(error)`.
     tracing::warn!(failpoint = point, "failpoint: injecting an I/O error");
     Err(io::Error::other(Injected { point }))
+}
+
+/// See [`GATE`]. Polls: a test's gate is opened once, and the wait is what it is for.
+#[cfg(feature = "failpoints")]
+fn gate(point: &'static str, path: &std::path::Path) -> io::Result<()> {
+    let mut reached = path.as_os_str().to_owned();
+    reached.push(".reached");
+    std::fs::write(&reached, point)?;
+    tracing::warn!(failpoint = point, gate = %path.display(), "failpoint: waiting for the gate file");
+    while !path.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Arms the points named in the `FAILPOINTS` environment variable (`name=actions;…`). An
@@ -146,7 +173,7 @@ pub fn arm(spec: &str) -> Result<(), String> {
         }
         if let Some(bad) = bad_return(actions) {
             return Err(format!(
-                "FAILPOINTS: {name}: {bad:?} is not return({CRASH}) or return({ERROR})"
+                "FAILPOINTS: {name}: {bad:?} is not return({CRASH}), return({ERROR}) or return({GATE}PATH)"
             ));
         }
         fail::cfg(name, actions).map_err(|e| format!("FAILPOINTS: {name}: {e}"))?;
@@ -164,7 +191,8 @@ fn bad_return(actions: &str) -> Option<&str> {
         };
         // `[p%][cnt*]task`: the task is what follows the last `%` or `*`.
         let task = task.rsplit(['%', '*']).next().unwrap_or(task).trim();
-        task == "return" && !matches!(arg, Some(CRASH) | Some(ERROR))
+        task == "return"
+            && !matches!(arg, Some(a) if a == CRASH || a == ERROR || a.starts_with(GATE))
     })
 }
 
@@ -185,6 +213,7 @@ mod tests {
         assert!(arm("no equals sign").is_err());
         assert_eq!(bad_return("3*off->50%1*return(error)"), None);
         assert_eq!(bad_return("1*return(crash)"), None);
+        assert_eq!(bad_return("1*return(gate:/tmp/g)"), None);
     }
 
     #[test]

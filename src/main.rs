@@ -279,8 +279,8 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let r = pgfanout::fanout::replay(&config, &destination, from_seq, tenant.as_deref())
                 .await?;
             eprintln!(
-                "replayed {} change(s) up to seq {} into {destination}: {} row operation(s) applied",
-                r.changes, r.last_seq, r.ops
+                "replayed {} change(s) up to seq {} into {destination}: {} row operation(s) applied in {} pass(es) over the log",
+                r.changes, r.last_seq, r.ops, r.rounds
             );
         }
         Command::Resync {

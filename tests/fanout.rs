@@ -1186,6 +1186,137 @@ async fn replay_rebuilds_a_wiped_target() {
     assert!(daemon.stop().success());
 }
 
+/// A row the daemon removes while `replay` runs stays removed (invariant 34). Replay is held
+/// at a gate once it has fixed the end of the log it reads, before its first write; the daemon
+/// applies the row's removal meanwhile (a change past that end). Replay then writes the row's
+/// older insert again — on its own that would bring the row back for good — and must replay
+/// on through the removal the destination's watermark shows applied. Once a delete with the
+/// whole destination replayed, once a move of the row to a tenant the destination does not
+/// serve with `--tenant` (the narrowed passes must carry the move as a delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_keeps_a_row_deleted_while_it_ran_deleted() {
+    let (db, source) = seeded_source("fan_replay_race").await;
+    let a = fresh_db("fan_replay_race_a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &db, &destination_toml("alpha", &a, &[TENANT_A]));
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    let target = sql(&a).await;
+    let cases: [(i32, String, &[&str]); 2] = [
+        (
+            990_001,
+            "DELETE FROM project_user WHERE id = $1".into(),
+            &["--from-seq", "1"],
+        ),
+        (
+            990_002,
+            format!("UPDATE project_user SET tenancy_id = '{TENANT_B}' WHERE id = $1"),
+            &["--from-seq", "1", "--tenant", TENANT_A],
+        ),
+    ];
+    for (row, removal, args) in cases {
+        source
+            .execute(
+                "INSERT INTO project_user (tenancy_id, id, display_name, email, bio)
+                 VALUES ($1::text::uuid, $2, 'replayed', 'R@example.com', 'b')",
+                &[&TENANT_A, &row],
+            )
+            .await
+            .unwrap();
+        wait_equal(&source, &target, "alpha (the row inserted)", &[TENANT_A]).await;
+        let id = row.to_string();
+        let has_row = |rows: &Rows| rows.iter().any(|r| r[0].as_deref() == Some(id.as_str()));
+        assert!(has_row(&target_rows(&target).await));
+
+        let gate = dir.path().join(format!("gate-{row}"));
+        let mut replay = held_replay(&config, &gate, args).await;
+        let end = log_last_seq(&dir.path().join("log")).await;
+        // The removal, past replay's end, applied by the daemon while replay waits.
+        source.execute(&removal, &[&row]).await.unwrap();
+        wait_equal(&source, &target, "alpha (the row removed)", &[TENANT_A]).await;
+        let removed_at = watermark(&target, "public", "alpha").await.unwrap() as u64;
+        assert!(removed_at > end, "{removed_at} {end}");
+
+        std::fs::write(&gate, "").unwrap();
+        let out = tokio::task::spawn_blocking(move || replay.wait_output())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "replay {args:?} failed: {err}");
+        let got = target_rows(&target).await;
+        assert!(
+            !has_row(&got),
+            "replay {args:?} brought the removed row back: {err}"
+        );
+        let want = source_rows(&source, &[TENANT_A]).await;
+        assert!(want == got, "alpha after replay: {}", diff(&want, &got));
+        // It says it read every change from 1 through the removal, in a second pass.
+        let said = err
+            .lines()
+            .find(|l| l.starts_with("replayed "))
+            .unwrap_or_else(|| panic!("no report in: {err}"));
+        let numbers: Vec<u64> = said
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [changes, last_seq, ops, passes] = numbers[..] else {
+            panic!("unexpected report: {said}")
+        };
+        assert!(last_seq >= removed_at && changes == last_seq, "{said}");
+        assert!(passes >= 2 && ops > 1, "{said}");
+        assert_eq!(
+            watermark(&target, "public", "alpha").await,
+            Some(removed_at as i64),
+            "replay leaves the watermark alone"
+        );
+    }
+    assert!(daemon.stop().success());
+}
+
+/// `pgfanout replay ARGS` for destination alpha, held at the failpoint gate `gate` (it has
+/// fixed the end of the log it reads and written nothing): returns once it waits there.
+async fn held_replay(config: &Path, gate: &Path, args: &[&str]) -> Spawned {
+    let mut reached = gate.as_os_str().to_owned();
+    reached.push(".reached");
+    let reached = PathBuf::from(reached);
+    let mut replay = Spawned(
+        Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+            .args(["replay", "--destination", "alpha"])
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .env(
+                "FAILPOINTS",
+                format!(
+                    "fanout::replay::before_apply=return(gate:{})",
+                    gate.display()
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + WAIT;
+    while !reached.exists() {
+        if replay.0.try_wait().unwrap().is_some() {
+            let out = replay.wait_output();
+            panic!(
+                "replay {args:?} ended before its gate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replay {args:?} never reached its gate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replay
+}
+
 /// The schemas and the (schema, table) pairs of a database, without the system catalogs.
 async fn user_objects(client: &tokio_postgres::Client) -> (Vec<String>, Vec<(String, String)>) {
     let schemas: Vec<String> = client

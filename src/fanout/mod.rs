@@ -133,6 +133,13 @@ pub enum FanoutError {
     },
     #[error("the fan-out thread stopped unexpectedly")]
     Gone,
+    /// Only with the `failpoints` feature (tests).
+    #[error("stopped at failpoint {point}")]
+    Failpoint {
+        point: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Classify for FanoutError {

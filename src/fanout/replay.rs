@@ -1,6 +1,37 @@
 //! `pgfanout replay`: re-apply history from a seq to one destination (optionally one tenant),
-//! whether the daemon runs or not. Replayed batches neither read nor move the watermark; the
-//! per-row version guard keeps rows the destination already has at a newer version.
+//! whether the daemon runs or not. Replayed batches never move the watermark (it says what the
+//! daemon's worker applied, in order, for all the destination's tenants: moving it forward
+//! would make the worker skip changes, backward only repeat them); the per-row version guard
+//! keeps rows the destination already has at a newer version.
+//!
+//! **Replaying on through the watermark.** The log is replayed to its end E as it was when
+//! replay opened it. A running daemon may meanwhile apply a change D > E that removes a row
+//! (a delete, a truncate, a row leaving the filter or its tenant): when replay then writes an
+//! older version of that row, a PostgreSQL destination has nothing left to compare `_seq`
+//! with and the row comes back, and nothing would remove it again. So after its last commit
+//! replay reads the destination's *settled* watermark W ([`Writer::settled_watermark`]: the
+//! daemon commits data and watermark in one transaction that locks the watermark row first,
+//! and the read waits for a transaction in flight). Replay writing a removed row again means
+//! the removal committed before replay's write finished (the row was absent; an insert
+//! conflicting with an uncommitted delete waits for it), or ran its statements before replay
+//! committed (so did not see the row) — either way its transaction has the watermark row
+//! locked or committed before the read, so D ≤ W. When W is past what replay applied, replay
+//! reopens the log (the daemon applied W from it, so it holds W) and replays on to its new
+//! end, then reads W again; it stops once W is not past what it applied. The changes the
+//! daemon applied are then applied again after replay's older writes, in log order. Changes
+//! the daemon has not applied are after W: it applies them after replay's writes anyway.
+//!
+//! ClickHouse keeps deleted rows as tombstones at the delete's (or truncate's) seq, which an
+//! older version replayed later does not outrank, so a row cannot come back there; the same
+//! loop runs for it anyway (one rule for both kinds; it only re-applies what is already
+//! there, and also restores tombstones an operator's cleanup merge removed).
+//!
+//! With `--tenant`, the rounds replay that tenant's changes only, which is enough: replay
+//! wrote only rows of that tenant's changes, and whatever removes such a row from this
+//! destination is routed to it under that tenant too — its delete or filter rejection (read
+//! from the old tuple's tenant key), the move of the row to another tenant (a delete from the
+//! old tenant's destinations; seq-guarded, so it removes nothing newer), or a truncate (routed
+//! to every destination with the mapping).
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +65,9 @@ pub struct ReplayReport {
     pub ops: u64,
     /// The last seq read (0 when the log held nothing from `from_seq`).
     pub last_seq: u64,
+    /// Passes over the log: 1, plus one per time the destination's watermark was found past
+    /// what replay had applied (see the module comment).
+    pub rounds: u32,
 }
 
 pub async fn replay(
@@ -116,7 +150,7 @@ pub async fn replay(
     };
     // Connected (and the tables checked) before anything is read.
     let mut sink: Option<Writer> = None;
-    apply_retrying(&mut sink, plan, destination, None)
+    retrying(&mut sink, plan, destination, Step::Connect)
         .await
         .map_err(dest_err)?;
     // History of another numbering would land under versions that mean other changes.
@@ -131,6 +165,7 @@ pub async fn replay(
         changes: 0,
         ops: 0,
         last_seq: 0,
+        rounds: 0,
     };
     let mut batch = Batch::new(0);
     let mut partial = PartialOps::new();
@@ -142,70 +177,111 @@ pub async fn replay(
         "changes",
         Some(end.saturating_sub(first) + 1),
     );
+    let mut gate = true;
     loop {
-        // The log is read in steps off the runtime; each step is routed, then applied.
-        let (r, records, _) = read_step(reader, REPLAY_READ, None)
-            .await
-            .map_err(|_| FanoutError::Gone)??;
-        reader = r;
-        let done = records.is_empty();
-        for rec in records {
-            let LogRecord::Change(c) = rec else { continue };
-            report.changes += 1;
-            report.last_seq = c.seq;
-            router.route(&c, &mut routed)?;
-            for r in routed.drain(..) {
-                r.op.add_to(r.table, &mut batch, &mut partial);
-                rows += 1;
+        report.rounds += 1;
+        loop {
+            // The log is read in steps off the runtime; each step is routed, then applied.
+            let (r, records, _) = read_step(reader, REPLAY_READ, None)
+                .await
+                .map_err(|_| FanoutError::Gone)??;
+            reader = r;
+            let done = records.is_empty();
+            for rec in records {
+                let LogRecord::Change(c) = rec else { continue };
+                report.changes += 1;
+                report.last_seq = c.seq;
+                router.route(&c, &mut routed)?;
+                for r in routed.drain(..) {
+                    r.op.add_to(r.table, &mut batch, &mut partial);
+                    rows += 1;
+                }
+                batch.last_seq = c.seq;
             }
-            batch.last_seq = c.seq;
-        }
-        if rows >= plan.config.batch_rows || (done && rows > 0) {
-            // Unchanged TOAST values the destination has no copy of, from the source, as a
-            // running destination reads them (invariant 25).
-            if let (false, Some(writer)) = (partial.is_empty(), sink.as_mut()) {
-                let unknown = writer
-                    .unknown_unchanged(destination, &batch)
+            if rows >= plan.config.batch_rows || (done && rows > 0) {
+                if std::mem::take(&mut gate) {
+                    // Tests hold replay here: its end fixed, nothing written yet.
+                    tokio::task::spawn_blocking(|| {
+                        crate::failpoint::hit(crate::failpoint::REPLAY_BEFORE_APPLY)
+                    })
+                    .await
+                    .map_err(|_| FanoutError::Gone)?
+                    .map_err(|source| FanoutError::Failpoint {
+                        point: crate::failpoint::REPLAY_BEFORE_APPLY,
+                        source,
+                    })?;
+                }
+                // Unchanged TOAST values the destination has no copy of, from the source, as
+                // a running destination reads them (invariant 25).
+                if let (false, Some(writer)) = (partial.is_empty(), sink.as_mut()) {
+                    let unknown = writer
+                        .unknown_unchanged(destination, &batch)
+                        .await
+                        .map_err(dest_err)?;
+                    if !unknown.is_empty() {
+                        refill
+                            .fill(destination, &mut batch, &partial, &unknown)
+                            .await?;
+                    }
+                }
+                partial.clear();
+                retrying(&mut sink, plan, destination, Step::Apply(&batch))
                     .await
                     .map_err(dest_err)?;
-                if !unknown.is_empty() {
-                    refill
-                        .fill(destination, &mut batch, &partial, &unknown)
-                        .await?;
-                }
+                report.ops += rows as u64;
+                batch = Batch::new(batch.last_seq);
+                rows = 0;
             }
-            partial.clear();
-            apply_retrying(&mut sink, plan, destination, Some(&batch))
-                .await
-                .map_err(dest_err)?;
-            report.ops += rows as u64;
-            batch = Batch::new(batch.last_seq);
-            rows = 0;
+            // The log may grow while a daemon runs: so does the total.
+            progress.update(
+                report.changes,
+                Some(reader.durable_seq().saturating_sub(first) + 1),
+            );
+            if done {
+                break;
+            }
         }
-        // The log may grow while a daemon runs: so does the total.
-        progress.update(
-            report.changes,
-            Some(reader.durable_seq().saturating_sub(first) + 1),
-        );
-        if done {
+        // Everything up to `applied` is written and committed; see the module comment.
+        let applied = reader.durable_seq();
+        let settled = retrying(&mut sink, plan, destination, Step::SettledWatermark)
+            .await
+            .map_err(dest_err)?;
+        if settled <= applied {
             break;
         }
+        info!(
+            destination,
+            applied,
+            watermark = settled,
+            "the destination applied changes past what replay read; replaying on through them"
+        );
+        let dir = cfg.log.dir.clone();
+        reader = tokio::task::spawn_blocking(move || LogReader::open(&dir, applied + 1))
+            .await
+            .map_err(|_| FanoutError::Gone)??;
     }
     progress.finish();
-    info!(destination, from_seq, changes = report.changes, ops = report.ops, elapsed = ?started.elapsed(), "replay finished");
+    info!(destination, from_seq, changes = report.changes, ops = report.ops, passes = report.rounds, elapsed = ?started.elapsed(), "replay finished");
     Ok(report)
 }
 
-/// Connects when not connected, then replays `batch` (if any), asking the error policy what
-/// to do after a failure: a transient one reconnects and tries again, up to
-/// [`REPLAY_ATTEMPTS`]; anything else ends the replay with that error. Replaying a batch
-/// twice is harmless: the version guard keeps what is newer.
-async fn apply_retrying(
+/// What [`retrying`] does once connected.
+enum Step<'b, 'a> {
+    Connect,
+    Apply(&'b Batch<'a>),
+    SettledWatermark,
+}
+
+/// Connects when not connected, then does `step` (returning the watermark it read, 0 for the
+/// others), asking the error policy what to do after a failure: a transient one reconnects and
+/// tries again, up to [`REPLAY_ATTEMPTS`]; anything else ends the replay with that error.
+/// Replaying a batch twice is harmless: the version guard keeps what is newer.
+async fn retrying(
     sink: &mut Option<Writer>,
     plan: &DestinationPlan,
     destination: &str,
-    batch: Option<&Batch<'_>>,
-) -> Result<(), SinkError> {
+    step: Step<'_, '_>,
+) -> Result<u64, SinkError> {
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, MAX_BACKOFF);
     let mut attempt = 1;
     loop {
@@ -214,14 +290,15 @@ async fn apply_retrying(
                 Some(w) => w,
                 None => sink.insert(Writer::connect(&plan.config, &plan.tables).await?),
             };
-            match batch {
-                Some(b) => writer.replay(destination, b).await,
-                None => Ok(()),
+            match step {
+                Step::Connect => Ok(0),
+                Step::Apply(b) => writer.replay(destination, b).await.map(|()| 0),
+                Step::SettledWatermark => writer.settled_watermark(destination).await,
             }
         }
         .await;
         match result {
-            Ok(()) => return Ok(()),
+            Ok(seq) => return Ok(seq),
             Err(e)
                 if attempt < REPLAY_ATTEMPTS
                     && disposition(e.kind(), Scope::Destination) == Disposition::Retry =>

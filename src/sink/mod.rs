@@ -324,6 +324,17 @@ impl Writer {
         })
     }
 
+    /// The watermark once no batch of the destination's own writer is in flight: PostgreSQL
+    /// waits for the batch transaction holding the watermark row (see
+    /// [`PostgresSink::settled_watermark`]); ClickHouse has no transactions to wait for and
+    /// reads [`watermark`](Self::watermark).
+    pub async fn settled_watermark(&mut self, destination: &str) -> Result<u64, SinkError> {
+        Ok(match self {
+            Writer::Postgres(s) => s.settled_watermark(destination).await?,
+            Writer::ClickHouse(s) => s.watermark(destination).await?,
+        })
+    }
+
     /// Refuses a destination whose watermark counts the seqs of another numbering than
     /// `ours` (see `crate::binding`), then writes `ours` with every watermark from now on. A
     /// watermark without a lineage (an older pgfanout's) is bound to `ours`; returns whether

@@ -10,8 +10,8 @@
 //! It starts the testkit's PostgreSQL (the source and two tenant databases) and ClickHouse
 //! when installed, writes a configuration, runs the daemon with a workload while a live view
 //! shows each destination's state, applied seq, lag and rows, kills the daemon with SIGKILL
-//! and starts it again, damages a tenant database and repairs it with `pgfanout replay` (writes
-//! paused: see `damage_and_replay`), then
+//! and starts it again, damages a tenant database and repairs it with `pgfanout replay` while
+//! the workload goes on, then
 //! stops the workload, waits for every destination to catch up and checks each target
 //! against its projection of the source. Compiled into the binary only (`src/main.rs`).
 
@@ -626,45 +626,6 @@ impl Demo {
         let db = &self.stack.sql(&database).await?;
         self.phase = "replay".into();
         let project = TENANTS[0].project;
-        // The writes pause while replay runs. Replay reads the log up to where it ends when it
-        // starts, and writes rows without tombstones: a row the daemon deletes meanwhile, by a
-        // change past that end, could come back from an older change replay writes after it.
-        // A marker row written last tells when the daemon applied everything before the pause.
-        if let Some(w) = self.workload.as_mut() {
-            w.pause().await;
-        }
-        self.event(&format!(
-            "▶ the workload pauses while {DAMAGED} is damaged and repaired"
-        ));
-        let marker: i64 = self
-            .source
-            .query_one(
-                "INSERT INTO users (tenancy_id, email, display_name)
-                 VALUES ($1::text::uuid, 'marker@example.com', 'written last before the replay')
-                 RETURNING id",
-                &[&TENANTS[0].id],
-            )
-            .await?
-            .get(0);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (_, got) = compare::present(&self.source, db, "users", project, &[marker]).await?;
-            if !got.is_empty() {
-                break;
-            }
-            if self.interrupted() > 1 {
-                return Err(DemoError::Interrupted);
-            }
-            if Instant::now() >= deadline {
-                return Err(DemoError::Timeout {
-                    what: format!("{DAMAGED} applying the changes before the replay"),
-                    detail: "the marker row never arrived".into(),
-                    log: self.daemon_log_tail(),
-                });
-            }
-            self.refresh(false).await;
-            tokio::time::sleep(TICK / 4).await;
-        }
         let mut deleted = Vec::new();
         for table in compare::TABLES {
             let ids: Vec<i64> = db
@@ -746,9 +707,6 @@ impl Demo {
         );
         self.event(&format!("  {text}; the workload goes on"));
         self.check(missing == 0 && restored > 0, "replay", text);
-        if let Some(w) = &self.workload {
-            w.resume();
-        }
         Ok(())
     }
 

@@ -37,9 +37,6 @@ impl Counts {
 pub struct Workload {
     pub counts: Arc<Counts>,
     stop: watch::Sender<bool>,
-    pause: watch::Sender<bool>,
-    /// True while paused and no transaction is in flight.
-    idle: watch::Receiver<bool>,
     task: JoinHandle<Result<(), tokio_postgres::Error>>,
 }
 
@@ -48,32 +45,8 @@ impl Workload {
     pub fn start(db: tokio_postgres::Client, tenant_ids: Vec<&'static str>) -> Workload {
         let counts = Arc::new(Counts::default());
         let (stop, stopped) = watch::channel(false);
-        let (pause, paused) = watch::channel(false);
-        let (idle_tx, idle) = watch::channel(false);
-        let signals = Signals {
-            stopped,
-            paused,
-            idle: idle_tx,
-        };
-        let task = tokio::spawn(run(db, tenant_ids, counts.clone(), signals));
-        Workload {
-            counts,
-            stop,
-            pause,
-            idle,
-            task,
-        }
-    }
-
-    /// Pauses after the transaction in flight; returns once it committed.
-    pub async fn pause(&mut self) {
-        let _ = self.pause.send(true);
-        // Err: the task ended, so nothing is in flight either.
-        let _ = self.idle.wait_for(|idle| *idle).await;
-    }
-
-    pub fn resume(&self) {
-        let _ = self.pause.send(false);
+        let task = tokio::spawn(run(db, tenant_ids, counts.clone(), stopped));
+        Workload { counts, stop, task }
     }
 
     /// Stops after the transaction in flight; its error, if it stopped on one.
@@ -87,35 +60,15 @@ impl Workload {
     }
 }
 
-struct Signals {
-    stopped: watch::Receiver<bool>,
-    paused: watch::Receiver<bool>,
-    idle: watch::Sender<bool>,
-}
-
 async fn run(
     mut db: tokio_postgres::Client,
     tenant_ids: Vec<&'static str>,
     counts: Arc<Counts>,
-    signals: Signals,
+    mut stopped: watch::Receiver<bool>,
 ) -> Result<(), tokio_postgres::Error> {
-    let Signals {
-        mut stopped,
-        mut paused,
-        idle,
-    } = signals;
     for round in 0u64.. {
         if *stopped.borrow() {
             break;
-        }
-        if *paused.borrow() {
-            let _ = idle.send(true);
-            tokio::select! {
-                _ = paused.wait_for(|p| !*p) => {}
-                _ = stopped.wait_for(|s| *s) => {}
-            }
-            let _ = idle.send(false);
-            continue;
         }
         let tenant = tenant_ids[round as usize % tenant_ids.len()];
         let (inserts, updates, deletes) = one_round(&mut db, tenant, round).await?;
@@ -126,7 +79,6 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(PAUSE) => {}
             _ = stopped.changed() => {}
-            _ = paused.changed() => {}
         }
     }
     Ok(())

@@ -584,11 +584,26 @@ impl PostgresSink {
 
     /// The last seq applied to `destination`; 0 when it has applied nothing yet.
     pub async fn watermark(&self, destination: &str) -> Result<u64, PostgresError> {
+        self.read_watermark(destination, "").await
+    }
+
+    /// [`watermark`](Self::watermark) once the batch transaction in flight for `destination`,
+    /// if any, has ended: it holds the watermark row locked from its first statement (see
+    /// [`apply`](Self::apply)), and `FOR SHARE` waits for that lock. So every batch whose
+    /// statements ran before this call is counted, committed or not when the call began.
+    pub async fn settled_watermark(&self, destination: &str) -> Result<u64, PostgresError> {
+        self.read_watermark(destination, " FOR SHARE").await
+    }
+
+    async fn read_watermark(&self, destination: &str, lock: &str) -> Result<u64, PostgresError> {
         let wm = self.watermark_table();
         let row = self
             .client
             .query_opt(
-                &format!("SELECT seq FROM {} WHERE destination = $1", wm.quoted()),
+                &format!(
+                    "SELECT seq FROM {} WHERE destination = $1{lock}",
+                    wm.quoted()
+                ),
                 &[&destination],
             )
             .await
