@@ -1681,7 +1681,8 @@ async fn a_recreated_slot_holds_every_destination_needs_resync_and_a_foreign_wat
     let mut daemon = Daemon::start_with(&config, &["--recreate-slot"]);
     wait_streaming(&mut daemon, &source, &db).await;
     for name in ["a", "b"] {
-        let (hold, reason, ..) = stored_hold(&db, name).await.expect("a hold");
+        // Stored by the fan-out as it starts, which may be just after the slot streams.
+        let (hold, reason, ..) = wait_for("the needs resync hold", || stored_hold(&db, name)).await;
         assert_eq!(hold, "needs resync");
         assert!(reason.contains("--recreate-slot"), "{reason}");
     }
