@@ -56,10 +56,27 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// A daemon beats for this slot now: not stopped cleanly, and its last beat is younger
-    /// than [`STALE_AFTER_BEATS`] intervals.
+    /// A daemon beats for this slot now: not stopped cleanly, its last beat is younger than
+    /// [`STALE_AFTER_BEATS`] intervals, and it is not known to be gone from this host.
     pub fn alive(&self) -> bool {
-        self.stopped_at.is_none() && self.age_seconds <= STALE_AFTER_BEATS * self.interval_seconds
+        self.stopped_at.is_none()
+            && self.age_seconds <= STALE_AFTER_BEATS * self.interval_seconds
+            && !self.gone_from(&DaemonIdentity::this_process().host)
+    }
+
+    /// Whether the beating process is known to be gone: it beat from `host` (this one) and no
+    /// process has its pid any more. This tells a `kill -9` at once instead of after the
+    /// heartbeat goes stale. From another host nothing is known, so only the heartbeat's age
+    /// counts; a pid reused by another program also leaves only the age (the safe side: a
+    /// binary may be renamed, so the name proves nothing). Two containers given the same host
+    /// name but separate pid namespaces would defeat this; container host names are their ids
+    /// unless set by hand.
+    fn gone_from(&self, host: &str) -> bool {
+        self.identity.host == host
+            && matches!(
+                std::fs::metadata(format!("/proc/{}", self.identity.pid)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            )
     }
 }
 
@@ -182,5 +199,38 @@ impl std::fmt::Debug for DaemonStore {
         f.debug_struct("DaemonStore")
             .field("table", &self.table)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(pid: u32, host: &str) -> Heartbeat {
+        Heartbeat {
+            identity: DaemonIdentity {
+                pid,
+                host: host.into(),
+                version: "0".into(),
+            },
+            started_at: String::new(),
+            age_seconds: 1.0,
+            interval_seconds: 5.0,
+            stopped_at: None,
+        }
+    }
+
+    #[test]
+    fn a_fresh_beat_from_a_process_gone_from_this_host_is_not_alive() {
+        let here = DaemonIdentity::this_process().host;
+        // No process has this pid (above Linux's pid_max).
+        assert!(!beat(u32::MAX - 1, &here).alive());
+        // A process with the pid exists here: only the age counts.
+        assert!(beat(std::process::id(), &here).alive());
+        // From another host only the age counts.
+        assert!(beat(u32::MAX - 1, "another-host").alive());
+        let mut stale = beat(u32::MAX - 1, "another-host");
+        stale.age_seconds = 60.0;
+        assert!(!stale.alive());
     }
 }
