@@ -102,21 +102,14 @@ impl Server {
             metrics,
             history: Mutex::new(History::default()),
         });
+        // Built here, so that a failure is returned like any other start-up error.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AdminError::Thread)?;
         let thread = std::thread::Builder::new()
             .name("admin".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        error!(error = %Chain(&e), "cannot start the admin endpoint's runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(serve(app, listener, stop_rx));
-            })
+            .spawn(move || runtime.block_on(serve(app, listener, stop_rx)))
             .map_err(AdminError::Thread)?;
         info!(address = %bound, "admin endpoint: /health /ready /metrics /status /history and the status page at /");
         Ok(Server { stop, thread })

@@ -405,6 +405,12 @@ impl Fanout {
                 "more tenants have a destination of their own than get per-tenant metrics; the destinations' own series cover the rest"
             );
         }
+        // Built before any thread starts: without it no destination would ever be written, so its failure stops
+        // the fan-out instead of leaving a thread that does nothing.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|_| FanoutError::Gone)?;
         let reader = readers.open(readers.durable_seq() + 1)?;
         let router = setup.router(None, None);
         let flag = stop_flag.clone();
@@ -420,16 +426,6 @@ impl Fanout {
         let writers = std::thread::Builder::new()
             .name("fanout-writers".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(error = %Chain(&e), "could not start the destination writers' runtime");
-                        return;
-                    }
-                };
                 runtime.block_on(async move {
                     let tasks: Vec<_> =
                         workers.into_iter().map(|w| tokio::spawn(w.run())).collect();
