@@ -36,8 +36,11 @@ pub const DEFAULT_STATE_SCHEMA: &str = "pgfanout";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 /// A destination writes a batch once it holds this many row operations…
 pub const DEFAULT_BATCH_ROWS: usize = 10_000;
-/// …or once its oldest operation has waited this long.
-pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// …or once its oldest operation has waited this long. Zero (PostgreSQL's default): write
+/// what is there as soon as the writer is free, so only what piles up during a write is
+/// batched — a transaction per small batch costs PostgreSQL little, and waiting only adds
+/// latency.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::ZERO;
 pub const DEFAULT_DESTINATION_SCHEMA: &str = "public";
 /// ClickHouse wants few large inserts: every insert makes a part that merges later.
 pub const DEFAULT_CLICKHOUSE_BATCH_ROWS: usize = 100_000;

@@ -586,7 +586,8 @@ pub(super) fn validate_destinations(
                 DEFAULT_BATCH_ROWS
             }
         };
-        let flush_interval = duration(
+        // Zero is allowed: write as soon as the writer is free.
+        let flush_interval = duration_at_least(
             problem,
             &at("flush_interval"),
             d.flush_interval.as_deref(),
@@ -595,6 +596,7 @@ pub(super) fn validate_destinations(
             } else {
                 DEFAULT_FLUSH_INTERVAL
             },
+            Duration::ZERO,
         );
 
         out.push(match (store, tenants) {

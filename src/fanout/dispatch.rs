@@ -143,6 +143,8 @@ pub(super) fn run(
                 if d.last_flush.elapsed() >= FLUSH_EVERY {
                     d.flush_dirty();
                     d.round();
+                } else {
+                    d.flush_to_waiting();
                 }
             }
         }
@@ -172,6 +174,23 @@ impl Dispatcher {
         while let Some(i) = self.full.pop() {
             if !self.links[i].pending.is_empty() {
                 self.send(i);
+            }
+        }
+    }
+
+    /// Sends pending ops at once to destinations whose queue is empty: their worker waits
+    /// for work, and holding a committed change back only adds latency. A busy worker's ops
+    /// keep gathering into fuller chunks.
+    fn flush_to_waiting(&mut self) {
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let l = self.dirty[i];
+            let link = &self.links[l];
+            if !link.pending.is_empty() && link.tx.capacity() == link.tx.max_capacity() {
+                self.send(l);
+                self.dirty.swap_remove(i);
+            } else {
+                i += 1;
             }
         }
     }

@@ -357,6 +357,14 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
                 _ = until_stopped(&mut stop) => {}
             }
+            // What piled up while the last batch was written goes into this one: batches grow
+            // with the load, not with a timer.
+            while p.rows < self.plan.config.batch_rows {
+                match self.rx.try_recv() {
+                    Ok(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
+                    Err(_) => break,
+                }
+            }
             if self.due(&p) {
                 self.flush(&mut sink, &mut p).await?;
             }
@@ -479,12 +487,11 @@ impl Worker {
 
     /// A batch whose stream paused this long is written without waiting out the flush
     /// interval: waiting longer only adds latency. Longer than the dispatcher's own flush
-    /// period, so a steady stream still fills batches.
+    /// period, so a steady stream still fills batches; never longer than the interval (zero:
+    /// write as soon as the writer is free).
     fn pause_flush(&self) -> Duration {
-        (self.plan.config.flush_interval / 10)
-            .max(PAUSE_FLUSH_MIN)
-            .min(self.plan.config.flush_interval)
-            .clamp(PAUSE_FLUSH_MIN, self.plan.config.flush_interval)
+        let interval = self.plan.config.flush_interval;
+        (interval / 10).max(PAUSE_FLUSH_MIN).min(interval)
     }
 
     fn deadline(&self, p: &Pending) -> Instant {
