@@ -1,7 +1,10 @@
 //! The dispatcher: reads the change log once, routes each change, and hands every attached
-//! destination its operations in [`Chunk`]s through a bounded queue. It never waits for a
-//! destination: a full queue detaches it (the destination then reads the log itself, see
-//! `worker.rs`), and a destination that asks to be attached again is, at the next round.
+//! destination its operations in [`Chunk`]s through a bounded queue. It never makes one
+//! destination wait for another: a full queue detaches its destination (which then reads the
+//! log itself, see `worker.rs`) as long as another attached destination has room. When none
+//! has, waiting for room delays nobody, so the dispatcher waits: a destination that is merely
+//! busy is not made to read and route the log a second time. A destination that asks to be
+//! attached again is, at the next round.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const BEAT_EVERY_CHANGES: u64 = 4096;
 /// Longest wait for new records before looking at the stop flag and re-attach requests.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// How often a full queue is looked at again while the dispatcher waits for room.
+const ROOM_POLL: Duration = Duration::from_micros(500);
 
 /// A destination's queue holds two of its batches (and at least [`super::QUEUE_CHUNKS`]
 /// chunks): the dispatcher routes on while the worker writes one batch, so a destination
@@ -78,7 +83,8 @@ impl Link {
     }
 }
 
-struct Dispatcher {
+struct Dispatcher<'s> {
+    stop: &'s std::sync::atomic::AtomicBool,
     links: Vec<Link>,
     /// Links with pending ops.
     dirty: Vec<usize>,
@@ -101,6 +107,7 @@ pub(super) fn run(
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<(), FanoutError> {
     let mut d = Dispatcher {
+        stop,
         links,
         dirty: Vec::new(),
         full: Vec::new(),
@@ -151,7 +158,7 @@ pub(super) fn run(
     }
 }
 
-impl Dispatcher {
+impl Dispatcher<'_> {
     fn push(&mut self, r: Routed) {
         let i = r.destination.0;
         let Some(link) = self.links.get_mut(i) else {
@@ -247,15 +254,48 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the dispatcher may wait for room in destination `i`'s full queue: only while
+    /// it is still attached, pgfanout is not stopping, and no other attached destination has
+    /// room (so the wait holds back no destination that could take work).
+    fn may_wait_for(&self, i: usize) -> bool {
+        let link = &self.links[i];
+        if self.stop.load(Ordering::Relaxed) || link.shared.detached.load(Ordering::SeqCst) {
+            return false;
+        }
+        !self.links.iter().enumerate().any(|(j, other)| {
+            j != i
+                && other.attached
+                && !other.shared.detached.load(Ordering::SeqCst)
+                && other.tx.capacity() > 0
+        })
+    }
+
     fn send(&mut self, i: usize) {
         let link = &mut self.links[i];
-        let chunk = Chunk {
+        let mut chunk = Chunk {
             from_seq: link.covered + 1,
             to_seq: self.last_seq,
             ops: std::mem::take(&mut link.pending),
             commit_time: self.commit_time,
         };
-        match link.tx.try_send(chunk) {
+        let mut waiting_since: Option<Instant> = None;
+        let result = loop {
+            match self.links[i].tx.try_send(chunk) {
+                Err(mpsc::error::TrySendError::Full(back)) if self.may_wait_for(i) => {
+                    chunk = back;
+                    // Alive, held back by the destinations: not a stalled loop.
+                    let since = waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= PROGRESS_EVERY {
+                        self.heartbeat.beat();
+                        *since = Instant::now();
+                    }
+                    std::thread::sleep(ROOM_POLL);
+                }
+                other => break other,
+            }
+        };
+        let link = &mut self.links[i];
+        match result {
             Ok(()) => {
                 link.covered = self.last_seq;
                 link.last_sent = Instant::now();
