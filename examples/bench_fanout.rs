@@ -1,6 +1,7 @@
 //! End-to-end benchmark of a PostgreSQL destination against PostgreSQL's own logical
 //! replication (CREATE SUBSCRIPTION) applying the same WAL on the same machine, in one run.
-//! Run it with `scripts/bench-fanout.sh`.
+//! Run it with `scripts/bench-fanout.sh`. `BENCH_PG_SETTINGS` (TOML lines, for example
+//! `apply_connections = 2`) is appended to the destination's table.
 //!
 //! For each workload (insert-only, update-heavy, mixed; `BENCH_ROWS` row changes each) a
 //! fresh source database gets two slots at the same LSN: one for a native subscription in
@@ -94,9 +95,11 @@ async fn bench(
         &config,
         format!(
             "{}[[destinations]]\nname = \"bench\"\nkind = \"postgres\"\nurl = \"{}\"\ntenants = [\"{TENANT}\"]\n\
-             mappings = [\"bench\", \"marker\"]\n",
+             mappings = [\"bench\", \"marker\"]\n{}\n",
             source_and_mappings_toml(&pg.socket_url(&src), &format!("pgf_{workload}"), &work.path().join("log")),
             pg.socket_url(&fanout),
+            // For experiments (e.g. `apply_connections = 2`): the reported runs say which.
+            std::env::var("BENCH_PG_SETTINGS").unwrap_or_default().replace("\\n", "\n"),
         ),
     )?;
 

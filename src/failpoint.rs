@@ -47,6 +47,9 @@ pub const PIPELINE_AFTER_FSYNC_BEFORE_FEEDBACK: &str = "pipeline::after_fsync_be
 pub const PG_AFTER_DATA_BEFORE_WATERMARK: &str = "sink::postgres::after_data_before_watermark";
 /// PostgreSQL destination, inside the batch transaction: between two tables' writes.
 pub const PG_MID_BATCH: &str = "sink::postgres::mid_batch";
+/// Parallel apply: every other connection committed its share of the batch; the batch
+/// transaction (connection 0's share and the watermark) not yet.
+pub const PG_BETWEEN_PARTITIONS: &str = "sink::postgres::between_partitions";
 /// ClickHouse destination: the batch's rows inserted, its watermark not yet.
 pub const CH_AFTER_DATA_BEFORE_WATERMARK: &str = "sink::clickhouse::after_data_before_watermark";
 /// ClickHouse destination: between two tables' inserts of one batch.
@@ -63,6 +66,7 @@ pub const POINTS: &[&str] = &[
     PIPELINE_AFTER_FSYNC_BEFORE_FEEDBACK,
     PG_AFTER_DATA_BEFORE_WATERMARK,
     PG_MID_BATCH,
+    PG_BETWEEN_PARTITIONS,
     CH_AFTER_DATA_BEFORE_WATERMARK,
     CH_MID_BATCH,
     REPLAY_BEFORE_APPLY,

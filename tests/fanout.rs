@@ -268,8 +268,11 @@ async fn three_tenant_databases(
         fresh_db(&format!("{prefix}_b")).await,
         fresh_db(&format!("{prefix}_c")).await,
     );
+    // b writes its batches over three connections (parallel apply, invariant 35): the SIGKILL
+    // and fault tests built on these databases strike it between their shares too.
     let destinations = destination_toml("a", &a, &[TENANT_A])
         + &destination_toml("b", &b, &[TENANT_B])
+        + "apply_connections = 3\n"
         + &destination_toml("c", &c, &[TENANT_C]);
     let config = write_config(dir, db, &destinations);
     (a, b, c, config)

@@ -7,7 +7,8 @@
 //!   WAL, with the same seqs (from the oldest segment retention kept) — invariants 2, 9;
 //! - every destination equals the source projected through its mappings (PostgreSQL: its
 //!   rows; ClickHouse: the live rows under FINAL, each key once) and its watermark is the log's
-//!   last seq — invariants 11, 13, 16;
+//!   last seq — invariants 11, 13, 16. The PostgreSQL destination writes over two connections
+//!   (parallel apply), so its points strike between their shares too — invariant 35;
 //! - the slot's `confirmed_flush_lsn`, read once each process is gone, never passed what the
 //!   log holds on disk: its last commit or the position its META file recorded — invariants
 //!   8, 22, 23 (each restart is also accepted by start-up's resume rules).
@@ -161,12 +162,13 @@ const DESTINATION_RETRIES: Fired = Fired::GoesOn("retrying from its watermark");
 /// cut (0) and between the cut and its fsync (1).
 fn cases() -> Vec<Case> {
     use failpoint::*;
-    let points: [(&str, u32, Fired); 10] = [
+    let points: [(&str, u32, Fired); 11] = [
         (LOG_AFTER_WRITE_BEFORE_FSYNC, 5, Fired::Exits),
         (PIPELINE_AFTER_FSYNC_BEFORE_FEEDBACK, 5, Fired::Exits),
         (LOG_AFTER_META_TMP_BEFORE_RENAME, 2, Fired::Exits),
         (PG_AFTER_DATA_BEFORE_WATERMARK, 1, DESTINATION_RETRIES),
         (PG_MID_BATCH, 1, DESTINATION_RETRIES),
+        (PG_BETWEEN_PARTITIONS, 1, DESTINATION_RETRIES),
         (CH_AFTER_DATA_BEFORE_WATERMARK, 1, DESTINATION_RETRIES),
         (CH_MID_BATCH, 1, DESTINATION_RETRIES),
         (LOG_DURING_RETENTION, 0, Fired::GoesOn("retention failed")),
@@ -230,7 +232,7 @@ fn write_config(dir: &Path, shared: &Shared, case: &Case, pg_db: &str, ch_db: &s
              [snapshot]\nmode = \"never\"\nauto_resync = false\n{MAPPINGS}\n\
              [[destinations]]\nname = \"pg\"\nkind = \"postgres\"\nurl = {}\n\
              tenants = [{}]\nmappings = [\"users\", \"teams\"]\n\
-             flush_interval = \"50ms\"\nbatch_rows = 200\n\n\
+             flush_interval = \"50ms\"\nbatch_rows = 200\napply_connections = 2\n\n\
              [[destinations]]\nname = \"ch\"\nkind = \"clickhouse\"\nurl = {}\ndatabase = {}\n\
              tenants = \"*\"\nmappings = [\"users\", \"teams\"]\n\
              version_column = \"sync_sequence_id\"\ndeleted_column = \"sync_is_deleted\"\n\

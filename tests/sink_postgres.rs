@@ -936,3 +936,85 @@ async fn a_watermark_of_another_lineage_is_refused_in_the_batch_transaction() {
         vec![item_row("a", "1", "2", "6")]
     );
 }
+
+/// Parallel apply (invariant 35): a batch split over two connections whose second connection
+/// committed its share while the batch transaction did not (a crash or an error between the
+/// commits) leaves that share's rows written and the watermark where it was. Retried over
+/// other batch boundaries, as after a restart, the rows a share already committed are not
+/// written again: an older upsert re-written after the newer delete that removed its row
+/// would bring the row back.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_apply_interrupted_between_its_commits_writes_no_change_twice() {
+    let db = fresh_db("sink_parallel").await;
+    let client = sql(&db).await;
+    let mut sink = sink(&db, "public").await;
+    sink.ensure_tables(&[kv_table(false)], true).await.unwrap();
+    sink.add_apply_connection(conninfo(&db).connect_sql().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sink.apply_connections(), 2);
+    const IDS: [&str; 20] = [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20",
+    ];
+    const KV: &str = "SELECT id, big, _seq FROM kv ORDER BY id";
+
+    let mut a = Batch::new(100);
+    for (i, id) in IDS.iter().enumerate() {
+        a.upsert(0, 1 + i as u64, kv(id, t("one"), "1"));
+    }
+    assert_eq!(sink.apply("d", &a).await.unwrap(), ApplyOutcome::Applied);
+    assert_eq!(rows(&client, KV).await.len(), 20);
+
+    // Every row updated, then deleted; the batch transaction fails once the other
+    // connection committed its share.
+    let updates = |b: &mut Batch<'static>| {
+        for (i, id) in IDS.iter().enumerate() {
+            b.upsert(0, 101 + i as u64, kv(id, t("two"), "2"));
+        }
+    };
+    let mut b = Batch::new(200);
+    updates(&mut b);
+    for (i, id) in IDS.iter().enumerate() {
+        b.delete(0, 121 + i as u64, vec![t(id)]);
+    }
+    pgfanout::failpoint::arm("sink::postgres::between_partitions=1*return(error)").unwrap();
+    assert!(sink.apply("d", &b).await.is_err());
+    assert_eq!(sink.watermark("d").await.unwrap(), 100);
+    let survivors: Vec<String> = rows(&client, KV)
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    // The batch was split: one share's deletes are committed, the other's rolled back.
+    assert!(
+        !survivors.is_empty() && survivors.len() < 20,
+        "both connections had keys: {survivors:?}"
+    );
+
+    // Retried over a shorter batch: only the updates. The committed share's rows stay deleted.
+    let mut c = Batch::new(120);
+    updates(&mut c);
+    assert_eq!(sink.apply("d", &c).await.unwrap(), ApplyOutcome::Applied);
+    let expected: Vec<Vec<Option<String>>> = IDS
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| survivors.contains(&id.to_string()))
+        .map(|(i, id)| {
+            let seq = (101 + i).to_string();
+            row(&[Some(id), Some("two"), Some(&seq)])
+        })
+        .collect();
+    assert_eq!(rows(&client, KV).await, expected);
+    assert_eq!(sink.watermark("d").await.unwrap(), 120);
+
+    // The rest of the retry: every row is gone, the watermark at the end.
+    let mut d = Batch::new(200);
+    for (i, id) in IDS.iter().enumerate() {
+        d.delete(0, 121 + i as u64, vec![t(id)]);
+    }
+    assert_eq!(sink.apply("d", &d).await.unwrap(), ApplyOutcome::Applied);
+    assert!(rows(&client, KV).await.is_empty());
+    assert_eq!(sink.watermark("d").await.unwrap(), 200);
+}

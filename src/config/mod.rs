@@ -42,6 +42,12 @@ pub const DEFAULT_BATCH_ROWS: usize = 10_000;
 /// latency.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::ZERO;
 pub const DEFAULT_DESTINATION_SCHEMA: &str = "public";
+/// A PostgreSQL destination writes each batch over this many connections, split by key.
+/// One on a small machine: there the destination's server and pgfanout already keep every
+/// core busy (BENCHMARKS.md); more pays where the destination has cores to spare.
+pub const DEFAULT_APPLY_CONNECTIONS: usize = 1;
+/// The most connections one PostgreSQL destination may write a batch over.
+pub const MAX_APPLY_CONNECTIONS: usize = 32;
 /// ClickHouse wants few large inserts: every insert makes a part that merges later.
 pub const DEFAULT_CLICKHOUSE_BATCH_ROWS: usize = 100_000;
 pub const DEFAULT_CLICKHOUSE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -223,6 +229,8 @@ pub struct PostgresStore {
     /// Where the target tables are.
     pub schema: String,
     pub soft_delete: bool,
+    /// Connections a batch is written over, each a share of the keys (parallel apply).
+    pub apply_connections: usize,
 }
 
 /// A shared ClickHouse database (HTTP interface).

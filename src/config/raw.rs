@@ -61,6 +61,7 @@ pub(super) struct RawDestination {
     pub(super) schema: Option<String>,
     pub(super) create_tables: Option<bool>,
     pub(super) soft_delete: Option<bool>,
+    pub(super) apply_connections: Option<i64>,
     pub(super) version_column: Option<String>,
     // ClickHouse only.
     pub(super) user: Option<String>,

@@ -12,12 +12,12 @@ use super::{
     AdminConfig, ClickHouseStore, Config, DestinationConfig, DestinationKind, LogConfig,
     MappedColumns, MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode,
     SourceConfig, StageRules, StateConfig, StoreConfig, StoreSettings, Tenants, TenantsConfig,
-    ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_BATCH_ROWS, DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE, DEFAULT_CLICKHOUSE_FLUSH_INTERVAL,
-    DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL, DEFAULT_LOG_DIR, DEFAULT_MANAGE,
-    DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE, DEFAULT_SEGMENT_MB, DEFAULT_SLOT,
-    DEFAULT_SNAPSHOT_CHUNK_MB, DEFAULT_STATE_SCHEMA, DEFAULT_STATUS_INTERVAL,
-    DEFAULT_SYNC_INTERVAL,
+    ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_APPLY_CONNECTIONS, DEFAULT_BATCH_ROWS,
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE,
+    DEFAULT_CLICKHOUSE_FLUSH_INTERVAL, DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_LOG_DIR, DEFAULT_MANAGE, DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE,
+    DEFAULT_SEGMENT_MB, DEFAULT_SLOT, DEFAULT_SNAPSHOT_CHUNK_MB, DEFAULT_STATE_SCHEMA,
+    DEFAULT_STATUS_INTERVAL, DEFAULT_SYNC_INTERVAL, MAX_APPLY_CONNECTIONS,
 };
 
 impl RawConfig {
@@ -703,6 +703,17 @@ pub(super) fn postgres_store(
             .clone()
             .unwrap_or_else(|| DEFAULT_DESTINATION_SCHEMA.to_owned()),
         soft_delete: d.soft_delete.unwrap_or(false),
+        apply_connections: match d.apply_connections {
+            None => DEFAULT_APPLY_CONNECTIONS,
+            Some(n) if (1..=MAX_APPLY_CONNECTIONS as i64).contains(&n) => n as usize,
+            Some(_) => {
+                problem(
+                    &at("apply_connections"),
+                    format!("must be between 1 and {MAX_APPLY_CONNECTIONS}"),
+                );
+                DEFAULT_APPLY_CONNECTIONS
+            }
+        },
     })
 }
 
@@ -721,6 +732,11 @@ pub(super) fn clickhouse_store(
                 "soft_delete",
                 d.soft_delete.is_some(),
                 " (deletes always write a row with the deleted_column flag)",
+            ),
+            (
+                "apply_connections",
+                d.apply_connections.is_some(),
+                " (a ClickHouse batch is one insert per table)",
             ),
         ],
     );

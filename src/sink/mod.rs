@@ -304,6 +304,10 @@ impl Writer {
                 let client = pg.conn.connect_sql().await?;
                 let mut sink = PostgresSink::new(client, pg.schema.clone());
                 sink.ensure_tables(tables, cfg.create_tables).await?;
+                for _ in 1..pg.apply_connections {
+                    sink.add_apply_connection(pg.conn.connect_sql().await?)
+                        .await?;
+                }
                 Ok(Writer::Postgres(Box::new(sink)))
             }
             StoreConfig::ClickHouse(ch) => {

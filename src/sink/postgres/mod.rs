@@ -41,6 +41,11 @@
 //! destination never interleave: the second waits, then sees the first one's watermark and
 //! skips what it already applied.
 //!
+//! With `apply_connections = N > 1`, a batch without truncates or key changes is split by key
+//! over N connections, each with its own prepared statements; connection 0 holds the
+//! watermark row throughout and commits last (the protocol, and what a crash between the
+//! commits leaves, is at [`PostgresSink::apply`]; invariant 35).
+//!
 //! Keys collapse by their text: the change stream sends each type's canonical output, so equal
 //! values have equal text. Target tables must not reference each other with immediate foreign
 //! keys: a batch writes table by table.

@@ -367,3 +367,122 @@ pub(super) fn plan<'b, 'a>(
         .collect();
     Ok(BatchPlan { tables, truncates })
 }
+
+/// Which of `n` apply connections writes the row with this key: CRC32C over the key's text.
+/// Fixed across processes and versions, because the partition watermarks a crash leaves
+/// behind are read by the next process (see `PostgresSink::apply`).
+pub(super) fn partition_of<'c>(key: impl Iterator<Item = Option<&'c str>>, n: usize) -> usize {
+    let mut crc = 0u32;
+    for cell in key {
+        crc = match cell {
+            Some(text) => crc32c::crc32c_append(crc32c::crc32c_append(crc, text.as_bytes()), &[0]),
+            None => crc32c::crc32c_append(crc, &[1]),
+        };
+    }
+    (crc as usize) % n.max(1)
+}
+
+impl<'b, 'a> Upsert<'b, 'a> {
+    fn key<'k>(&'k self, key_idx: &'k [usize]) -> impl Iterator<Item = Option<&'k str>> + 'k {
+        key_idx.iter().map(|&i| self.cells[i].as_str())
+    }
+}
+
+impl<'b, 'a> Delete<'b, 'a> {
+    fn key(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        self.key.iter().map(|c| c.as_str())
+    }
+}
+
+impl<'b, 'a> BatchPlan<'b, 'a> {
+    /// Whether several connections may write this plan at once, each its own keys: not with
+    /// a truncate (it touches every key) nor with a row moved to a new key (its carry reads
+    /// the old key's row, which another connection may be deleting).
+    pub(super) fn splittable(&self) -> bool {
+        self.truncates.is_empty()
+            && self
+                .tables
+                .iter()
+                .all(|t| t.upserts.iter().all(|u| u.moved_from.is_none()))
+    }
+
+    /// Keeps the rows for which `keep(table, partition of the key under layout n, seq)` holds,
+    /// for every layout `n` in `layouts`; drops tables left without rows.
+    pub(super) fn retain(
+        &mut self,
+        tables: &[Prepared],
+        layouts: &[usize],
+        keep: impl Fn(usize, usize, i64) -> bool,
+    ) {
+        let keep_row = |key: &[Option<&str>], seq: i64| {
+            layouts
+                .iter()
+                .all(|&n| keep(n, partition_of(key.iter().copied(), n), seq))
+        };
+        for p in &mut self.tables {
+            let key_idx = &tables[p.table].key_idx;
+            p.upserts
+                .retain(|u| keep_row(&u.key(key_idx).collect::<Vec<_>>(), u.seq));
+            p.deletes
+                .retain(|d| keep_row(&d.key().collect::<Vec<_>>(), d.seq));
+        }
+        self.tables
+            .retain(|p| !p.upserts.is_empty() || !p.deletes.is_empty());
+    }
+
+    /// Splits a [`splittable`](Self::splittable) plan into `n` plans by
+    /// [`partition_of`] each row's key.
+    pub(super) fn split(self, tables: &[Prepared], n: usize) -> Vec<BatchPlan<'b, 'a>> {
+        let mut parts: Vec<BatchPlan<'b, 'a>> = (0..n)
+            .map(|_| BatchPlan {
+                tables: Vec::new(),
+                truncates: Vec::new(),
+            })
+            .collect();
+        for p in self.tables {
+            let key_idx = &tables[p.table].key_idx;
+            let mut split: Vec<TablePlan<'b, 'a>> = (0..n)
+                .map(|_| TablePlan {
+                    table: p.table,
+                    upserts: Vec::new(),
+                    deletes: Vec::new(),
+                })
+                .collect();
+            for u in p.upserts {
+                let at = partition_of(u.key(key_idx), n);
+                split[at].upserts.push(u);
+            }
+            for d in p.deletes {
+                let at = partition_of(d.key(), n);
+                split[at].deletes.push(d);
+            }
+            for (part, t) in parts.iter_mut().zip(split) {
+                if !t.upserts.is_empty() || !t.deletes.is_empty() {
+                    part.tables.push(t);
+                }
+            }
+        }
+        parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_of;
+
+    /// The partition of a key must never change between versions: a crash's partition
+    /// watermarks are read by the next process, possibly a newer pgfanout.
+    #[test]
+    fn a_keys_partition_is_fixed() {
+        let of = |key: &[Option<&str>], n| partition_of(key.iter().copied(), n);
+        let got: Vec<usize> = vec![
+            of(&[Some("1")], 2),
+            of(&[Some("2")], 2),
+            of(&[Some("1")], 7),
+            of(&[Some("a"), Some("b")], 7),
+            of(&[Some("ab"), None], 7),
+            of(&[Some("a"), Some("b")], 1),
+        ];
+        assert_eq!(got, vec![0, 1, 3, 3, 5, 0]);
+    }
+}

@@ -30,6 +30,9 @@ pub struct PostgresSink {
     pub(super) client: Client,
     pub(super) schema: String,
     pub(super) tables: Vec<Prepared>,
+    /// Further connections a batch is written over, each its share of the keys (parallel
+    /// apply, see [`apply`](Self::apply)); empty: the batch connection writes everything.
+    partitions: Vec<ApplyConnection>,
     /// The numbering the watermark counts: written with it, and a watermark of another is
     /// refused (see `crate::binding`). `None` writes and checks none (tests, older callers).
     lineage: Option<Lineage>,
@@ -52,8 +55,25 @@ impl PostgresSink {
             client,
             schema: schema.into(),
             tables: Vec::new(),
+            partitions: Vec::new(),
             lineage: None,
         }
+    }
+
+    /// Adds a connection that writes a share of every batch's keys (after
+    /// [`ensure_tables`](Self::ensure_tables): it prepares the same statements).
+    pub async fn add_apply_connection(&mut self, client: Client) -> Result<(), PostgresError> {
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for t in &self.tables {
+            tables.push(prepare_on(&client, t.spec.clone(), t.casts.clone()).await?);
+        }
+        self.partitions.push(ApplyConnection { client, tables });
+        Ok(())
+    }
+
+    /// How many connections write a batch.
+    pub fn apply_connections(&self) -> usize {
+        self.partitions.len() + 1
     }
 
     /// From now on, write `lineage` with the watermark and refuse a watermark of another.
@@ -543,43 +563,7 @@ impl PostgresSink {
         spec: TargetTable,
         casts: Vec<String>,
     ) -> Result<Prepared, PostgresError> {
-        let name = spec.qualified_name();
-        let key_idx: Vec<usize> = spec
-            .key
-            .iter()
-            .map(|k| {
-                spec.columns
-                    .iter()
-                    .position(|c| &c.name == k)
-                    .expect("key columns were checked against the columns")
-            })
-            .collect();
-        let sql = statements(&spec, &key_idx, &casts);
-        let prep = |e| query_error("preparing statements", None, Some(&name), e);
-        let upsert = self.client.prepare(&sql.upsert).await.map_err(prep)?;
-        let missing = self.client.prepare(&sql.missing).await.map_err(prep)?;
-        let keep = match &sql.keep {
-            Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
-            None => None,
-        };
-        let carry = match &sql.carry {
-            Some(s) => Some(self.client.prepare(s).await.map_err(prep)?),
-            None => None,
-        };
-        let delete = self.client.prepare(&sql.delete).await.map_err(prep)?;
-        let truncate = self.client.prepare(&sql.truncate).await.map_err(prep)?;
-        Ok(Prepared {
-            spec,
-            name,
-            key_idx,
-            casts,
-            upsert,
-            missing,
-            keep,
-            carry,
-            delete,
-            truncate,
-        })
+        prepare_on(&self.client, spec, casts).await
     }
 
     /// The last seq applied to `destination`; 0 when it has applied nothing yet.
@@ -614,78 +598,184 @@ impl PostgresSink {
         }
     }
 
-    /// Applies `batch` for `destination` in one transaction together with its watermark. A
-    /// batch whose `last_seq` is not beyond the watermark is skipped.
+    /// Applies `batch` for `destination` together with its watermark. A batch whose
+    /// `last_seq` is not beyond the watermark is skipped.
+    ///
+    /// **Parallel apply.** With further apply connections, a batch without truncates or key
+    /// changes is split by [`partition_of`](super::plan::partition_of) its rows' keys: only the
+    /// order of one key's changes matters under the version guard. Connection 0 runs the batch
+    /// transaction: it locks the destination's watermark row first (so `settled_watermark`, and
+    /// with it `replay`, waits for the whole batch), writes its share, waits until every other
+    /// connection has written its share and committed it together with that connection's own
+    /// row (`<destination> #partition p/n`), and then moves the watermark and commits. So the
+    /// watermark never passes a row that is not committed, and a crash between the commits
+    /// leaves partition rows ahead of the watermark: the next batch over those seqs first drops
+    /// the rows a partition already committed (by the layout `n` those rows were written
+    /// with, whatever the connections are now), so no change is written twice — re-writing an
+    /// older upsert after a newer delete that left no row would bring the row back.
     pub async fn apply(
         &mut self,
         destination: &str,
         batch: &Batch<'_>,
     ) -> Result<ApplyOutcome, PostgresError> {
-        let plan = plan(destination, &self.tables, batch)?;
+        let mut plan = plan(destination, &self.tables, batch)?;
         let last_seq = to_i64(destination, "(batch)", batch.last_seq)?;
         let wm = self.watermark_table();
         let wm_ref = &wm;
         let wm_err = |what| move |e| query_error(what, Some(destination), Some(wm_ref), e);
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(wm_err("starting the batch transaction"))?;
-        let locked = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO {} AS w (destination, seq) VALUES ($1, 0) \
-                     ON CONFLICT (destination) DO UPDATE SET seq = w.seq RETURNING seq, lineage",
-                    wm.quoted()
-                ),
-                &[&destination],
-            )
-            .await
-            .map_err(wm_err("locking the watermark"))?;
-        let current = watermark_value(destination, &wm, locked.get(0))?;
-        let stored: Option<String> = locked.get(1);
-        if let (Some(ours), Some(stored)) = (self.lineage, stored) {
-            if stored != ours.to_string() {
-                return Err(PostgresError::ForeignLineage(Box::new(ForeignLineage {
-                    destination: destination.to_owned(),
-                    stored,
-                    ours,
-                })));
-            }
-        }
-        if batch.last_seq <= current {
-            tx.rollback()
-                .await
-                .map_err(wm_err("ending the batch transaction"))?;
-            return Ok(ApplyOutcome::AlreadyApplied { watermark: current });
-        }
-        if let Err(failure) = write(&tx, &self.tables, &plan).await {
-            let _ = tx.rollback().await;
-            return Err(self.write_error(destination, &plan, failure).await);
-        }
         let lineage = self.lineage.map(|l| l.to_string());
-        // Rows written, watermark not moved: an error here rolls the batch back (dropping
-        // `tx`), a crash leaves nothing committed.
-        failpoint::hit(failpoint::PG_AFTER_DATA_BEFORE_WATERMARK).map_err(|e| {
-            io_error(
-                "advancing the watermark",
-                Some(destination),
-                Some(wm_ref),
-                e,
-            )
-        })?;
-        tx.execute(
-            &format!(
-                "UPDATE {} SET seq = $2, updated_at = now(), lineage = coalesce($3, lineage) \
-                 WHERE destination = $1 AND seq < $2",
-                wm.quoted()
-            ),
-            &[&destination, &last_seq, &lineage],
-        )
-        .await
-        .map_err(wm_err("advancing the watermark"))?;
-        tx.commit().await.map_err(wm_err("committing the batch"))?;
-        Ok(ApplyOutcome::Applied)
+        let n = self.partitions.len() + 1;
+        let failed: Result<(), Failed>;
+        let parts: Vec<BatchPlan<'_, '_>>;
+        {
+            let tx = self
+                .client
+                .transaction()
+                .await
+                .map_err(wm_err("starting the batch transaction"))?;
+            let locked = tx
+                .query_one(
+                    &format!(
+                        "INSERT INTO {} AS w (destination, seq) VALUES ($1, 0) \
+                         ON CONFLICT (destination) DO UPDATE SET seq = w.seq RETURNING seq, lineage",
+                        wm.quoted()
+                    ),
+                    &[&destination],
+                )
+                .await
+                .map_err(wm_err("locking the watermark"))?;
+            let current = watermark_value(destination, &wm, locked.get(0))?;
+            let stored: Option<String> = locked.get(1);
+            if let (Some(ours), Some(stored)) = (self.lineage, stored) {
+                if stored != ours.to_string() {
+                    return Err(PostgresError::ForeignLineage(Box::new(ForeignLineage {
+                        destination: destination.to_owned(),
+                        stored,
+                        ours,
+                    })));
+                }
+            }
+            if batch.last_seq <= current {
+                tx.rollback()
+                    .await
+                    .map_err(wm_err("ending the batch transaction"))?;
+                return Ok(ApplyOutcome::AlreadyApplied { watermark: current });
+            }
+            // Partitions a crashed batch committed beyond the watermark: their rows are written.
+            let ahead: Vec<(usize, usize, i64)> = tx
+                .query(
+                    &format!(
+                        "SELECT destination, seq FROM {} \
+                         WHERE left(destination, length($1)) = $1 AND seq > $2",
+                        wm.quoted()
+                    ),
+                    &[&format!("{destination}{PARTITION_ROW}"), &(current as i64)],
+                )
+                .await
+                .map_err(wm_err("reading the partition watermarks"))?
+                .iter()
+                .filter_map(|r| parse_partition_row(destination, r.get(0), r.get(1)))
+                .collect();
+            if !ahead.is_empty() {
+                let mut layouts: Vec<usize> = ahead.iter().map(|a| a.0).collect();
+                layouts.sort_unstable();
+                layouts.dedup();
+                plan.retain(&self.tables, &layouts, |n, p, seq| {
+                    !ahead
+                        .iter()
+                        .any(|&(an, ap, at)| an == n && ap == p && seq <= at)
+                });
+            }
+            if n == 1 || !plan.splittable() {
+                failed = write(&tx, &self.tables, &plan)
+                    .await
+                    .map_err(|f| Failed::Write(0, f));
+                parts = vec![plan];
+            } else {
+                parts = plan.split(&self.tables, n);
+                let (own, others) = (&parts[0], &parts[1..]);
+                let lineage = &lineage;
+                let shares = self.partitions.iter_mut().zip(others).enumerate().map(
+                    |(i, (conn, part))| async move {
+                        let p = i + 1;
+                        let row = partition_row(destination, p, n);
+                        let other = |what| {
+                            move |e| Failed::Other(query_error(what, Some(destination), Some(wm_ref), e))
+                        };
+                        let tx = conn
+                            .client
+                            .transaction()
+                            .await
+                            .map_err(other("starting a partition transaction"))?;
+                        write(&tx, &conn.tables, part)
+                            .await
+                            .map_err(|f| Failed::Write(p, f))?;
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO {} AS w (destination, seq, lineage) VALUES ($1, $2, $3) \
+                                 ON CONFLICT (destination) DO UPDATE \
+                                 SET seq = excluded.seq, updated_at = now(), lineage = excluded.lineage",
+                                wm_ref.quoted()
+                            ),
+                            &[&row, &last_seq, lineage],
+                        )
+                        .await
+                        .map_err(other("advancing a partition watermark"))?;
+                        tx.commit().await.map_err(other("committing a partition"))
+                    },
+                );
+                let (own, others) = tokio::join!(
+                    write(&tx, &self.tables, own),
+                    futures_util::future::join_all(shares)
+                );
+                failed = own
+                    .map_err(|f| Failed::Write(0, f))
+                    .and_then(|()| others.into_iter().collect::<Result<Vec<()>, _>>().map(drop))
+                    .and_then(|()| {
+                        // Every other share committed; the watermark not moved yet.
+                        failpoint::hit(failpoint::PG_BETWEEN_PARTITIONS).map_err(|e| {
+                            Failed::Other(io_error(
+                                "committing the batch",
+                                Some(destination),
+                                Some(wm_ref),
+                                e,
+                            ))
+                        })
+                    });
+            }
+            if failed.is_ok() {
+                // Rows written, watermark not moved: an error here rolls the batch back
+                // (dropping `tx`), a crash leaves nothing committed.
+                failpoint::hit(failpoint::PG_AFTER_DATA_BEFORE_WATERMARK).map_err(|e| {
+                    io_error(
+                        "advancing the watermark",
+                        Some(destination),
+                        Some(wm_ref),
+                        e,
+                    )
+                })?;
+                tx.execute(
+                    &format!(
+                        "UPDATE {} SET seq = $2, updated_at = now(), lineage = coalesce($3, lineage) \
+                         WHERE destination = $1 AND seq < $2",
+                        wm.quoted()
+                    ),
+                    &[&destination, &last_seq, &lineage],
+                )
+                .await
+                .map_err(wm_err("advancing the watermark"))?;
+                tx.commit().await.map_err(wm_err("committing the batch"))?;
+                return Ok(ApplyOutcome::Applied);
+            }
+            let _ = tx.rollback().await;
+        }
+        match failed {
+            Err(Failed::Write(part, failure)) => {
+                Err(self.write_error(destination, &parts[part], failure).await)
+            }
+            Err(Failed::Other(e)) => Err(e),
+            Ok(()) => unreachable!("an applied batch returned above"),
+        }
     }
 
     /// The ops of `batch` (indexes into its ops) whose unchanged cells this destination knows
@@ -929,4 +1019,80 @@ pub(super) fn watermark_value(
         table: table.clone(),
         value,
     })
+}
+
+/// A connection of parallel apply with its own prepared statements.
+struct ApplyConnection {
+    client: Client,
+    tables: Vec<Prepared>,
+}
+
+/// The statements of `spec` prepared on `client`.
+async fn prepare_on(
+    client: &Client,
+    spec: TargetTable,
+    casts: Vec<String>,
+) -> Result<Prepared, PostgresError> {
+    let name = spec.qualified_name();
+    let key_idx: Vec<usize> = spec
+        .key
+        .iter()
+        .map(|k| {
+            spec.columns
+                .iter()
+                .position(|c| &c.name == k)
+                .expect("key columns were checked against the columns")
+        })
+        .collect();
+    let sql = statements(&spec, &key_idx, &casts);
+    let prep = |e| query_error("preparing statements", None, Some(&name), e);
+    let upsert = client.prepare(&sql.upsert).await.map_err(prep)?;
+    let missing = client.prepare(&sql.missing).await.map_err(prep)?;
+    let keep = match &sql.keep {
+        Some(s) => Some(client.prepare(s).await.map_err(prep)?),
+        None => None,
+    };
+    let carry = match &sql.carry {
+        Some(s) => Some(client.prepare(s).await.map_err(prep)?),
+        None => None,
+    };
+    let delete = client.prepare(&sql.delete).await.map_err(prep)?;
+    let truncate = client.prepare(&sql.truncate).await.map_err(prep)?;
+    Ok(Prepared {
+        spec,
+        name,
+        key_idx,
+        casts,
+        upsert,
+        missing,
+        keep,
+        carry,
+        delete,
+        truncate,
+    })
+}
+
+/// The watermark row of apply connection `p` of `n` (p ≥ 1; connection 0's is the
+/// destination's own row).
+fn partition_row(destination: &str, p: usize, n: usize) -> String {
+    format!("{destination}{PARTITION_ROW}{p}/{n}")
+}
+
+/// What follows the destination's name in its partition rows' names.
+const PARTITION_ROW: &str = " #partition ";
+
+/// `(n, p, seq)` of a partition row's name and seq, None for another row.
+fn parse_partition_row(destination: &str, name: &str, seq: i64) -> Option<(usize, usize, i64)> {
+    let rest = name
+        .strip_prefix(destination)?
+        .strip_prefix(PARTITION_ROW)?;
+    let (p, n) = rest.split_once('/')?;
+    Some((n.parse().ok()?, p.parse().ok()?, seq))
+}
+
+/// How a batch's write failed: a statement of share `.0` of the batch (its column is worth
+/// finding), or anything else.
+enum Failed {
+    Write(usize, WriteFailure),
+    Other(PostgresError),
 }
