@@ -954,67 +954,70 @@ async fn parallel_apply_interrupted_between_its_commits_writes_no_change_twice()
         .await
         .unwrap();
     assert_eq!(sink.apply_connections(), 2);
-    const IDS: [&str; 20] = [
-        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-        "17", "18", "19", "20",
-    ];
+    // Enough rows that a batch is split (smaller ones are written by one connection).
+    const N: u64 = 300;
+    let kv_at = |id: u64, big: &'static str, small: &'static str| {
+        vec![text(id.to_string()), t(big), t(small)]
+    };
     const KV: &str = "SELECT id, big, _seq FROM kv ORDER BY id";
 
-    let mut a = Batch::new(100);
-    for (i, id) in IDS.iter().enumerate() {
-        a.upsert(0, 1 + i as u64, kv(id, t("one"), "1"));
+    let mut a = Batch::new(1000);
+    for id in 1..=N {
+        a.upsert(0, id, kv_at(id, "one", "1"));
     }
     assert_eq!(sink.apply("d", &a).await.unwrap(), ApplyOutcome::Applied);
-    assert_eq!(rows(&client, KV).await.len(), 20);
+    assert_eq!(rows(&client, KV).await.len(), N as usize);
 
     // Every row updated, then deleted; the batch transaction fails once the other
     // connection committed its share.
     let updates = |b: &mut Batch<'static>| {
-        for (i, id) in IDS.iter().enumerate() {
-            b.upsert(0, 101 + i as u64, kv(id, t("two"), "2"));
+        for id in 1..=N {
+            b.upsert(0, 1000 + id, kv_at(id, "two", "2"));
         }
     };
-    let mut b = Batch::new(200);
+    let deletes = |b: &mut Batch<'static>| {
+        for id in 1..=N {
+            b.delete(0, 2000 + id, vec![text(id.to_string())]);
+        }
+    };
+    let mut b = Batch::new(3000);
     updates(&mut b);
-    for (i, id) in IDS.iter().enumerate() {
-        b.delete(0, 121 + i as u64, vec![t(id)]);
-    }
+    deletes(&mut b);
     pgfanout::failpoint::arm("sink::postgres::between_partitions=1*return(error)").unwrap();
     assert!(sink.apply("d", &b).await.is_err());
-    assert_eq!(sink.watermark("d").await.unwrap(), 100);
-    let survivors: Vec<String> = rows(&client, KV)
+    assert_eq!(sink.watermark("d").await.unwrap(), 1000);
+    let survivors: Vec<u64> = rows(&client, KV)
         .await
         .into_iter()
-        .map(|r| r[0].clone().unwrap())
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
         .collect();
     // The batch was split: one share's deletes are committed, the other's rolled back.
     assert!(
-        !survivors.is_empty() && survivors.len() < 20,
-        "both connections had keys: {survivors:?}"
+        !survivors.is_empty() && survivors.len() < N as usize,
+        "both connections had keys: {} of {N} rows left",
+        survivors.len()
     );
 
     // Retried over a shorter batch: only the updates. The committed share's rows stay deleted.
-    let mut c = Batch::new(120);
+    let mut c = Batch::new(2000);
     updates(&mut c);
     assert_eq!(sink.apply("d", &c).await.unwrap(), ApplyOutcome::Applied);
-    let expected: Vec<Vec<Option<String>>> = IDS
+    let expected: Vec<Vec<Option<String>>> = survivors
         .iter()
-        .enumerate()
-        .filter(|(_, id)| survivors.contains(&id.to_string()))
-        .map(|(i, id)| {
-            let seq = (101 + i).to_string();
-            row(&[Some(id), Some("two"), Some(&seq)])
+        .map(|id| {
+            let (id, seq) = (id.to_string(), (1000 + id).to_string());
+            row(&[Some(&id), Some("two"), Some(&seq)])
         })
         .collect();
-    assert_eq!(rows(&client, KV).await, expected);
-    assert_eq!(sink.watermark("d").await.unwrap(), 120);
+    let mut got = rows(&client, KV).await;
+    got.sort_by_key(|r| r[0].as_deref().unwrap().parse::<u64>().unwrap());
+    assert_eq!(got, expected);
+    assert_eq!(sink.watermark("d").await.unwrap(), 2000);
 
     // The rest of the retry: every row is gone, the watermark at the end.
-    let mut d = Batch::new(200);
-    for (i, id) in IDS.iter().enumerate() {
-        d.delete(0, 121 + i as u64, vec![t(id)]);
-    }
+    let mut d = Batch::new(3000);
+    deletes(&mut d);
     assert_eq!(sink.apply("d", &d).await.unwrap(), ApplyOutcome::Applied);
     assert!(rows(&client, KV).await.is_empty());
-    assert_eq!(sink.watermark("d").await.unwrap(), 200);
+    assert_eq!(sink.watermark("d").await.unwrap(), 3000);
 }

@@ -42,10 +42,11 @@ pub const DEFAULT_BATCH_ROWS: usize = 10_000;
 /// latency.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::ZERO;
 pub const DEFAULT_DESTINATION_SCHEMA: &str = "public";
-/// A PostgreSQL destination writes each batch over this many connections, split by key.
-/// One on a small machine: there the destination's server and pgfanout already keep every
-/// core busy (BENCHMARKS.md); more pays where the destination has cores to spare.
-pub const DEFAULT_APPLY_CONNECTIONS: usize = 1;
+/// A PostgreSQL destination writes each large batch over this many connections, split by
+/// key. Two pays even on a 2-core machine shared with the source (BENCHMARKS.md: the server
+/// writes one share while pgfanout prepares the other); more pays where the destination has
+/// cores to spare.
+pub const DEFAULT_APPLY_CONNECTIONS: usize = 2;
 /// The most connections one PostgreSQL destination may write a batch over.
 pub const MAX_APPLY_CONNECTIONS: usize = 32;
 /// ClickHouse wants few large inserts: every insert makes a part that merges later.

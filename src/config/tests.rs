@@ -207,6 +207,7 @@ const FULL: &str = r#"
     version_column = "_version"
     batch_rows = 500
     flush_interval = "1s"
+    apply_connections = 4
 
     [[destinations]]
     name = "shared"
@@ -292,6 +293,7 @@ fn tenants_mappings_and_destinations() {
     assert_eq!(acme.version_column, "_version");
     assert_eq!(acme.batch_rows, 500);
     assert_eq!(acme.flush_interval, Duration::from_secs(1));
+    assert_eq!(acme_pg.apply_connections, 4);
 
     // Defaults.
     let shared = &c.destinations[1];
@@ -306,6 +308,7 @@ fn tenants_mappings_and_destinations() {
     assert_eq!(shared.version_column, DEFAULT_VERSION_COLUMN);
     assert_eq!(shared.batch_rows, DEFAULT_BATCH_ROWS);
     assert_eq!(shared.flush_interval, DEFAULT_FLUSH_INTERVAL);
+    assert_eq!(shared_pg.apply_connections, DEFAULT_APPLY_CONNECTIONS);
 
     let shown = format!("{c:?}");
     assert!(!shown.contains("s3cret"), "{shown}");
@@ -375,6 +378,20 @@ fn unknown_keys_in_the_new_sections_name_their_path() {
     let text = FULL.replace("batch_rows = 500", "batch_rows = \"500\"");
     let found = problems(&text);
     assert_eq!(found[0].key, "destinations[0].batch_rows", "{found:?}");
+    // Parallel apply: a connection at least, a bounded number of them.
+    for bad in ["0", "33"] {
+        let text = FULL.replace(
+            "apply_connections = 4",
+            &format!("apply_connections = {bad}"),
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].key, "destinations[0].apply_connections",
+            "{found:?}"
+        );
+        assert!(found[0].message.contains("between 1 and 32"), "{found:?}");
+    }
 }
 
 #[test]

@@ -601,8 +601,8 @@ impl PostgresSink {
     /// Applies `batch` for `destination` together with its watermark. A batch whose
     /// `last_seq` is not beyond the watermark is skipped.
     ///
-    /// **Parallel apply.** With further apply connections, a batch without truncates or key
-    /// changes is split by [`partition_of`](super::plan::partition_of) its rows' keys: only the
+    /// **Parallel apply.** With further apply connections, a batch of at least
+    /// [`PARALLEL_MIN_ROWS`] rows without truncates or key changes is split by [`partition_of`](super::plan::partition_of) its rows' keys: only the
     /// order of one key's changes matters under the version guard. Connection 0 runs the batch
     /// transaction: it locks the destination's watermark row first (so `settled_watermark`, and
     /// with it `replay`, waits for the whole batch), writes its share, waits until every other
@@ -686,7 +686,12 @@ impl PostgresSink {
                         .any(|&(an, ap, at)| an == n && ap == p && seq <= at)
                 });
             }
-            if n == 1 || !plan.splittable() {
+            let rows: usize = plan
+                .tables
+                .iter()
+                .map(|t| t.upserts.len() + t.deletes.len())
+                .sum();
+            if n == 1 || rows < PARALLEL_MIN_ROWS || !plan.splittable() {
                 failed = write(&tx, &self.tables, &plan)
                     .await
                     .map_err(|f| Failed::Write(0, f));
@@ -1077,6 +1082,10 @@ async fn prepare_on(
 fn partition_row(destination: &str, p: usize, n: usize) -> String {
     format!("{destination}{PARTITION_ROW}{p}/{n}")
 }
+
+/// A batch of fewer rows is written by connection 0 alone: splitting it would cost more
+/// round trips and commits than its rows take to write.
+const PARALLEL_MIN_ROWS: usize = 128;
 
 /// What follows the destination's name in its partition rows' names.
 const PARTITION_ROW: &str = " #partition ";
