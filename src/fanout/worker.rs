@@ -296,6 +296,26 @@ impl Worker {
         let cfg = &self.plan.config;
         let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
+        self.bind(&mut sink, watermark).await?;
+        Ok((sink, watermark))
+    }
+
+    /// A writer connected again within a session, and the destination's watermark: its tables
+    /// were created (or found) and its lineage bound when the session started, so they are
+    /// only checked, never created — a table dropped meanwhile stops the destination instead
+    /// of coming back empty — which also makes the connect of an idle destination cheaper.
+    async fn connect_again(&self) -> Result<(Writer, u64), WorkerError> {
+        let mut cfg = self.plan.config.clone();
+        cfg.create_tables = false;
+        let mut sink = Writer::connect(&cfg, &self.plan.tables).await?;
+        let watermark = sink.watermark(&cfg.name).await?;
+        Ok((sink, watermark))
+    }
+
+    /// Binds the destination's watermark to this change log's lineage, and warns when it is
+    /// ahead of the log.
+    async fn bind(&self, sink: &mut Writer, watermark: u64) -> Result<(), WorkerError> {
+        let cfg = &self.plan.config;
         // The watermark counts seqs of one numbering: refuse one of another (invariant 21).
         if let Some(ours) = self.readers.lineage() {
             if sink.bind_lineage(&cfg.name, ours).await? && watermark > 0 {
@@ -309,7 +329,7 @@ impl Worker {
         if watermark > durable {
             warn!(destination = %cfg.name, watermark, log_end = durable, "the destination's watermark is ahead of the change log's end: waiting for PostgreSQL to resend the changes in between");
         }
-        Ok((sink, watermark))
+        Ok(())
     }
 
     async fn session(&mut self) -> Result<(), WorkerError> {
@@ -496,7 +516,7 @@ impl Worker {
                 },
             }
         };
-        let (writer, watermark) = self.connect().await?;
+        let (writer, watermark) = self.connect_again().await?;
         if watermark != p.written {
             return Err(WorkerError::WatermarkMoved {
                 written: p.written,
@@ -698,7 +718,7 @@ impl Worker {
             } = c;
             drop(writer);
             c = Conn {
-                writer: self.connect().await?.0,
+                writer: self.connect_again().await?.0,
                 _permit,
                 used: Instant::now(),
             };
