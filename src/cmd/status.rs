@@ -334,6 +334,7 @@ pub async fn status(cfg: &Config) -> Result<Status, StatusError> {
             .filter(|d| stale(reports.iter().find(|r| r.name == d.name)))
             .cloned()
             .collect(),
+        cfg.fanout.max_connections,
     )
     .await;
     let mut destinations: Vec<DestinationStatus> = cfg
@@ -432,13 +433,20 @@ fn daemon_status(h: Option<&Heartbeat>) -> DaemonStatus {
 }
 
 /// Each destination's watermark as the destination itself stores it (the sinks' own read),
-/// all at once, each bounded by [`OWN_WATERMARK_TIMEOUT`]; an error as its message.
+/// `at_once` at a time (`[fanout] max_connections`: 1,000 tenant databases on one server must
+/// not take 1,000 connections), each bounded by [`OWN_WATERMARK_TIMEOUT`] once connecting; an
+/// error as its message.
 async fn read_own_watermarks(
     destinations: Vec<DestinationConfig>,
+    at_once: usize,
 ) -> HashMap<String, Result<u64, String>> {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for d in destinations {
+        let permits = permits.clone();
         tasks.spawn(async move {
+            // Never closed.
+            let _permit = permits.acquire_owned().await;
             let read = tokio::time::timeout(OWN_WATERMARK_TIMEOUT, own_watermark(&d)).await;
             let result = match read {
                 Ok(r) => r,

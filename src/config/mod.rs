@@ -62,6 +62,34 @@ pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 10_000;
 /// …and about this many bytes of values (the row that passes it ends the chunk).
 pub const DEFAULT_SNAPSHOT_CHUNK_MB: u64 = 16;
 
+/// Destination connections open at once, across all destinations: enough for a few dozen busy
+/// tenants on a small machine, well under PostgreSQL's default `max_connections` (100).
+pub const DEFAULT_FANOUT_MAX_CONNECTIONS: usize = 32;
+/// A destination with nothing to write closes its connection after this long (at once when
+/// another destination waits for a connection).
+pub const DEFAULT_FANOUT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The highest `fanout.max_connections` accepted.
+pub const MAX_FANOUT_CONNECTIONS: u64 = 10_000;
+
+/// `[fanout]`: how the destinations share connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutConfig {
+    /// Destination connections open at once (each destination's writer holds one while
+    /// connected; `status` reads this many destinations at a time).
+    pub max_connections: usize,
+    /// An idle destination's writer disconnects after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            max_connections: DEFAULT_FANOUT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_FANOUT_IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// Where `pgfanout run` serves `/health`, `/ready`, `/metrics`, `/status` and its status page:
 /// the loopback interface only, unless configured otherwise.
 pub const DEFAULT_ADMIN_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
@@ -125,6 +153,7 @@ pub struct Config {
     pub state: StateConfig,
     pub snapshot: SnapshotConfig,
     pub admin: AdminConfig,
+    pub fanout: FanoutConfig,
     /// `[tenants]`: where tenant attributes (`tenant.x` in expressions) come from.
     pub tenants: Option<TenantsConfig>,
     /// `[[mappings]]`, in file order; [`DestinationConfig::mappings`] indexes into it.
@@ -208,6 +237,14 @@ pub struct DestinationConfig {
 }
 
 impl DestinationConfig {
+    /// Connections its writer holds open while connected.
+    pub fn connections(&self) -> usize {
+        match &self.store {
+            StoreConfig::Postgres(pg) => pg.apply_connections,
+            StoreConfig::ClickHouse(_) => 1,
+        }
+    }
+
     pub fn kind(&self) -> DestinationKind {
         match self.store {
             StoreConfig::Postgres(_) => DestinationKind::Postgres,

@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) snapshot: RawSnapshot,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) fanout: RawFanout,
     pub(super) tenants: Option<RawTenants>,
     #[serde(default)]
     pub(super) mappings: Vec<RawMapping>,
@@ -122,6 +124,14 @@ pub(super) struct RawSnapshot {
     pub(super) parallelism: Option<u64>,
     pub(super) chunk_rows: Option<u64>,
     pub(super) chunk_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFanout {
+    /// Signed so that `0` and negative values reach `validate` and get a helpful message.
+    pub(super) max_connections: Option<i64>,
+    pub(super) idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

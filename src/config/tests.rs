@@ -392,6 +392,18 @@ fn unknown_keys_in_the_new_sections_name_their_path() {
         );
         assert!(found[0].message.contains("between 1 and 32"), "{found:?}");
     }
+    // A destination's connections come out of the shared cap together.
+    let text = format!("{FULL}\n[fanout]\nmax_connections = 3\n");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].key, "destinations[0].apply_connections",
+        "{found:?}"
+    );
+    assert!(
+        found[0].message.contains("fanout.max_connections"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -536,6 +548,31 @@ fn admin_listen_defaults_to_loopback_turns_off_and_names_its_key() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].key, "admin.listen");
     assert!(p[0].message.contains("\"off\""), "{}", p[0].message);
+}
+
+#[test]
+fn fanout_connections_default_for_a_small_machine_and_problems_name_their_keys() {
+    let c = parse("[source]\nurl = \"postgres://u@h/db\"").unwrap();
+    assert_eq!(c.fanout.max_connections, DEFAULT_FANOUT_MAX_CONNECTIONS);
+    assert_eq!(c.fanout.idle_timeout, DEFAULT_FANOUT_IDLE_TIMEOUT);
+    let c = parse(
+        "[source]\nurl = \"postgres://u@h/db\"\n[fanout]\nmax_connections = 50\nidle_timeout = \"2s\"",
+    )
+    .unwrap();
+    assert_eq!(c.fanout.max_connections, 50);
+    assert_eq!(c.fanout.idle_timeout, Duration::from_secs(2));
+    let p = problems(
+        "[source]\nurl = \"postgres://u@h/db\"\n[fanout]\nmax_connections = 0\nidle_timeout = \"soon\"",
+    );
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["fanout.max_connections", "fanout.idle_timeout"],
+        "{p:?}"
+    );
+    let p = problems("[source]\nurl = \"postgres://u@h/db\"\n[fanout]\nmax_connections = 10001");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].message.contains("10000"), "{}", p[0].message);
 }
 
 #[test]

@@ -7,17 +7,19 @@ use crate::pgconn::{ConnInfo, Secret, TargetSessionAttrs};
 use crate::sql::QualifiedName;
 use crate::target::{ColumnType, DEFAULT_VERSION_COLUMN};
 
-use super::raw::{child, RawAdmin, RawConfig, RawDestination, RawMapping, RawSnapshot, RawTenants};
+use super::raw::{
+    child, RawAdmin, RawConfig, RawDestination, RawFanout, RawMapping, RawSnapshot, RawTenants,
+};
 use super::{
-    AdminConfig, ClickHouseStore, Config, DestinationConfig, DestinationKind, LogConfig,
-    MappedColumns, MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode,
+    AdminConfig, ClickHouseStore, Config, DestinationConfig, DestinationKind, FanoutConfig,
+    LogConfig, MappedColumns, MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode,
     SourceConfig, StageRules, StateConfig, StoreConfig, StoreSettings, Tenants, TenantsConfig,
     ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_APPLY_CONNECTIONS, DEFAULT_BATCH_ROWS,
     DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE,
     DEFAULT_CLICKHOUSE_FLUSH_INTERVAL, DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL,
     DEFAULT_LOG_DIR, DEFAULT_MANAGE, DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE,
     DEFAULT_SEGMENT_MB, DEFAULT_SLOT, DEFAULT_SNAPSHOT_CHUNK_MB, DEFAULT_STATE_SCHEMA,
-    DEFAULT_STATUS_INTERVAL, DEFAULT_SYNC_INTERVAL, MAX_APPLY_CONNECTIONS,
+    DEFAULT_STATUS_INTERVAL, DEFAULT_SYNC_INTERVAL, MAX_APPLY_CONNECTIONS, MAX_FANOUT_CONNECTIONS,
 };
 
 impl RawConfig {
@@ -108,6 +110,7 @@ impl RawConfig {
 
         let snapshot = validate_snapshot(&mut problem, self.snapshot);
         let admin = validate_admin(&mut problem, self.admin);
+        let fanout = validate_fanout(&mut problem, self.fanout);
 
         let st = self.state;
         let state_conn = match &st.url {
@@ -152,6 +155,22 @@ impl RawConfig {
         let destinations =
             validate_destinations(&mut problem, rules, self.destinations, &self.mappings);
         let mappings: Option<Vec<_>> = mappings.into_iter().collect();
+        // A destination's writer connections come out of the shared cap together.
+        for (i, d) in destinations.iter().enumerate() {
+            if let Some(d) = d
+                .as_ref()
+                .filter(|d| d.connections() > fanout.max_connections)
+            {
+                problem(
+                    &format!("destinations[{i}].apply_connections"),
+                    format!(
+                        "is {}, more than fanout.max_connections ({}), the destination connections open at once; lower it or raise fanout.max_connections",
+                        d.connections(),
+                        fanout.max_connections
+                    ),
+                );
+            }
+        }
         let destinations: Option<Vec<_>> = destinations.into_iter().collect();
 
         match (conn, state_conn, tenants, mappings, destinations) {
@@ -176,6 +195,7 @@ impl RawConfig {
                     },
                     snapshot,
                     admin,
+                    fanout,
                     tenants,
                     mappings,
                     destinations,
@@ -202,6 +222,32 @@ fn validate_admin(problem: &mut dyn FnMut(&str, String), raw: RawAdmin) -> Admin
         },
     };
     AdminConfig { listen }
+}
+
+fn validate_fanout(problem: &mut impl FnMut(&str, String), raw: RawFanout) -> FanoutConfig {
+    let d = FanoutConfig::default();
+    let max_connections = match raw.max_connections {
+        None => d.max_connections,
+        Some(n) if n >= 1 && n as u64 <= MAX_FANOUT_CONNECTIONS => n as usize,
+        Some(_) => {
+            problem(
+                "fanout.max_connections",
+                format!("must be between 1 and {MAX_FANOUT_CONNECTIONS}: destination connections open at once, across all destinations (keep it under each destination server's max_connections)"),
+            );
+            d.max_connections
+        }
+    };
+    let idle_timeout = duration_at_least(
+        problem,
+        "fanout.idle_timeout",
+        raw.idle_timeout.as_deref(),
+        d.idle_timeout,
+        Duration::from_millis(1),
+    );
+    FanoutConfig {
+        max_connections,
+        idle_timeout,
+    }
 }
 
 fn validate_snapshot(problem: &mut dyn FnMut(&str, String), raw: RawSnapshot) -> SnapshotConfig {

@@ -15,7 +15,9 @@
 //!   end; then it asks to be attached again. `worker.rs` states the rule that makes the
 //!   hand-over lossless.
 //! - Workers run as tasks on one runtime thread; the dispatcher is a thread of its own
-//!   because log reads block. An idle destination costs a task, a queue and a connection.
+//!   because log reads block. An idle destination costs a task and a queue, no connection:
+//!   at most `[fanout] max_connections` destinations are connected at once, and an idle one
+//!   disconnects (`connections.rs`, `worker.rs`).
 //! - The watermark in each destination is the truth for resuming; what the workers report
 //!   goes to the state database every few seconds for `pgfanout status`, and the lowest
 //!   watermark protects the log from age-based retention.
@@ -33,6 +35,7 @@
 //!   holds and streams on, showing `needs resync` until resumed (accepting the gap) or
 //!   resynced.
 
+mod connections;
 mod dispatch;
 mod replay;
 pub mod route;
@@ -355,6 +358,7 @@ impl Fanout {
         let mut links = Vec::new();
         let mut workers = Vec::new();
         let permits = Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY));
+        let connections = connections::ConnectionCap::new(cfg.fanout.max_connections);
         let mut shared_all = Vec::new();
         let wake_reporter = Arc::new(Notify::new());
         for (index, plan) in setup.destinations.iter().enumerate() {
@@ -379,6 +383,8 @@ impl Fanout {
                 shared,
                 stop: stop_rx.clone(),
                 catch_up_permits: permits.clone(),
+                connections: connections.clone(),
+                idle_timeout: cfg.fanout.idle_timeout,
                 metrics: worker::BatchMetrics::new(&plan.config.name),
             });
         }

@@ -68,6 +68,12 @@ impl Refill {
         }
     }
 
+    /// Closes the source connection, if open (an idle destination holds none; the next fill
+    /// connects again).
+    pub(super) fn disconnect(&mut self) {
+        self.client = None;
+    }
+
     /// Fills the [`Cell::Unchanged`] cells of the ops of `batch` at the indexes `unknown`
     /// (ascending; see [`crate::sink::Writer::unknown_unchanged`]) that are partial ops
     /// (`partial`), from their rows' current values in the source. Returns how many ops it

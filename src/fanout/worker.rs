@@ -13,6 +13,19 @@
 //! So a chunk may be dropped or arrive late without losing or repeating anything, and the
 //! hand-over between the dispatcher and the worker's own reading needs no lock-step.
 //!
+//! **Connections.** A session holds its writer's connection only while it has something to
+//! write: it takes a permit of the shared cap (`[fanout] max_connections`, see
+//! `connections.rs`) before connecting, and an idle session (no ops taken, nothing to flush)
+//! disconnects — its TOAST refill's source connection too — after `idle_timeout`, or at once
+//! when another destination waits for a permit. It keeps everything else (`next_seq`, the
+//! batch) and connects again when a batch is due; the watermark it reads then must be the
+//! one it last wrote, else the session starts over from the stored one. A closed session
+//! writes a watermark that only moved (changes routed past it that were not for it) every
+//! [`CLOSED_WATERMARK_EVERY`] (so retention and a restart need not go back far), not every
+//! [`IDLE_WATERMARK_EVERY`], and not at a stop. While it waits for a permit it keeps taking
+//! chunks until its batch is full; then its queue fills and the dispatcher detaches it (it
+//! catches up from the log once connected).
+//!
 //! Any failure (connection, statement, schema) ends the session: the batch in memory is
 //! dropped and the destination detaches. What then is `disposition`'s call:
 //! - *retry*: wait with capped jittered backoff, reconnect and resume from the watermark
@@ -42,6 +55,7 @@ use crate::state::{Hold, HoldKind};
 use crate::telemetry;
 use crate::value::Timestamp;
 
+use super::connections::{ConnectionCap, Permit};
 use super::dispatch::Chunk;
 use super::router::Router;
 use super::setup::{DestinationPlan, Setup};
@@ -52,6 +66,9 @@ use super::{read_step, until_stopped, DestShared, DestinationState, FanoutError}
 const CATCH_UP_READ: usize = 4096;
 /// While idle, the watermark of an attached destination moves at most this often.
 const IDLE_WATERMARK_EVERY: Duration = Duration::from_secs(5);
+/// …and this often when its connection is closed: a write then costs a connection (1,000
+/// destinations: about three connections a second).
+const CLOSED_WATERMARK_EVERY: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Short enough that a destination back from an outage resumes soon after.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -71,6 +88,7 @@ impl Classify for WorkerError {
             WorkerError::Log(_) => ErrorKind::Definite,
             WorkerError::Route(e) => e.kind(),
             WorkerError::ReaderGone => ErrorKind::Transient,
+            WorkerError::WatermarkMoved { .. } => ErrorKind::Transient,
         }
     }
 }
@@ -85,6 +103,8 @@ pub(super) enum WorkerError {
     Route(#[from] FanoutError),
     #[error("the change log reader thread failed")]
     ReaderGone,
+    #[error("reconnecting, the destination's watermark is {found}, not {written} as this session wrote it (was it restored or changed by hand?); starting over from the stored one")]
+    WatermarkMoved { written: u64, found: u64 },
 }
 
 impl WorkerError {
@@ -106,7 +126,18 @@ pub(super) struct Worker {
     pub shared: Arc<DestShared>,
     pub stop: watch::Receiver<bool>,
     pub catch_up_permits: Arc<Semaphore>,
+    /// The cap on open destination connections, shared by every worker.
+    pub connections: Arc<ConnectionCap>,
+    pub idle_timeout: Duration,
     pub metrics: BatchMetrics,
+}
+
+/// An open destination connection and the permit it holds.
+struct Conn {
+    writer: Writer,
+    _permit: Permit,
+    /// When it connected or last wrote rows: idle since.
+    used: Instant,
 }
 
 /// A destination's per-batch metrics, their handles taken once.
@@ -155,6 +186,11 @@ struct Pending {
 impl Worker {
     fn name(&self) -> &str {
         &self.plan.config.name
+    }
+
+    /// What the writer's connections take of the shared cap.
+    fn writer_connections(&self) -> u32 {
+        u32::try_from(self.plan.config.connections()).unwrap_or(u32::MAX)
     }
 
     pub async fn run(mut self) {
@@ -265,6 +301,26 @@ impl Worker {
         let cfg = &self.plan.config;
         let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
+        self.bind(&mut sink, watermark).await?;
+        Ok((sink, watermark))
+    }
+
+    /// A writer connected again within a session, and the destination's watermark: its tables
+    /// were created (or found) and its lineage bound when the session started, so they are
+    /// only checked, never created — a table dropped meanwhile stops the destination instead
+    /// of coming back empty — which also makes the connect of an idle destination cheaper.
+    async fn connect_again(&self) -> Result<(Writer, u64), WorkerError> {
+        let mut cfg = self.plan.config.clone();
+        cfg.create_tables = false;
+        let mut sink = Writer::connect(&cfg, &self.plan.tables).await?;
+        let watermark = sink.watermark(&cfg.name).await?;
+        Ok((sink, watermark))
+    }
+
+    /// Binds the destination's watermark to this change log's lineage, and warns when it is
+    /// ahead of the log.
+    async fn bind(&self, sink: &mut Writer, watermark: u64) -> Result<(), WorkerError> {
+        let cfg = &self.plan.config;
         // The watermark counts seqs of one numbering: refuse one of another (invariant 21).
         if let Some(ours) = self.readers.lineage() {
             if sink.bind_lineage(&cfg.name, ours).await? && watermark > 0 {
@@ -278,12 +334,23 @@ impl Worker {
         if watermark > durable {
             warn!(destination = %cfg.name, watermark, log_end = durable, "the destination's watermark is ahead of the change log's end: waiting for PostgreSQL to resend the changes in between");
         }
-        Ok((sink, watermark))
+        Ok(())
     }
 
     async fn session(&mut self) -> Result<(), WorkerError> {
+        let cap = self.connections.clone();
+        let mut stop = self.stop.clone();
+        let permit = tokio::select! {
+            permit = cap.acquire(self.writer_connections()) => permit,
+            _ = until_stopped(&mut stop) => return Ok(()),
+        };
+        let (writer, watermark) = self.connect().await?;
+        let mut conn = Some(Conn {
+            writer,
+            _permit: permit,
+            used: Instant::now(),
+        });
         let cfg = &self.plan.config;
-        let (mut sink, watermark) = self.connect().await?;
         info!(destination = %cfg.name, watermark, "destination connected");
         self.shared.record_write(watermark, None);
         let next_seq = self.skip_lost(watermark + 1);
@@ -307,7 +374,7 @@ impl Worker {
         loop {
             let stopping = *self.stop.borrow();
             if stopping {
-                self.flush(&mut sink, &mut p).await?;
+                self.flush_at_end(&mut conn, &mut p, &mut own).await?;
                 return Ok(());
             }
             if self.shared.detached.load(Ordering::SeqCst) {
@@ -327,9 +394,10 @@ impl Worker {
                     p.next_seq.saturating_sub(*from),
                     Some(self.readers.durable_seq().saturating_sub(*from) + 1),
                 );
-                if self.due(&p) {
-                    self.flush(&mut sink, &mut p).await?;
+                if self.due(&p, conn.is_some()) {
+                    self.flush(&mut conn, &mut p, &mut own).await?;
                 }
+                self.close_if_idle(&mut conn, &mut p, &mut own).await?;
                 if at_end {
                     if let Some((progress, _)) = catch_up.take() {
                         progress.finish();
@@ -344,17 +412,27 @@ impl Worker {
                 continue;
             }
             self.shared.set_state(DestinationState::Streaming, None);
-            let deadline = self.deadline(&p);
+            let deadline = self.deadline(&p, conn.as_ref());
             let mut stop = self.stop.clone();
+            // Enabled before `wanted` is read: a wait that starts after it still wakes us.
+            let wanted = cap.notified();
+            tokio::pin!(wanted);
+            wanted.as_mut().enable();
+            let idle = conn.is_some() && p.started.is_none();
+            if idle && cap.wanted() {
+                self.close_if_idle(&mut conn, &mut p, &mut own).await?;
+                continue;
+            }
             tokio::select! {
                 chunk = self.rx.recv() => match chunk {
                     Some(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
                     None => {
-                        self.flush(&mut sink, &mut p).await?;
+                        self.flush_at_end(&mut conn, &mut p, &mut own).await?;
                         return Ok(());
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = &mut wanted, if idle => {}
                 _ = until_stopped(&mut stop) => {}
             }
             // What piled up while the last batch was written goes into this one: batches grow
@@ -365,10 +443,97 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            if self.due(&p) {
-                self.flush(&mut sink, &mut p).await?;
+            if self.due(&p, conn.is_some()) {
+                self.flush(&mut conn, &mut p, &mut own).await?;
             }
+            self.close_if_idle(&mut conn, &mut p, &mut own).await?;
         }
+    }
+
+    /// At a stop, or when the dispatcher is gone: writes what was taken. A watermark that only
+    /// moved is not worth a connection then (a restart reads those changes again, applying
+    /// none of them).
+    async fn flush_at_end(
+        &mut self,
+        conn: &mut Option<Conn>,
+        p: &mut Pending,
+        own: &mut Option<OwnReader>,
+    ) -> Result<(), WorkerError> {
+        if conn.is_some() || p.started.is_some() {
+            self.flush(conn, p, own).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes an idle connection (no ops taken): after `idle_timeout` without rows to write
+    /// (moving the watermark first), or at once when another destination waits for a permit.
+    async fn close_if_idle(
+        &mut self,
+        conn: &mut Option<Conn>,
+        p: &mut Pending,
+        own: &mut Option<OwnReader>,
+    ) -> Result<(), WorkerError> {
+        let Some(c) = conn.as_ref() else {
+            return Ok(());
+        };
+        if p.started.is_some() {
+            return Ok(());
+        }
+        let wanted = self.connections.wanted();
+        if !wanted && c.used.elapsed() < self.idle_timeout {
+            return Ok(());
+        }
+        if !wanted {
+            self.flush(conn, p, own).await?;
+        }
+        *conn = None;
+        p.refill.disconnect();
+        if !self.shared.detached.load(Ordering::SeqCst) {
+            // Its reader and router are only needed again to fill a gap: let them go too.
+            *own = None;
+        }
+        debug!(destination = %self.name(), wanted, "closed the idle destination connection");
+        Ok(())
+    }
+
+    /// A new connection for a session whose connection was closed: after waiting for a permit
+    /// (taking chunks meanwhile while the batch has room). The destination's watermark must be
+    /// what this session last wrote.
+    async fn reconnect(
+        &mut self,
+        p: &mut Pending,
+        own: &mut Option<OwnReader>,
+    ) -> Result<Conn, WorkerError> {
+        let cap = self.connections.clone();
+        let acquire = cap.acquire(self.writer_connections());
+        tokio::pin!(acquire);
+        let mut open = true;
+        let permit = loop {
+            let take = open
+                && !*self.stop.borrow()
+                && p.rows < self.plan.config.batch_rows
+                && !self.shared.detached.load(Ordering::SeqCst);
+            tokio::select! {
+                permit = &mut acquire => break permit,
+                chunk = self.rx.recv(), if take => match chunk {
+                    Some(chunk) => self.take_chunk(own, p, chunk).await?,
+                    None => open = false,
+                },
+            }
+        };
+        let (writer, watermark) = self.connect_again().await?;
+        if watermark != p.written {
+            return Err(WorkerError::WatermarkMoved {
+                written: p.written,
+                found: watermark,
+            });
+        }
+        debug!(destination = %self.name(), watermark, "destination connected again");
+        Ok(Conn {
+            writer,
+            _permit: permit,
+            used: Instant::now(),
+        })
     }
 
     /// Where a session starting at `from` begins: there, or at the oldest change the log
@@ -472,7 +637,8 @@ impl Worker {
         Ok(at_end)
     }
 
-    fn due(&self, p: &Pending) -> bool {
+    /// Whether to write now; `connected`: whether the connection is open.
+    fn due(&self, p: &Pending, connected: bool) -> bool {
         let cfg = &self.plan.config;
         if p.rows >= cfg.batch_rows {
             return true;
@@ -481,7 +647,9 @@ impl Worker {
             Some(t) => {
                 t.elapsed() >= cfg.flush_interval || p.last_push.elapsed() >= self.pause_flush()
             }
-            None => p.batch.last_seq > p.written && p.last_write.elapsed() >= IDLE_WATERMARK_EVERY,
+            None => {
+                p.batch.last_seq > p.written && p.last_write.elapsed() >= watermark_every(connected)
+            }
         }
     }
 
@@ -494,18 +662,33 @@ impl Worker {
         (interval / 10).max(PAUSE_FLUSH_MIN).min(interval)
     }
 
-    fn deadline(&self, p: &Pending) -> Instant {
-        match p.started {
-            Some(t) => (t + self.plan.config.flush_interval).min(p.last_push + self.pause_flush()),
-            None if p.batch.last_seq > p.written => p.last_write + IDLE_WATERMARK_EVERY,
+    fn deadline(&self, p: &Pending, conn: Option<&Conn>) -> Instant {
+        let idle_close = conn.map(|c| c.used + self.idle_timeout);
+        let at = match p.started {
+            Some(t) => {
+                return (t + self.plan.config.flush_interval).min(p.last_push + self.pause_flush())
+            }
+            None if p.batch.last_seq > p.written => p.last_write + watermark_every(conn.is_some()),
             None => Instant::now() + Duration::from_secs(3600),
-        }
+        };
+        idle_close.map_or(at, |c| c.min(at))
     }
 
-    async fn flush(&self, sink: &mut Writer, p: &mut Pending) -> Result<(), WorkerError> {
+    async fn flush(
+        &mut self,
+        conn: &mut Option<Conn>,
+        p: &mut Pending,
+        own: &mut Option<OwnReader>,
+    ) -> Result<(), WorkerError> {
         if p.batch.last_seq <= p.written {
             return Ok(());
         }
+        // Taken out while writing: a failure ends the session, and the connection with it.
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => self.reconnect(p, own).await?,
+        };
+        let sink = &mut c.writer;
         let started = Instant::now();
         let last_seq = p.batch.last_seq;
         let mut batch = std::mem::replace(&mut p.batch, Batch::new(last_seq));
@@ -534,8 +717,21 @@ impl Worker {
         if sink.keeps_buffers_after(&batch) {
             // Buffers the size of this batch's huge values would stay with the connection.
             debug!(destination = %self.name(), bytes = batch.shared_bytes(), "reconnecting to let go of the buffers of a batch with huge values");
-            *sink = self.connect().await?.0;
+            // The old connection goes first: the permit covers one.
+            let Conn {
+                writer, _permit, ..
+            } = c;
+            drop(writer);
+            c = Conn {
+                writer: self.connect_again().await?.0,
+                _permit,
+                used: Instant::now(),
+            };
         }
+        if !batch.ops.is_empty() {
+            c.used = Instant::now();
+        }
+        *conn = Some(c);
         debug!(destination = %self.name(), ops = batch.ops.len(), first_op = ?batch.ops.first().map(|(_, o)| o.seq()), last_op = ?batch.ops.last().map(|(_, o)| o.seq()), last_seq = batch.last_seq, "applied a batch");
         p.written = batch.last_seq;
         p.rows = 0;
@@ -543,6 +739,15 @@ impl Worker {
         p.last_write = Instant::now();
         self.shared.record_write(p.written, p.commit_time);
         Ok(())
+    }
+}
+
+/// How often a watermark that only moved is written (see the module's comment).
+fn watermark_every(connected: bool) -> Duration {
+    if connected {
+        IDLE_WATERMARK_EVERY
+    } else {
+        CLOSED_WATERMARK_EVERY
     }
 }
 

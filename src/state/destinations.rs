@@ -46,32 +46,42 @@ impl DestinationStore {
         }
     }
 
-    /// Writes `reports` (their `age_seconds` is ignored: now is the time).
+    /// Writes `reports` (their `age_seconds` is ignored: now is the time), in one statement:
+    /// a round trip per destination every report period adds up with 1,000 destinations.
     pub async fn save(&self, reports: &[DestinationReport]) -> Result<(), StateError> {
         let statement = format!(
             "INSERT INTO {} AS d (name, state, watermark, applied_commit_time, last_error, updated_at) \
-             VALUES ($1, $2, $3, CASE WHEN $4::float8 IS NULL THEN NULL \
-                                 ELSE to_timestamp($4::float8 + {PG_EPOCH_UNIX_SECONDS}) END, $5, now()) \
+             SELECT r.name, r.state, r.watermark, CASE WHEN r.commit IS NULL THEN NULL \
+                    ELSE to_timestamp(r.commit + {PG_EPOCH_UNIX_SECONDS}) END, r.last_error, now() \
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::text[]) \
+                  AS r(name, state, watermark, commit, last_error) \
              ON CONFLICT (name) DO UPDATE SET state = excluded.state, \
                  watermark = excluded.watermark, applied_commit_time = excluded.applied_commit_time, \
                  last_error = excluded.last_error, updated_at = excluded.updated_at",
             self.table
         );
-        for r in reports {
-            let watermark = i64::try_from(r.watermark).unwrap_or(i64::MAX);
-            let commit = r.applied_commit_time.map(|us| us as f64 / 1e6);
-            self.client
-                .execute(
-                    &statement,
-                    &[&r.name, &r.state, &watermark, &commit, &r.last_error],
-                )
-                .await
-                .map_err(|source: tokio_postgres::Error| StateError::Query {
-                    what: format!("saving the status of destination {:?}", r.name),
-                    schema: self.schema.clone(),
-                    source: source.into(),
-                })?;
-        }
+        let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+        let states: Vec<&str> = reports.iter().map(|r| r.state.as_str()).collect();
+        let watermarks: Vec<i64> = reports
+            .iter()
+            .map(|r| i64::try_from(r.watermark).unwrap_or(i64::MAX))
+            .collect();
+        let commits: Vec<Option<f64>> = reports
+            .iter()
+            .map(|r| r.applied_commit_time.map(|us| us as f64 / 1e6))
+            .collect();
+        let errors: Vec<Option<&str>> = reports.iter().map(|r| r.last_error.as_deref()).collect();
+        self.client
+            .execute(
+                &statement,
+                &[&names, &states, &watermarks, &commits, &errors],
+            )
+            .await
+            .map_err(|source: tokio_postgres::Error| StateError::Query {
+                what: format!("saving the status of {} destinations", reports.len()),
+                schema: self.schema.clone(),
+                source: source.into(),
+            })?;
         Ok(())
     }
 

@@ -66,6 +66,10 @@ pub const SNAPSHOT_CHUNKS_TOTAL: &str = "pgfanout_snapshot_chunks_total";
 pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
 /// PostgreSQL connections open, by `kind`: `sql` or `replication`.
 pub const OPEN_CONNECTIONS: &str = "pgfanout_open_connections";
+/// Destination writers connected, under `[fanout] max_connections` (any kind of destination).
+pub const DEST_CONNECTIONS_OPEN: &str = "pgfanout_destination_connections_open";
+/// Destination writers waiting for one of the `[fanout] max_connections` connections.
+pub const DEST_CONNECTIONS_WAITING: &str = "pgfanout_destination_connections_waiting";
 /// 1 while the pipeline streams from its slot (what `/ready` also requires).
 pub const STREAMING: &str = "pgfanout_streaming";
 /// Always 1; the `version` label carries the build's version.
@@ -196,6 +200,14 @@ pub fn describe() {
         "Snapshot rows emitted into the change log."
     );
     describe_gauge!(OPEN_CONNECTIONS, "PostgreSQL connections open, by kind.");
+    describe_gauge!(
+        DEST_CONNECTIONS_OPEN,
+        "Destination writers connected, under [fanout] max_connections."
+    );
+    describe_gauge!(
+        DEST_CONNECTIONS_WAITING,
+        "Destination writers waiting for a connection under [fanout] max_connections."
+    );
     describe_gauge!(STREAMING, "1 while the pipeline streams from its slot.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label is the build's.");
 }
