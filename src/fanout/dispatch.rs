@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::changelog::{LogReader, LogRecord};
@@ -29,12 +29,22 @@ const BEAT_EVERY_CHANGES: u64 = 4096;
 /// Longest wait for new records before looking at the stop flag and re-attach requests.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-/// A destination's queue holds two of its batches (and at least [`super::QUEUE_CHUNKS`]
-/// chunks): the dispatcher routes on while the worker writes one batch, so a destination
-/// that keeps up with the log on average never detaches just because one write takes a
-/// while (a ClickHouse insert of 100,000 rows). Memory stays bounded by `batch_rows`.
+/// A destination's queue holds up to two of its batches in chunks (and at least
+/// [`super::QUEUE_CHUNKS`] chunks, for small ones): the dispatcher routes on while the worker
+/// writes one batch, so a destination that keeps up with the log on average never detaches
+/// just because one write takes a while (a ClickHouse insert). What the queue may hold in
+/// memory is bounded by [`queue_ops`].
 pub(super) fn queue_chunks(batch_rows: usize) -> usize {
     (2 * batch_rows.div_ceil(CHUNK_OPS)).max(super::QUEUE_CHUNKS)
+}
+
+/// The ops a destination's queue holds at most, whatever the chunks' sizes: one batch (at
+/// least one full chunk). The worker writes one batch while the next one queues up; a
+/// destination that writes a batch faster than the log brings one never needs more, and rows
+/// are the daemon's memory (a few hundred bytes each, every destination its own copy), so a
+/// queue counted in chunks of up to 1,024 ops held far more than a batch (invariant 3X).
+pub(super) fn queue_ops(batch_rows: usize) -> usize {
+    batch_rows.max(CHUNK_OPS)
 }
 
 /// A destination's share of the log from `from_seq` to `to_seq` (inclusive): every change in
@@ -48,6 +58,9 @@ pub(super) struct Chunk {
     pub ops: Vec<(usize, Planned)>,
     /// Commit time of the last transaction that ended at or before `to_seq`.
     pub commit_time: Option<Timestamp>,
+    /// The ops' share of the destination's queue budget ([`queue_ops`]), given back when the
+    /// worker has taken them (the chunk is dropped).
+    pub _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// The dispatcher's side of one destination.
@@ -55,6 +68,8 @@ pub(super) struct Link {
     pub name: String,
     pub tx: mpsc::Sender<Chunk>,
     pub shared: Arc<DestShared>,
+    /// Permits for the ops queued ([`queue_ops`]).
+    budget: Arc<Semaphore>,
     attached: bool,
     /// Last seq routed for this destination while attached.
     covered: u64,
@@ -64,12 +79,19 @@ pub(super) struct Link {
 
 impl Link {
     /// Every destination starts detached: it first catches up from its own watermark.
-    pub fn new(name: String, tx: mpsc::Sender<Chunk>, shared: Arc<DestShared>) -> Self {
+    /// `queue_ops` bounds the ops its queue holds ([`queue_ops`]).
+    pub fn new(
+        name: String,
+        tx: mpsc::Sender<Chunk>,
+        shared: Arc<DestShared>,
+        queue_ops: usize,
+    ) -> Self {
         shared.detached.store(true, Ordering::SeqCst);
         Link {
             name,
             tx,
             shared,
+            budget: Arc::new(Semaphore::new(queue_ops)),
             attached: false,
             covered: 0,
             pending: Vec::new(),
@@ -249,24 +271,47 @@ impl Dispatcher {
 
     fn send(&mut self, i: usize) {
         let link = &mut self.links[i];
+        let ops = std::mem::take(&mut link.pending);
+        // A queue that holds its budget of ops is full, however few chunks it holds.
+        let budget = match ops.len() {
+            0 => None,
+            n => match u32::try_from(n)
+                .ok()
+                .and_then(|n| link.budget.clone().try_acquire_many_owned(n).ok())
+            {
+                Some(permit) => Some(permit),
+                None => {
+                    link.detach_full(self.last_seq);
+                    return;
+                }
+            },
+        };
         let chunk = Chunk {
             from_seq: link.covered + 1,
             to_seq: self.last_seq,
-            ops: std::mem::take(&mut link.pending),
+            ops,
             commit_time: self.commit_time,
+            _budget: budget,
         };
         match link.tx.try_send(chunk) {
             Ok(()) => {
                 link.covered = self.last_seq;
                 link.last_sent = Instant::now();
             }
-            Err(e) => {
+            Err(mpsc::error::TrySendError::Full(_)) => link.detach_full(self.last_seq),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
                 link.attached = false;
                 link.shared.detached.store(true, Ordering::SeqCst);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    warn!(destination = %link.name, seq = self.last_seq, "destination fell behind; detached, it catches up from the change log");
-                }
             }
         }
+    }
+}
+
+impl Link {
+    /// The queue is full: the destination reads the log itself from here on.
+    fn detach_full(&mut self, seq: u64) {
+        self.attached = false;
+        self.shared.detached.store(true, Ordering::SeqCst);
+        warn!(destination = %self.name, seq, "destination fell behind; detached, it catches up from the change log");
     }
 }

@@ -348,7 +348,7 @@ impl Worker {
             let mut stop = self.stop.clone();
             tokio::select! {
                 chunk = self.rx.recv() => match chunk {
-                    Some(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
+                    Some(chunk) => self.take_chunk(&mut sink, &mut own, &mut p, chunk).await?,
                     None => {
                         self.flush(&mut sink, &mut p).await?;
                         return Ok(());
@@ -361,7 +361,7 @@ impl Worker {
             // with the load, not with a timer.
             while p.rows < self.plan.config.batch_rows {
                 match self.rx.try_recv() {
-                    Ok(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
+                    Ok(chunk) => self.take_chunk(&mut sink, &mut own, &mut p, chunk).await?,
                     Err(_) => break,
                 }
             }
@@ -399,8 +399,12 @@ impl Worker {
         oldest
     }
 
+    /// Takes `chunk` into the batch, first filling the gap before it from the log (writing
+    /// batches as they fill: a gap can be most of a huge transaction, when the dispatcher
+    /// re-attached the destination only at its commit).
     async fn take_chunk(
         &self,
+        sink: &mut Writer,
         own: &mut Option<OwnReader>,
         p: &mut Pending,
         chunk: Chunk,
@@ -412,6 +416,9 @@ impl Worker {
         while chunk.from_seq > p.next_seq {
             debug!(destination = %self.name(), from = p.next_seq, to = chunk.from_seq - 1, "filling a gap from the change log");
             self.read_own(own, p, Some(chunk.from_seq)).await?;
+            if p.rows >= self.plan.config.batch_rows {
+                self.flush(sink, p).await?;
+            }
         }
         let rows_before = p.rows;
         for (table, op) in chunk.ops {
