@@ -49,8 +49,10 @@ pub const DEFAULT_DESTINATION_SCHEMA: &str = "public";
 pub const DEFAULT_APPLY_CONNECTIONS: usize = 2;
 /// The most connections one PostgreSQL destination may write a batch over.
 pub const MAX_APPLY_CONNECTIONS: usize = 32;
-/// ClickHouse wants few large inserts: every insert makes a part that merges later.
-pub const DEFAULT_CLICKHOUSE_BATCH_ROWS: usize = 100_000;
+/// ClickHouse wants few large inserts: every insert makes a part that merges later. 50,000
+/// rows: a destination holds up to two batches of rows in memory (one being written, one
+/// queued), a few hundred bytes each (invariant 37).
+pub const DEFAULT_CLICKHOUSE_BATCH_ROWS: usize = 50_000;
 pub const DEFAULT_CLICKHOUSE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CLICKHOUSE_DATABASE: &str = "default";
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::changelog::{LogReader, LogRecord};
@@ -34,12 +34,22 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// How often a full queue is looked at again while the dispatcher waits for room.
 const ROOM_POLL: Duration = Duration::from_micros(500);
 
-/// A destination's queue holds two of its batches (and at least [`super::QUEUE_CHUNKS`]
-/// chunks): the dispatcher routes on while the worker writes one batch, so a destination
-/// that keeps up with the log on average never detaches just because one write takes a
-/// while (a ClickHouse insert of 100,000 rows). Memory stays bounded by `batch_rows`.
+/// A destination's queue holds up to two of its batches in chunks (and at least
+/// [`super::QUEUE_CHUNKS`] chunks, for small ones): the dispatcher routes on while the worker
+/// writes one batch, so a destination that keeps up with the log on average never detaches
+/// just because one write takes a while (a ClickHouse insert). What the queue may hold in
+/// memory is bounded by [`queue_ops`].
 pub(super) fn queue_chunks(batch_rows: usize) -> usize {
     (2 * batch_rows.div_ceil(CHUNK_OPS)).max(super::QUEUE_CHUNKS)
+}
+
+/// The ops a destination's queue holds at most, whatever the chunks' sizes: one batch (at
+/// least one full chunk). The worker writes one batch while the next one queues up; a
+/// destination that writes a batch faster than the log brings one never needs more, and rows
+/// are the daemon's memory (a few hundred bytes each, every destination its own copy), so a
+/// queue counted in chunks of up to 1,024 ops held far more than a batch (invariant 37).
+pub(super) fn queue_ops(batch_rows: usize) -> usize {
+    batch_rows.max(CHUNK_OPS)
 }
 
 /// A destination's share of the log from `from_seq` to `to_seq` (inclusive): every change in
@@ -53,6 +63,9 @@ pub(super) struct Chunk {
     pub ops: Vec<(usize, Planned)>,
     /// Commit time of the last transaction that ended at or before `to_seq`.
     pub commit_time: Option<Timestamp>,
+    /// The ops' share of the destination's queue budget ([`queue_ops`]), given back when the
+    /// worker has taken them (the chunk is dropped).
+    pub _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// The dispatcher's side of one destination.
@@ -60,6 +73,10 @@ pub(super) struct Link {
     pub name: String,
     pub tx: mpsc::Sender<Chunk>,
     pub shared: Arc<DestShared>,
+    /// Permits for the ops queued ([`queue_ops`]).
+    budget: Arc<Semaphore>,
+    /// The budget's size.
+    queue_ops: usize,
     attached: bool,
     /// Last seq routed for this destination while attached.
     covered: u64,
@@ -69,12 +86,20 @@ pub(super) struct Link {
 
 impl Link {
     /// Every destination starts detached: it first catches up from its own watermark.
-    pub fn new(name: String, tx: mpsc::Sender<Chunk>, shared: Arc<DestShared>) -> Self {
+    /// `queue_ops` bounds the ops its queue holds ([`queue_ops`]).
+    pub fn new(
+        name: String,
+        tx: mpsc::Sender<Chunk>,
+        shared: Arc<DestShared>,
+        queue_ops: usize,
+    ) -> Self {
         shared.detached.store(true, Ordering::SeqCst);
         Link {
             name,
             tx,
             shared,
+            budget: Arc::new(Semaphore::new(queue_ops)),
+            queue_ops,
             attached: false,
             covered: 0,
             pending: Vec::new(),
@@ -267,29 +292,62 @@ impl Dispatcher<'_> {
                 && other.attached
                 && !other.shared.detached.load(Ordering::SeqCst)
                 && other.tx.capacity() > 0
+                && other.budget.available_permits() > 0
         })
+    }
+
+    /// Sleeps while waiting for room in a queue; the dispatcher is alive, held back by the
+    /// destinations, so it keeps beating.
+    fn wait_a_moment(&mut self, waiting_since: &mut Option<Instant>) {
+        let since = waiting_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= PROGRESS_EVERY {
+            self.heartbeat.beat();
+            *since = Instant::now();
+        }
+        std::thread::sleep(ROOM_POLL);
     }
 
     fn send(&mut self, i: usize) {
         let link = &mut self.links[i];
+        let ops = std::mem::take(&mut link.pending);
+        // A queue that holds its budget of ops is full, however few chunks it holds; it is
+        // waited for like a full queue (see `may_wait_for`), else the destination detaches.
+        let budget = match u32::try_from(ops.len()) {
+            Ok(0) => None,
+            Ok(n) => {
+                let mut waiting_since: Option<Instant> = None;
+                loop {
+                    let link = &self.links[i];
+                    if let Ok(permit) = link.budget.clone().try_acquire_many_owned(n) {
+                        break Some(permit);
+                    }
+                    // More than the whole budget never fits: only detaching helps.
+                    if n as usize > link.queue_ops || !self.may_wait_for(i) {
+                        self.links[i].detach_full(self.last_seq);
+                        return;
+                    }
+                    self.wait_a_moment(&mut waiting_since);
+                }
+            }
+            Err(_) => {
+                self.links[i].detach_full(self.last_seq);
+                return;
+            }
+        };
+        let link = &mut self.links[i];
         let mut chunk = Chunk {
             from_seq: link.covered + 1,
             to_seq: self.last_seq,
-            ops: std::mem::take(&mut link.pending),
+            ops,
             commit_time: self.commit_time,
+            _budget: budget,
         };
         let mut waiting_since: Option<Instant> = None;
         let result = loop {
             match self.links[i].tx.try_send(chunk) {
                 Err(mpsc::error::TrySendError::Full(back)) if self.may_wait_for(i) => {
                     chunk = back;
-                    // Alive, held back by the destinations: not a stalled loop.
-                    let since = waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= PROGRESS_EVERY {
-                        self.heartbeat.beat();
-                        *since = Instant::now();
-                    }
-                    std::thread::sleep(ROOM_POLL);
+                    self.wait_a_moment(&mut waiting_since);
                 }
                 other => break other,
             }
@@ -300,13 +358,20 @@ impl Dispatcher<'_> {
                 link.covered = self.last_seq;
                 link.last_sent = Instant::now();
             }
-            Err(e) => {
+            Err(mpsc::error::TrySendError::Full(_)) => link.detach_full(self.last_seq),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
                 link.attached = false;
                 link.shared.detached.store(true, Ordering::SeqCst);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    warn!(destination = %link.name, seq = self.last_seq, "destination fell behind; detached, it catches up from the change log");
-                }
             }
         }
+    }
+}
+
+impl Link {
+    /// The queue is full: the destination reads the log itself from here on.
+    fn detach_full(&mut self, seq: u64) {
+        self.attached = false;
+        self.shared.detached.store(true, Ordering::SeqCst);
+        warn!(destination = %self.name, seq, "destination fell behind; detached, it catches up from the change log");
     }
 }

@@ -372,6 +372,7 @@ impl Fanout {
                 plan.config.name.clone(),
                 tx,
                 shared.clone(),
+                dispatch::queue_ops(plan.config.batch_rows),
             ));
             shared_all.push((plan.config.name.clone(), shared.clone()));
             workers.push(worker::Worker {

@@ -727,6 +727,9 @@ impl Planner<'_> {
     /// Pushes `row` for every destination of `tenant` with the mapping, except those that
     /// also serve `skip` (a tenant whose ops were already planned for them).
     fn emit(&self, tenant: &str, skip: Option<&str>, row: Planned, out: &mut Vec<Routed>) {
+        // The last destination takes `row` itself: one copy per destination, not one more
+        // (with one destination, none).
+        let mut last = None;
         for (destination, table) in self.destinations.serving(self.route.id, tenant) {
             if let Some(skip) = skip {
                 if self
@@ -737,10 +740,19 @@ impl Planner<'_> {
                     continue;
                 }
             }
+            if let Some((destination, table)) = last.replace((destination, table)) {
+                out.push(Routed {
+                    destination,
+                    table,
+                    op: row.clone(),
+                });
+            }
+        }
+        if let Some((destination, table)) = last {
             out.push(Routed {
                 destination,
                 table,
-                op: row.clone(),
+                op: row,
             });
         }
     }

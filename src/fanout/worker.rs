@@ -425,7 +425,7 @@ impl Worker {
             }
             tokio::select! {
                 chunk = self.rx.recv() => match chunk {
-                    Some(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
+                    Some(chunk) => self.take_chunk(&mut conn, &mut own, &mut p, chunk).await?,
                     None => {
                         self.flush_at_end(&mut conn, &mut p, &mut own).await?;
                         return Ok(());
@@ -439,7 +439,7 @@ impl Worker {
             // with the load, not with a timer.
             while p.rows < self.plan.config.batch_rows {
                 match self.rx.try_recv() {
-                    Ok(chunk) => self.take_chunk(&mut own, &mut p, chunk).await?,
+                    Ok(chunk) => self.take_chunk(&mut conn, &mut own, &mut p, chunk).await?,
                     Err(_) => break,
                 }
             }
@@ -516,7 +516,7 @@ impl Worker {
             tokio::select! {
                 permit = &mut acquire => break permit,
                 chunk = self.rx.recv(), if take => match chunk {
-                    Some(chunk) => self.take_chunk(own, p, chunk).await?,
+                    Some(chunk) => self.take_chunk_unwritten(own, p, chunk).await?,
                     None => open = false,
                 },
             }
@@ -564,7 +564,29 @@ impl Worker {
         oldest
     }
 
+    /// Takes `chunk` into the batch, first filling the gap before it from the log, writing
+    /// batches as they fill: a gap can be most of a huge transaction, when the dispatcher
+    /// re-attached the destination only at its commit.
     async fn take_chunk(
+        &mut self,
+        conn: &mut Option<Conn>,
+        own: &mut Option<OwnReader>,
+        p: &mut Pending,
+        chunk: Chunk,
+    ) -> Result<(), WorkerError> {
+        while chunk.to_seq >= p.next_seq && chunk.from_seq > p.next_seq {
+            debug!(destination = %self.name(), from = p.next_seq, to = chunk.from_seq - 1, "filling a gap from the change log");
+            self.read_own(own, p, Some(chunk.from_seq)).await?;
+            if p.rows >= self.plan.config.batch_rows {
+                self.flush(conn, p, own).await?;
+            }
+        }
+        self.take_chunk_unwritten(own, p, chunk).await
+    }
+
+    /// [`take_chunk`](Self::take_chunk) without writing: while waiting for a connection
+    /// permit, a gap goes into the batch whole.
+    async fn take_chunk_unwritten(
         &self,
         own: &mut Option<OwnReader>,
         p: &mut Pending,
