@@ -51,8 +51,8 @@ const WRITER_QUEUE: usize = 64;
 /// `log.sync_interval`) after its previous sync: the commits that arrive meanwhile share the
 /// fsync. Without the gap a stream of small transactions costs one fdatasync each; with the
 /// log on PostgreSQL's disk that took a third of pgbench's TPS on a 2-core machine
-/// (BENCHMARKS.md, "Cost to the source"). 2 ms did as well there as 5 ms and adds at most that
-/// to a commit's latency.
+/// (BENCHMARKS.md, "Cost to the source"). A commit that arrives after a quiet moment is synced
+/// at once; one that follows a sync closely waits at most this long.
 const SYNC_GAP: Duration = Duration::from_millis(2);
 /// Age-based retention runs this often; the size cap also whenever a segment was added.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
