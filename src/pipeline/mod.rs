@@ -47,6 +47,13 @@ use recovery::{Observed, RecoveryError, Resume};
 const WRITER_BATCH: usize = 256;
 /// Messages in flight to the writer: bounds memory to about this many batches.
 const WRITER_QUEUE: usize = 64;
+/// When the queue runs dry the writer syncs, but not sooner than this (at most
+/// `log.sync_interval`) after its previous sync: the commits that arrive meanwhile share the
+/// fsync. Without the gap a stream of small transactions costs one fdatasync each; with the
+/// log on PostgreSQL's disk that took a third of pgbench's TPS on a 2-core machine
+/// (BENCHMARKS.md, "Cost to the source"). A commit that arrives after a quiet moment is synced
+/// at once; one that follows a sync closely waits at most this long.
+const SYNC_GAP: Duration = Duration::from_millis(2);
 /// Age-based retention runs this often; the size cap also whenever a segment was added.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -682,8 +689,9 @@ async fn save_checkpoint(state: &StateDb, binding: &Binding, durable: Durable) {
     }
 }
 
-/// The writer thread: appends, syncs when the queue runs dry or `sync_interval` has passed
-/// since the oldest unsynced commit (group commit), publishes what is durable.
+/// The writer thread: appends, syncs when the queue runs dry (but not within [`SYNC_GAP`] of
+/// the previous sync) or `sync_interval` has passed since the oldest unsynced commit (group
+/// commit), publishes what is durable.
 ///
 /// Transactions with nothing to log and idle keepalives move the confirmable position past
 /// the last commit; that is published only once the log has recorded it
@@ -706,7 +714,9 @@ fn write_loop(
         durable_tx,
         lsn_tx,
         metrics: LogMetrics::new(),
+        last_sync: Instant::now(),
     };
+    let gap = sync_interval.min(SYNC_GAP);
     w.metrics.record(&log, durable.last_seq);
     let mut oldest_unsynced: Option<Instant> = None;
     let mut last_retention = Instant::now();
@@ -715,6 +725,13 @@ fn write_loop(
         let msg = match rx.try_recv() {
             Ok(m) => Some(m),
             Err(mpsc::error::TryRecvError::Empty) => {
+                if w.pending.is_some() {
+                    let wait = gap.saturating_sub(w.last_sync.elapsed());
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                        continue;
+                    }
+                }
                 // Idle: make what we have durable before waiting.
                 w.settle(&mut log)?;
                 oldest_unsynced = None;
@@ -776,6 +793,8 @@ struct Published {
     durable_tx: watch::Sender<Durable>,
     lsn_tx: watch::Sender<Lsn>,
     metrics: LogMetrics,
+    /// When the last sync finished (see [`SYNC_GAP`]).
+    last_sync: Instant,
 }
 
 /// The change log's metrics, recorded by the writer once per sync (group commit).
@@ -820,6 +839,7 @@ impl Published {
             return Ok(());
         };
         log.sync()?;
+        self.last_sync = Instant::now();
         // An error here stands for an fsync that reported failure after the data reached the
         // disk: handled as `sync`'s own error (nothing published; the writer stops).
         failpoint::hit(failpoint::PIPELINE_AFTER_FSYNC_BEFORE_FEEDBACK).map_err(|source| {
