@@ -33,6 +33,9 @@ pub struct PostgresSink {
     /// Further connections a batch is written over, each its share of the keys (parallel
     /// apply, see [`apply`](Self::apply)); empty: the batch connection writes everything.
     partitions: Vec<ApplyConnection>,
+    /// Whether the next batch looks for partition rows a crashed batch left ahead of the
+    /// watermark (see [`apply`](Self::apply)).
+    look_ahead: bool,
     /// The numbering the watermark counts: written with it, and a watermark of another is
     /// refused (see `crate::binding`). `None` writes and checks none (tests, older callers).
     lineage: Option<Lineage>,
@@ -56,6 +59,7 @@ impl PostgresSink {
             schema: schema.into(),
             tables: Vec::new(),
             partitions: Vec::new(),
+            look_ahead: true,
             lineage: None,
         }
     }
@@ -662,8 +666,13 @@ impl PostgresSink {
                 return Ok(ApplyOutcome::AlreadyApplied { watermark: current });
             }
             // Partitions a crashed batch committed beyond the watermark: their rows are written.
-            let ahead: Vec<(usize, usize, i64)> = tx
-                .query(
+            // Looked for at a session's first batch, after a failed one and while some were
+            // found; a batch that commits leaves none of its own behind.
+            let look = std::mem::replace(&mut self.look_ahead, true);
+            let ahead: Vec<(usize, usize, i64)> = if !look {
+                Vec::new()
+            } else {
+                tx.query(
                     &format!(
                         "SELECT destination, seq FROM {} \
                          WHERE left(destination, length($1)) = $1 AND seq > $2",
@@ -675,7 +684,8 @@ impl PostgresSink {
                 .map_err(wm_err("reading the partition watermarks"))?
                 .iter()
                 .filter_map(|r| parse_partition_row(destination, r.get(0), r.get(1)))
-                .collect();
+                .collect()
+            };
             if !ahead.is_empty() {
                 let mut layouts: Vec<usize> = ahead.iter().map(|a| a.0).collect();
                 layouts.sort_unstable();
@@ -770,6 +780,7 @@ impl PostgresSink {
                 .await
                 .map_err(wm_err("advancing the watermark"))?;
                 tx.commit().await.map_err(wm_err("committing the batch"))?;
+                self.look_ahead = !ahead.is_empty();
                 return Ok(ApplyOutcome::Applied);
             }
             let _ = tx.rollback().await;
