@@ -9,8 +9,9 @@
 //! ```
 //!
 //! The input is tried both as a CopyData payload (`'w'` XLogData / `'k'` keepalive; an
-//! XLogData's payload is then decoded too) and directly as a pgoutput message. Neither may
-//! panic, and every error must point inside the input and name what it was decoding.
+//! XLogData's payload is then decoded too) and directly as a pgoutput message, outside and
+//! inside a protocol 2 stream block. None may panic, and every error must point inside the
+//! input and name what it was decoding.
 
 #![no_main]
 
@@ -18,7 +19,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use pgfanout::change::{Datum, OldTuple, Tuple};
 use pgfanout::source::pgoutput::{
-    decode_message, parse_replication_message, DecodeError, PgOutput, ReplicationMessage,
+    decode_message, decode_streamed, parse_replication_message, streamed_xid, DecodeError,
+    PgOutput, ReplicationMessage,
 };
 
 fn check(e: &DecodeError, input: &Bytes) {
@@ -59,15 +61,24 @@ fn decode(data: &Bytes) {
     }
 }
 
+fn decode_in_block(data: &Bytes) {
+    match decode_streamed(data) {
+        Ok((xid, _)) => assert_eq!(streamed_xid(data), Ok(xid)),
+        Err(e) => check(&e, data),
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let frame = Bytes::copy_from_slice(input);
     match parse_replication_message(&frame) {
         Ok(ReplicationMessage::XLogData { data, .. }) => {
             assert_eq!(data.len() + 25, frame.len());
             decode(&data);
+            decode_in_block(&data);
         }
         Ok(ReplicationMessage::PrimaryKeepalive { .. }) => assert_eq!(frame.len(), 18),
         Err(e) => check(&e, &frame),
     }
     decode(&frame);
+    decode_in_block(&frame);
 });

@@ -323,6 +323,20 @@ pub struct SourceConfig {
     pub status_interval: Duration,
     /// Emit a tiny logical message this often so an idle database does not hold WAL.
     pub heartbeat_interval: Option<Duration>,
+    /// The pgoutput protocol version (`source.protocol`).
+    pub protocol: Protocol,
+}
+
+/// Which pgoutput protocol to stream with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// 2 where the server streams in-progress transactions (PostgreSQL 14+), else 1.
+    #[default]
+    Auto,
+    /// Transactions only once committed.
+    V1,
+    /// In-progress transactions streamed before their commit; refused before PostgreSQL 14.
+    V2,
 }
 
 mod raw;

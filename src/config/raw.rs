@@ -159,6 +159,8 @@ pub(super) struct RawSource {
     pub(super) manage: Option<bool>,
     pub(super) status_interval: Option<String>,
     pub(super) heartbeat_interval: Option<String>,
+    /// `"auto"`, 1 or 2 (an integer or its text).
+    pub(super) protocol: Option<toml::Value>,
 }
 
 /// Replaces `${NAME}` in every string value; `$${` stays a literal `${`.

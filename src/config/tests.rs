@@ -56,6 +56,30 @@ fn defaults() {
     assert_eq!(c.source.publication, DEFAULT_PUBLICATION);
     assert!(c.source.tables.is_none());
     assert_eq!(c.source.manage, DEFAULT_MANAGE);
+    assert_eq!(c.source.protocol, Protocol::Auto);
+}
+
+#[test]
+fn source_protocol_is_auto_1_or_2_and_anything_else_names_the_key() {
+    let protocol = |v: &str| {
+        parse(&format!(
+            "[source]\nurl = \"postgres://u@h/db\"\nprotocol = {v}"
+        ))
+    };
+    assert_eq!(
+        protocol("\"auto\"").unwrap().source.protocol,
+        Protocol::Auto
+    );
+    assert_eq!(protocol("1").unwrap().source.protocol, Protocol::V1);
+    assert_eq!(protocol("2").unwrap().source.protocol, Protocol::V2);
+    assert_eq!(protocol("\"2\"").unwrap().source.protocol, Protocol::V2);
+    for bad in ["3", "\"v2\"", "true", "0"] {
+        let p = only_problem(&format!(
+            "[source]\nurl = \"postgres://u@h/db\"\nprotocol = {bad}"
+        ));
+        assert_eq!(p.key, "source.protocol", "{bad}");
+        assert!(p.message.contains("\"auto\""), "{}", p.message);
+    }
 }
 
 #[test]

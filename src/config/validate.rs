@@ -12,9 +12,9 @@ use super::raw::{
 };
 use super::{
     AdminConfig, ClickHouseStore, Config, DestinationConfig, DestinationKind, FanoutConfig,
-    LogConfig, MappedColumns, MappingConfig, PostgresStore, Problem, SnapshotConfig, SnapshotMode,
-    SourceConfig, StageRules, StateConfig, StoreConfig, StoreSettings, Tenants, TenantsConfig,
-    ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_APPLY_CONNECTIONS, DEFAULT_BATCH_ROWS,
+    LogConfig, MappedColumns, MappingConfig, PostgresStore, Problem, Protocol, SnapshotConfig,
+    SnapshotMode, SourceConfig, StageRules, StateConfig, StoreConfig, StoreSettings, Tenants,
+    TenantsConfig, ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_APPLY_CONNECTIONS, DEFAULT_BATCH_ROWS,
     DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE,
     DEFAULT_CLICKHOUSE_FLUSH_INTERVAL, DEFAULT_DESTINATION_SCHEMA, DEFAULT_FLUSH_INTERVAL,
     DEFAULT_LOG_DIR, DEFAULT_MANAGE, DEFAULT_PUBLICATION, DEFAULT_RETENTION_AGE,
@@ -69,6 +69,22 @@ impl RawConfig {
             s.status_interval.as_deref(),
             DEFAULT_STATUS_INTERVAL,
         );
+        let protocol = match &s.protocol {
+            None => Protocol::Auto,
+            Some(toml::Value::String(v)) if v == "auto" => Protocol::Auto,
+            Some(toml::Value::Integer(1)) => Protocol::V1,
+            Some(toml::Value::Integer(2)) => Protocol::V2,
+            Some(toml::Value::String(v)) if v == "1" => Protocol::V1,
+            Some(toml::Value::String(v)) if v == "2" => Protocol::V2,
+            Some(_) => {
+                problem(
+                    "source.protocol",
+                    "must be \"auto\" (the default: 2 on PostgreSQL 14 and later, else 1), 1 or 2"
+                        .into(),
+                );
+                Protocol::Auto
+            }
+        };
         let heartbeat_interval = s.heartbeat_interval.as_deref().map(|v| {
             duration(
                 &mut problem,
@@ -186,6 +202,7 @@ impl RawConfig {
                         manage: s.manage.unwrap_or(DEFAULT_MANAGE),
                         status_interval,
                         heartbeat_interval,
+                        protocol,
                     },
                     log,
                     state: StateConfig {

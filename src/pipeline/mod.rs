@@ -54,6 +54,8 @@ const WRITER_QUEUE: usize = 64;
 /// (BENCHMARKS.md, "Cost to the source"). A commit that arrives after a quiet moment is synced
 /// at once; one that follows a sync closely waits at most this long.
 const SYNC_GAP: Duration = Duration::from_millis(2);
+/// The change log's subdirectory where protocol 2 spools transactions in progress.
+pub const STREAMING_SPOOL_DIR: &str = "streaming";
 /// Age-based retention runs this often; the size cap also whenever a segment was added.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -286,7 +288,12 @@ async fn run_once(
     let resume = plan.resume;
     let created = matches!(plan.slot, SlotPlan::Create(_) | SlotPlan::Recreate(_));
     info!(slot = %slot, seq = resume.last_seq, lsn = %resume.logged_end, lineage = %plan.meta.lineage, "resuming");
-    let mut stream = preflight.stream(&cfg.source, plan.slot).await?;
+    // Protocol 2's transactions in progress wait beside the segments they are copied into at
+    // their commit (`source::spool`); nothing there outlives a restart.
+    let spool_dir = cfg.log.dir.join(STREAMING_SPOOL_DIR);
+    let mut stream = preflight
+        .stream(&cfg.source, plan.slot, Some(&spool_dir))
+        .await?;
     if created {
         // The new slot starts at its consistent point: record that the log vouches for the
         // stream up to there (nothing before it will ever arrive), so the next start does not

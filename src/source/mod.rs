@@ -8,16 +8,24 @@
 //!              └────────────────────────────────────────────────┘
 //! ```
 //!
-//! Changes are handed out as they are decoded; nothing buffers a transaction. The position
-//! reported to PostgreSQL as flushed only moves when the consumer calls
+//! Changes are handed out as they are decoded; nothing buffers a transaction in memory. The
+//! position reported to PostgreSQL as flushed only moves when the consumer calls
 //! [`LogicalStream::confirm`], or, while no transaction is pending, to a keepalive's WAL end
 //! (so an idle slot does not hold WAL).
+//!
+//! With protocol 2 (PostgreSQL 14 and later, `source.protocol`) the server streams a large
+//! transaction while it is still in progress, instead of holding every later commit until it
+//! has decoded the whole of it. Its blocks go to the [`spool`] on disk; at its Stream Commit
+//! the stream hands it out as Begin, changes, Commit — exactly what protocol 1 sends at that
+//! commit — so consumers see transactions in commit order whichever protocol runs, and number
+//! them the same.
 
 pub mod catalog;
 pub mod pgoutput;
 pub mod rows;
 pub mod session;
 pub mod slot;
+pub mod spool;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,12 +36,13 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::change::{Op, Relation, RowChange, TupleShapeError};
-use crate::config::SourceConfig;
+use crate::config::{Protocol, SourceConfig};
 use crate::disposition::{Classify, ErrorKind};
 use crate::lsn::Lsn;
 use crate::value::{PgType, Timestamp};
 use pgoutput::{DecodeError, PgOutput, ReplicationMessage};
 use session::{CopyFrame, Session, SessionError};
+use spool::{Replay, Spool, SpoolError};
 
 pub use slot::{ServerIdentity, SlotPlan, SlotRow, SlotSpec};
 
@@ -73,6 +82,10 @@ pub enum SourceError {
     Order(&'static str),
     #[error("the server ended the replication stream")]
     StreamEnded,
+    #[error("source.protocol = 2 needs PostgreSQL 14 or later, but the server is version {version}\nHINT: set source.protocol = \"auto\" (protocol 1 on this server) or upgrade the server")]
+    ProtocolUnsupported { version: String },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 impl Classify for SourceError {
@@ -82,6 +95,9 @@ impl Classify for SourceError {
         match self {
             SourceError::Session(e) => e.kind(),
             SourceError::StreamEnded => ErrorKind::Transient,
+            // The spool is emptied at the next start and the server streams again what was
+            // not committed: a full disk can clear meanwhile.
+            SourceError::Spool(e) if e.is_io() => ErrorKind::Transient,
             _ => ErrorKind::Definite,
         }
     }
@@ -179,6 +195,12 @@ struct OpenTxn {
 pub struct LogicalStream {
     session: Session,
     slot: String,
+    /// The pgoutput protocol version streaming (1 or 2).
+    protocol: u8,
+    /// Protocol 2: transactions streamed and not yet committed.
+    spool: Option<Spool>,
+    /// A committed streamed transaction being handed out.
+    replay: Option<Replaying>,
     relations: HashMap<u32, Arc<Relation>>,
     types: TypeRegistry,
     txn: Option<OpenTxn>,
@@ -202,6 +224,42 @@ pub struct LogicalStream {
 /// While frames keep arriving, look at the clock once per this many.
 const STATUS_CHECK_FRAMES: u32 = 1024;
 
+/// A streamed transaction handed out at its Stream Commit: Begin, its spooled messages, Commit.
+struct Replaying {
+    records: Replay,
+    xid: u32,
+    flags: u8,
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_time: i64,
+    began: bool,
+}
+
+/// The first server version that streams in-progress transactions (protocol 2).
+const STREAMING_SINCE: u32 = 140_000;
+
+/// The protocol to start: the configured one, or by server version.
+fn choose_protocol(configured: Protocol, server_version_num: u32) -> Result<u8, SourceError> {
+    match configured {
+        Protocol::V1 => Ok(1),
+        Protocol::Auto if server_version_num >= STREAMING_SINCE => Ok(2),
+        Protocol::Auto => Ok(1),
+        Protocol::V2 if server_version_num >= STREAMING_SINCE => Ok(2),
+        Protocol::V2 => Err(SourceError::ProtocolUnsupported {
+            version: server_version_text(server_version_num),
+        }),
+    }
+}
+
+/// `server_version_num` as people write versions: 130004 → 13.4, 90624 → 9.6.24.
+fn server_version_text(num: u32) -> String {
+    if num >= 100_000 {
+        format!("{}.{}", num / 10_000, num % 10_000)
+    } else {
+        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
+    }
+}
+
 impl LogicalStream {
     /// Connects, checks the server, ensures publication and slot as configured, and starts
     /// streaming from the slot's confirmed position.
@@ -214,7 +272,7 @@ impl LogicalStream {
         // A missing publication is reported before a missing slot, as `check` does.
         preflight.ensure_publication(cfg).await?;
         let plan = slot::default_plan(cfg, &slot, preflight.slot.as_ref())?;
-        preflight.stream(cfg, plan).await
+        preflight.stream(cfg, plan, None).await
     }
 }
 
@@ -223,6 +281,8 @@ impl LogicalStream {
 pub struct Preflight {
     session: Session,
     pub server: ServerIdentity,
+    /// `server_version_num`, which decides the protocol.
+    pub server_version_num: u32,
     /// The named slot as it is now (`None`: missing, or no slot was named).
     pub slot: Option<SlotRow>,
     publication_ensured: bool,
@@ -245,6 +305,7 @@ impl Preflight {
                 _ => SourceError::Session(e),
             })?;
         slot::check_wal_level(&mut session).await?;
+        let server_version_num = slot::server_version_num(&mut session).await?;
         let server = slot::identify_system(&mut session).await?;
         let slot = match slot_name {
             Some(name) => slot::slot_state(&mut session, name).await?,
@@ -253,6 +314,7 @@ impl Preflight {
         Ok(Preflight {
             session,
             server,
+            server_version_num,
             slot,
             publication_ensured: false,
         })
@@ -281,31 +343,49 @@ impl Preflight {
         Ok(())
     }
 
-    /// Prepares the slot per `plan` and starts streaming.
+    /// Prepares the slot per `plan` and starts streaming. With protocol 2, transactions in
+    /// progress are spooled in `spool_dir` (emptied first), or in a temporary directory.
     pub async fn stream(
         self,
         cfg: &SourceConfig,
         plan: SlotPlan,
+        spool_dir: Option<&std::path::Path>,
     ) -> Result<LogicalStream, SourceError> {
         let mut preflight = self;
         preflight.ensure_publication(cfg).await?;
+        let protocol = choose_protocol(cfg.protocol, preflight.server_version_num)?;
         let Preflight {
             mut session, slot, ..
         } = preflight;
+        let spool = match (protocol, spool_dir) {
+            (1, _) => None,
+            (_, Some(dir)) => Some(Spool::open(dir)?),
+            (_, None) => Some(Spool::temporary()?),
+        };
         let (slot_name, start_lsn) =
             slot::prepare_slot(&mut session, cfg, &plan, slot.as_ref()).await?;
         let types = load_types(&mut session).await?;
+        // Protocol 2 streams a transaction once its decoded changes pass the server's
+        // `logical_decoding_work_mem`, rather than spilling them to the server's disk.
+        let streaming = if protocol >= 2 {
+            ", streaming 'on'"
+        } else {
+            ""
+        };
         let command = format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')",
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{protocol}'{streaming}, publication_names {}, messages 'true')",
             crate::sql::quote_ident(&slot_name),
             start_lsn,
             crate::sql::quote_literal(&crate::sql::quote_ident(&cfg.publication)),
         );
         session.start_copy_both(&command).await?;
-        info!(slot = %slot_name, publication = %cfg.publication, lsn = %start_lsn, "streaming");
+        info!(slot = %slot_name, publication = %cfg.publication, lsn = %start_lsn, protocol, "streaming");
         Ok(LogicalStream {
             session,
             slot: slot_name,
+            protocol,
+            spool,
+            replay: None,
             relations: HashMap::new(),
             types,
             txn: None,
@@ -331,6 +411,16 @@ impl LogicalStream {
         &self.types
     }
 
+    /// The pgoutput protocol version streaming (1, or 2 with in-progress transactions).
+    pub fn protocol(&self) -> u8 {
+        self.protocol
+    }
+
+    /// Streamed transactions not yet committed or aborted.
+    pub fn open_streamed_transactions(&self) -> usize {
+        self.spool.as_ref().map_or(0, Spool::open_transactions)
+    }
+
     /// The position reported to PostgreSQL as flushed.
     pub fn flushed(&self) -> Lsn {
         self.flushed
@@ -348,7 +438,7 @@ impl LogicalStream {
 
     /// Whether the next call to [`next`](Self::next) can return without waiting on the network.
     pub fn has_buffered(&self) -> bool {
-        !self.pending.is_empty() || self.session.has_buffered_frame()
+        !self.pending.is_empty() || self.replay.is_some() || self.session.has_buffered_frame()
     }
 
     /// The consumer has made everything up to `lsn` durable: PostgreSQL may release it.
@@ -402,6 +492,12 @@ impl LogicalStream {
             if let Some(ev) = self.pending.pop_front() {
                 return Ok(ev);
             }
+            if self.replay.is_some() {
+                if let Some(ev) = self.next_replayed().await? {
+                    return Ok(ev);
+                }
+                continue;
+            }
             // Frames already buffered are taken without touching the clock or the timer wheel
             // (that cost showed in profiles); the status deadline is checked every
             // STATUS_CHECK_FRAMES frames while busy and before every wait on the network.
@@ -445,6 +541,7 @@ impl LogicalStream {
                     // it must record how far it vouches for the stream before the slot moves.
                     if self.durable.is_none()
                         && self.txn.is_none()
+                        && self.open_streamed_transactions() == 0
                         && self.flushed >= self.last_commit_end
                     {
                         self.flushed = self.flushed.max(wal_end);
@@ -461,6 +558,14 @@ impl LogicalStream {
                     ..
                 } => {
                     self.received = self.received.max(wal_end);
+                    if let Some(spool) = &mut self.spool {
+                        // Inside a block everything but its Stop goes to disk undecoded; it
+                        // is decoded when handed out at the commit.
+                        if spool.in_block() && data.first() != Some(&b'E') {
+                            spool.append(wal_start, &data)?;
+                            continue;
+                        }
+                    }
                     let message = pgoutput::decode_message(&data)?;
                     if let Some(ev) = self.apply(wal_start, message)? {
                         return Ok(ev);
@@ -554,7 +659,95 @@ impl LogicalStream {
                 prefix,
                 content,
             }),
+            PgOutput::StreamStart { xid, first_segment } => {
+                if self.txn.is_some() {
+                    return Err(SourceError::Order("Stream Start inside a transaction"));
+                }
+                self.spool_for(kind)?.start(xid, first_segment)?;
+                None
+            }
+            PgOutput::StreamStop => {
+                self.spool_for(kind)?.stop()?;
+                None
+            }
+            PgOutput::StreamAbort { xid, subxid } => {
+                self.spool_for(kind)?.abort(xid, subxid)?;
+                None
+            }
+            PgOutput::StreamCommit {
+                xid,
+                flags,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                if self.txn.is_some() {
+                    return Err(SourceError::Order("Stream Commit inside a transaction"));
+                }
+                let records = self.spool_for(kind)?.commit(xid)?;
+                self.replay = Some(Replaying {
+                    records,
+                    xid,
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                    began: false,
+                });
+                None
+            }
         })
+    }
+
+    fn spool_for(&mut self, kind: &'static str) -> Result<&mut Spool, SourceError> {
+        self.spool.as_mut().ok_or(SourceError::Order(match kind {
+            "Stream Start" => "Stream Start on a protocol 1 stream",
+            "Stream Stop" => "Stream Stop on a protocol 1 stream",
+            "Stream Abort" => "Stream Abort on a protocol 1 stream",
+            _ => "Stream Commit on a protocol 1 stream",
+        }))
+    }
+
+    /// The next event of the streamed transaction being handed out, as protocol 1 would have
+    /// sent it at its commit: Begin, its messages, Commit. `None` when a message gave no event.
+    async fn next_replayed(&mut self) -> Result<Option<SourceEvent>, SourceError> {
+        let Some(r) = &mut self.replay else {
+            return Ok(None);
+        };
+        if !r.began {
+            r.began = true;
+            let begin = PgOutput::Begin {
+                final_lsn: r.commit_lsn,
+                commit_time: r.commit_time,
+                xid: r.xid,
+            };
+            let lsn = r.commit_lsn;
+            return self.apply(lsn, begin);
+        }
+        let Some(spooled) = r.records.next_message()? else {
+            let commit = PgOutput::Commit {
+                flags: r.flags,
+                commit_lsn: r.commit_lsn,
+                end_lsn: r.end_lsn,
+                commit_time: r.commit_time,
+            };
+            let lsn = r.commit_lsn;
+            self.replay = None;
+            return self.apply(lsn, commit);
+        };
+        // Handing out a large transaction reads no frames: keep the server's status current.
+        self.frames_since_check += 1;
+        if self.frames_since_check >= STATUS_CHECK_FRAMES {
+            self.frames_since_check = 0;
+            if Instant::now() >= self.next_status {
+                self.send_status_update(false).await?;
+            }
+        }
+        let (_, message) = pgoutput::decode_streamed(&spooled.message)?;
+        if spooled.aborted && !matches!(message, PgOutput::Relation(_) | PgOutput::Type { .. }) {
+            return Ok(None);
+        }
+        self.apply(spooled.wal_start, message)
     }
 
     fn change(
@@ -591,4 +784,26 @@ async fn load_types(session: &mut Session) -> Result<TypeRegistry, SourceError> 
         let array = row.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         Some((oid, array))
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_follows_the_server_version_unless_configured() {
+        assert_eq!(choose_protocol(Protocol::Auto, 150_018).unwrap(), 2);
+        assert_eq!(choose_protocol(Protocol::Auto, 140_000).unwrap(), 2);
+        assert_eq!(choose_protocol(Protocol::Auto, 130_004).unwrap(), 1);
+        assert_eq!(choose_protocol(Protocol::V1, 170_000).unwrap(), 1);
+        assert_eq!(choose_protocol(Protocol::V2, 140_001).unwrap(), 2);
+        let e = choose_protocol(Protocol::V2, 130_004)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source.protocol = 2") && e.contains("13.4"),
+            "{e}"
+        );
+        assert_eq!(server_version_text(90_624), "9.6.24");
+    }
 }

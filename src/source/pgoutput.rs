@@ -1,10 +1,14 @@
 //! Decoder for the streaming replication protocol's CopyData payloads and the `pgoutput`
-//! (protocol version 1) logical messages inside them.
+//! logical messages inside them (protocol versions 1 and 2).
 //!
 //! ```text
 //! CopyData ──▶ 'w' XLogData { wal_start, wal_end, send_time, data } ──▶ decode_message(data)
 //!          └─▶ 'k' PrimaryKeepalive { wal_end, send_time, reply_requested }
 //! ```
+//!
+//! Protocol version 2 adds in-progress transactions: Stream Start, Stream Stop, Stream Commit
+//! and Stream Abort, and between Stream Start and Stop the row, relation, type and message
+//! messages carry the (sub)transaction's xid after their tag ([`decode_streamed`]).
 //!
 //! Pure functions over [`Bytes`]: every read is bounds-checked, every error names the message
 //! type and the byte offset, and tuple values are zero-copy slices of the input frame.
@@ -81,6 +85,28 @@ pub enum PgOutput {
         prefix: String,
         content: Bytes,
     },
+    /// Protocol 2: a block of an in-progress transaction's changes begins.
+    StreamStart {
+        xid: u32,
+        /// The transaction's first block: anything kept of it from earlier is stale.
+        first_segment: bool,
+    },
+    /// Protocol 2: the block ends.
+    StreamStop,
+    /// Protocol 2: a streamed transaction committed.
+    StreamCommit {
+        xid: u32,
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+    /// Protocol 2: a streamed transaction (`subxid == xid`) or one of its subtransactions
+    /// aborted.
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
 }
 
 impl PgOutput {
@@ -96,6 +122,10 @@ impl PgOutput {
             PgOutput::Delete { .. } => "Delete",
             PgOutput::Truncate { .. } => "Truncate",
             PgOutput::Message { .. } => "Message",
+            PgOutput::StreamStart { .. } => "Stream Start",
+            PgOutput::StreamStop => "Stream Stop",
+            PgOutput::StreamCommit { .. } => "Stream Commit",
+            PgOutput::StreamAbort { .. } => "Stream Abort",
         }
     }
 }
@@ -271,8 +301,41 @@ pub fn parse_replication_message(frame: &Bytes) -> Result<ReplicationMessage, De
     }
 }
 
-/// Decodes one pgoutput message (the `data` of an XLogData).
+/// Decodes one pgoutput message (the `data` of an XLogData) outside a stream block.
 pub fn decode_message(data: &Bytes) -> Result<PgOutput, DecodeError> {
+    decode(data, false).map(|(_, msg)| msg)
+}
+
+/// Decodes one message inside a stream block (between Stream Start and Stream Stop): a row
+/// change, relation, type or transactional message, with the xid of the (sub)transaction it
+/// belongs to.
+pub fn decode_streamed(data: &Bytes) -> Result<(u32, PgOutput), DecodeError> {
+    decode(data, true)
+}
+
+/// The xid a streamed message's tag is followed by, without decoding the rest: what the
+/// spool needs to file the message under its subtransaction.
+pub fn streamed_xid(data: &Bytes) -> Result<u32, DecodeError> {
+    let mut r = Reader::new(data, "pgoutput stream block");
+    let tag = r.u8()?;
+    if !carries_streamed_xid(tag) {
+        r.pos = 0;
+        return Err(r.error(Reason::Invalid(
+            "only row changes, relations, types and messages may be streamed",
+        )));
+    }
+    r.u32()
+}
+
+/// Tags that carry an xid when sent inside a stream block (proto.c: "transaction ID (if not
+/// valid, we're not streaming)").
+fn carries_streamed_xid(tag: u8) -> bool {
+    matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M')
+}
+
+/// Decodes a message; inside a stream block (`in_stream`) only the tags that carry an xid are
+/// accepted and the xid is returned, else it is 0 (PostgreSQL's InvalidTransactionId).
+fn decode(data: &Bytes, in_stream: bool) -> Result<(u32, PgOutput), DecodeError> {
     let mut r = Reader::new(data, "pgoutput");
     let tag = r.u8()?;
     r.message = match tag {
@@ -286,10 +349,25 @@ pub fn decode_message(data: &Bytes) -> Result<PgOutput, DecodeError> {
         b'D' => "pgoutput Delete",
         b'T' => "pgoutput Truncate",
         b'M' => "pgoutput Message",
+        b'S' => "pgoutput Stream Start",
+        b'E' => "pgoutput Stream Stop",
+        b'c' => "pgoutput Stream Commit",
+        b'A' => "pgoutput Stream Abort",
         _ => {
             r.pos = 0;
             return Err(r.error(Reason::UnknownTag(tag)));
         }
+    };
+    let xid = if in_stream {
+        if !carries_streamed_xid(tag) {
+            r.pos = 0;
+            return Err(r.error(Reason::Invalid(
+                "only row changes, relations, types and messages may be streamed",
+            )));
+        }
+        r.u32()?
+    } else {
+        0
     };
     let msg = match tag {
         b'B' => PgOutput::Begin {
@@ -388,10 +466,33 @@ pub fn decode_message(data: &Bytes) -> Result<PgOutput, DecodeError> {
                 content: r.bytes(len)?,
             }
         }
+        b'S' => PgOutput::StreamStart {
+            xid: r.u32()?,
+            first_segment: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => {
+                    r.pos -= 1;
+                    return Err(r.error(Reason::Invalid("first-segment flag is neither 0 nor 1")));
+                }
+            },
+        },
+        b'E' => PgOutput::StreamStop,
+        b'c' => PgOutput::StreamCommit {
+            xid: r.u32()?,
+            flags: r.u8()?,
+            commit_lsn: r.lsn()?,
+            end_lsn: r.lsn()?,
+            commit_time: r.i64()?,
+        },
+        b'A' => PgOutput::StreamAbort {
+            xid: r.u32()?,
+            subxid: r.u32()?,
+        },
         _ => unreachable!("tags are matched above"),
     };
     r.finish()?;
-    Ok(msg)
+    Ok((xid, msg))
 }
 
 fn expect_tag(r: &mut Reader<'_>, tag: u8, reason: &'static str) -> Result<(), DecodeError> {

@@ -199,8 +199,60 @@ fn encode(msg: &PgOutput) -> Vec<u8> {
                 .int32(content.len() as u32)
                 .raw(content);
         }
+        // logicalrep_write_stream_start
+        PgOutput::StreamStart { xid, first_segment } => {
+            out.byte(b'S').int32(*xid).byte(u8::from(*first_segment));
+        }
+        // logicalrep_write_stream_stop
+        PgOutput::StreamStop => {
+            out.byte(b'E');
+        }
+        // logicalrep_write_stream_commit
+        PgOutput::StreamCommit {
+            xid,
+            flags,
+            commit_lsn,
+            end_lsn,
+            commit_time,
+        } => {
+            out.byte(b'c')
+                .int32(*xid)
+                .byte(*flags)
+                .int64(commit_lsn.0)
+                .int64(end_lsn.0)
+                .sint64(*commit_time);
+        }
+        // logicalrep_write_stream_abort (protocol 2: no abort LSN or time)
+        PgOutput::StreamAbort { xid, subxid } => {
+            out.byte(b'A').int32(*xid).int32(*subxid);
+        }
     }
     out.done()
+}
+
+/// Encodes a message as sent inside a stream block: proto.c writes the (sub)transaction's xid
+/// right after the tag when it is valid.
+fn encode_streamed(xid: u32, msg: &PgOutput) -> Vec<u8> {
+    let plain = encode(msg);
+    let mut out = Vec::with_capacity(plain.len() + 4);
+    out.push(plain[0]);
+    out.extend_from_slice(&xid.to_be_bytes());
+    out.extend_from_slice(&plain[1..]);
+    out
+}
+
+/// Whether the message may be sent inside a stream block.
+fn streamable(msg: &PgOutput) -> bool {
+    matches!(
+        msg,
+        PgOutput::Relation(_)
+            | PgOutput::Type { .. }
+            | PgOutput::Insert { .. }
+            | PgOutput::Update { .. }
+            | PgOutput::Delete { .. }
+            | PgOutput::Truncate { .. }
+            | PgOutput::Message { .. }
+    )
 }
 
 /// walsender.c, XLogSendLogical / XLogSendPhysical: `'w'`, start, end, send time, data.
@@ -373,6 +425,26 @@ fn samples() -> Vec<PgOutput> {
             prefix: "app".into(),
             content: Bytes::from_static(b"\x00\xffbin\x00"),
         },
+        PgOutput::StreamStart {
+            xid: 742,
+            first_segment: true,
+        },
+        PgOutput::StreamStart {
+            xid: 742,
+            first_segment: false,
+        },
+        PgOutput::StreamStop,
+        PgOutput::StreamCommit {
+            xid: 742,
+            flags: 0,
+            commit_lsn: Lsn(0x16_B374_E000),
+            end_lsn: Lsn(0x16_B374_E030),
+            commit_time: 784_111_213_456_790,
+        },
+        PgOutput::StreamAbort {
+            xid: 742,
+            subxid: 743,
+        },
     ];
     for ri in [
         ReplicaIdentity::Default,
@@ -445,6 +517,64 @@ fn encoder_matches_literal_protocol_bytes() {
 // ---------------------------------------------------------------------------------------------
 // One test per message type
 // ---------------------------------------------------------------------------------------------
+
+#[test]
+fn stream_messages_match_literal_protocol_bytes() {
+    // proto.c, protocol 2: 'S' xid first_segment; 'E'; 'c' xid flags commit end time;
+    // 'A' xid subxid.
+    assert_eq!(
+        encode(&PgOutput::StreamStart {
+            xid: 0x0102_0304,
+            first_segment: true
+        }),
+        b"S\x01\x02\x03\x04\x01"
+    );
+    assert_eq!(encode(&PgOutput::StreamStop), b"E");
+    assert_eq!(
+        encode(&PgOutput::StreamCommit {
+            xid: 7,
+            flags: 0,
+            commit_lsn: Lsn(0x10),
+            end_lsn: Lsn(0x20),
+            commit_time: 3,
+        }),
+        b"c\0\0\0\x07\0\0\0\0\0\0\0\0\x10\0\0\0\0\0\0\0\x20\0\0\0\0\0\0\0\x03"
+    );
+    assert_eq!(
+        encode(&PgOutput::StreamAbort { xid: 7, subxid: 9 }),
+        b"A\0\0\0\x07\0\0\0\x09"
+    );
+    // An insert inside a block: the xid follows the tag, then the relation oid.
+    let streamed = encode_streamed(
+        7,
+        &PgOutput::Insert {
+            relation: 0x4000,
+            new: Tuple(vec![Datum::Null]),
+        },
+    );
+    assert_eq!(streamed, b"I\0\0\0\x07\0\0\x40\0N\0\x01n");
+    assert_eq!(
+        decode_streamed(&Bytes::from(streamed)),
+        Ok((
+            7,
+            PgOutput::Insert {
+                relation: 0x4000,
+                new: Tuple(vec![Datum::Null])
+            }
+        ))
+    );
+}
+
+#[test]
+fn a_stream_start_flag_other_than_0_or_1_is_an_error() {
+    let e = decode_err(b"S\0\0\0\x07\x02");
+    assert_error(
+        &e,
+        "pgoutput Stream Start",
+        5,
+        "first-segment flag is neither 0 nor 1",
+    );
+}
 
 #[test]
 fn begin() {
@@ -905,8 +1035,8 @@ fn every_message_with_trailing_garbage_is_an_error() {
 
 #[test]
 fn unknown_message_tag() {
-    // 'S' (stream start) and 'P' (prepare) exist only in later protocol versions.
-    for tag in [b'S', b'P', b'Z', b'w', 0] {
+    // 'P' (prepare) and 'K' (commit prepared) exist only in later protocol versions.
+    for tag in [b'P', b'K', b'Z', b'w', 0] {
         let e = decode_err(&[tag, 0, 0, 0, 0]);
         assert_error(&e, "pgoutput", 0, "unknown tag");
         assert_eq!(e.reason, Reason::UnknownTag(tag));
@@ -1245,6 +1375,27 @@ fn arb_message() -> impl Strategy<Value = PgOutput> {
                     content: Bytes::from(content),
                 }
             }),
+        (any::<u32>(), any::<bool>())
+            .prop_map(|(xid, first_segment)| PgOutput::StreamStart { xid, first_segment }),
+        Just(PgOutput::StreamStop),
+        (
+            any::<u32>(),
+            any::<u8>(),
+            arb_lsn(),
+            arb_lsn(),
+            any::<i64>()
+        )
+            .prop_map(|(xid, flags, commit_lsn, end_lsn, commit_time)| {
+                PgOutput::StreamCommit {
+                    xid,
+                    flags,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time,
+                }
+            }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(xid, subxid)| PgOutput::StreamAbort { xid, subxid }),
     ]
 }
 
@@ -1297,7 +1448,7 @@ fn mutate(bytes: &mut Vec<u8>, m: &Mutation) {
 }
 
 /// Tags that make random input get past the first byte.
-const TAGS: &[u8] = b"BCORYIUDTMwk";
+const TAGS: &[u8] = b"BCORYIUDTMSEcAwk";
 
 /// Runs both entry points; whatever decodes must survive an encode/decode cycle unchanged.
 fn exercise(bytes: &[u8]) {
@@ -1308,6 +1459,16 @@ fn exercise(bytes: &[u8]) {
     if let Ok(msg) = decode_message(&frame) {
         let again = decode_message(&Bytes::from(encode(&msg)));
         assert_eq!(again.as_ref(), Ok(&msg), "re-encoding {msg:?}");
+    }
+    // The same bytes as a message inside a stream block.
+    match decode_streamed(&frame) {
+        Ok((xid, msg)) => {
+            assert!(streamable(&msg), "{msg:?} accepted inside a stream block");
+            assert_eq!(streamed_xid(&frame), Ok(xid));
+            let again = decode_streamed(&Bytes::from(encode_streamed(xid, &msg)));
+            assert_eq!(again, Ok((xid, msg)), "re-encoding");
+        }
+        Err(e) => assert!(e.offset <= frame.len(), "{e}"),
     }
 }
 
@@ -1344,6 +1505,19 @@ proptest! {
         };
         prop_assert_eq!((wal_start, wal_end, send_time), (Lsn(5), Lsn(6), 7));
         prop_assert_eq!(decode_message(&data), Ok(msg));
+    }
+
+    #[test]
+    fn valid_messages_round_trip_inside_a_stream_block(msg in arb_message(), xid in any::<u32>()) {
+        let bytes = Bytes::from(encode_streamed(xid, &msg));
+        if streamable(&msg) {
+            prop_assert_eq!(decode_streamed(&bytes), Ok((xid, msg)));
+            prop_assert_eq!(streamed_xid(&bytes), Ok(xid));
+        } else {
+            // Transaction control never appears inside a block.
+            prop_assert!(decode_streamed(&bytes).is_err());
+            prop_assert!(streamed_xid(&bytes).is_err());
+        }
     }
 
     #[test]

@@ -72,6 +72,18 @@ pub async fn wal_level(session: &mut Session) -> Result<String, SourceError> {
         .to_owned())
 }
 
+/// `server_version_num` (for example 150018), which says whether the server streams
+/// in-progress transactions.
+pub async fn server_version_num(session: &mut Session) -> Result<u32, SourceError> {
+    let rows = session.simple_query("SHOW server_version_num").await?;
+    rows.first()
+        .and_then(|r| r.get(0))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(SourceError::Order(
+            "SHOW server_version_num returned no number",
+        ))
+}
+
 pub(super) async fn check_wal_level(session: &mut Session) -> Result<(), SourceError> {
     let actual = wal_level(session).await?;
     if actual != "logical" {

@@ -139,6 +139,7 @@ pub fn source_config(db: &str, tables: Option<&[&str]>) -> SourceConfig {
         manage: true,
         status_interval: Duration::from_millis(200),
         heartbeat_interval: None,
+        protocol: pgfanout::config::Protocol::Auto,
     }
 }
 
