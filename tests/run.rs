@@ -558,7 +558,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| !p.ends_with("LOCK"))
+        .filter(|p| !p.ends_with("LOCK") && p.is_file())
         .map(|p| {
             let bytes = std::fs::read(&p).unwrap();
             (p, bytes)

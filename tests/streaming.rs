@@ -312,3 +312,77 @@ async fn a_sigkill_in_the_middle_of_a_streamed_transaction_loses_and_doubles_not
         .unwrap();
     assert_eq!(first_big, 6, "six small commits first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_open_streamed_transactions_hold_one_file_open_and_end_as_they_should() {
+    const OPEN: usize = 24;
+    let (db, client) = streaming_db("stream_many").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, log) = write_config(tmp.path(), &db, &format!("v2_{db}"), "2");
+    create_slot(&client, &format!("v2_{db}")).await;
+    let daemon = Daemon::start(&cfg);
+    let mut open = Vec::new();
+    for i in 0..OPEN {
+        let c = sql(&db).await;
+        c.batch_execute(&format!(
+            "BEGIN; INSERT INTO items SELECT g, 'open' || g FROM generate_series({0}, {0} + 1499) g",
+            i * 10_000
+        ))
+        .await
+        .unwrap();
+        open.push(c);
+    }
+    // Another transaction makes the server stream what it holds beyond its memory limit.
+    client
+        .batch_execute("INSERT INTO events (item, kind) VALUES (0, 'nudge')")
+        .await
+        .unwrap();
+    let spool = log.join("streaming");
+    let spooled = wait_for("most open transactions spooled", || {
+        let spool = spool.clone();
+        async move {
+            let n = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+            (n >= OPEN / 2).then_some(n)
+        }
+    })
+    .await;
+    // However many are open, the daemon holds at most the block being written.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.0.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|target| target.starts_with(&spool))
+        .count();
+    assert!(fds <= 1, "{fds} spool files open with {spooled} spooled");
+
+    for (i, c) in open.iter().enumerate() {
+        let end = if i % 2 == 0 { "COMMIT" } else { "ROLLBACK" };
+        c.batch_execute(end).await.unwrap();
+    }
+    client
+        .batch_execute("INSERT INTO events (item, kind) VALUES (-1, 'end')")
+        .await
+        .unwrap();
+    let changes = wait_for("the end marker in the change log", || {
+        let log = log.clone();
+        async move {
+            let changes = tokio::task::spawn_blocking(move || read_log(&log))
+                .await
+                .unwrap();
+            changes
+                .iter()
+                .any(|c| {
+                    matches!(&c.change.op, Op::Insert { new }
+                        if new.0.get(2) == Some(&Datum::Text("end".into())))
+                })
+                .then_some(changes)
+        }
+    })
+    .await;
+    assert!(daemon.stop().success());
+    // The committed half, each transaction whole and in one piece, nothing of the others.
+    assert_eq!(item_values(&changes).len(), OPEN / 2 * 1500);
+    let mut xids: Vec<u32> = changes.iter().map(|c| c.change.xid).collect();
+    xids.dedup();
+    assert_eq!(xids.len(), OPEN / 2 + 2, "each transaction contiguous");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+}

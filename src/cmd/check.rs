@@ -218,6 +218,31 @@ async fn check_source(cfg: &Config, report: &mut Report) {
         ),
         Err(e) => report.push("wal_level", Outcome::Problem(Chain(&e).to_string())),
     }
+    let protocol = slot::server_version_num(&mut session)
+        .await
+        .and_then(|version| {
+            Ok((
+                crate::source::choose_protocol(src.protocol, version)?,
+                version,
+            ))
+        });
+    match protocol {
+        Ok((2, version)) => report.push(
+            "protocol",
+            Outcome::Ok(format!(
+                "pgoutput 2: transactions in progress stream into the log directory's streaming/ (server {})",
+                crate::source::server_version_text(version)
+            )),
+        ),
+        Ok((p, version)) => report.push(
+            "protocol",
+            Outcome::Ok(format!(
+                "pgoutput {p}: each transaction arrives at its commit (server {})",
+                crate::source::server_version_text(version)
+            )),
+        ),
+        Err(e) => report.push("protocol", Outcome::Problem(Chain(&e).to_string())),
+    }
     if let Some(tables) = &src.tables {
         let mut missing = Vec::new();
         for t in tables {

@@ -239,7 +239,7 @@ struct Replaying {
 const STREAMING_SINCE: u32 = 140_000;
 
 /// The protocol to start: the configured one, or by server version.
-fn choose_protocol(configured: Protocol, server_version_num: u32) -> Result<u8, SourceError> {
+pub fn choose_protocol(configured: Protocol, server_version_num: u32) -> Result<u8, SourceError> {
     match configured {
         Protocol::V1 => Ok(1),
         Protocol::Auto if server_version_num >= STREAMING_SINCE => Ok(2),
@@ -252,7 +252,7 @@ fn choose_protocol(configured: Protocol, server_version_num: u32) -> Result<u8, 
 }
 
 /// `server_version_num` as people write versions: 130004 → 13.4, 90624 → 9.6.24.
-fn server_version_text(num: u32) -> String {
+pub fn server_version_text(num: u32) -> String {
     if num >= 100_000 {
         format!("{}.{}", num / 10_000, num % 10_000)
     } else {
