@@ -171,6 +171,16 @@ async fn streamed_aborted_and_rolled_back_transactions_log_exactly_what_protocol
     ))
     .await
     .unwrap();
+    // A streamed transaction replicated from elsewhere (a session with a replication origin).
+    let d = sql(&db).await;
+    d.batch_execute(&format!(
+        "SELECT pg_replication_origin_create('origin_{db}');
+         SELECT pg_replication_origin_session_setup('origin_{db}');
+         BEGIN; {} COMMIT;",
+        row(80_000, 2000, "from elsewhere")
+    ))
+    .await
+    .unwrap();
     // A streamed transaction that truncates what others wrote.
     c.batch_execute(&format!(
         "BEGIN; {} TRUNCATE events; INSERT INTO events (item, kind) VALUES (-1, 'end'); COMMIT;",
@@ -217,6 +227,13 @@ async fn streamed_aborted_and_rolled_back_transactions_log_exactly_what_protocol
         1500
     );
     assert_eq!(values.iter().filter(|v| v.starts_with("small")).count(), 3);
+    assert_eq!(
+        values
+            .iter()
+            .filter(|v| v.starts_with("from elsewhere"))
+            .count(),
+        2000
+    );
     // Nothing is left in the spool once every transaction ended.
     let spool = v2_log.join("streaming");
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "{spool:?}");

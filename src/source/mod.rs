@@ -344,7 +344,8 @@ impl Preflight {
     }
 
     /// Prepares the slot per `plan` and starts streaming. With protocol 2, transactions in
-    /// progress are spooled in `spool_dir` (emptied first), or in a temporary directory.
+    /// progress are spooled in `spool_dir` (emptied first); without one, `source.protocol =
+    /// "auto"` means protocol 1 and an explicit 2 spools in a temporary directory.
     pub async fn stream(
         self,
         cfg: &SourceConfig,
@@ -353,7 +354,14 @@ impl Preflight {
     ) -> Result<LogicalStream, SourceError> {
         let mut preflight = self;
         preflight.ensure_publication(cfg).await?;
-        let protocol = choose_protocol(cfg.protocol, preflight.server_version_num)?;
+        // Without a directory of its own to spool in (`tail`), "auto" keeps protocol 1: a
+        // temporary directory may be memory (tmpfs), and such a consumer gains nothing from
+        // receiving a transaction before it can hand it out.
+        let configured = match (cfg.protocol, spool_dir) {
+            (Protocol::Auto, None) => Protocol::V1,
+            (configured, _) => configured,
+        };
+        let protocol = choose_protocol(configured, preflight.server_version_num)?;
         let Preflight {
             mut session, slot, ..
         } = preflight;
@@ -561,9 +569,21 @@ impl LogicalStream {
                     if let Some(spool) = &mut self.spool {
                         // Inside a block everything but its Stop goes to disk undecoded; it
                         // is decoded when handed out at the commit.
-                        if spool.in_block() && data.first() != Some(&b'E') {
-                            spool.append(wal_start, &data)?;
-                            continue;
+                        if spool.in_block() {
+                            match data.first() {
+                                Some(b'E') => {}
+                                // pgoutput may send a transaction's replication origin after
+                                // its first Stream Start (`send_repl_origin`), without an xid;
+                                // protocol 1 sends it after Begin, and consumers ignore it.
+                                Some(b'O') => {
+                                    pgoutput::decode_message(&data)?;
+                                    continue;
+                                }
+                                _ => {
+                                    spool.append(wal_start, &data)?;
+                                    continue;
+                                }
+                            }
                         }
                     }
                     let message = pgoutput::decode_message(&data)?;
