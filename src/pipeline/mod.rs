@@ -502,6 +502,8 @@ async fn stream_into_log(
     let received = metrics::counter!(telemetry::CHANGES_RECEIVED_TOTAL);
     let received_bytes = metrics::counter!(telemetry::RECEIVED_BYTES_TOTAL);
     let slot_lag = metrics::gauge!(telemetry::SLOT_LAG_BYTES);
+    let streaming = metrics::gauge!(telemetry::STREAMING_TRANSACTIONS);
+    let spooled = metrics::gauge!(telemetry::STREAMING_SPOOL_BYTES);
     let mut bytes_counted = stream.bytes_received();
     let mut last_checkpoint = *durable.borrow();
     // The state schema lives in the source database by default: its own writes must not
@@ -522,6 +524,8 @@ async fn stream_into_log(
                 heartbeat.beat();
                 let now = *durable.borrow();
                 slot_lag.set(stream.received().0.saturating_sub(now.lsn.0) as f64);
+                streaming.set(stream.open_streamed_transactions() as f64);
+                spooled.set(stream.spooled_bytes() as f64);
                 if now != last_checkpoint {
                     save_checkpoint(state, binding, now).await;
                     last_checkpoint = now;

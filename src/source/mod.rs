@@ -429,6 +429,11 @@ impl LogicalStream {
         self.spool.as_ref().map_or(0, Spool::open_transactions)
     }
 
+    /// Bytes the streamed, uncommitted transactions hold in the spool.
+    pub fn spooled_bytes(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::bytes)
+    }
+
     /// The position reported to PostgreSQL as flushed.
     pub fn flushed(&self) -> Lsn {
         self.flushed

@@ -148,6 +148,11 @@ impl Spool {
         self.open.len()
     }
 
+    /// Bytes the open transactions hold on disk.
+    pub fn bytes(&self) -> u64 {
+        self.open.values().map(|t| t.len).sum()
+    }
+
     /// Whether a stream block is being received (between Stream Start and Stream Stop).
     pub fn in_block(&self) -> bool {
         self.block.is_some()

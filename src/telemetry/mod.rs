@@ -26,6 +26,10 @@ pub const RECEIVED_BYTES_TOTAL: &str = "pgfanout_source_received_bytes_total";
 /// WAL the slot holds behind the server's end: the last keepalive's WAL end minus the
 /// position the change log made durable.
 pub const SLOT_LAG_BYTES: &str = "pgfanout_slot_lag_bytes";
+/// Protocol 2: transactions streamed and not yet committed or aborted.
+pub const STREAMING_TRANSACTIONS: &str = "pgfanout_source_streaming_transactions";
+/// Protocol 2: bytes those transactions hold in the spool.
+pub const STREAMING_SPOOL_BYTES: &str = "pgfanout_source_streaming_spool_bytes";
 /// Failures of the source pipeline (slot, change log, state database) by kind and what
 /// happened next.
 pub const SOURCE_ERRORS_TOTAL: &str = "pgfanout_source_errors_total";
@@ -128,6 +132,16 @@ pub fn describe() {
         SLOT_LAG_BYTES,
         Unit::Bytes,
         "WAL between the server's end (last keepalive) and what the change log made durable."
+    );
+    describe_gauge!(
+        STREAMING_TRANSACTIONS,
+        Unit::Count,
+        "Transactions the server streamed before their commit, not yet committed or aborted."
+    );
+    describe_gauge!(
+        STREAMING_SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes the streamed, uncommitted transactions hold in the log directory's streaming/."
     );
     describe_counter!(
         SOURCE_ERRORS_TOTAL,
