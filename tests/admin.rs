@@ -195,8 +195,12 @@ async fn metrics_move_with_the_stream_and_ready_turns_503_when_a_destination_fai
     let s = setup("adm_metrics", dir.path()).await;
     let mut daemon = Daemon::start(&s.config);
     wait_streaming(&mut daemon, &s.source, &s.db).await;
-    let (code, body) = get_ok(s.port, "/ready").await;
-    assert_eq!(code, 200, "{body}");
+    // The slot streams a moment before the pipeline has started the fan-out and says so.
+    let body = wait_for("/ready to turn 200 once the pipeline streams", || async {
+        let (code, body) = get(s.port, "/ready").await?;
+        (code == 200).then_some(body)
+    })
+    .await;
     assert_eq!(json(&body)["ready"], true);
 
     // Changes flow: received, logged and applied move together.
