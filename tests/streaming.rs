@@ -63,6 +63,26 @@ async fn run_to_now(client: &tokio_postgres::Client, cfg: &Path) {
     );
 }
 
+/// The change log once it holds the end marker (an `events` row of kind `end`).
+async fn wait_for_end(log: &Path) -> Vec<SequencedChange> {
+    wait_for("the end marker in the change log", || {
+        let log = log.to_owned();
+        async move {
+            let changes = tokio::task::spawn_blocking(move || read_log(&log))
+                .await
+                .unwrap();
+            changes
+                .iter()
+                .any(|c| {
+                    matches!(&c.change.op, Op::Insert { new }
+                        if new.0.get(2) == Some(&Datum::Text("end".into())))
+                })
+                .then_some(changes)
+        }
+    })
+    .await
+}
+
 fn commits(dir: &Path) -> Vec<CommitInfo> {
     records(dir)
         .into_iter()
@@ -294,23 +314,7 @@ async fn a_sigkill_in_the_middle_of_a_streamed_transaction_loses_and_doubles_not
         .await
         .unwrap()
         .get(0);
-    let log = v2_log.clone();
-    wait_for("the end marker in the change log", || {
-        let log = log.clone();
-        async move {
-            let changes = tokio::task::spawn_blocking(move || read_log(&log))
-                .await
-                .unwrap();
-            changes
-                .iter()
-                .any(|c| {
-                    matches!(&c.change.op, Op::Insert { new }
-                        if new.0.get(2) == Some(&Datum::Text("end".into())))
-                })
-                .then_some(())
-        }
-    })
-    .await;
+    wait_for_end(&v2_log).await;
     let status = daemon.stop();
     assert!(status.success(), "SIGTERM should exit 0, got {status}");
     // The slot never confirms past what the log holds.
@@ -379,22 +383,7 @@ async fn many_open_streamed_transactions_hold_one_file_open_and_end_as_they_shou
         .batch_execute("INSERT INTO events (item, kind) VALUES (-1, 'end')")
         .await
         .unwrap();
-    let changes = wait_for("the end marker in the change log", || {
-        let log = log.clone();
-        async move {
-            let changes = tokio::task::spawn_blocking(move || read_log(&log))
-                .await
-                .unwrap();
-            changes
-                .iter()
-                .any(|c| {
-                    matches!(&c.change.op, Op::Insert { new }
-                        if new.0.get(2) == Some(&Datum::Text("end".into())))
-                })
-                .then_some(changes)
-        }
-    })
-    .await;
+    let changes = wait_for_end(&log).await;
     assert!(daemon.stop().success());
     // The committed half, each transaction whole and in one piece, nothing of the others.
     assert_eq!(item_values(&changes).len(), OPEN / 2 * 1500);
