@@ -99,6 +99,9 @@ struct Run {
     slot: SlotStats,
     peak_spool_bytes: u64,
     peak_rss_kb: u64,
+    /// The machine's 1-minute load average when the run ended (two cores: above 2, something
+    /// waited for a CPU).
+    load: String,
 }
 
 struct SlotStats {
@@ -201,7 +204,7 @@ fn print_run(scenario: Scenario, round: u32, r: &Run) {
     );
     let cpu = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     println!(
-        "      walsender {:.0} MB behind at commit, sent past it {}  large logged {} (CPU-s meanwhile: walsender {}, pgfanout {})\n      slot: spill {} txns {} B, stream {} txns {} blocks {} B, total {} B | peak spool {} B, peak RSS {} kB",
+        "      walsender {:.0} MB behind at commit, sent past it {}  large logged {} (CPU-s meanwhile: walsender {}, pgfanout {})\n      slot: spill {} txns {} B, stream {} txns {} blocks {} B, total {} B | peak spool {} B, peak RSS {} kB | load {}",
         r.behind_at_commit_mb,
         ms(r.sent_ms),
         ms(r.large_logged_ms),
@@ -214,7 +217,8 @@ fn print_run(scenario: Scenario, round: u32, r: &Run) {
         r.slot.stream_bytes,
         r.slot.total_bytes,
         r.peak_spool_bytes,
-        r.peak_rss_kb
+        r.peak_rss_kb,
+        r.load
     );
 }
 
@@ -339,14 +343,16 @@ async fn run(
             &[&TENANT],
         )
         .await?;
-    // The commit record starts at or after this: the walsender has sent past it when it has
-    // decoded (and, under protocol 1, sent) the whole transaction.
-    let commit_lsn: f64 = large
-        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::float8", &[])
-        .await?
-        .get(0);
     large.batch_execute("COMMIT").await?;
     let committed = start.elapsed();
+    // Flushed through the commit record (`synchronous_commit = on`), and perhaps a few records
+    // of other sessions after it, never before: the walsender reads only flushed WAL, and has
+    // read up to here once it has decoded (under protocol 1 also sent) the whole transaction.
+    // (Taken before the commit, a record of another session between the two would pass it.)
+    let commit_lsn: f64 = large
+        .query_one("SELECT (pg_current_wal_flush_lsn() - '0/0')::float8", &[])
+        .await?
+        .get(0);
     let mut tick = tokio::time::interval(TICK);
     while smalls < SMALL {
         tick.tick().await;
@@ -387,6 +393,20 @@ async fn run(
     let other_lat = latency(&other_db, 1, SMALL).await?;
     let slot = slot_stats(&source, &tag).await?;
     stop(daemon)?;
+    // The walsender notices the gone client a moment after pgfanout exits.
+    for _ in 0..3000 {
+        let active: Option<bool> = source
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&tag],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if active != Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     source
         .execute("SELECT pg_drop_replication_slot($1)", &[&tag])
         .await?;
@@ -441,11 +461,15 @@ async fn run(
         same: same_lat,
         other: other_lat,
         large_ms,
-        sent_ms: first(&|s| s.sent_lsn > commit_lsn),
+        sent_ms: first(&|s| s.sent_lsn >= commit_lsn),
         large_logged_ms,
         slot,
         peak_spool_bytes: samples.iter().map(|s| s.spool_bytes).max().unwrap_or(0),
         peak_rss_kb,
+        load: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split(' ').next().map(str::to_owned))
+            .unwrap_or_default(),
     })
 }
 
