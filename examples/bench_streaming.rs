@@ -26,6 +26,8 @@
 //! statements: a transaction that runs longer than the walsender needs to stream it, so that
 //! at its commit only the last block is left to send.
 //!
+//! `BENCH_WORK_MEM` (e.g. `8MB`) overrides `logical_decoding_work_mem`, for experiments.
+//!
 //! Protocols run one after the other, not side by side: on two cores two walsenders decoding
 //! the same 274 MB of WAL, two pgfanouts and two destinations applying a million rows would
 //! each take CPU from the other, and the latencies would measure that contention instead of the
@@ -154,11 +156,18 @@ fn main() -> Result<(), BoxError> {
     );
     let pgfanout = pgfanout_bin();
     let rt = tokio::runtime::Runtime::new()?;
-    let pg = start_source(&[])?;
+    // For experiments only; the reported runs use the default 64MB unless they say otherwise.
+    let work_mem = std::env::var("BENCH_WORK_MEM")
+        .ok()
+        .map(|m| format!("logical_decoding_work_mem = '{m}'"));
+    let pg = start_source(&work_mem.iter().map(String::as_str).collect::<Vec<_>>())?;
     rt.block_on(async {
         println!(
-            "{rows}-row transaction ({} ms between its statements), {SMALL} small ones; commit → visible (ms: p50 / p99 / max); \
+            "{}; {rows}-row transaction ({} ms between its statements), {SMALL} small ones; commit → visible (ms: p50 / p99 / max); \
              times after the large commit (ms)",
+            work_mem
+                .as_deref()
+                .unwrap_or("logical_decoding_work_mem = '64MB'"),
             pace.as_millis()
         );
         for scenario in scenarios {
