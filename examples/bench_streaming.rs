@@ -38,9 +38,11 @@
 //! walsender has sent past the commit record (`pg_stat_replication.sent_lsn`: under protocol
 //! 1 it has then decoded and sent the whole transaction, under protocol 2 its last block and
 //! Stream Commit), when pgfanout's change log is durable past the large transaction
-//! (`pgfanout_changelog_last_seq` on the admin endpoint), and the spool directory's size. At the
-//! end: the slot's `pg_stat_replication_slots` spill and stream counters and pgfanout's peak
-//! resident memory (`VmHWM`). `BENCH_SAMPLES=PREFIX` writes every sample to
+//! (`pgfanout_changelog_last_seq` on the admin endpoint), the spool directory's size and the
+//! CPU time of the walsender and of pgfanout (printed: how far behind the walsender was at the
+//! commit, and the CPU each used until the large transaction was logged). At the end: the
+//! slot's `pg_stat_replication_slots` spill and stream counters, pgfanout's peak resident memory
+//! (`VmHWM`) and the load average. `BENCH_SAMPLES=PREFIX` writes every sample to
 //! `PREFIX.<scenario>_<round>_v<protocol>.csv`.
 
 mod bench_common;
