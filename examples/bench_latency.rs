@@ -13,14 +13,14 @@
 
 mod bench_common;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bench_common::{check_running, pgfanout_bin, spawn, start_source, stop, BoxError, TENANT};
+use bench_common::{
+    latency, pgfanout_bin, spawn, start_source, stop, wait_until, BoxError, ARRIVED, LAT_TABLE,
+    TENANT,
+};
 use tokio_postgres::Client;
 
-const TABLE: &str = "CREATE TABLE lat (id bigint NOT NULL, tenant uuid NOT NULL,
-                                       written_at timestamptz NOT NULL, PRIMARY KEY (tenant, id))";
 const TICK: Duration = Duration::from_millis(5);
 
 fn main() -> Result<(), BoxError> {
@@ -48,13 +48,11 @@ fn main() -> Result<(), BoxError> {
         }
         let source = pg.sql("src").await?;
         source
-            .batch_execute(&format!("{TABLE}; CREATE PUBLICATION lat FOR TABLE lat;"))
+            .batch_execute(&format!("{LAT_TABLE}; CREATE PUBLICATION lat FOR TABLE lat;"))
             .await?;
         let native = pg.sql("native").await?;
         native
-            .batch_execute(&format!(
-                "{TABLE}; ALTER TABLE lat ADD COLUMN arrived timestamptz DEFAULT clock_timestamp()"
-            ))
+            .batch_execute(&format!("{LAT_TABLE}; {ARRIVED}"))
             .await?;
         // The slot is made beforehand: a subscription creating its slot on its own server
         // waits for its own transaction and never finishes.
@@ -100,9 +98,7 @@ fn main() -> Result<(), BoxError> {
                 .is_ok_and(|r| r.is_some())
         })
         .await?;
-        fanout
-            .batch_execute("ALTER TABLE lat ADD COLUMN arrived timestamptz DEFAULT clock_timestamp()")
-            .await?;
+        fanout.batch_execute(ARRIVED).await?;
         source.batch_execute("SET synchronous_commit = on").await?;
 
         eprintln!("writing at each rate; both consumers stream the whole time");
@@ -169,35 +165,4 @@ async fn write_at(
         rows += n as u64;
     }
     Ok(rows as f64 / start.elapsed().as_secs_f64())
-}
-
-/// p50, p99 and max of `arrived - written_at` in milliseconds over ids `first..=last`.
-async fn latency(c: &Client, first: i64, last: i64) -> Result<(f64, f64, f64), BoxError> {
-    let r = c
-        .query_one(
-            "WITH l AS (SELECT extract(epoch FROM arrived - written_at)::float8 * 1000 AS ms
-                        FROM lat WHERE id BETWEEN $1 AND $2)
-             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) FROM l",
-            &[&first, &last],
-        )
-        .await?;
-    Ok((r.get(0), r.get(1), r.get(2)))
-}
-
-/// Polls `check` every 10 ms until it holds; fails when `daemon` exits or after 10 minutes.
-async fn wait_until<F, Fut>(daemon: &mut Child, what: &str, mut check: F) -> Result<(), BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !check().await {
-        check_running(daemon, what)?;
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }

@@ -1,8 +1,8 @@
 //! What the destination benchmarks share (`bench_fanout`, `bench_clickhouse`,
-//! `bench_snapshot`, and `bench_e2e` for finding `pg_recvlogical`): the bench table, the
-//! preload, the three workloads with their marker rows, the source and mapping parts of the
-//! pgfanout configuration, starting and stopping `pgfanout run`, and finding PostgreSQL's
-//! client programs.
+//! `bench_snapshot`, `bench_latency`, `bench_streaming`, and `bench_e2e` for finding
+//! `pg_recvlogical`): the bench table, the preload, the three workloads with their marker rows,
+//! the source and mapping parts of the pgfanout configuration, starting, watching and stopping
+//! `pgfanout run`, the latency table's percentiles, and finding PostgreSQL's client programs.
 //!
 //! Included by each example with `mod bench_common;`; each uses only part of it.
 #![allow(dead_code)]
@@ -90,8 +90,18 @@ pub async fn setup_source(source: &Client, slots: &[String]) -> Result<(), BoxEr
 /// configuration; the caller appends its `[[destinations]]` with `mappings = ["bench",
 /// "marker"]`.
 pub fn source_and_mappings_toml(source_url: &str, slot: &str, log_dir: &Path) -> String {
+    source_and_mappings_toml_with(source_url, slot, log_dir, "")
+}
+
+/// [`source_and_mappings_toml`] with more `[source]` keys (`extra`, whole lines).
+pub fn source_and_mappings_toml_with(
+    source_url: &str,
+    slot: &str,
+    log_dir: &Path,
+    extra: &str,
+) -> String {
     format!(
-        "[source]\nurl = \"{source_url}\"\npublication = \"bench\"\nmanage = false\nslot = \"{slot}\"\n\
+        "[source]\nurl = \"{source_url}\"\npublication = \"bench\"\nmanage = false\nslot = \"{slot}\"\n{extra}\
          [log]\ndir = \"{}\"\n{MAPPINGS}",
         log_dir.display()
     )
@@ -225,6 +235,52 @@ pub fn check_running(daemon: &mut Child, waiting_for: &str) -> Result<(), BoxErr
         return Err(format!("pgfanout run exited with {status} before {waiting_for}").into());
     }
     Ok(())
+}
+
+/// Polls `check` every 10 ms until it holds; fails when `daemon` exits or after 10 minutes.
+pub async fn wait_until<F, Fut>(
+    daemon: &mut Child,
+    what: &str,
+    mut check: F,
+) -> Result<(), BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !check().await {
+        check_running(daemon, what)?;
+        if std::time::Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// The latency table both latency benchmarks write into: `written_at` is set at the source
+/// just before the commit; each target adds `arrived` (see [`ARRIVED`]).
+pub const LAT_TABLE: &str = "CREATE TABLE lat (id bigint NOT NULL, tenant uuid NOT NULL,
+                                       written_at timestamptz NOT NULL, PRIMARY KEY (tenant, id))";
+
+/// Added to a target's `lat` before anything is written: the consumer names its columns, so
+/// the default stamps when it inserts the row (visible when that transaction commits, right
+/// after).
+pub const ARRIVED: &str =
+    "ALTER TABLE lat ADD COLUMN arrived timestamptz DEFAULT clock_timestamp()";
+
+/// p50, p99 and max of `arrived - written_at` in milliseconds over `lat` ids `first..=last`.
+pub async fn latency(c: &Client, first: i64, last: i64) -> Result<(f64, f64, f64), BoxError> {
+    let r = c
+        .query_one(
+            "WITH l AS (SELECT extract(epoch FROM arrived - written_at)::float8 * 1000 AS ms
+                        FROM lat WHERE id BETWEEN $1 AND $2)
+             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) FROM l",
+            &[&first, &last],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1), r.get(2)))
 }
 
 /// How long a consumer may take to reach a marker before the run fails.
