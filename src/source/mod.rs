@@ -514,15 +514,17 @@ impl LogicalStream {
             // Frames already buffered are taken without touching the clock or the timer wheel
             // (that cost showed in profiles); the status deadline is checked every
             // STATUS_CHECK_FRAMES frames while busy and before every wait on the network.
+            // The status update comes before a frame is taken: a frame held across its await
+            // would be lost if the caller dropped this future there.
+            if self.frames_since_check >= STATUS_CHECK_FRAMES {
+                self.frames_since_check = 0;
+                if Instant::now() >= self.next_status {
+                    self.send_status_update(false).await?;
+                }
+            }
             let frame = match self.session.try_copy_frame()? {
                 Some(frame) => {
                     self.frames_since_check += 1;
-                    if self.frames_since_check >= STATUS_CHECK_FRAMES {
-                        self.frames_since_check = 0;
-                        if Instant::now() >= self.next_status {
-                            self.send_status_update(false).await?;
-                        }
-                    }
                     frame
                 }
                 None => {
@@ -749,6 +751,19 @@ impl LogicalStream {
             let lsn = r.commit_lsn;
             return self.apply(lsn, begin);
         }
+        // Handing out a large transaction reads no frames: keep the server's status current.
+        // Before the next message is read, so that cancelling this future at the await loses
+        // nothing (the caller selects on `next` with timers).
+        self.frames_since_check += 1;
+        if self.frames_since_check >= STATUS_CHECK_FRAMES {
+            self.frames_since_check = 0;
+            if Instant::now() >= self.next_status {
+                self.send_status_update(false).await?;
+            }
+        }
+        let Some(r) = &mut self.replay else {
+            return Ok(None);
+        };
         let Some(spooled) = r.records.next_message()? else {
             let commit = PgOutput::Commit {
                 flags: r.flags,
@@ -760,14 +775,6 @@ impl LogicalStream {
             self.replay = None;
             return self.apply(lsn, commit);
         };
-        // Handing out a large transaction reads no frames: keep the server's status current.
-        self.frames_since_check += 1;
-        if self.frames_since_check >= STATUS_CHECK_FRAMES {
-            self.frames_since_check = 0;
-            if Instant::now() >= self.next_status {
-                self.send_status_update(false).await?;
-            }
-        }
         let (_, message) = pgoutput::decode_streamed(&spooled.message)?;
         if spooled.aborted && !matches!(message, PgOutput::Relation(_) | PgOutput::Type { .. }) {
             return Ok(None);
