@@ -13,8 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgfanout::change::{Column, Op, Relation, ReplicaIdentity, RowChange, SequencedChange};
 use pgfanout::lsn::Lsn;
 use pgfanout::source::pgoutput::{
-    decode_message, parse_replication_message, PgOutput, ReplicationMessage,
+    decode_message, decode_streamed, parse_replication_message, PgOutput, ReplicationMessage,
 };
+use pgfanout::source::spool::Spool;
 use pgfanout::value::Timestamp;
 
 /// (name, type oid, typmod, text value) of a typical application row.
@@ -165,5 +166,50 @@ fn json(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, json);
+/// Protocol 2's hand-out of a streamed transaction: its messages read back from the spool file
+/// and decoded (what `LogicalStream` does at the Stream Commit before numbering).
+fn spool(c: &mut Criterion) {
+    const MESSAGES: usize = 10_000;
+    let mut streamed = vec![b'I'];
+    streamed.extend_from_slice(&7u32.to_be_bytes());
+    streamed.extend_from_slice(&insert_bytes()[1..]);
+    let streamed = Bytes::from(streamed);
+    let dir = tempfile::tempdir().unwrap();
+    // Both closures of `iter_batched` use it, one after the other.
+    let spool = std::cell::RefCell::new(Spool::open(dir.path()).unwrap());
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(MESSAGES as u64));
+    g.bench_function("append_10k_inserts", |b| {
+        b.iter(|| {
+            let mut spool = spool.borrow_mut();
+            spool.start(7, true).unwrap();
+            for _ in 0..MESSAGES {
+                spool.append(Lsn(1), black_box(&streamed)).unwrap();
+            }
+            spool.stop().unwrap();
+        })
+    });
+    g.bench_function("replay_and_decode_10k_inserts", |b| {
+        b.iter_batched(
+            || {
+                let mut spool = spool.borrow_mut();
+                spool.start(7, true).unwrap();
+                for _ in 0..MESSAGES {
+                    spool.append(Lsn(1), &streamed).unwrap();
+                }
+                spool.stop().unwrap();
+            },
+            |()| {
+                let mut replay = spool.borrow_mut().commit(7).unwrap();
+                while let Some(m) = replay.next_message().unwrap() {
+                    black_box(decode_streamed(&m.message).unwrap());
+                }
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, json, spool);
 criterion_main!(benches);
