@@ -54,6 +54,7 @@ use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
 use crate::failpoint;
 use crate::problems::Problems;
+use crate::sink::SinkError;
 use crate::sink::{
     checked_key, seq_in_batch, Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE,
 };
@@ -306,6 +307,23 @@ impl ClickHouseSink {
                 ));
                 continue;
             }
+            if create && !dry_run {
+                // A table from before the source changed (pgfanout was not running): its new
+                // columns and widened types, as a running destination would have added them.
+                // What is not a widening is left to the checks below to report.
+                if let Ok(actions) = align_actions(&label, &existing, &ddl, t, t, false) {
+                    if !actions.is_empty() {
+                        info!(destination, table = %label, actions = %actions.join(", "), "changing the target table to follow the source");
+                        self.execute(
+                            "changing the target table",
+                            Some(&label),
+                            &format!("ALTER TABLE {label} {}", actions.join(", ")),
+                        )
+                        .await?;
+                        existing = self.columns(&db, &t.name).await?;
+                    }
+                }
+            }
             let before = problems.len();
             let mut types = Vec::with_capacity(ddl.columns.len());
             for (name, wanted) in &ddl.columns {
@@ -450,6 +468,54 @@ impl ClickHouseSink {
             }
         }
         self.tables = prepared;
+        Ok(())
+    }
+
+    /// See [`crate::sink::Writer::evolve`]: one `ALTER TABLE` with every action, then the
+    /// tables are checked and prepared again (views recreated when their columns changed).
+    /// A sort-key column is never changed.
+    pub async fn evolve(
+        &mut self,
+        destination: &str,
+        table: usize,
+        prev: &TargetTable,
+        next: &TargetTable,
+        drop_gone: bool,
+        alter: bool,
+    ) -> Result<(), SinkError> {
+        let db = self.store.database.clone();
+        let label = qualified(&db, &next.name);
+        let existing = self.columns(&db, &next.name).await?;
+        let ddl = self.table_ddl(next);
+        let refuse = |column: &str, reason: String| SinkError::SchemaChange {
+            table: label.clone(),
+            column: column.to_owned(),
+            reason,
+        };
+        let actions = align_actions(&label, &existing, &ddl, prev, next, drop_gone)
+            .map_err(|(column, reason)| refuse(&column, reason))?;
+        // Kept columns need nothing: pgfanout creates every column outside the key Nullable,
+        // and an insert that leaves one out writes its default.
+        if !actions.is_empty() {
+            let sql = format!("ALTER TABLE {label} {}", actions.join(", "));
+            if !alter {
+                return Err(refuse(
+                    next.columns.first().map_or("", |c| c.name.as_str()),
+                    format!(
+                        "the source's schema changed and the table needs `{sql}`; create_tables = false, so pgfanout does not change tables: run it yourself (or set create_tables = true), then `pgfanout destination resume`"
+                    ),
+                ));
+            }
+            info!(destination, table = %label, actions = %actions.join(", "), "changing the target table to follow the source");
+            self.execute("changing the target table", Some(&label), &sql)
+                .await?;
+        }
+        let mut specs: Vec<TargetTable> = self.tables.iter().map(|t| t.spec.clone()).collect();
+        if let Some(t) = specs.get_mut(table) {
+            *t = next.clone();
+        }
+        self.prepare_tables(destination, &specs, false, false)
+            .await?;
         Ok(())
     }
 
@@ -1118,6 +1184,71 @@ enum PlannedOp<'b, 'a> {
 }
 
 /// The PostgreSQL type whose text a column's cells hold.
+/// The `ALTER TABLE` actions that bring a table whose columns are `existing` to `next`
+/// (`ddl` its DDL; see [`crate::sink::Writer::evolve`]), or the column and why not: a column
+/// is added when missing, left when its type holds the new one ([`ChType::accepts`]),
+/// modified when the new type holds the old one (a widening) outside the sort key; columns
+/// `prev` had and `next` lacks are dropped with `drop_gone`.
+fn align_actions(
+    label: &str,
+    existing: &[(String, String)],
+    ddl: &TableDdl,
+    prev: &TargetTable,
+    next: &TargetTable,
+    drop_gone: bool,
+) -> Result<Vec<String>, (String, String)> {
+    let mut actions = Vec::new();
+    for (c, (name, wanted)) in next.columns.iter().zip(&ddl.columns) {
+        let Some((_, have_text)) = existing.iter().find(|(n, _)| n == name) else {
+            if ddl.order_by.contains(name) {
+                return Err((
+                    name.clone(),
+                    format!("sort-key column {} does not exist in the table; pgfanout does not change a table's sort key: recreate the table, then run `pgfanout destination resume`", ident(name)),
+                ));
+            }
+            actions.push(format!("ADD COLUMN {} {}", ident(name), wanted.sql()));
+            continue;
+        };
+        let have = ChType::parse(have_text);
+        if have.as_ref().is_some_and(|h| h.accepts(wanted)) {
+            continue;
+        }
+        if have.is_some_and(|h| wanted.accepts(&h)) && !ddl.order_by.contains(name) {
+            actions.push(format!("MODIFY COLUMN {} {}", ident(name), wanted.sql()));
+            continue;
+        }
+        let was = prev.columns.iter().find(|p| p.name == c.name);
+        let from = was.map_or("?", |p| pg_type_name(&p.ty));
+        return Err((
+            name.clone(),
+            format!(
+                "the source column's type changed from {from} to {}, which is not a widening pgfanout applies to a column outside the sort key (the ClickHouse column is {have_text}, pgfanout would write {}); change the column yourself (ALTER TABLE {label} MODIFY COLUMN {} {}), then run `pgfanout destination resume`",
+                pg_type_name(&c.ty),
+                wanted.sql(),
+                ident(name),
+                wanted.sql()
+            ),
+        ));
+    }
+    if drop_gone {
+        for c in &prev.columns {
+            let gone = !next.columns.iter().any(|n| n.name == c.name);
+            if gone && existing.iter().any(|(n, _)| *n == c.name) {
+                actions.push(format!("DROP COLUMN {}", ident(&c.name)));
+            }
+        }
+    }
+    Ok(actions)
+}
+
+/// A column type's name for messages.
+fn pg_type_name(ty: &ColumnType) -> &str {
+    match ty {
+        ColumnType::Known(t) => t.name(),
+        ColumnType::Named(s) => s,
+    }
+}
+
 fn pg_type(ty: &ColumnType) -> PgType {
     match ty {
         ColumnType::Known(t) => t.clone(),
