@@ -330,6 +330,14 @@ async fn add_column_under_write_load_reaches_both_kinds_and_replays() {
         )
         .await
         .unwrap();
+    // `check` reports nothing the start aligns by itself (invariant 32).
+    let out = cli(&["check"], &config).await;
+    assert!(
+        out.status.success(),
+        "check after the source changed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut daemon = Daemon::start(&config);
     wait_streaming(&mut daemon, &source, &db).await;
     let source_d = "SELECT tenant, id::text, a::text, b, c::text, d::text FROM item";

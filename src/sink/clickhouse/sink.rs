@@ -307,12 +307,21 @@ impl ClickHouseSink {
                 ));
                 continue;
             }
-            if create && !dry_run {
-                // A table from before the source changed (pgfanout was not running): its new
-                // columns and widened types, as a running destination would have added them.
-                // What is not a widening is left to the checks below to report.
+            // A table from before the source changed (pgfanout was not running): its new
+            // columns and widened types, as a running destination would have added them (a
+            // check does not report them). What is not a widening is left to the checks below.
+            let mut aligned: Vec<String> = Vec::new();
+            if create {
                 if let Ok(actions) = align_actions(&label, &existing, &ddl, t, t, false) {
-                    if !actions.is_empty() {
+                    let actions: Vec<String> = actions
+                        .into_iter()
+                        .map(|(c, a)| {
+                            aligned.push(c);
+                            a
+                        })
+                        .collect();
+                    if !actions.is_empty() && !dry_run {
+                        aligned.clear();
                         info!(destination, table = %label, actions = %actions.join(", "), "changing the target table to follow the source");
                         self.execute(
                             "changing the target table",
@@ -327,6 +336,9 @@ impl ClickHouseSink {
             let before = problems.len();
             let mut types = Vec::with_capacity(ddl.columns.len());
             for (name, wanted) in &ddl.columns {
+                if aligned.contains(name) {
+                    continue;
+                }
                 match existing.iter().find(|(n, _)| n == name) {
                     None => problems.push(format!(
                         "{label}: column {} is missing; add it (ALTER TABLE {label} ADD COLUMN {} {})",
@@ -492,8 +504,11 @@ impl ClickHouseSink {
             column: column.to_owned(),
             reason,
         };
-        let actions = align_actions(&label, &existing, &ddl, prev, next, drop_gone)
-            .map_err(|(column, reason)| refuse(&column, reason))?;
+        let actions: Vec<String> = align_actions(&label, &existing, &ddl, prev, next, drop_gone)
+            .map_err(|(column, reason)| refuse(&column, reason))?
+            .into_iter()
+            .map(|(_, action)| action)
+            .collect();
         // Kept columns need nothing: pgfanout creates every column outside the key Nullable,
         // and an insert that leaves one out writes its default.
         if !actions.is_empty() {
@@ -1196,7 +1211,7 @@ fn align_actions(
     prev: &TargetTable,
     next: &TargetTable,
     drop_gone: bool,
-) -> Result<Vec<String>, (String, String)> {
+) -> Result<Vec<(String, String)>, (String, String)> {
     let mut actions = Vec::new();
     for (c, (name, wanted)) in next.columns.iter().zip(&ddl.columns) {
         let Some((_, have_text)) = existing.iter().find(|(n, _)| n == name) else {
@@ -1206,7 +1221,10 @@ fn align_actions(
                     format!("sort-key column {} does not exist in the table; pgfanout does not change a table's sort key: recreate the table, then run `pgfanout destination resume`", ident(name)),
                 ));
             }
-            actions.push(format!("ADD COLUMN {} {}", ident(name), wanted.sql()));
+            actions.push((
+                name.clone(),
+                format!("ADD COLUMN {} {}", ident(name), wanted.sql()),
+            ));
             continue;
         };
         let have = ChType::parse(have_text);
@@ -1214,7 +1232,10 @@ fn align_actions(
             continue;
         }
         if have.is_some_and(|h| wanted.accepts(&h)) && !ddl.order_by.contains(name) {
-            actions.push(format!("MODIFY COLUMN {} {}", ident(name), wanted.sql()));
+            actions.push((
+                name.clone(),
+                format!("MODIFY COLUMN {} {}", ident(name), wanted.sql()),
+            ));
             continue;
         }
         let was = prev.columns.iter().find(|p| p.name == c.name);
@@ -1234,7 +1255,7 @@ fn align_actions(
         for c in &prev.columns {
             let gone = !next.columns.iter().any(|n| n.name == c.name);
             if gone && existing.iter().any(|(n, _)| *n == c.name) {
-                actions.push(format!("DROP COLUMN {}", ident(&c.name)));
+                actions.push((c.name.clone(), format!("DROP COLUMN {}", ident(&c.name))));
             }
         }
     }

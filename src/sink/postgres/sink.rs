@@ -178,6 +178,7 @@ impl PostgresSink {
             // is not a widening is left to the check below to report.
             for t in tables {
                 if let Ok(actions) = self.align_actions(t, t, false).await? {
+                    let actions: Vec<String> = actions.into_iter().map(|(_, a)| a).collect();
                     if !actions.is_empty() {
                         let name = t.qualified_name();
                         info!(table = %name, actions = %actions.join(", "), "changing the target table to follow the source");
@@ -199,7 +200,7 @@ impl PostgresSink {
         let mut problems = Vec::new();
         let mut checked = Vec::new();
         for t in tables {
-            if let Some(c) = self.check_table(&mut problems, t).await? {
+            if let Some(c) = self.check_table(&mut problems, t, &[]).await? {
                 checked.push(c);
             }
         }
@@ -224,7 +225,7 @@ impl PostgresSink {
         prev: &TargetTable,
         next: &TargetTable,
         drop_gone: bool,
-    ) -> Result<Result<Vec<String>, (String, String)>, PostgresError> {
+    ) -> Result<Result<Vec<(String, String)>, (String, String)>, PostgresError> {
         let name = next.qualified_name();
         let catalog = |e| query_error("reading the catalog", None, Some(&name), e);
         let rows = self
@@ -261,7 +262,10 @@ impl PostgresSink {
                         format!("key column {col} does not exist in the target; pgfanout does not add key columns: add it (and the primary key) yourself, then run `pgfanout destination resume`"),
                     )));
                 }
-                actions.push(format!("ADD COLUMN {col} {}", type_sql(&c.ty)));
+                actions.push((
+                    c.name.clone(),
+                    format!("ADD COLUMN {col} {}", type_sql(&c.ty)),
+                ));
                 continue;
             };
             // A configured type name is the user's: the table check compares it.
@@ -273,7 +277,10 @@ impl PostgresSink {
                 continue;
             }
             if type_holds(want, &have) && known_type_has_name(want) {
-                actions.push(format!("ALTER COLUMN {col} TYPE {}", want.name()));
+                actions.push((
+                    c.name.clone(),
+                    format!("ALTER COLUMN {col} TYPE {}", want.name()),
+                ));
                 continue;
             }
             let was = prev.columns.iter().find(|p| p.name == c.name);
@@ -297,9 +304,9 @@ impl PostgresSink {
             };
             let col = quote_ident(&c.name);
             if drop_gone {
-                actions.push(format!("DROP COLUMN {col}"));
+                actions.push((c.name.clone(), format!("DROP COLUMN {col}")));
             } else if *not_null {
-                actions.push(format!("ALTER COLUMN {col} DROP NOT NULL"));
+                actions.push((c.name.clone(), format!("ALTER COLUMN {col} DROP NOT NULL")));
             }
         }
         Ok(Ok(actions))
@@ -322,10 +329,13 @@ impl PostgresSink {
             column: column.to_owned(),
             reason,
         };
-        let actions = self
+        let actions: Vec<String> = self
             .align_actions(prev, next, drop_gone)
             .await?
-            .map_err(|(column, reason)| refuse(&column, reason))?;
+            .map_err(|(column, reason)| refuse(&column, reason))?
+            .into_iter()
+            .map(|(_, action)| action)
+            .collect();
         if !actions.is_empty() {
             let sql = format!("ALTER TABLE {} {}", name.quoted(), actions.join(", "));
             if !alter {
@@ -390,7 +400,17 @@ impl PostgresSink {
                 }
                 continue;
             }
-            self.check_table(&mut problems, t).await?;
+            // What the writer's start aligns by itself (columns the source gained or widened
+            // while pgfanout was stopped) is no problem.
+            let aligned: Vec<String> = if create {
+                match self.align_actions(t, t, false).await? {
+                    Ok(actions) => actions.into_iter().map(|(c, _)| c).collect(),
+                    Err(_) => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            };
+            self.check_table(&mut problems, t, &aligned).await?;
         }
         for schema in may_create {
             self.check_may_create_in(&mut problems, schema).await?;
@@ -557,10 +577,12 @@ impl PostgresSink {
     }
 
     /// Compares one table with the catalog; returns the spec and the cast types when it fits.
+    /// Columns in `aligned` are not checked (the writer's start adds or widens them).
     async fn check_table(
         &self,
         problems: &mut Vec<String>,
         t: &TargetTable,
+        aligned: &[String],
     ) -> Result<Option<(TargetTable, Vec<String>)>, PostgresError> {
         let name = t.qualified_name();
         let catalog = |e| query_error("reading the catalog", None, Some(&name), e);
@@ -604,7 +626,7 @@ impl PostgresSink {
         let before = problems.len();
         let col_ref = |c: &str| format!("{}.{}", name.quoted(), quote_ident(c));
         let mut casts = Vec::with_capacity(t.columns.len());
-        for c in &t.columns {
+        for c in t.columns.iter().filter(|c| !aligned.contains(&c.name)) {
             let Some((typid, typname)) = actual.get(&c.name) else {
                 problems.push(format!(
                     "column {} does not exist; add it (ALTER TABLE {} ADD COLUMN {} {}) or remove it from the mapping",
