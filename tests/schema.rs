@@ -219,6 +219,8 @@ async fn add_column_under_write_load_reaches_both_kinds_and_replays() {
         &db,
         &(mapping("items", "items", "columns = \"*\"")
             + &pg_destination("pg", &pg, &["items"])
+            // Parallel apply: every connection prepares its statements again after a change.
+            + "apply_connections = 2\n"
             + &ch_destination("ch", &ch, &["items"])),
     );
     let mut daemon = Daemon::start(&config);

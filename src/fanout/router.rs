@@ -199,19 +199,21 @@ impl Router {
         if self.tenancy_oid == Some(rel.oid) {
             self.update_registry(change)?;
         }
-        let Some(slots) = self.by_oid.get_mut(&rel.oid) else {
+        let Some(slots) = self.by_oid.get(&rel.oid) else {
             return Ok(());
         };
-        // Taken out while the slots change (no allocation), put back below.
-        let slots = std::mem::take(slots);
         // First every mapping's schema barrier, then the change's ops: a barrier at seq S
         // must precede every op at S for the destination (`Planned::is_barrier`).
-        for &s in &slots {
-            self.recompile(s, change, out);
+        for &s in slots {
+            recompile(
+                &mut self.slots[s],
+                &self.routing,
+                &self.destinations,
+                change,
+                out,
+            );
         }
-        let result = self.plan(change, &slots, out);
-        self.by_oid.insert(rel.oid, slots);
-        result
+        self.plan(change, slots, out)
     }
 
     fn plan(
@@ -243,89 +245,6 @@ impl Router {
             }
         }
         Ok(())
-    }
-
-    /// Keeps slot `s` compiled for the change's relation. A new target shape (or this
-    /// router's first change of the table) becomes a [`Planned::Schema`] for each destination
-    /// with the mapping; a mapping that no longer compiles a [`Planned::Fail`] for them, once
-    /// per relation (they stop; the other destinations go on).
-    fn recompile(&mut self, s: usize, change: &SequencedChange, out: &mut Vec<Routed>) {
-        let rel = &change.change.relation;
-        let slot = &mut self.slots[s];
-        let same = |r: &Arc<Relation>| Arc::ptr_eq(r, rel) || **r == **rel;
-        if slot.failed.as_ref().is_some_and(same) {
-            return;
-        }
-        let current = slot.compiled.as_ref().is_some_and(|(r, _)| same(r));
-        if current {
-            if let Some((r, _)) = &mut slot.compiled {
-                // Same description, new allocation: remember it so the next check is a
-                // pointer comparison.
-                if !Arc::ptr_eq(r, rel) {
-                    *r = rel.clone();
-                }
-            }
-            if slot.shape.is_some() {
-                return;
-            }
-        } else {
-            match self.routing.compile(slot.mapping, rel, Some(change.seq)) {
-                Ok(route) => {
-                    slot.compiled = Some((rel.clone(), route));
-                    slot.failed = None;
-                }
-                Err(e) => {
-                    let mapping = &self.routing.mappings[slot.mapping];
-                    let reason = match &e {
-                        FanoutError::Mapping { source, .. } => source.to_string(),
-                        e => e.to_string(),
-                    };
-                    warn!(mapping = %mapping.name, seq = change.seq, reason = %reason, "the mapping no longer compiles against its source table; its destinations stop");
-                    slot.compiled = None;
-                    slot.shape = None;
-                    slot.failed = Some(rel.clone());
-                    let (name, reason): (Arc<str>, Arc<str>) =
-                        (mapping.name.as_str().into(), reason.into());
-                    for &(destination, table) in self.destinations.with_mapping(slot.mapping) {
-                        out.push(Routed {
-                            destination,
-                            table,
-                            op: Planned::Fail {
-                                seq: change.seq,
-                                mapping: name.clone(),
-                                reason: reason.clone(),
-                            },
-                        });
-                    }
-                    return;
-                }
-            }
-        }
-        let Some((rel, route)) = &slot.compiled else {
-            return;
-        };
-        let mapping = &self.routing.mappings[slot.mapping];
-        let shape = TableShape {
-            mapping: mapping.name.clone(),
-            columns: target_columns(mapping, rel, route),
-            key: route.key.clone(),
-            drop_gone: mapping.on_drop_column == OnDropColumn::Drop,
-        };
-        if slot.shape.as_deref() == Some(&shape) {
-            return;
-        }
-        let shape = Arc::new(shape);
-        slot.shape = Some(shape.clone());
-        for &(destination, table) in self.destinations.with_mapping(slot.mapping) {
-            out.push(Routed {
-                destination,
-                table,
-                op: Planned::Schema {
-                    seq: change.seq,
-                    shape: shape.clone(),
-                },
-            });
-        }
     }
 
     fn resolve(&mut self, rel: &Relation) {
@@ -419,4 +338,92 @@ pub(super) fn target_columns(
             c
         })
         .collect()
+}
+
+/// Keeps `slot` compiled for the change's relation. A new target shape (or this
+/// router's first change of the table) becomes a [`Planned::Schema`] for each destination
+/// with the mapping; a mapping that no longer compiles a [`Planned::Fail`] for them, once
+/// per relation (they stop; the other destinations go on).
+fn recompile(
+    slot: &mut Slot,
+    routing: &Routing,
+    destinations: &DestinationSet,
+    change: &SequencedChange,
+    out: &mut Vec<Routed>,
+) {
+    let rel = &change.change.relation;
+    let same = |r: &Arc<Relation>| Arc::ptr_eq(r, rel) || **r == **rel;
+    if slot.failed.as_ref().is_some_and(same) {
+        return;
+    }
+    let current = slot.compiled.as_ref().is_some_and(|(r, _)| same(r));
+    if current {
+        if let Some((r, _)) = &mut slot.compiled {
+            // Same description, new allocation: remember it so the next check is a
+            // pointer comparison.
+            if !Arc::ptr_eq(r, rel) {
+                *r = rel.clone();
+            }
+        }
+        if slot.shape.is_some() {
+            return;
+        }
+    } else {
+        match routing.compile(slot.mapping, rel, Some(change.seq)) {
+            Ok(route) => {
+                slot.compiled = Some((rel.clone(), route));
+                slot.failed = None;
+            }
+            Err(e) => {
+                let mapping = &routing.mappings[slot.mapping];
+                let reason = match &e {
+                    FanoutError::Mapping { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                };
+                warn!(mapping = %mapping.name, seq = change.seq, reason = %reason, "the mapping no longer compiles against its source table; its destinations stop");
+                slot.compiled = None;
+                slot.shape = None;
+                slot.failed = Some(rel.clone());
+                let (name, reason): (Arc<str>, Arc<str>) =
+                    (mapping.name.as_str().into(), reason.into());
+                for &(destination, table) in destinations.with_mapping(slot.mapping) {
+                    out.push(Routed {
+                        destination,
+                        table,
+                        op: Planned::Fail {
+                            seq: change.seq,
+                            mapping: name.clone(),
+                            reason: reason.clone(),
+                        },
+                    });
+                }
+                return;
+            }
+        }
+    }
+    let Some((rel, route)) = &slot.compiled else {
+        return;
+    };
+    let mapping = &routing.mappings[slot.mapping];
+    let shape = TableShape {
+        mapping: mapping.name.clone(),
+        columns: target_columns(mapping, rel, route),
+        key: route.key.clone(),
+        drop_gone: mapping.on_drop_column == OnDropColumn::Drop,
+    };
+    if slot.shape.as_deref() == Some(&shape) {
+        return;
+    }
+    let shape = Arc::new(shape);
+    slot.shape = Some(shape.clone());
+    for &(destination, table) in destinations.with_mapping(slot.mapping) {
+        out.push(Routed {
+            destination,
+            table,
+            op: Planned::Schema {
+                seq: change.seq,
+                shape: shape.clone(),
+            },
+        });
+    }
 }
