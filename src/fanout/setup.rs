@@ -100,6 +100,17 @@ impl Setup {
                     ));
                 }
             }
+            // With "*" the configuration could not tell whether a typed column is mapped.
+            if m.all_columns {
+                for (c, _) in &m.types {
+                    if !rel.columns.iter().any(|rc| rc.name == *c) || m.exclude.contains(c) {
+                        problems.push(format!(
+                            "mappings[{i}].types.{c} ({}): {} has no column {c:?} this mapping maps; remove it from types",
+                            m.name, m.source
+                        ));
+                    }
+                }
+            }
         }
         let keys: Vec<Vec<String>> = cfg
             .mappings

@@ -1240,10 +1240,20 @@ fn align_actions(
         }
         let was = prev.columns.iter().find(|p| p.name == c.name);
         let from = was.map_or("?", |p| pg_type_name(&p.ty));
+        if ddl.order_by.contains(name) {
+            return Err((
+                name.clone(),
+                format!(
+                    "the source column's type changed from {from} to {}, and the column is part of the table's sort key, which ClickHouse cannot change (the column is {have_text}, pgfanout would write {}); recreate the table (and resync the destination), then run `pgfanout destination resume`",
+                    pg_type_name(&c.ty),
+                    wanted.sql()
+                ),
+            ));
+        }
         return Err((
             name.clone(),
             format!(
-                "the source column's type changed from {from} to {}, which is not a widening pgfanout applies to a column outside the sort key (the ClickHouse column is {have_text}, pgfanout would write {}); change the column yourself (ALTER TABLE {label} MODIFY COLUMN {} {}), then run `pgfanout destination resume`",
+                "the source column's type changed from {from} to {}, which is not a widening pgfanout applies (the ClickHouse column is {have_text}, pgfanout would write {}); change the column yourself (ALTER TABLE {label} MODIFY COLUMN {} {}), then run `pgfanout destination resume`",
                 pg_type_name(&c.ty),
                 wanted.sql(),
                 ident(name),
@@ -1384,6 +1394,112 @@ fn unescape_tsv(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_follows_its_mapping_by_adding_widening_and_dropping_but_never_its_sort_key() {
+        use crate::sink::{TargetColumn, TargetTable};
+        let col = |n: &str, t: PgType, nullable: bool| TargetColumn::new(n, t, nullable);
+        let table = |cols: Vec<TargetColumn>| TargetTable::new("db", "t", cols, vec!["id".into()]);
+        let prev = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Int4, true),
+            col("gone", PgType::Text, true),
+        ]);
+        let next = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Int8, true),
+            col("b", PgType::Text, true),
+        ]);
+        let ddl = |t: &TargetTable| TableDdl {
+            database: "db".into(),
+            name: "t".into(),
+            columns: t
+                .columns
+                .iter()
+                .map(|c| {
+                    let ty = pg_type(&c.ty);
+                    let ch = target_type(&ty, None, c.nullable, ServerVersion::new(23, 8));
+                    (c.name.clone(), ch)
+                })
+                .collect(),
+            order_by: vec!["id".into()],
+            version_column: "_seq".into(),
+            deleted_column: "_is_deleted".into(),
+        };
+        let existing: Vec<(String, String)> = [
+            ("id", "Int32"),
+            ("a", "Nullable(Int32)"),
+            ("gone", "Nullable(String)"),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+        let actions = |drop_gone| {
+            align_actions("`db`.`t`", &existing, &ddl(&next), &prev, &next, drop_gone)
+                .unwrap()
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            actions(false),
+            [
+                "MODIFY COLUMN `a` Nullable(Int64)",
+                "ADD COLUMN `b` Nullable(String)"
+            ]
+        );
+        assert_eq!(actions(true).last().unwrap(), "DROP COLUMN `gone`");
+        // Replaying older changes into the widened table changes nothing.
+        let widened: Vec<(String, String)> = [("id", "Int32"), ("a", "Nullable(Int64)")]
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        let old = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Int4, true),
+        ]);
+        assert_eq!(
+            align_actions("`db`.`t`", &widened, &ddl(&old), &old, &old, false),
+            Ok(vec![])
+        );
+        // The sort key and anything but a widening are refused, naming the column and types.
+        let key_widened = table(vec![
+            col("id", PgType::Int8, false),
+            col("a", PgType::Int8, true),
+        ]);
+        let (column, reason) = align_actions(
+            "`db`.`t`",
+            &existing,
+            &ddl(&key_widened),
+            &prev,
+            &key_widened,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(column, "id");
+        assert!(
+            reason.contains("int4 to int8") && reason.contains("sort key"),
+            "{reason}"
+        );
+        let to_text = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Text, true),
+        ]);
+        let (column, reason) = align_actions(
+            "`db`.`t`",
+            &existing,
+            &ddl(&to_text),
+            &prev,
+            &to_text,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(column, "a");
+        assert!(
+            reason.contains("int4 to text") && reason.contains("Nullable(Int32)"),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn tsv_unescapes_what_clickhouse_escapes() {
