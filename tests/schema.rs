@@ -602,3 +602,60 @@ async fn a_widening_is_applied_and_another_type_change_stops_only_its_destinatio
     );
     assert!(daemon.stop().success());
 }
+
+/// Without DDL capture a rename is a drop and an add (README): the old column stays with the
+/// values it had, the new one is added and filled by the changes that come after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_without_capture_is_a_drop_and_an_add() {
+    let db = fresh_db("schema_rename_src").await;
+    let source = sql(&db).await;
+    source
+        .batch_execute(
+            "CREATE TABLE item (tenant text NOT NULL, id int NOT NULL, x text, PRIMARY KEY (tenant, id))",
+        )
+        .await
+        .unwrap();
+    let pg = fresh_db("schema_rename_pg").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &db,
+        &(mapping("items", "items", "columns = \"*\"") + &pg_destination("pg", &pg, &["items"])),
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    source
+        .batch_execute("INSERT INTO item SELECT 't0', i, 'x' || i FROM generate_series(1, 5) i")
+        .await
+        .unwrap();
+    let target = sql(&pg).await;
+    wait_equal(
+        "the target",
+        &source,
+        "SELECT tenant, id::text, x FROM item",
+        || pg_text(&target, "SELECT tenant, id::text, x FROM items"),
+    )
+    .await;
+    source
+        .batch_execute(
+            "ALTER TABLE item RENAME COLUMN x TO y; UPDATE item SET y = 'y' || id WHERE id <= 2;",
+        )
+        .await
+        .unwrap();
+    let got = "SELECT tenant, id::text, y FROM items";
+    wait_equal(
+        "the renamed column",
+        &source,
+        "SELECT tenant, id::text, CASE WHEN id <= 2 THEN y END FROM item",
+        || pg_text(&target, got),
+    )
+    .await;
+    // The old column keeps what it had (an update leaves it alone).
+    assert_eq!(
+        pg_text(&target, "SELECT id::text, x FROM items")
+            .await
+            .unwrap(),
+        "1\tx1\n2\tx2\n3\tx3\n4\tx4\n5\tx5\n"
+    );
+    assert!(daemon.stop().success());
+}
