@@ -186,10 +186,29 @@ pub struct MappingConfig {
     pub key: Option<Vec<String>>,
     /// The row filter's text (the mapping language, checked by [`StageRules::expression`]).
     pub filter: Option<String>,
-    /// Target column = expression text, in the order written in the file.
+    /// Target column = expression text, in the order written in the file. Empty with
+    /// `all_columns`.
     pub columns: Vec<(String, String)>,
+    /// `columns = "*"`: every column of the source table but `exclude`, under its own name, in
+    /// the source's order, following the source as columns come and go.
+    pub all_columns: bool,
+    /// With `all_columns`: source columns left out.
+    pub exclude: Vec<String>,
+    /// What a column the source dropped becomes in the target (with `all_columns`).
+    pub on_drop_column: OnDropColumn,
     /// Explicit target column types, in the order written; each names one of `columns`.
     pub types: Vec<(String, ColumnType)>,
+}
+
+/// `mappings.on_drop_column`: what happens to a target column whose source column was
+/// dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDropColumn {
+    /// It stays, nullable; rows written afterwards have no value there.
+    #[default]
+    Keep,
+    /// It is dropped from the target too.
+    Drop,
 }
 
 /// What kind of store a destination is.
@@ -406,10 +425,18 @@ pub struct StoreSettings<'a> {
 pub struct MappedColumns<'a> {
     pub name: &'a str,
     pub columns: Vec<&'a str>,
+    /// `columns = "*"`: which columns it maps is known only from the source, at start.
+    pub all: bool,
 }
 
 impl MappedColumns<'_> {
+    /// Whether the mapping may map `column` (a `"*"` mapping may map any).
     pub fn maps(&self, column: &str) -> bool {
+        self.all || self.columns.contains(&column)
+    }
+
+    /// Whether the mapping lists `column` by name.
+    pub fn lists(&self, column: &str) -> bool {
         self.columns.contains(&column)
     }
 }

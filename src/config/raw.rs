@@ -46,9 +46,49 @@ pub(super) struct RawMapping {
     pub(super) target: String,
     pub(super) key: Option<Vec<String>>,
     pub(super) filter: Option<String>,
-    pub(super) columns: Entries,
+    pub(super) columns: Columns,
+    pub(super) exclude: Option<Vec<String>>,
+    pub(super) on_drop_column: Option<String>,
     #[serde(default)]
     pub(super) types: Entries,
+}
+
+/// `columns`: a table of `target = "expression"`, or `"*"` for all of the source's columns
+/// (any other text is kept to be reported with its key by `validate`).
+#[derive(Debug)]
+pub(super) enum Columns {
+    Listed(Entries),
+    All(String),
+}
+
+impl Columns {
+    /// The listed entries; none for `"*"`.
+    pub(super) fn listed(&self) -> &[(String, String)] {
+        match self {
+            Columns::Listed(e) => &e.0,
+            Columns::All(_) => &[],
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Columns {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Columns;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"*\" or a table of name = \"text\" entries")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Columns, E> {
+                Ok(Columns::All(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Columns, A::Error> {
+                Entries::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Columns::Listed)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

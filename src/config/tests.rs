@@ -634,3 +634,53 @@ fn every_connection_key_takes_both_forms_and_several_hosts_need_read_write() {
     );
     assert!(!msg.contains("s3cret"), "{msg}");
 }
+
+#[test]
+fn all_columns_exclude_and_on_drop_column() {
+    let base = "[source]\nurl = \"postgres://u@h/db\"\n[[mappings]]\nname = \"m\"\nsource = \"public.t\"\ntenant_key = \"tenant\"\ntarget = \"t\"\n";
+    let c = parse(&format!(
+        "{base}columns = \"*\"\nexclude = [\"secret\"]\non_drop_column = \"drop\"\n"
+    ))
+    .unwrap();
+    let m = &c.mappings[0];
+    assert!(m.all_columns && m.columns.is_empty());
+    assert_eq!(m.exclude, ["secret"]);
+    assert_eq!(m.on_drop_column, OnDropColumn::Drop);
+    let c = parse(&format!("{base}columns = \"*\"\n")).unwrap();
+    assert_eq!(c.mappings[0].on_drop_column, OnDropColumn::Keep);
+
+    for (text, key, words) in [
+        ("columns = \"all\"\n", "mappings[0].columns", "\"*\""),
+        (
+            "columns = \"*\"\non_drop_column = \"delete\"\n",
+            "mappings[0].on_drop_column",
+            "\"keep\"",
+        ),
+        (
+            "exclude = [\"x\"]\n[mappings.columns]\nid = \"id\"\n",
+            "mappings[0].exclude",
+            "only to columns = \"*\"",
+        ),
+        (
+            "on_drop_column = \"drop\"\n[mappings.columns]\nid = \"id\"\n",
+            "mappings[0].on_drop_column",
+            "only to columns = \"*\"",
+        ),
+        (
+            "columns = \"*\"\nexclude = [\"tenant\"]\n",
+            "mappings[0].exclude[0]",
+            "tenant key",
+        ),
+        (
+            "columns = \"*\"\nexclude = [\"a\", \"a\"]\n",
+            "mappings[0].exclude[1]",
+            "twice",
+        ),
+    ] {
+        let p = problems(&format!("{base}{text}"));
+        assert!(
+            p.iter().any(|p| p.key == key && p.message.contains(words)),
+            "{text}: {key} with {words:?} in {p:?}"
+        );
+    }
+}

@@ -8,11 +8,13 @@ use crate::sql::QualifiedName;
 use crate::target::{ColumnType, DEFAULT_VERSION_COLUMN};
 
 use super::raw::{
-    child, RawAdmin, RawConfig, RawDestination, RawFanout, RawMapping, RawSnapshot, RawTenants,
+    child, Columns, Entries, RawAdmin, RawConfig, RawDestination, RawFanout, RawMapping,
+    RawSnapshot, RawTenants,
 };
 use super::{
     AdminConfig, ClickHouseStore, Config, DestinationConfig, DestinationKind, FanoutConfig,
-    LogConfig, MappedColumns, MappingConfig, PostgresStore, Problem, Protocol, SnapshotConfig,
+    LogConfig, MappedColumns, MappingConfig, OnDropColumn, PostgresStore, Problem, Protocol,
+    SnapshotConfig,
     SnapshotMode, SourceConfig, StageRules, StateConfig, StoreConfig, StoreSettings, Tenants,
     TenantsConfig, ADMIN_OFF, DEFAULT_ADMIN_LISTEN, DEFAULT_APPLY_CONNECTIONS, DEFAULT_BATCH_ROWS,
     DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_CLICKHOUSE_BATCH_ROWS, DEFAULT_CLICKHOUSE_DATABASE,
@@ -413,14 +415,27 @@ pub(super) fn validate_mappings(
         identifier(problem, &at("target"), "target table name", &m.target);
 
         let columns_key = at("columns");
-        if m.columns.0.is_empty() {
+        let empty = Entries::default();
+        let (listed, all_columns) = match &m.columns {
+            Columns::Listed(entries) => (entries, false),
+            Columns::All(text) if text == "*" => (&empty, true),
+            Columns::All(_) => {
+                problem(
+                    &columns_key,
+                    "must be \"*\" (all of the source's columns) or a table of target column = \"expression\"".into(),
+                );
+                ok = false;
+                (&empty, false)
+            }
+        };
+        if listed.0.is_empty() && matches!(m.columns, Columns::Listed(_)) {
             problem(
                 &columns_key,
-                "is empty; map at least one target column, such as id = \"id\"".into(),
+                "is empty; map at least one target column, such as id = \"id\", or write columns = \"*\"".into(),
             );
         }
-        let mut columns = Vec::with_capacity(m.columns.0.len());
-        for (name, text) in &m.columns.0 {
+        let mut columns = Vec::with_capacity(listed.0.len());
+        for (name, text) in &listed.0 {
             let key = child(&columns_key, name);
             identifier(problem, &key, "target column name", name);
             match rules.expression(text, false, has_tenants) {
@@ -431,7 +446,49 @@ pub(super) fn validate_mappings(
                 }
             }
         }
-        let is_mapped = |c: &str| m.columns.0.iter().any(|(name, _)| name == c);
+        let exclude = m.exclude.clone().unwrap_or_default();
+        if m.exclude.is_some() && !all_columns {
+            problem(
+                &at("exclude"),
+                "applies only to columns = \"*\"; leave the column out of mappings.columns instead"
+                    .into(),
+            );
+        }
+        for (j, c) in exclude.iter().enumerate() {
+            let at_c = format!("mappings[{i}].exclude[{j}]");
+            identifier(problem, &at_c, "source column name", c);
+            if exclude[..j].contains(c) {
+                problem(
+                    &at_c,
+                    format!("{c:?} is listed twice; list each column once"),
+                );
+            }
+            if *c == m.tenant_key {
+                problem(
+                    &at_c,
+                    format!("{c:?} is the tenant key; the target needs it to route deletes"),
+                );
+            }
+        }
+        let on_drop_column = match m.on_drop_column.as_deref() {
+            None | Some("keep") => OnDropColumn::Keep,
+            Some("drop") => OnDropColumn::Drop,
+            Some(_) => {
+                problem(
+                    &at("on_drop_column"),
+                    "must be \"keep\" (the target keeps the column, nullable) or \"drop\" (it is dropped too)".into(),
+                );
+                OnDropColumn::Keep
+            }
+        };
+        if m.on_drop_column.is_some() && !all_columns {
+            problem(
+                &at("on_drop_column"),
+                "applies only to columns = \"*\"; a listed column whose source column is dropped stops the mapping's destinations".into(),
+            );
+        }
+        // With "*" any source column may be named (checked against the source at start).
+        let is_mapped = |c: &str| all_columns || listed.0.iter().any(|(name, _)| name == c);
 
         let filter = match &m.filter {
             None => None,
@@ -493,6 +550,9 @@ pub(super) fn validate_mappings(
                 key: m.key.clone(),
                 filter,
                 columns,
+                all_columns,
+                exclude,
+                on_drop_column,
                 types,
             }),
             _ => None,
@@ -615,7 +675,8 @@ pub(super) fn validate_destinations(
                 .iter()
                 .map(|m| MappedColumns {
                     name: &m.name,
-                    columns: m.columns.0.iter().map(|(n, _)| n.as_str()).collect(),
+                    columns: m.columns.listed().iter().map(|(n, _)| n.as_str()).collect(),
+                    all: matches!(m.columns, Columns::All(_)),
                 })
                 .collect();
             let settings = StoreSettings {
@@ -628,7 +689,11 @@ pub(super) fn validate_destinations(
             });
         }
         for m in &listed {
-            if m.columns.0.iter().any(|(name, _)| *name == version_column) {
+            if m.columns
+                .listed()
+                .iter()
+                .any(|(name, _)| *name == version_column)
+            {
                 problem(
                     &at("version_column"),
                     format!(

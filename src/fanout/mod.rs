@@ -94,6 +94,12 @@ pub enum FanoutError {
         seq: Option<u64>,
         source: SetupError,
     },
+    #[error("mapping {mapping} stopped at change {seq}: its source table changed and the mapping no longer fits it: {reason}\nHINT: fix the mapping (or the source table), then run `pgfanout destination resume` or restart; the destination resumes at this change")]
+    MappingStopped {
+        mapping: String,
+        seq: u64,
+        reason: String,
+    },
     #[error("change {seq}, mapping {mapping}\nHINT: fix the mapping (a filter or coalesce) and restart; routing resumes at this change")]
     Route {
         seq: u64,
@@ -152,6 +158,8 @@ impl Classify for FanoutError {
             FanoutError::Connect { source, .. } => source.kind(),
             FanoutError::Catalog(e) => e.kind(),
             FanoutError::Destination { source, .. } => source.kind(),
+            // Only the mapping's destinations stop (its router told each of them).
+            FanoutError::MappingStopped { .. } => ErrorKind::Rejected,
             _ => ErrorKind::Definite,
         }
     }
@@ -377,6 +385,7 @@ impl Fanout {
             shared_all.push((plan.config.name.clone(), shared.clone()));
             workers.push(worker::Worker {
                 index,
+                tables: plan.tables.clone(),
                 plan: plan.clone(),
                 setup: setup.clone(),
                 readers: readers.clone(),

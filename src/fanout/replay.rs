@@ -40,10 +40,10 @@ use tracing::{info, warn};
 use crate::changelog::{LogReader, LogRecord};
 use crate::config::Config;
 use crate::disposition::{disposition, Backoff, Classify, Disposition, Scope};
-use crate::fanout::route::{PartialOps, Routed};
+use crate::fanout::route::{PartialOps, Planned, Routed};
 use crate::progress::Progress;
 use crate::report::Chain;
-use crate::sink::{Batch, SinkError, Writer};
+use crate::sink::{Batch, SinkError, TargetTable, Writer};
 
 use super::setup::{DestinationPlan, Setup};
 use super::toast::Refill;
@@ -143,6 +143,8 @@ pub async fn replay(
         }
     }
     let plan = &setup.destinations[index];
+    // The tables as the writer has them: they follow the source across schema barriers.
+    let mut tables = plan.tables.clone();
     let mut router = setup.router(Some(index), tenant);
     let dest_err = |source| FanoutError::Destination {
         destination: destination.to_owned(),
@@ -150,7 +152,7 @@ pub async fn replay(
     };
     // Connected (and the tables checked) before anything is read.
     let mut sink: Option<Writer> = None;
-    retrying(&mut sink, plan, destination, Step::Connect)
+    retrying(&mut sink, plan, &tables, destination, Step::Connect)
         .await
         .map_err(dest_err)?;
     // History of another numbering would land under versions that mean other changes.
@@ -187,50 +189,96 @@ pub async fn replay(
                 .map_err(|_| FanoutError::Gone)??;
             reader = r;
             let done = records.is_empty();
+            // Writes the batch (what is routed so far).
+            macro_rules! write_batch {
+                () => {
+                    if std::mem::take(&mut gate) {
+                        // Tests hold replay here: its end fixed, nothing written yet.
+                        tokio::task::spawn_blocking(|| {
+                            crate::failpoint::hit(crate::failpoint::REPLAY_BEFORE_APPLY)
+                        })
+                        .await
+                        .map_err(|_| FanoutError::Gone)?
+                        .map_err(|source| FanoutError::Failpoint {
+                            point: crate::failpoint::REPLAY_BEFORE_APPLY,
+                            source,
+                        })?;
+                    }
+                    // Unchanged TOAST values the destination has no copy of, from the source, as
+                    // a running destination reads them (invariant 25).
+                    if let (false, Some(writer)) = (partial.is_empty(), sink.as_mut()) {
+                        let unknown = writer
+                            .unknown_unchanged(destination, &batch)
+                            .await
+                            .map_err(dest_err)?;
+                        if !unknown.is_empty() {
+                            refill
+                                .fill(destination, &mut batch, &partial, &unknown)
+                                .await?;
+                        }
+                    }
+                    partial.clear();
+                    retrying(&mut sink, plan, &tables, destination, Step::Apply(&batch))
+                        .await
+                        .map_err(dest_err)?;
+                    report.ops += rows as u64;
+                    batch = Batch::new(batch.last_seq);
+                    rows = 0;
+                };
+            }
             for rec in records {
                 let LogRecord::Change(c) = rec else { continue };
                 report.changes += 1;
                 report.last_seq = c.seq;
                 router.route(&c, &mut routed)?;
+                if routed.iter().any(|r| r.op.is_barrier()) {
+                    // A schema barrier: what came before is written with the table as it
+                    // was, then the table follows the source (as a running destination does).
+                    if rows > 0 {
+                        write_batch!();
+                    }
+                    for r in routed.iter().filter(|r| r.op.is_barrier()) {
+                        match &r.op {
+                            Planned::Schema { shape, .. } => {
+                                let next = tables[r.table].reshaped(shape);
+                                if next != tables[r.table] {
+                                    let step = Step::Evolve {
+                                        table: r.table,
+                                        prev: &tables[r.table],
+                                        next: &next,
+                                        drop_gone: shape.drop_gone,
+                                    };
+                                    retrying(&mut sink, plan, &tables, destination, step)
+                                        .await
+                                        .map_err(dest_err)?;
+                                    tables[r.table] = next;
+                                }
+                            }
+                            Planned::Fail {
+                                seq,
+                                mapping,
+                                reason,
+                            } => {
+                                return Err(FanoutError::MappingStopped {
+                                    mapping: mapping.to_string(),
+                                    seq: *seq,
+                                    reason: reason.to_string(),
+                                })
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 for r in routed.drain(..) {
-                    r.op.add_to(r.table, &mut batch, &mut partial);
-                    rows += 1;
+                    if !r.op.is_barrier() {
+                        r.op.add_to(r.table, &mut batch, &mut partial);
+                        rows += 1;
+                    }
                 }
                 batch.last_seq = c.seq;
             }
             if rows >= plan.config.batch_rows || (done && rows > 0) {
-                if std::mem::take(&mut gate) {
-                    // Tests hold replay here: its end fixed, nothing written yet.
-                    tokio::task::spawn_blocking(|| {
-                        crate::failpoint::hit(crate::failpoint::REPLAY_BEFORE_APPLY)
-                    })
-                    .await
-                    .map_err(|_| FanoutError::Gone)?
-                    .map_err(|source| FanoutError::Failpoint {
-                        point: crate::failpoint::REPLAY_BEFORE_APPLY,
-                        source,
-                    })?;
-                }
-                // Unchanged TOAST values the destination has no copy of, from the source, as
-                // a running destination reads them (invariant 25).
-                if let (false, Some(writer)) = (partial.is_empty(), sink.as_mut()) {
-                    let unknown = writer
-                        .unknown_unchanged(destination, &batch)
-                        .await
-                        .map_err(dest_err)?;
-                    if !unknown.is_empty() {
-                        refill
-                            .fill(destination, &mut batch, &partial, &unknown)
-                            .await?;
-                    }
-                }
-                partial.clear();
-                retrying(&mut sink, plan, destination, Step::Apply(&batch))
-                    .await
-                    .map_err(dest_err)?;
-                report.ops += rows as u64;
-                batch = Batch::new(batch.last_seq);
-                rows = 0;
+                write_batch!();
             }
             // The log may grow while a daemon runs: so does the total.
             progress.update(
@@ -243,9 +291,15 @@ pub async fn replay(
         }
         // Everything up to `applied` is written and committed; see the module comment.
         let applied = reader.durable_seq();
-        let settled = retrying(&mut sink, plan, destination, Step::SettledWatermark)
-            .await
-            .map_err(dest_err)?;
+        let settled = retrying(
+            &mut sink,
+            plan,
+            &tables,
+            destination,
+            Step::SettledWatermark,
+        )
+        .await
+        .map_err(dest_err)?;
         if settled <= applied {
             break;
         }
@@ -270,6 +324,13 @@ enum Step<'b, 'a> {
     Connect,
     Apply(&'b Batch<'a>),
     SettledWatermark,
+    /// See `Writer::evolve`: state-based, so a retry is harmless.
+    Evolve {
+        table: usize,
+        prev: &'b TargetTable,
+        next: &'b TargetTable,
+        drop_gone: bool,
+    },
 }
 
 /// Connects when not connected, then does `step` (returning the watermark it read, 0 for the
@@ -279,6 +340,7 @@ enum Step<'b, 'a> {
 async fn retrying(
     sink: &mut Option<Writer>,
     plan: &DestinationPlan,
+    tables: &[TargetTable],
     destination: &str,
     step: Step<'_, '_>,
 ) -> Result<u64, SinkError> {
@@ -288,12 +350,28 @@ async fn retrying(
         let result = async {
             let writer = match sink {
                 Some(w) => w,
-                None => sink.insert(Writer::connect(&plan.config, &plan.tables).await?),
+                None => sink.insert(Writer::connect(&plan.config, tables).await?),
             };
             match step {
                 Step::Connect => Ok(0),
                 Step::Apply(b) => writer.replay(destination, b).await.map(|()| 0),
                 Step::SettledWatermark => writer.settled_watermark(destination).await,
+                Step::Evolve {
+                    table,
+                    prev,
+                    next,
+                    drop_gone,
+                } => writer
+                    .evolve(
+                        destination,
+                        table,
+                        prev,
+                        next,
+                        drop_gone,
+                        plan.config.create_tables,
+                    )
+                    .await
+                    .map(|()| 0),
             }
         }
         .await;

@@ -60,6 +60,7 @@ use crate::change::{
 use crate::config::Tenants;
 use crate::problems::Problems;
 use crate::sink::{Batch, Cell, RowOp};
+use crate::target::TableShape;
 use crate::transform::{CompileError, CompiledMapping, EvalError, Expr, Filter};
 use crate::value::PgType;
 
@@ -424,6 +425,20 @@ pub enum Planned {
         seq: u64,
         below: u64,
     },
+    /// From change `seq` on, the mapping's rows have this shape: the destination brings its
+    /// table to it before writing any op at or after `seq` (a barrier: see
+    /// [`Planned::is_barrier`]).
+    Schema {
+        seq: u64,
+        shape: Arc<TableShape>,
+    },
+    /// From change `seq` on the mapping no longer compiles against its source table: the
+    /// destination writes what came before and stops (a barrier).
+    Fail {
+        seq: u64,
+        mapping: Arc<str>,
+        reason: Arc<str>,
+    },
 }
 
 /// What evaluating an upsert again with its unchanged TOAST values read from the source takes:
@@ -450,8 +465,18 @@ impl Planned {
     pub fn seq(&self) -> u64 {
         match self {
             Planned::Row(op) | Planned::Partial { op, .. } => op.seq(),
-            Planned::Truncate { seq } | Planned::Sweep { seq, .. } => *seq,
+            Planned::Truncate { seq }
+            | Planned::Sweep { seq, .. }
+            | Planned::Schema { seq, .. }
+            | Planned::Fail { seq, .. } => *seq,
         }
+    }
+
+    /// Whether this is a schema barrier ([`Planned::Schema`], [`Planned::Fail`]): the ops
+    /// before it must be written before it is acted on, and those after it only then. It is
+    /// not added to a batch.
+    pub fn is_barrier(&self) -> bool {
+        matches!(self, Planned::Schema { .. } | Planned::Fail { .. })
     }
 
     /// Adds this operation on destination table `table` to `batch`; a partial upsert's source
@@ -470,6 +495,8 @@ impl Planned {
             Planned::Sweep { below, .. } => {
                 batch.truncate(table, below);
             }
+            // Acted on by the caller between batches (see `is_barrier`).
+            Planned::Schema { .. } | Planned::Fail { .. } => {}
         }
     }
 }

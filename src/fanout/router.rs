@@ -11,15 +11,17 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use crate::change::{Relation, SequencedChange};
-use crate::config::MappingConfig;
+use crate::config::{MappingConfig, OnDropColumn};
 use crate::fanout::route::{
-    self, DestinationSet, MappingRoute, MappingSpec, Routed, TenantRegistry,
+    self, DestinationSet, MappingRoute, MappingSpec, Planned, Routed, TenantRegistry,
 };
 use crate::source::TypeRegistry;
+use crate::target::{ColumnType, TableShape, TargetColumn};
 use crate::transform::{parse_expr, parse_filter, Expr, Filter};
 use crate::value::PgType;
 
 use super::FanoutError;
+use tracing::warn;
 
 /// A mapping's column expressions and filter, parsed from the configuration's text.
 #[derive(Debug, Clone)]
@@ -90,11 +92,24 @@ impl Routing {
             .iter()
             .map(|a| (a.as_str(), PgType::Text))
             .collect();
+        // `columns = "*"`: the relation's columns as they are now.
+        let all: Vec<(String, Expr)>;
+        let columns = if mapping.all_columns {
+            all = relation
+                .columns
+                .iter()
+                .filter(|c| !mapping.exclude.contains(&c.name))
+                .map(|c| (c.name.clone(), Expr::column(&c.name)))
+                .collect();
+            &all
+        } else {
+            &self.expressions[m].columns
+        };
         let spec = MappingSpec {
             id: m,
             name: &mapping.name,
             tenant_key: &mapping.tenant_key,
-            columns: &self.expressions[m].columns,
+            columns,
             filter: self.expressions[m].filter.as_ref(),
             key: &self.keys[m],
         };
@@ -113,6 +128,12 @@ impl Routing {
 struct Slot {
     mapping: usize,
     compiled: Option<(Arc<Relation>, MappingRoute)>,
+    /// The target shape last sent to the mapping's destinations; `None` until this router's
+    /// first change of the table (each router announces the shape it routes with once, so a
+    /// destination catching up with a router of its own is told too).
+    shape: Option<Arc<TableShape>>,
+    /// The relation the mapping failed to compile for (its destinations were told to stop).
+    failed: Option<Arc<Relation>>,
 }
 
 /// Where the tenancy table's key and attribute columns are in one relation description.
@@ -150,6 +171,8 @@ impl Router {
             .map(|(mapping, c)| Slot {
                 mapping,
                 compiled: Some(c.clone()),
+                shape: None,
+                failed: None,
             })
             .collect();
         Router {
@@ -179,22 +202,28 @@ impl Router {
         let Some(slots) = self.by_oid.get(&rel.oid) else {
             return Ok(());
         };
+        // First every mapping's schema barrier, then the change's ops: a barrier at seq S
+        // must precede every op at S for the destination (`Planned::is_barrier`).
         for &s in slots {
-            let slot = &mut self.slots[s];
-            let current = match &slot.compiled {
-                Some((r, _)) => Arc::ptr_eq(r, rel) || **r == **rel,
-                None => false,
-            };
-            if !current {
-                let route = self.routing.compile(slot.mapping, rel, Some(change.seq))?;
-                slot.compiled = Some((rel.clone(), route));
-            } else if let Some((r, _)) = &mut slot.compiled {
-                // Same description, new allocation: remember it so the next check is a pointer
-                // comparison.
-                if !Arc::ptr_eq(r, rel) {
-                    *r = rel.clone();
-                }
-            }
+            recompile(
+                &mut self.slots[s],
+                &self.routing,
+                &self.destinations,
+                change,
+                out,
+            );
+        }
+        self.plan(change, slots, out)
+    }
+
+    fn plan(
+        &self,
+        change: &SequencedChange,
+        slots: &[usize],
+        out: &mut Vec<Routed>,
+    ) -> Result<(), FanoutError> {
+        for &s in slots {
+            let slot = &self.slots[s];
             let Some((_, route)) = &slot.compiled else {
                 continue;
             };
@@ -280,5 +309,121 @@ impl Router {
                 source,
             }),
         }
+    }
+}
+
+/// The columns of mapping `m`'s target compiled for `rel`: one per mapped column, typed as
+/// configured or as the expression's type, NOT NULL for key columns.
+pub(super) fn target_columns(
+    m: &MappingConfig,
+    rel: &Relation,
+    route: &MappingRoute,
+) -> Vec<TargetColumn> {
+    route
+        .mapping
+        .output_types()
+        .iter()
+        .zip(route.mapping.pass_through())
+        .map(|((name, ty), source)| {
+            let ty = m
+                .types
+                .iter()
+                .find(|(c, _)| c == name)
+                .map_or_else(|| ColumnType::Known(ty.clone()), |(_, t)| t.clone());
+            let mut c = TargetColumn::new(name.clone(), ty, !route.key.contains(name));
+            c.typmod = source
+                .and_then(|i| rel.columns.get(i))
+                .map(|c| c.type_modifier)
+                .filter(|&t| t >= 0);
+            c
+        })
+        .collect()
+}
+
+/// Keeps `slot` compiled for the change's relation. A new target shape (or this
+/// router's first change of the table) becomes a [`Planned::Schema`] for each destination
+/// with the mapping; a mapping that no longer compiles a [`Planned::Fail`] for them, once
+/// per relation (they stop; the other destinations go on).
+fn recompile(
+    slot: &mut Slot,
+    routing: &Routing,
+    destinations: &DestinationSet,
+    change: &SequencedChange,
+    out: &mut Vec<Routed>,
+) {
+    let rel = &change.change.relation;
+    let same = |r: &Arc<Relation>| Arc::ptr_eq(r, rel) || **r == **rel;
+    if slot.failed.as_ref().is_some_and(same) {
+        return;
+    }
+    let current = slot.compiled.as_ref().is_some_and(|(r, _)| same(r));
+    if current {
+        if let Some((r, _)) = &mut slot.compiled {
+            // Same description, new allocation: remember it so the next check is a
+            // pointer comparison.
+            if !Arc::ptr_eq(r, rel) {
+                *r = rel.clone();
+            }
+        }
+        if slot.shape.is_some() {
+            return;
+        }
+    } else {
+        match routing.compile(slot.mapping, rel, Some(change.seq)) {
+            Ok(route) => {
+                slot.compiled = Some((rel.clone(), route));
+                slot.failed = None;
+            }
+            Err(e) => {
+                let mapping = &routing.mappings[slot.mapping];
+                let reason = match &e {
+                    FanoutError::Mapping { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                };
+                warn!(mapping = %mapping.name, seq = change.seq, reason = %reason, "the mapping no longer compiles against its source table; its destinations stop");
+                slot.compiled = None;
+                slot.shape = None;
+                slot.failed = Some(rel.clone());
+                let (name, reason): (Arc<str>, Arc<str>) =
+                    (mapping.name.as_str().into(), reason.into());
+                for &(destination, table) in destinations.with_mapping(slot.mapping) {
+                    out.push(Routed {
+                        destination,
+                        table,
+                        op: Planned::Fail {
+                            seq: change.seq,
+                            mapping: name.clone(),
+                            reason: reason.clone(),
+                        },
+                    });
+                }
+                return;
+            }
+        }
+    }
+    let Some((rel, route)) = &slot.compiled else {
+        return;
+    };
+    let mapping = &routing.mappings[slot.mapping];
+    let shape = TableShape {
+        mapping: mapping.name.clone(),
+        columns: target_columns(mapping, rel, route),
+        key: route.key.clone(),
+        drop_gone: mapping.on_drop_column == OnDropColumn::Drop,
+    };
+    if slot.shape.as_deref() == Some(&shape) {
+        return;
+    }
+    let shape = Arc::new(shape);
+    slot.shape = Some(shape.clone());
+    for &(destination, table) in destinations.with_mapping(slot.mapping) {
+        out.push(Routed {
+            destination,
+            table,
+            op: Planned::Schema {
+                seq: change.seq,
+                shape: shape.clone(),
+            },
+        });
     }
 }

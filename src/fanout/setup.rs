@@ -9,10 +9,10 @@ use crate::config::{Config, DestinationConfig, MappingConfig, StoreConfig};
 use crate::fanout::route::{Destination, DestinationSet, MappingRoute, TenantRegistry};
 use crate::pgconn::ConnInfo;
 use crate::report::Chain;
-use crate::sink::{ColumnType, TargetColumn, TargetTable};
+use crate::sink::TargetTable;
 use crate::source::catalog;
 
-use super::router::{MappingExpressions, Router, Routing, Tenancy};
+use super::router::{target_columns, MappingExpressions, Router, Routing, Tenancy};
 use super::FanoutError;
 
 /// One destination, ready to connect: its configuration and its target tables, in the order
@@ -90,6 +90,28 @@ impl Setup {
                 }
             }
         }
+        for (i, (m, rel)) in cfg.mappings.iter().zip(&relations).enumerate() {
+            let Some(rel) = rel else { continue };
+            for (j, c) in m.exclude.iter().enumerate() {
+                if !rel.columns.iter().any(|rc| rc.name == *c) {
+                    problems.push(format!(
+                        "mappings[{i}].exclude[{j}] ({}): {} has no column {c:?}; remove it from exclude",
+                        m.name, m.source
+                    ));
+                }
+            }
+            // With "*" the configuration could not tell whether a typed column is mapped.
+            if m.all_columns {
+                for (c, _) in &m.types {
+                    if !rel.columns.iter().any(|rc| rc.name == *c) || m.exclude.contains(c) {
+                        problems.push(format!(
+                            "mappings[{i}].types.{c} ({}): {} has no column {c:?} this mapping maps; remove it from types",
+                            m.name, m.source
+                        ));
+                    }
+                }
+            }
+        }
         let keys: Vec<Vec<String>> = cfg
             .mappings
             .iter()
@@ -98,7 +120,7 @@ impl Setup {
             .map(|(i, (m, rel))| match (&m.key, rel) {
                 (Some(k), _) => k.clone(),
                 (None, Some(rel)) => {
-                    let key = default_key(&expressions[i], rel);
+                    let key = default_key(m, &expressions[i], rel);
                     if key.is_empty() {
                         problems.push(format!(
                             "mappings[{i}] ({}): no target key: no replica-identity column of {} \
@@ -200,8 +222,17 @@ impl Setup {
 }
 
 /// The target key when none is configured: the mapped columns that are plain copies of the
-/// source's replica-identity columns, in mapping order.
-fn default_key(m: &MappingExpressions, rel: &Relation) -> Vec<String> {
+/// source's replica-identity columns, in mapping order (with `columns = "*"`: the identity
+/// columns not excluded, in the source's order).
+fn default_key(cfg: &MappingConfig, m: &MappingExpressions, rel: &Relation) -> Vec<String> {
+    if cfg.all_columns {
+        return rel
+            .columns
+            .iter()
+            .filter(|c| c.is_key && !cfg.exclude.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
+    }
     m.columns
         .iter()
         .filter(|(_, e)| {
@@ -212,33 +243,14 @@ fn default_key(m: &MappingExpressions, rel: &Relation) -> Vec<String> {
         .collect()
 }
 
-/// The target table of mapping `m` in destination `d`: one column per mapped column, typed as
-/// configured or as the expression's type, NOT NULL for key columns.
+/// The target table of mapping `m` in destination `d`: see [`target_columns`].
 fn target_table(
     d: &DestinationConfig,
     m: &MappingConfig,
     rel: &Relation,
     route: &MappingRoute,
 ) -> TargetTable {
-    let columns = route
-        .mapping
-        .output_types()
-        .iter()
-        .zip(route.mapping.pass_through())
-        .map(|((name, ty), source)| {
-            let ty = m
-                .types
-                .iter()
-                .find(|(c, _)| c == name)
-                .map_or_else(|| ColumnType::Known(ty.clone()), |(_, t)| t.clone());
-            let mut c = TargetColumn::new(name.clone(), ty, !route.key.contains(name));
-            c.typmod = source
-                .and_then(|i| rel.columns.get(i))
-                .map(|c| c.type_modifier)
-                .filter(|&t| t >= 0);
-            c
-        })
-        .collect();
+    let columns = target_columns(m, rel, route);
     let (schema, soft_delete) = match &d.store {
         StoreConfig::Postgres(pg) => (pg.schema.clone(), pg.soft_delete),
         StoreConfig::ClickHouse(ch) => (ch.database.clone(), false),

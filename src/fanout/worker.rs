@@ -50,7 +50,7 @@ use crate::disposition::{disposition, Backoff, Classify, Disposition, ErrorKind,
 use crate::fanout::route::{PartialOps, Planned, Routed};
 use crate::progress::Progress;
 use crate::report::Chain;
-use crate::sink::{Batch, SinkError, Writer};
+use crate::sink::{Batch, SinkError, TargetTable, Writer};
 use crate::state::{Hold, HoldKind};
 use crate::telemetry;
 use crate::value::Timestamp;
@@ -119,6 +119,9 @@ impl WorkerError {
 
 pub(super) struct Worker {
     pub index: usize,
+    /// The destination's tables as its writer last brought them to (`plan.tables` until a
+    /// schema barrier changed one): what a connection prepares, across sessions.
+    pub tables: Vec<TargetTable>,
     pub plan: DestinationPlan,
     pub setup: Arc<Setup>,
     pub readers: Readers,
@@ -181,6 +184,15 @@ struct Pending {
     last_write: Instant,
     /// When ops were last taken: a batch whose stream paused is flushed early.
     last_push: Instant,
+    /// The tables as the ops taken so far leave them (schema barriers included).
+    ends: Vec<TargetTable>,
+    /// A schema barrier taken and every op after it: the batch ends before the barrier
+    /// (`cut`), which is acted on once the batch is written ([`Worker::flush`]).
+    held: Vec<(usize, Planned)>,
+    /// The first barrier's seq, while `held` is not empty.
+    cut: Option<u64>,
+    /// The last seq taken behind the barrier (the batch's `last_seq` once it is crossed).
+    held_last: u64,
 }
 
 impl Worker {
@@ -299,7 +311,7 @@ impl Worker {
     /// A writer connected to the destination, and its watermark.
     async fn connect(&self) -> Result<(Writer, u64), WorkerError> {
         let cfg = &self.plan.config;
-        let mut sink = Writer::connect(cfg, &self.plan.tables).await?;
+        let mut sink = Writer::connect(cfg, &self.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
         self.bind(&mut sink, watermark).await?;
         Ok((sink, watermark))
@@ -312,7 +324,7 @@ impl Worker {
     async fn connect_again(&self) -> Result<(Writer, u64), WorkerError> {
         let mut cfg = self.plan.config.clone();
         cfg.create_tables = false;
-        let mut sink = Writer::connect(&cfg, &self.plan.tables).await?;
+        let mut sink = Writer::connect(&cfg, &self.tables).await?;
         let watermark = sink.watermark(&cfg.name).await?;
         Ok((sink, watermark))
     }
@@ -366,6 +378,10 @@ impl Worker {
             written: watermark,
             last_write: Instant::now(),
             last_push: Instant::now(),
+            ends: self.tables.clone(),
+            held: Vec::new(),
+            cut: None,
+            held_last: 0,
         };
         let mut own: Option<OwnReader> = None;
         // While detached: how far the catch-up from the log has come (log lines every ten
@@ -696,7 +712,88 @@ impl Worker {
         idle_close.map_or(at, |c| c.min(at))
     }
 
+    /// Writes the batch; past a schema barrier, acts on it and writes what follows, up to
+    /// the next barrier, and so on.
     async fn flush(
+        &mut self,
+        conn: &mut Option<Conn>,
+        p: &mut Pending,
+        own: &mut Option<OwnReader>,
+    ) -> Result<(), WorkerError> {
+        loop {
+            self.flush_batch(conn, p, own).await?;
+            if p.held.is_empty() {
+                return Ok(());
+            }
+            self.cross_barrier(conn, p, own).await?;
+        }
+    }
+
+    /// Acts on the schema barrier at the head of `p.held` (the batch before it is written):
+    /// brings the table to its new shape, or stops for a mapping that no longer compiles;
+    /// then takes the ops behind it into the batch, up to the next barrier.
+    async fn cross_barrier(
+        &mut self,
+        conn: &mut Option<Conn>,
+        p: &mut Pending,
+        own: &mut Option<OwnReader>,
+    ) -> Result<(), WorkerError> {
+        // A connection first: chunks taken while waiting for one still queue behind the
+        // barrier.
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => self.reconnect(p, own).await?,
+        };
+        let held = std::mem::take(&mut p.held);
+        p.cut = None;
+        let mut rest = held.into_iter();
+        match rest.next() {
+            Some((table, Planned::Schema { seq, shape })) => {
+                let prev = &self.tables[table];
+                let next = prev.reshaped(&shape);
+                info!(destination = %self.name(), mapping = %shape.mapping, table = %next.qualified_name(), seq, "the mapping's source table changed: bringing the target table along");
+                c.writer
+                    .evolve(
+                        &self.plan.config.name,
+                        table,
+                        prev,
+                        &next,
+                        shape.drop_gone,
+                        self.plan.config.create_tables,
+                    )
+                    .await?;
+                self.tables[table] = next;
+            }
+            Some((
+                _,
+                Planned::Fail {
+                    seq,
+                    mapping,
+                    reason,
+                },
+            )) => {
+                return Err(WorkerError::Route(FanoutError::MappingStopped {
+                    mapping: mapping.to_string(),
+                    seq,
+                    reason: reason.to_string(),
+                }))
+            }
+            Some((table, op)) => p.requeue(table, op),
+            None => {}
+        }
+        *conn = Some(c);
+        for (table, op) in rest {
+            p.requeue(table, op);
+        }
+        if p.cut.is_none() {
+            p.batch.last_seq = p.batch.last_seq.max(p.held_last);
+        }
+        p.rows = p.batch.ops.len() + p.batch.truncates.len() + p.held.len();
+        p.started = (p.rows > 0).then(Instant::now);
+        Ok(())
+    }
+
+    async fn flush_batch(
         &mut self,
         conn: &mut Option<Conn>,
         p: &mut Pending,
@@ -775,8 +872,36 @@ fn watermark_every(connected: bool) -> Duration {
 
 impl Pending {
     fn push(&mut self, table: usize, op: Planned) {
-        op.add_to(table, &mut self.batch, &mut self.partial);
+        if let Planned::Schema { shape, .. } = &op {
+            let Some(end) = self.ends.get_mut(table) else {
+                return;
+            };
+            let next = end.reshaped(shape);
+            // A router announcing the shape the table already has (its first change of it).
+            if next == *end {
+                return;
+            }
+            *end = next;
+        }
+        self.requeue(table, op);
         self.rows += 1;
+    }
+
+    /// Takes `op` into the batch, or behind the barrier the batch ends at; a barrier ends
+    /// the batch before its seq.
+    fn requeue(&mut self, table: usize, op: Planned) {
+        if self.cut.is_none() && op.is_barrier() {
+            let seq = op.seq();
+            self.cut = Some(seq);
+            self.batch.last_seq = seq - 1;
+            // Crossing a barrier requeues ops behind it: what was taken stays taken.
+            self.held_last = self.held_last.max(seq - 1);
+        }
+        if self.cut.is_some() {
+            self.held.push((table, op));
+        } else {
+            op.add_to(table, &mut self.batch, &mut self.partial);
+        }
     }
 
     /// Notes when ops were last taken (once per chunk or log read, not per op: a clock read per
@@ -793,7 +918,11 @@ impl Pending {
     fn advance(&mut self, seq: u64, commit_time: Option<Timestamp>) {
         if seq >= self.next_seq {
             self.next_seq = seq + 1;
-            self.batch.last_seq = seq;
+            if self.cut.is_some() {
+                self.held_last = seq;
+            } else {
+                self.batch.last_seq = seq;
+            }
         }
         if commit_time.is_some() {
             self.commit_time = commit_time;

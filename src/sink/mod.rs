@@ -254,6 +254,13 @@ pub enum SinkError {
     ClickHouse(#[from] ClickHouseError),
     #[error(transparent)]
     ForeignLineage(Box<ForeignLineage>),
+    /// A change of the source's schema this destination's table cannot follow by itself.
+    #[error("table {table}, column {column}: {reason}")]
+    SchemaChange {
+        table: String,
+        column: String,
+        reason: String,
+    },
 }
 
 impl Classify for SinkError {
@@ -262,7 +269,7 @@ impl Classify for SinkError {
             SinkError::Connect(e) => e.kind(),
             SinkError::Postgres(e) => e.kind(),
             SinkError::ClickHouse(e) => e.kind(),
-            SinkError::ForeignLineage(_) => ErrorKind::Rejected,
+            SinkError::ForeignLineage(_) | SinkError::SchemaChange { .. } => ErrorKind::Rejected,
         }
     }
 }
@@ -285,6 +292,9 @@ impl SinkError {
             }
             SinkError::ClickHouse(ClickHouseError::Server { table, .. }) => {
                 (table.clone(), None, None)
+            }
+            SinkError::SchemaChange { table, column, .. } => {
+                (Some(table.clone()), Some(column.clone()), None)
             }
             _ => (None, None, None),
         }
@@ -409,6 +419,51 @@ impl Writer {
             Writer::Postgres(s) => s.unknown_unchanged(destination, batch).await?,
             Writer::ClickHouse(s) => s.unknown_unchanged(destination, batch).await?,
         })
+    }
+
+    /// Brings table `table` (an index into the tables given at connect) from `prev` to
+    /// `next` (the mapping's new shape, see [`crate::target::TableShape`]) before any op
+    /// written with `next`: adds the columns it lacks (nullable), widens types
+    /// ([`crate::target::widens`]), and for columns `prev` had and `next` lacks drops them
+    /// (`drop_gone`) or lets them be NULL. A column whose existing type already holds the new
+    /// one is left alone (replaying older history into a widened table). Anything else — a
+    /// type change that is not a widening, a changed key, a change needing DDL while `alter`
+    /// (`create_tables`) is off — is [`SinkError::SchemaChange`], naming table, column and
+    /// what to do; nothing is changed then.
+    pub async fn evolve(
+        &mut self,
+        destination: &str,
+        table: usize,
+        prev: &TargetTable,
+        next: &TargetTable,
+        drop_gone: bool,
+        alter: bool,
+    ) -> Result<(), SinkError> {
+        if prev.key != next.key {
+            let column = next
+                .key
+                .iter()
+                .chain(&prev.key)
+                .find(|k| !(prev.key.contains(k) && next.key.contains(k)))
+                .cloned()
+                .unwrap_or_default();
+            return Err(SinkError::SchemaChange {
+                table: next.qualified_name().to_string(),
+                column,
+                reason: format!(
+                    "the target key changed from ({}) to ({}); pgfanout does not change a target's key: recreate the table (or set the mapping's key), then `pgfanout destination resume` and resync it",
+                    prev.key.join(", "),
+                    next.key.join(", ")
+                ),
+            });
+        }
+        match self {
+            Writer::Postgres(s) => s.evolve(table, prev, next, drop_gone, alter).await,
+            Writer::ClickHouse(s) => {
+                s.evolve(destination, table, prev, next, drop_gone, alter)
+                    .await
+            }
+        }
     }
 
     /// Re-applies history without reading or moving the watermark.

@@ -92,6 +92,19 @@ impl Expr {
         self.tenant_attributes.iter().map(String::as_str)
     }
 
+    /// The bare source column `name` (a `columns = "*"` mapping's expression for each column).
+    pub fn column(name: &str) -> Expr {
+        Expr {
+            text: crate::sql::quote_ident(name),
+            node: parse::Node::Column {
+                name: name.to_owned(),
+                pos: 0,
+            },
+            columns: vec![name.to_owned()],
+            tenant_attributes: Vec::new(),
+        }
+    }
+
     /// `Some(name)` when the expression is a bare source column.
     pub fn as_column(&self) -> Option<&str> {
         match &self.node {

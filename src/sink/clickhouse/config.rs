@@ -68,7 +68,7 @@ pub fn check(
             );
         }
     }
-    for m in settings.mappings.iter().filter(|m| m.maps(deleted)) {
+    for m in settings.mappings.iter().filter(|m| m.lists(deleted)) {
         problem(
             "deleted_column",
             format!(

@@ -54,6 +54,7 @@ use super::types::{target_type, ChType, ServerVersion};
 use crate::config::ClickHouseStore;
 use crate::failpoint;
 use crate::problems::Problems;
+use crate::sink::SinkError;
 use crate::sink::{
     checked_key, seq_in_batch, Batch, Cell, ColumnType, RowOp, TargetTable, WATERMARK_TABLE,
 };
@@ -306,9 +307,38 @@ impl ClickHouseSink {
                 ));
                 continue;
             }
+            // A table from before the source changed (pgfanout was not running): its new
+            // columns and widened types, as a running destination would have added them (a
+            // check does not report them). What is not a widening is left to the checks below.
+            let mut aligned: Vec<String> = Vec::new();
+            if create {
+                if let Ok(actions) = align_actions(&label, &existing, &ddl, t, t, false) {
+                    let actions: Vec<String> = actions
+                        .into_iter()
+                        .map(|(c, a)| {
+                            aligned.push(c);
+                            a
+                        })
+                        .collect();
+                    if !actions.is_empty() && !dry_run {
+                        aligned.clear();
+                        info!(destination, table = %label, actions = %actions.join(", "), "changing the target table to follow the source");
+                        self.execute(
+                            "changing the target table",
+                            Some(&label),
+                            &format!("ALTER TABLE {label} {}", actions.join(", ")),
+                        )
+                        .await?;
+                        existing = self.columns(&db, &t.name).await?;
+                    }
+                }
+            }
             let before = problems.len();
             let mut types = Vec::with_capacity(ddl.columns.len());
             for (name, wanted) in &ddl.columns {
+                if aligned.contains(name) {
+                    continue;
+                }
                 match existing.iter().find(|(n, _)| n == name) {
                     None => problems.push(format!(
                         "{label}: column {} is missing; add it (ALTER TABLE {label} ADD COLUMN {} {})",
@@ -450,6 +480,57 @@ impl ClickHouseSink {
             }
         }
         self.tables = prepared;
+        Ok(())
+    }
+
+    /// See [`crate::sink::Writer::evolve`]: one `ALTER TABLE` with every action, then the
+    /// tables are checked and prepared again (views recreated when their columns changed).
+    /// A sort-key column is never changed.
+    pub async fn evolve(
+        &mut self,
+        destination: &str,
+        table: usize,
+        prev: &TargetTable,
+        next: &TargetTable,
+        drop_gone: bool,
+        alter: bool,
+    ) -> Result<(), SinkError> {
+        let db = self.store.database.clone();
+        let label = qualified(&db, &next.name);
+        let existing = self.columns(&db, &next.name).await?;
+        let ddl = self.table_ddl(next);
+        let refuse = |column: &str, reason: String| SinkError::SchemaChange {
+            table: label.clone(),
+            column: column.to_owned(),
+            reason,
+        };
+        let actions: Vec<String> = align_actions(&label, &existing, &ddl, prev, next, drop_gone)
+            .map_err(|(column, reason)| refuse(&column, reason))?
+            .into_iter()
+            .map(|(_, action)| action)
+            .collect();
+        // Kept columns need nothing: pgfanout creates every column outside the key Nullable,
+        // and an insert that leaves one out writes its default.
+        if !actions.is_empty() {
+            let sql = format!("ALTER TABLE {label} {}", actions.join(", "));
+            if !alter {
+                return Err(refuse(
+                    next.columns.first().map_or("", |c| c.name.as_str()),
+                    format!(
+                        "the source's schema changed and the table needs `{sql}`; create_tables = false, so pgfanout does not change tables: run it yourself (or set create_tables = true), then `pgfanout destination resume`"
+                    ),
+                ));
+            }
+            info!(destination, table = %label, actions = %actions.join(", "), "changing the target table to follow the source");
+            self.execute("changing the target table", Some(&label), &sql)
+                .await?;
+        }
+        let mut specs: Vec<TargetTable> = self.tables.iter().map(|t| t.spec.clone()).collect();
+        if let Some(t) = specs.get_mut(table) {
+            *t = next.clone();
+        }
+        self.prepare_tables(destination, &specs, false, false)
+            .await?;
         Ok(())
     }
 
@@ -1118,6 +1199,87 @@ enum PlannedOp<'b, 'a> {
 }
 
 /// The PostgreSQL type whose text a column's cells hold.
+/// The `ALTER TABLE` actions that bring a table whose columns are `existing` to `next`
+/// (`ddl` its DDL; see [`crate::sink::Writer::evolve`]), or the column and why not: a column
+/// is added when missing, left when its type holds the new one ([`ChType::accepts`]),
+/// modified when the new type holds the old one (a widening) outside the sort key; columns
+/// `prev` had and `next` lacks are dropped with `drop_gone`.
+fn align_actions(
+    label: &str,
+    existing: &[(String, String)],
+    ddl: &TableDdl,
+    prev: &TargetTable,
+    next: &TargetTable,
+    drop_gone: bool,
+) -> Result<Vec<(String, String)>, (String, String)> {
+    let mut actions = Vec::new();
+    for (c, (name, wanted)) in next.columns.iter().zip(&ddl.columns) {
+        let Some((_, have_text)) = existing.iter().find(|(n, _)| n == name) else {
+            if ddl.order_by.contains(name) {
+                return Err((
+                    name.clone(),
+                    format!("sort-key column {} does not exist in the table; pgfanout does not change a table's sort key: recreate the table, then run `pgfanout destination resume`", ident(name)),
+                ));
+            }
+            actions.push((
+                name.clone(),
+                format!("ADD COLUMN {} {}", ident(name), wanted.sql()),
+            ));
+            continue;
+        };
+        let have = ChType::parse(have_text);
+        if have.as_ref().is_some_and(|h| h.accepts(wanted)) {
+            continue;
+        }
+        if have.is_some_and(|h| wanted.accepts(&h)) && !ddl.order_by.contains(name) {
+            actions.push((
+                name.clone(),
+                format!("MODIFY COLUMN {} {}", ident(name), wanted.sql()),
+            ));
+            continue;
+        }
+        let was = prev.columns.iter().find(|p| p.name == c.name);
+        let from = was.map_or("?", |p| pg_type_name(&p.ty));
+        if ddl.order_by.contains(name) {
+            return Err((
+                name.clone(),
+                format!(
+                    "the source column's type changed from {from} to {}, and the column is part of the table's sort key, which ClickHouse cannot change (the column is {have_text}, pgfanout would write {}); recreate the table (and resync the destination), then run `pgfanout destination resume`",
+                    pg_type_name(&c.ty),
+                    wanted.sql()
+                ),
+            ));
+        }
+        return Err((
+            name.clone(),
+            format!(
+                "the source column's type changed from {from} to {}, which is not a widening pgfanout applies (the ClickHouse column is {have_text}, pgfanout would write {}); change the column yourself (ALTER TABLE {label} MODIFY COLUMN {} {}), then run `pgfanout destination resume`",
+                pg_type_name(&c.ty),
+                wanted.sql(),
+                ident(name),
+                wanted.sql()
+            ),
+        ));
+    }
+    if drop_gone {
+        for c in &prev.columns {
+            let gone = !next.columns.iter().any(|n| n.name == c.name);
+            if gone && existing.iter().any(|(n, _)| *n == c.name) {
+                actions.push((c.name.clone(), format!("DROP COLUMN {}", ident(&c.name))));
+            }
+        }
+    }
+    Ok(actions)
+}
+
+/// A column type's name for messages.
+fn pg_type_name(ty: &ColumnType) -> &str {
+    match ty {
+        ColumnType::Known(t) => t.name(),
+        ColumnType::Named(s) => s,
+    }
+}
+
 fn pg_type(ty: &ColumnType) -> PgType {
     match ty {
         ColumnType::Known(t) => t.clone(),
@@ -1232,6 +1394,112 @@ fn unescape_tsv(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_follows_its_mapping_by_adding_widening_and_dropping_but_never_its_sort_key() {
+        use crate::sink::{TargetColumn, TargetTable};
+        let col = |n: &str, t: PgType, nullable: bool| TargetColumn::new(n, t, nullable);
+        let table = |cols: Vec<TargetColumn>| TargetTable::new("db", "t", cols, vec!["id".into()]);
+        let prev = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Int4, true),
+            col("gone", PgType::Text, true),
+        ]);
+        let next = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Int8, true),
+            col("b", PgType::Text, true),
+        ]);
+        let ddl = |t: &TargetTable| TableDdl {
+            database: "db".into(),
+            name: "t".into(),
+            columns: t
+                .columns
+                .iter()
+                .map(|c| {
+                    let ty = pg_type(&c.ty);
+                    let ch = target_type(&ty, None, c.nullable, ServerVersion::new(23, 8));
+                    (c.name.clone(), ch)
+                })
+                .collect(),
+            order_by: vec!["id".into()],
+            version_column: "_seq".into(),
+            deleted_column: "_is_deleted".into(),
+        };
+        let existing: Vec<(String, String)> = [
+            ("id", "Int32"),
+            ("a", "Nullable(Int32)"),
+            ("gone", "Nullable(String)"),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+        let actions = |drop_gone| {
+            align_actions("`db`.`t`", &existing, &ddl(&next), &prev, &next, drop_gone)
+                .unwrap()
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            actions(false),
+            [
+                "MODIFY COLUMN `a` Nullable(Int64)",
+                "ADD COLUMN `b` Nullable(String)"
+            ]
+        );
+        assert_eq!(actions(true).last().unwrap(), "DROP COLUMN `gone`");
+        // Replaying older changes into the widened table changes nothing.
+        let widened: Vec<(String, String)> = [("id", "Int32"), ("a", "Nullable(Int64)")]
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        let old = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Int4, true),
+        ]);
+        assert_eq!(
+            align_actions("`db`.`t`", &widened, &ddl(&old), &old, &old, false),
+            Ok(vec![])
+        );
+        // The sort key and anything but a widening are refused, naming the column and types.
+        let key_widened = table(vec![
+            col("id", PgType::Int8, false),
+            col("a", PgType::Int8, true),
+        ]);
+        let (column, reason) = align_actions(
+            "`db`.`t`",
+            &existing,
+            &ddl(&key_widened),
+            &prev,
+            &key_widened,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(column, "id");
+        assert!(
+            reason.contains("int4 to int8") && reason.contains("sort key"),
+            "{reason}"
+        );
+        let to_text = table(vec![
+            col("id", PgType::Int4, false),
+            col("a", PgType::Text, true),
+        ]);
+        let (column, reason) = align_actions(
+            "`db`.`t`",
+            &existing,
+            &ddl(&to_text),
+            &prev,
+            &to_text,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(column, "a");
+        assert!(
+            reason.contains("int4 to text") && reason.contains("Nullable(Int32)"),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn tsv_unescapes_what_clickhouse_escapes() {

@@ -218,6 +218,11 @@ impl ChType {
     ///   on an old server keeps working after an upgrade).
     /// - `Decimal(p2, s)` holds `Decimal(p, s)` when `p2 >= p` (same scale).
     /// - `Array(A)` holds `Array(W)` when `A` holds `W`.
+    /// - The widenings pgfanout applies when a source column's type widens
+    ///   (`crate::target::widens`), so an older change fits a widened column: `Int64` holds
+    ///   `Int32` and `Int16`, `Int32` holds `Int16`, `Float64` holds `Float32`,
+    ///   `Decimal(p2, s2)` holds `Decimal(p, s)` when `s2 >= s` and `p2 - s2 >= p - s`, and
+    ///   `String` holds a `Decimal` (unconstrained `numeric`).
     /// - Otherwise only the same type.
     pub fn accepts(&self, wanted: &ChType) -> bool {
         match (
@@ -239,7 +244,15 @@ impl ChType {
                     precision: want_p,
                     scale: want_s,
                 },
-            ) => have_s == want_s && have_p >= want_p,
+            ) => {
+                have_s >= want_s
+                    && i16::from(*have_p) - i16::from(*have_s)
+                        >= i16::from(*want_p) - i16::from(*want_s)
+            }
+            (ChType::Int64, ChType::Int32 | ChType::Int16) => true,
+            (ChType::Int32, ChType::Int16) => true,
+            (ChType::Float64, ChType::Float32) => true,
+            (ChType::String, ChType::Decimal { .. }) => true,
             (have, want) => have == want,
         }
     }
@@ -747,6 +760,11 @@ pub(super) mod tests {
             (dec(12, 2), dec(12, 2)),
             (dec(18, 2), dec(12, 2)),
             (n(dec(38, 2)), dec(12, 2)),
+            (dec(14, 4), dec(12, 2)),
+            (ChType::Int64, ChType::Int32),
+            (n(ChType::Int64), n(ChType::Int16)),
+            (ChType::Float64, ChType::Float32),
+            (ChType::String, dec(12, 2)),
             (arr(n(ChType::Int32)), arr(n(ChType::Int32))),
             (arr(n(ChType::String)), arr(lc(n(ChType::String)))),
             (arr(n(ChType::DateTime)), arr(n(ChType::DateTime64))),
@@ -761,13 +779,12 @@ pub(super) mod tests {
         }
         let no = [
             (ChType::Int32, n(ChType::Int32)),
-            (ChType::Int64, ChType::Int32),
             (ChType::Int32, ChType::Int64),
             (ChType::String, ChType::Uuid),
-            (ChType::String, dec(12, 2)),
-            (ChType::Float64, ChType::Float32),
+            (ChType::Float32, ChType::Float64),
             (dec(12, 2), dec(18, 2)),
             (dec(12, 3), dec(12, 2)),
+            (dec(12, 2), dec(12, 3)),
             (lc(ChType::String), lc(n(ChType::String))),
             (arr(ChType::Int32), arr(n(ChType::Int32))),
             (arr(n(ChType::Int32)), ChType::Int32),

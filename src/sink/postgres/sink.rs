@@ -7,14 +7,16 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use super::ddl::{check_identifier, check_spec, create_table_sql, type_sql};
+use super::ddl::{check_identifier, check_spec, create_table_sql, known_type_has_name, type_sql};
 use super::error::{io_error, query_error, to_i64, PostgresError};
 use super::plan::{plan, write, BatchPlan, TablePlan, WriteError, WriteFailure};
 use super::statements::{statements, Prepared};
 use crate::failpoint;
-use crate::sink::{Batch, ColumnType, TargetTable, DELETED_COLUMN, WATERMARK_TABLE};
+use crate::sink::{Batch, ColumnType, SinkError, TargetTable, DELETED_COLUMN, WATERMARK_TABLE};
 use crate::sql::{quote_ident, QualifiedName};
+use crate::target::type_holds;
 use crate::value::PgType;
+use tracing::info;
 
 /// What [`PostgresSink::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +172,35 @@ impl PostgresSink {
                 .await
                 .map_err(|e| query_error("creating destination tables", None, None, e))?;
         }
+        if create {
+            // A table from before the source changed (pgfanout was not running): its new
+            // columns and widened types, as a running destination would have added them. What
+            // is not a widening is left to the check below to report.
+            for t in tables {
+                if let Ok(actions) = self.align_actions(t, t, false).await? {
+                    let actions: Vec<String> = actions.into_iter().map(|(_, a)| a).collect();
+                    if !actions.is_empty() {
+                        let name = t.qualified_name();
+                        info!(table = %name, actions = %actions.join(", "), "changing the target table to follow the source");
+                        self.client
+                            .batch_execute(&format!(
+                                "ALTER TABLE {} {}",
+                                name.quoted(),
+                                actions.join(", ")
+                            ))
+                            .await
+                            .map_err(|e| {
+                                query_error("changing the target table", None, Some(&name), e)
+                            })?;
+                    }
+                }
+            }
+        }
 
         let mut problems = Vec::new();
         let mut checked = Vec::new();
         for t in tables {
-            if let Some(c) = self.check_table(&mut problems, t).await? {
+            if let Some(c) = self.check_table(&mut problems, t, &[]).await? {
                 checked.push(c);
             }
         }
@@ -188,6 +214,156 @@ impl PostgresSink {
             prepared.push(self.prepare(spec, casts).await?);
         }
         self.tables = prepared;
+        Ok(())
+    }
+
+    /// The `ALTER TABLE` actions that bring `next`'s table from what it is to `next` (see
+    /// [`crate::sink::Writer::evolve`]); `Ok(Err((column, reason)))` for a change pgfanout
+    /// does not make. A table that does not exist needs none (creating it is not this).
+    async fn align_actions(
+        &self,
+        prev: &TargetTable,
+        next: &TargetTable,
+        drop_gone: bool,
+    ) -> Result<Result<Vec<(String, String)>, (String, String)>, PostgresError> {
+        let name = next.qualified_name();
+        let catalog = |e| query_error("reading the catalog", None, Some(&name), e);
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod), \
+                 a.attnotnull FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&name.quoted()],
+            )
+            .await
+            .map_err(catalog)?;
+        if rows.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let mut actual: HashMap<String, (u32, String, bool)> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            actual.insert(
+                r.try_get(0).map_err(catalog)?,
+                (
+                    r.try_get(1).map_err(catalog)?,
+                    r.try_get(2).map_err(catalog)?,
+                    r.try_get(3).map_err(catalog)?,
+                ),
+            );
+        }
+        let mut actions = Vec::new();
+        for c in &next.columns {
+            let col = quote_ident(&c.name);
+            let Some((typid, typname, _)) = actual.get(&c.name) else {
+                if next.key.contains(&c.name) {
+                    return Ok(Err((
+                        c.name.clone(),
+                        format!("key column {col} does not exist in the target; pgfanout does not add key columns: add it (and the primary key) yourself, then run `pgfanout destination resume`"),
+                    )));
+                }
+                actions.push((
+                    c.name.clone(),
+                    format!("ADD COLUMN {col} {}", type_sql(&c.ty)),
+                ));
+                continue;
+            };
+            // A configured type name is the user's: the table check compares it.
+            let ColumnType::Known(want) = &c.ty else {
+                continue;
+            };
+            let have = PgType::from_oid(*typid);
+            if type_holds(&have, want) {
+                continue;
+            }
+            if type_holds(want, &have) && known_type_has_name(want) {
+                actions.push((
+                    c.name.clone(),
+                    format!("ALTER COLUMN {col} TYPE {}", want.name()),
+                ));
+                continue;
+            }
+            let was = prev.columns.iter().find(|p| p.name == c.name);
+            let from = was.map_or_else(|| typname.clone(), |p| type_sql(&p.ty).to_owned());
+            return Ok(Err((
+                c.name.clone(),
+                format!(
+                    "the source column's type changed from {from} to {}, which is not a widening pgfanout applies (the target column is {typname}); change the target column yourself (ALTER TABLE {} ALTER COLUMN {col} TYPE {} USING …), then run `pgfanout destination resume`",
+                    want.name(),
+                    name.quoted(),
+                    want.name()
+                ),
+            )));
+        }
+        for c in &prev.columns {
+            if next.columns.iter().any(|n| n.name == c.name) {
+                continue;
+            }
+            let Some((_, _, not_null)) = actual.get(&c.name) else {
+                continue;
+            };
+            let col = quote_ident(&c.name);
+            if drop_gone {
+                actions.push((c.name.clone(), format!("DROP COLUMN {col}")));
+            } else if *not_null {
+                actions.push((c.name.clone(), format!("ALTER COLUMN {col} DROP NOT NULL")));
+            }
+        }
+        Ok(Ok(actions))
+    }
+
+    /// See [`crate::sink::Writer::evolve`]: one `ALTER TABLE` with every action (PostgreSQL's
+    /// DDL is transactional: all or nothing), then the table is checked and its statements
+    /// prepared again on every connection.
+    pub async fn evolve(
+        &mut self,
+        table: usize,
+        prev: &TargetTable,
+        next: &TargetTable,
+        drop_gone: bool,
+        alter: bool,
+    ) -> Result<(), SinkError> {
+        let name = next.qualified_name();
+        let refuse = |column: &str, reason: String| SinkError::SchemaChange {
+            table: name.to_string(),
+            column: column.to_owned(),
+            reason,
+        };
+        let actions: Vec<String> = self
+            .align_actions(prev, next, drop_gone)
+            .await?
+            .map_err(|(column, reason)| refuse(&column, reason))?
+            .into_iter()
+            .map(|(_, action)| action)
+            .collect();
+        if !actions.is_empty() {
+            let sql = format!("ALTER TABLE {} {}", name.quoted(), actions.join(", "));
+            if !alter {
+                return Err(refuse(
+                    next.columns.first().map_or("", |c| c.name.as_str()),
+                    format!(
+                        "the source's schema changed and the target needs `{sql}`; create_tables = false, so pgfanout does not change tables: run it yourself (or set create_tables = true), then `pgfanout destination resume`"
+                    ),
+                ));
+            }
+            info!(table = %name, actions = %actions.join(", "), "changing the target table to follow the source");
+            self.client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| query_error("changing the target table", None, Some(&name), e))?;
+        }
+        let mut specs: Vec<TargetTable> = self.tables.iter().map(|t| t.spec.clone()).collect();
+        if let Some(t) = specs.get_mut(table) {
+            *t = next.clone();
+        }
+        self.ensure_tables(&specs, false).await?;
+        for p in &mut self.partitions {
+            let mut tables = Vec::with_capacity(self.tables.len());
+            for t in &self.tables {
+                tables.push(prepare_on(&p.client, t.spec.clone(), t.casts.clone()).await?);
+            }
+            p.tables = tables;
+        }
         Ok(())
     }
 
@@ -224,7 +400,17 @@ impl PostgresSink {
                 }
                 continue;
             }
-            self.check_table(&mut problems, t).await?;
+            // What the writer's start aligns by itself (columns the source gained or widened
+            // while pgfanout was stopped) is no problem.
+            let aligned: Vec<String> = if create {
+                match self.align_actions(t, t, false).await? {
+                    Ok(actions) => actions.into_iter().map(|(c, _)| c).collect(),
+                    Err(_) => Vec::new(),
+                }
+            } else {
+                Vec::new()
+            };
+            self.check_table(&mut problems, t, &aligned).await?;
         }
         for schema in may_create {
             self.check_may_create_in(&mut problems, schema).await?;
@@ -391,10 +577,12 @@ impl PostgresSink {
     }
 
     /// Compares one table with the catalog; returns the spec and the cast types when it fits.
+    /// Columns in `aligned` are not checked (the writer's start adds or widens them).
     async fn check_table(
         &self,
         problems: &mut Vec<String>,
         t: &TargetTable,
+        aligned: &[String],
     ) -> Result<Option<(TargetTable, Vec<String>)>, PostgresError> {
         let name = t.qualified_name();
         let catalog = |e| query_error("reading the catalog", None, Some(&name), e);
@@ -438,7 +626,7 @@ impl PostgresSink {
         let before = problems.len();
         let col_ref = |c: &str| format!("{}.{}", name.quoted(), quote_ident(c));
         let mut casts = Vec::with_capacity(t.columns.len());
-        for c in &t.columns {
+        for c in t.columns.iter().filter(|c| !aligned.contains(&c.name)) {
             let Some((typid, typname)) = actual.get(&c.name) else {
                 problems.push(format!(
                     "column {} does not exist; add it (ALTER TABLE {} ADD COLUMN {} {}) or remove it from the mapping",
@@ -450,7 +638,8 @@ impl PostgresSink {
                 continue;
             };
             let fits = match &c.ty {
-                ColumnType::Known(ty) => PgType::from_oid(*typid) == *ty,
+                // A widened column holds the narrower values of older changes.
+                ColumnType::Known(ty) => type_holds(&PgType::from_oid(*typid), ty),
                 ColumnType::Named(sql) => self.resolve_type(sql, &name).await? == Some(*typid),
             };
             if !fits {
