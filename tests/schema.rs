@@ -486,6 +486,33 @@ async fn drop_column_is_kept_or_dropped_and_stops_only_an_explicit_mapping_readi
         assert_ne!(s[d]["state"], "failed", "{d}: {s:?}");
     }
     assert!(daemon.stop().success());
+
+    // A restart with the mapping unfixed: `check` names it, `run` starts, holds that
+    // destination `failed` again and streams on into the others.
+    let out = cli(&["check"], &config).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && text.contains("explicit_x") && text.contains("\"x\""),
+        "check: {text}"
+    );
+    let mut daemon = Daemon::start(&config);
+    wait_streaming(&mut daemon, &source, &db).await;
+    source
+        .batch_execute("INSERT INTO item VALUES ('t0', 200, 2000)")
+        .await
+        .unwrap();
+    wait_equal(
+        "the explicit mapping's target after a restart",
+        &source,
+        abc,
+        || pg_text(&explicit, "SELECT tenant, id::text, a::text FROM items"),
+    )
+    .await;
+    let error = wait_failed(&config, "x").await;
+    for part in ["explicit_x", "\"x\""] {
+        assert!(error.contains(part), "{part:?} in {error}");
+    }
+    assert!(daemon.stop().success());
 }
 
 /// `int` → `bigint` is applied to both kinds of target (PostgreSQL ALTER COLUMN TYPE,

@@ -39,14 +39,21 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
     }
     let setup = match crate::fanout::Setup::load(cfg).await {
         Ok(setup) => {
-            report.push(
-                "mappings",
-                Outcome::Ok(format!(
-                    "{} mapping(s) compile against the source tables; {} tenant(s) loaded",
-                    cfg.mappings.len(),
-                    setup.registry.len()
-                )),
-            );
+            let broken: Vec<&String> = setup.broken.iter().flatten().collect();
+            if broken.is_empty() {
+                report.push(
+                    "mappings",
+                    Outcome::Ok(format!(
+                        "{} mapping(s) compile against the source tables; {} tenant(s) loaded",
+                        cfg.mappings.len(),
+                        setup.registry.len()
+                    )),
+                );
+            }
+            // `run` starts without them: their destinations stay stopped.
+            for reason in broken {
+                report.push("mappings", Outcome::Problem(reason.clone()));
+            }
             Some(setup)
         }
         Err(e) => {
@@ -78,7 +85,11 @@ async fn check_fanout(cfg: &Config, report: &mut Report) {
     for (i, d) in cfg.destinations.iter().enumerate() {
         // The target tables, when the mappings compiled: what the writer checks at start,
         // read-only (a missing table is fine when the writer would create it).
-        let tables = setup.as_ref().map(|s| &s.destinations[i].tables);
+        let tables = setup
+            .as_ref()
+            .map(|s| &s.destinations[i])
+            .filter(|p| p.broken.is_none())
+            .map(|p| &p.tables);
         let outcome = match &d.store {
             StoreConfig::Postgres(pg) => match pg.conn.connect_sql_observed().await {
                 Ok((client, transport)) => {

@@ -143,6 +143,11 @@ pub async fn replay(
         }
     }
     let plan = &setup.destinations[index];
+    if let Some(reason) = &plan.broken {
+        return Err(FanoutError::Setup {
+            problems: vec![reason.clone()].into(),
+        });
+    }
     // The tables as the writer has them: they follow the source across schema barriers.
     let mut tables = plan.tables.clone();
     let mut router = setup.router(Some(index), tenant);

@@ -163,14 +163,14 @@ impl Router {
         routing: Arc<Routing>,
         registry: Arc<TenantRegistry>,
         destinations: DestinationSet,
-        compiled: &[(Arc<Relation>, MappingRoute)],
+        compiled: &[Option<(Arc<Relation>, MappingRoute)>],
     ) -> Self {
         let slots = compiled
             .iter()
             .enumerate()
             .map(|(mapping, c)| Slot {
                 mapping,
-                compiled: Some(c.clone()),
+                compiled: c.clone(),
                 shape: None,
                 failed: None,
             })

@@ -11,6 +11,7 @@ use crate::pgconn::ConnInfo;
 use crate::report::Chain;
 use crate::sink::TargetTable;
 use crate::source::catalog;
+use tracing::error;
 
 use super::router::{target_columns, MappingExpressions, Router, Routing, Tenancy};
 use super::FanoutError;
@@ -21,14 +22,21 @@ use super::FanoutError;
 pub struct DestinationPlan {
     pub config: DestinationConfig,
     pub tables: Vec<TargetTable>,
+    /// Why the destination cannot run: one of its mappings does not compile against the
+    /// source as it is now (a column it reads is gone). Its worker holds it `failed` with
+    /// this; the tables of such a mapping are empty placeholders, never connected to.
+    pub broken: Option<String>,
 }
 
 /// Everything routing and the writers need, built once per start.
 pub struct Setup {
     pub routing: Arc<Routing>,
     pub registry: Arc<TenantRegistry>,
-    /// Per mapping, compiled against the catalog's description of its source table.
-    pub compiled: Vec<(Arc<Relation>, MappingRoute)>,
+    /// Per mapping, compiled against the catalog's description of its source table; `None`
+    /// for one that does not compile against it (see [`DestinationPlan::broken`]).
+    pub compiled: Vec<Option<(Arc<Relation>, MappingRoute)>>,
+    /// Per mapping, why it does not compile against the source (listed by `check`).
+    pub broken: Vec<Option<String>>,
     pub destinations: Vec<DestinationPlan>,
     /// The source database, for reading unchanged TOAST values no destination holds
     /// (`fanout::toast`).
@@ -141,12 +149,26 @@ impl Setup {
             tenant_attributes,
             tenancy,
         });
+        // A mapping that does not compile against the source as it is stops only its
+        // destinations (the source may have changed under a running configuration); `check`
+        // lists it as a problem.
         let mut compiled = Vec::with_capacity(cfg.mappings.len());
+        let mut broken = Vec::with_capacity(cfg.mappings.len());
         for (m, rel) in relations.iter().enumerate() {
-            let Some(rel) = rel else { continue };
+            let Some(rel) = rel else {
+                compiled.push(None);
+                broken.push(None);
+                continue;
+            };
             match routing.compile(m, rel, None) {
-                Ok(route) => compiled.push((rel.clone(), route)),
-                Err(e) => problems.push(Chain(&e).to_string()),
+                Ok(route) => {
+                    compiled.push(Some((rel.clone(), route)));
+                    broken.push(None);
+                }
+                Err(e) => {
+                    compiled.push(None);
+                    broken.push(Some(Chain(&e).to_string()));
+                }
             }
         }
         for (i, d) in cfg.destinations.iter().enumerate() {
@@ -165,14 +187,25 @@ impl Setup {
                 tables: d
                     .mappings
                     .iter()
-                    .map(|&m| target_table(d, &cfg.mappings[m], &compiled[m].0, &compiled[m].1))
+                    .map(|&m| match &compiled[m] {
+                        Some((rel, route)) => target_table(d, &cfg.mappings[m], rel, route),
+                        // Never connected to (see `DestinationPlan::broken`).
+                        None => target_table_shell(d, &cfg.mappings[m]),
+                    })
                     .collect(),
+                broken: d.mappings.iter().find_map(|&m| broken[m].clone()),
             })
             .collect();
+        for (m, reason) in broken.iter().enumerate() {
+            if let Some(reason) = reason {
+                error!(mapping = %cfg.mappings[m].name, reason = %reason, "the mapping does not compile against its source table; its destinations stay stopped until it is fixed and pgfanout restarted");
+            }
+        }
         Ok(Setup {
             routing,
             registry: Arc::new(registry),
             compiled,
+            broken,
             destinations,
             source: cfg.source.conn.clone(),
         })
@@ -250,7 +283,15 @@ fn target_table(
     rel: &Relation,
     route: &MappingRoute,
 ) -> TargetTable {
-    let columns = target_columns(m, rel, route);
+    TargetTable {
+        columns: target_columns(m, rel, route),
+        key: route.key.clone(),
+        ..target_table_shell(d, m)
+    }
+}
+
+/// Mapping `m`'s table in destination `d` without columns or key.
+fn target_table_shell(d: &DestinationConfig, m: &MappingConfig) -> TargetTable {
     let (schema, soft_delete) = match &d.store {
         StoreConfig::Postgres(pg) => (pg.schema.clone(), pg.soft_delete),
         StoreConfig::ClickHouse(ch) => (ch.database.clone(), false),
@@ -258,8 +299,8 @@ fn target_table(
     TargetTable {
         schema,
         name: m.target.clone(),
-        columns,
-        key: route.key.clone(),
+        columns: Vec::new(),
+        key: Vec::new(),
         version_column: d.version_column.clone(),
         soft_delete,
     }

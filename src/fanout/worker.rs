@@ -206,6 +206,28 @@ impl Worker {
     }
 
     pub async fn run(mut self) {
+        if let Some(reason) = self.plan.broken.clone() {
+            // A mapping of it does not compile against the source: nothing can be written
+            // until the configuration (or the source) is fixed and pgfanout restarted.
+            loop {
+                error!(destination = %self.name(), reason = %reason, "destination stopped: one of its mappings does not compile against its source table; fix the mapping (or the source table) and restart pgfanout");
+                self.shared
+                    .set_state(DestinationState::Failed, Some(reason.clone()));
+                self.shared.set_hold(
+                    Hold {
+                        kind: HoldKind::Failed,
+                        reason: reason.clone(),
+                        seq: None,
+                    },
+                    None,
+                    None,
+                );
+                if !self.wait_for_resume().await {
+                    self.shared.set_state(DestinationState::Stopped, None);
+                    return;
+                }
+            }
+        }
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF, HEALTHY_SESSION);
         // Held `failed` (a start-over after a transient failure keeps the hold): wait.
         if self.shared.hold_kind() == Some(HoldKind::Failed) {
