@@ -21,9 +21,10 @@
 //! - The watermark in each destination is the truth for resuming; what the workers report
 //!   goes to the state database every few seconds for `pgfanout status`, and the lowest
 //!   watermark protects the log from age-based retention.
-//! - Routing failures (a mapping that no longer compiles after a schema change, an expression
-//!   that fails on a row) stop the fan-out with the seq, table and column: fail fast on
-//!   schema. A row whose tenant key is NULL belongs to no tenant and is routed nowhere.
+//! - A mapping that no longer compiles after a schema change (or does not at start) stops
+//!   only its destinations, held `failed` naming mapping and column; an expression that fails
+//!   on a row stops the fan-out with the seq, table and column. A row whose tenant key is NULL
+//!   belongs to no tenant and is routed nowhere.
 //! - **Holds** (`state::HoldStore`): a destination stopped by an error retrying cannot fix is
 //!   held `failed` — its worker waits, the others go on — until `pgfanout destination resume`
 //!   deletes the hold; the reporter polls the holds with every report (every

@@ -2,7 +2,8 @@
 //!
 //! A [`Router`] owns what [`crate::fanout::route::plan`] needs and keeps it current as the log goes
 //! by: mappings compiled against the relation each change carries (recompiled when a source
-//! table's description changes — a failure stops routing: fail fast on schema), and the
+//! table's description changes — one that fails stops only the mapping's destinations,
+//! through a `Planned::Fail` barrier), and the
 //! tenant registry, updated from the tenancy table's own changes. The dispatcher has one
 //! router for every destination; a destination catching up on its own, and `replay`, build
 //! one for that destination alone.
