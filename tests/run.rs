@@ -489,28 +489,6 @@ async fn check_reports_every_problem_at_once_and_passes_once_set_up() {
 
 // ---- Recovery: what a restart cannot see by itself is refused, or healed where provable ----
 
-/// Runs `pgfanout run ARGS --endpos <now>`: until everything written so far is in the log.
-async fn run_to_now(
-    client: &tokio_postgres::Client,
-    cfg: &Path,
-    args: &[&str],
-) -> std::process::Output {
-    let endpos: String = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let mut all = vec!["run".to_owned(), "--endpos".to_owned(), endpos];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    let cfg = cfg.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        pgfanout(&all, &cfg)
-    })
-    .await
-    .unwrap()
-}
-
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -458,6 +458,22 @@ pub async fn cli(args: &[&str], config: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `pgfanout run ARGS --endpos <now>`: until everything written so far is in the log.
+pub async fn run_to_now(
+    client: &tokio_postgres::Client,
+    cfg: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    let endpos: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut all = vec!["run", "--endpos", &endpos];
+    all.extend_from_slice(args);
+    cli(&all, cfg).await
+}
+
 /// `pgfanout status --json`; its destinations by name.
 pub async fn destination_status(config: &Path) -> serde_json::Map<String, serde_json::Value> {
     let out = cli(&["status", "--json"], config).await;
