@@ -1,5 +1,6 @@
-//! `pgfanout tail` as a user runs it: the JSON-lines format, `--limit`, SIGTERM, and bounded
-//! memory on a single 1,000,000-row transaction.
+//! `pgfanout tail` as a user runs it: the JSON-lines format, `--limit`, SIGTERM, bounded
+//! memory on a single 1,000,000-row transaction, and protocol 2 spooling in a temporary
+//! directory.
 
 mod support;
 
@@ -246,4 +247,86 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
         peak < LIMIT_KIB,
         "peak RSS {peak} KiB: memory grows with the transaction"
     );
+}
+
+/// `pgfanout-spool-*` directories in the system's temporary directory.
+fn temporary_spools() -> std::collections::BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pgfanout-spool-"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_2_spools_in_a_temporary_directory_and_prints_only_what_committed() {
+    let db = fresh_db("tail_v2").await;
+    let client = sql(&db).await;
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET logical_decoding_work_mem = '64kB';
+             CREATE TABLE t (id int PRIMARY KEY, v text);"
+        ))
+        .await
+        .unwrap();
+    let config = write_config(&db, "\"public.t\"");
+    let text = std::fs::read_to_string(config.path()).unwrap() + "protocol = 2\n";
+    std::fs::write(config.path(), text).unwrap();
+    let before = temporary_spools();
+    let child = spawn_tail(config.path(), &["--limit", "3001"]);
+    wait_streaming(&client, &db).await;
+    let big = sql(&db).await;
+    // Streamed while in progress (past 64 kB), with a subtransaction rolled back; a small
+    // transaction commits meanwhile and is printed first.
+    big.batch_execute(
+        "BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 3000) g;
+         SAVEPOINT s; INSERT INTO t SELECT g, 'rolled back' FROM generate_series(3001, 3500) g;
+         ROLLBACK TO s;",
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute("INSERT INTO t VALUES (0, 'small')")
+        .await
+        .unwrap();
+    // The open transaction waits in a spool file of a new temporary directory.
+    wait_for("the open transaction in a temporary spool", || {
+        let before = before.clone();
+        async move {
+            temporary_spools()
+                .difference(&before)
+                .filter_map(|d| std::fs::read_dir(d).ok())
+                .flatten()
+                .filter_map(Result::ok)
+                .any(|f| f.path().extension().is_some_and(|e| e == "spool"))
+                .then_some(())
+        }
+    })
+    .await;
+    big.batch_execute("COMMIT").await.unwrap();
+    let mut child = child;
+    let out = tokio::task::spawn_blocking(move || child.wait_output())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 3001);
+    assert_eq!(lines[0]["new"]["v"], "small");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["seq"], i as u64 + 1);
+        if i > 0 {
+            assert_eq!(line["new"]["v"], "big", "{line}");
+        }
+    }
+    // The spool went with the process.
+    let left: Vec<_> = temporary_spools().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
