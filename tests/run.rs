@@ -264,11 +264,7 @@ async fn run_to_endpos_then_read_verify_and_migrate_from_the_cli() {
         .unwrap();
     // The insert position: the test server runs with synchronous_commit = off, so the write
     // position (pg_current_wal_lsn) can still be before the commit.
-    let endpos: String = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let endpos = wal_insert_lsn(&client).await.to_string();
     let run = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
         move || pgfanout(&["run", "--endpos", &endpos], &cfg)

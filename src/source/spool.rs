@@ -46,14 +46,14 @@ const SUFFIX: &str = ".spool";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("cannot {op} streamed-transaction spool file {}", path.display())]
+    #[error("cannot {op} streamed-transaction spool file {}\nHINT: check the free space and permissions of the log directory (log.dir); pgfanout starts over and the server sends the transaction again", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("spool file {} is damaged at byte {offset}: {reason}", path.display())]
+    #[error("spool file {} is damaged at byte {offset}: {reason}\nHINT: something else wrote to the log directory's streaming/ folder; pgfanout empties it when it starts over and the server sends the transaction again", path.display())]
     Damaged {
         path: PathBuf,
         offset: u64,

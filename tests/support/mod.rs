@@ -458,17 +458,25 @@ pub async fn cli(args: &[&str], config: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// The server's WAL insert position: everything committed so far lies before it (the test
+/// server runs `synchronous_commit = off`, so the flushed position may not yet).
+pub async fn wal_insert_lsn(client: &tokio_postgres::Client) -> pgfanout::lsn::Lsn {
+    client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap()
+}
+
 /// Runs `pgfanout run ARGS --endpos <now>`: until everything written so far is in the log.
 pub async fn run_to_now(
     client: &tokio_postgres::Client,
     cfg: &Path,
     args: &[&str],
 ) -> std::process::Output {
-    let endpos: String = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let endpos = wal_insert_lsn(client).await.to_string();
     let mut all = vec!["run", "--endpos", &endpos];
     all.extend_from_slice(args);
     cli(&all, cfg).await
