@@ -13,6 +13,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+/// The bound of invariant 37 holds for protocol 1. Under protocol 2 the same transaction, handed
+/// out from the spool at its commit, peaked at 135–145 MiB in the debug build (issue 14's
+/// closing note): not yet within it, so this test pins protocol 1 rather than hide that.
+const PROTOCOL: u32 = 1;
+
 use support::*;
 
 /// The value's size; `PGFANOUT_HUGE_VALUE_MB` overrides it (measurements only).
@@ -83,7 +88,7 @@ fn write_config(
         &path,
         format!(
             "[source]\nurl = {}\nslot = \"s_{db}\"\ntables = [\"{table}\"]\n\
-             status_interval = \"100ms\"\n\
+             status_interval = \"100ms\"\nprotocol = {PROTOCOL}\n\
              [log]\ndir = {}\nsync_interval = \"20ms\"\n\
              [state]\ncheckpoint_interval = \"200ms\"\n{mapping}\
              \n[[destinations]]\nname = \"pg\"\nkind = \"postgres\"\nurl = {}\n\
